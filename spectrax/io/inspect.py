@@ -1,0 +1,47 @@
+"""Describe a checkpoint from its headers and config alone: no tensor data is read."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from spectrax.io.load import open_source
+
+__all__ = ["inspect"]
+
+
+def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> dict[str, Any]:
+    """The model spec and storage summary of the checkpoint at `path`, as a JSON-able dict.
+
+    Keys: `path`, `files`, `model_type`, `wrapper`, `num_layers`, `num_heads`, `num_kv_heads`,
+    `head_dim` (None when it varies; see `head_dims`), `hidden_size`, `intermediate_size`,
+    `vocab_size`, `tie_word_embeddings`, `dtype` (the dominant stored dtype), `dtypes` (count per
+    dtype), `num_tensors`, `total_bytes`, `tower`, `other_towers`, `layer_groups` (layers with
+    identical shapes), `layer_differences` (per-layer fields that differ from layer 0).
+    """
+    source = open_source(path, strict=strict, tower=tower)
+    spec, files = source.spec, source.files
+    dtypes = Counter(info.dtype for info in files.tensors.values())
+    by_bytes = Counter()
+    for info in files.tensors.values():
+        by_bytes[info.dtype] += info.nbytes
+    differences = [
+        {"layer": i, "head_dim": spec.head_dims[i], "layer_type": spec.layer_types[i]}
+        for i in range(spec.num_layers)
+        if (spec.head_dims[i], spec.layer_types[i]) != (spec.head_dims[0], spec.layer_types[0])
+    ]
+    return {
+        "path": files.path,
+        "files": [os.path.basename(f) for f in files.files],
+        **{k: v for k, v in spec.to_dict().items() if k not in ("ignored_keys",)},
+        "dtype": by_bytes.most_common(1)[0][0] if by_bytes else None,
+        "dtypes": dict(dtypes),
+        "num_tensors": len(files.tensors),
+        "total_bytes": files.nbytes,
+        "tower": source.layout.root,
+        "other_towers": list(source.layout.other_towers),
+        "layer_groups": [list(g) for g in source.layer_groups()],
+        "layer_differences": differences,
+        "ignored_config_keys": list(spec.ignored_keys),
+    }

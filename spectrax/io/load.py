@@ -1,0 +1,255 @@
+"""Load a checkpoint into the canonical pytree, whole (`load`) or one layer at a time (`stream_layers`).
+
+Leaves are host numpy arrays in the checkpoint's own dtype (bf16 via ml_dtypes): nothing that
+changes singular values happens implicitly, and where the arrays go (one device, or sharded
+over many) is the kernel's choice, made with one `jax.device_put` from host memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from spectrax.io.adapters import ADAPTERS, DEFAULT_LM_HEAD, LM_HEADS, Tensors, layer_pattern
+from spectrax.io.checkpoint import CheckpointFiles, open_checkpoint
+from spectrax.io.config import ModelSpec, parse_config
+from spectrax.io.errors import CheckpointError, ConfigError
+from spectrax.io.layout import Layout, find_layout
+from spectrax.io.safetensors import TensorInfo, read_tensor
+
+__all__ = ["Model", "LayerBlock", "Source", "open_source", "load", "stream_layers", "convert_layer", "convert_globals"]
+
+Tree = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """An opened checkpoint: its files, parsed spec and tensor layout. Holds no tensor data."""
+
+    files: CheckpointFiles
+    spec: ModelSpec
+    layout: Layout
+
+    @property
+    def path(self) -> str:
+        return self.files.path
+
+    def layer_groups(self) -> list[tuple[int, ...]]:
+        """Layer indices grouped by identical stored shapes, in order of first appearance."""
+        groups: dict[tuple, list[int]] = {}
+        for i in range(self.spec.num_layers):
+            groups.setdefault(self.layout.layer_signature(i), []).append(i)
+        return [tuple(g) for g in groups.values()]
+
+    def source_dtypes(self) -> list[str]:
+        return sorted({info.dtype for layer in self.layout.layers for info in layer.values()})
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerBlock:
+    """Consecutive same-shaped layers `layer_ids`, each leaf of `params` stacked `(len(layer_ids), ...)`."""
+
+    layer_ids: tuple[int, ...]
+    params: Tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A converted checkpoint.
+
+    Attributes:
+      spec: the parsed `ModelSpec`.
+      params: `{"embed": ..., "layers": (group, ...), "final_norm": ..., "lm_head": ...}`; each group
+        is `{"layer_ids": (n,) int32, "attn": ..., "mlp": ..., "norms": ...}` with leaves stacked
+        `(n, ...)` over its layers (one group when all layers have the same shapes). A tied
+        `lm_head["weight"]` is the very array of `embed["tokens"]`.
+      meta: architecture, source path and dtypes, tied/aliased tensors, transformations applied,
+        tensors deliberately not converted.
+    """
+
+    spec: ModelSpec
+    params: Tree
+    meta: dict[str, Any]
+
+
+def open_source(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> Source:
+    """Index a checkpoint (headers and config only) and check its layout against its config."""
+    files = open_checkpoint(path)
+    spec = parse_config(files.config, source=os.path.join(files.path, "config.json"), strict=strict)
+    layout = find_layout(files.tensors, layer_pattern(spec.model_type), spec.num_layers, tower=tower)
+    return Source(files, spec, layout)
+
+
+def convert_layer(tensors: Mapping[str, np.ndarray], spec: ModelSpec, layer: int, *, where: Callable[[str], str] = str) -> Tree:
+    """Pure conversion of one layer's tensors (relative names) to the canonical layer tree.
+
+    `where(name)` describes a tensor for error messages (its full name and file).
+
+    Raises `CheckpointError` for a missing tensor, a shape the config does not imply, or a stored
+    tensor the adapter did not consume (nothing is dropped silently).
+    """
+    t = Tensors(tensors, where)
+    tree = ADAPTERS[spec.model_type][0](t, spec, layer)
+    unused = t.unused()
+    if unused:
+        raise CheckpointError(
+            f"layer {layer} of this {spec.model_type} checkpoint holds tensors spectrax does not know: "
+            f"{', '.join(where(n) for n in unused)}; refusing to drop them silently"
+        )
+    return tree
+
+
+def convert_globals(
+    tensors: Mapping[str, np.ndarray], spec: ModelSpec, *, where: Callable[[str], str] = str
+) -> tuple[Tree, list[str], list[str]]:
+    """Pure conversion of the non-layer tensors.
+
+    Returns the tree, the transformations applied, and the names of tensors not converted
+    (other towers' pieces, projectors: listed in the metadata, never read).
+
+    A missing output head is aliased to the token embedding (tied embeddings); if the config says
+    the head is not tied, that is an error.
+    """
+    t = Tensors(tensors, where)
+    tree = ADAPTERS[spec.model_type][1](t, spec)
+    head: Tree = {}
+    for name, key in LM_HEADS.get(spec.model_type, DEFAULT_LM_HEAD):
+        if name in t:
+            head[key] = t.get(name)
+    notes = []
+    if "weight" not in head:
+        if not spec.tie_word_embeddings:
+            raise ConfigError(
+                f"config.json says tie_word_embeddings=false but the checkpoint has no output head "
+                f"({LM_HEADS.get(spec.model_type, DEFAULT_LM_HEAD)[0][0]})"
+            )
+        head["weight"] = tree["embed"]["tokens"]
+        notes.append("lm_head.weight aliased to embed.tokens (tied embeddings)")
+    elif head["weight"].shape != tree["embed"]["tokens"].shape and spec.model_type != "opt":
+        raise CheckpointError(
+            f"output head has shape {head['weight'].shape} but the token embedding is {tree['embed']['tokens'].shape}"
+        )
+    tree["lm_head"] = head
+    return tree, notes, t.unused()
+
+
+class _Lazy(Mapping):
+    """Tensors by relative name, each read from disk only when an adapter asks for it."""
+
+    def __init__(self, named: Mapping[str, TensorInfo]):
+        self._named = named
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return read_tensor(self._named[name])
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+
+def _read_layer(source: Source, layer: int) -> Tree:
+    named = source.layout.layers[layer]
+    prefix = f"{source.layout.root}{layer_pattern(source.spec.model_type)}.{layer}."
+    return convert_layer(_Lazy(named), source.spec, layer, where=_describe(named, prefix))
+
+
+def _describe(named: Mapping[str, TensorInfo], prefix: str) -> Callable[[str], str]:
+    def where(name: str) -> str:
+        if name in named:
+            return f"{named[name].name!r} in {named[name].file}"
+        return f"{prefix + name!r} (expected in {', '.join(sorted({i.file for i in named.values()}))})"
+
+    return where
+
+
+def stream_layers(
+    source: Source | str | os.PathLike,
+    *,
+    layers: Sequence[int] | None = None,
+    block_size: int = 1,
+    strict: bool = True,
+    tower: str | None = None,
+) -> Iterator[LayerBlock]:
+    """Yield the checkpoint's layers one block at a time, reading only that block's tensors.
+
+    Args:
+      source: a checkpoint path or an opened `Source`.
+      layers: which layer indices to read (default all), in increasing order.
+      block_size: up to this many consecutive, same-shaped layers are stacked in one block.
+    Yields:
+      `LayerBlock`s whose leaves are `(n, ...)` numpy arrays. Memory held at once is one block's
+      weights; the caller drops a block before asking for the next.
+    """
+    if not isinstance(source, Source):
+        source = open_source(source, strict=strict, tower=tower)
+    wanted = sorted(set(range(source.spec.num_layers) if layers is None else layers))
+    bad = [i for i in wanted if not 0 <= i < source.spec.num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a {source.spec.num_layers}-layer model")
+    pending: list[int] = []
+    for i in wanted:
+        if pending and (
+            len(pending) == block_size
+            or i != pending[-1] + 1
+            or source.layout.layer_signature(i) != source.layout.layer_signature(pending[-1])
+        ):
+            yield _block(source, pending)
+            pending = []
+        pending.append(i)
+    if pending:
+        yield _block(source, pending)
+
+
+def _block(source: Source, layer_ids: list[int]) -> LayerBlock:
+    trees = [_read_layer(source, i) for i in layer_ids]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *trees) if len(trees) > 1 else jax.tree.map(lambda x: x[None], trees[0])
+    return LayerBlock(tuple(layer_ids), stacked)
+
+
+def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> Model:
+    """Read and convert a whole checkpoint.
+
+    Args:
+      path: a checkpoint directory (single file, or shards with `model.safetensors.index.json`).
+      strict: refuse config options spectrax does not understand (see `parse_config`).
+      tower: the root of the tower to read in a multimodal checkpoint (default: the language tower).
+    Returns:
+      A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
+    """
+    source = open_source(path, strict=strict, tower=tower)
+    tree, notes, unconverted = convert_globals(
+        _Lazy(source.layout.globals), source.spec, where=_describe(source.layout.globals, source.layout.root)
+    )
+    groups = []
+    for layer_ids in source.layer_groups():
+        first = _read_layer(source, layer_ids[0])
+        # Preallocate the group's stacked arrays so peak memory is the model plus one layer.
+        stacked = jax.tree.map(lambda x: np.empty((len(layer_ids), *x.shape), x.dtype), first)
+        for slot, i in enumerate(layer_ids):
+            layer = first if slot == 0 else _read_layer(source, i)
+            jax.tree.map(lambda dst, src: dst.__setitem__(slot, src), stacked, layer)
+        groups.append({"layer_ids": np.asarray(layer_ids, np.int32), **stacked})
+    tree["layers"] = tuple(groups)
+    return Model(source.spec, tree, _meta(source, notes, unconverted))
+
+
+def _meta(source: Source, notes: list[str], unconverted: list[str]) -> dict[str, Any]:
+    return {
+        "source": source.path,
+        "model_type": source.spec.model_type,
+        "wrapper": source.spec.wrapper,
+        "tower": source.layout.root,
+        "other_towers": list(source.layout.other_towers),
+        "source_dtypes": source.source_dtypes(),
+        "layer_groups": [list(g) for g in source.layer_groups()],
+        "transformations": notes,
+        "not_converted": unconverted,
+        "ignored_config_keys": list(source.spec.ignored_keys),
+    }

@@ -1,0 +1,34 @@
+"""Shared test setup: strict dtype promotion everywhere, and paths to the committed fixtures."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+CHECKPOINTS = FIXTURES / "checkpoints"
+REFERENCES = FIXTURES / "references"
+
+
+def fixture_names() -> list[str]:
+    return sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir())
+
+
+@pytest.fixture
+def checkpoints() -> pathlib.Path:
+    return CHECKPOINTS
+
+
+def snapshot(directory: os.PathLike) -> dict[str, tuple[int, int, str]]:
+    """(size, mtime_ns, sha1-of-bytes) of every file under `directory`: proves nothing was written."""
+    import hashlib
+
+    out = {}
+    for path in sorted(pathlib.Path(directory).rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            out[str(path)] = (stat.st_size, stat.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
+    return out
