@@ -26,7 +26,7 @@ _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _CONVERT_HINT = (
     "spectrax never unpickles checkpoints (a pickle can execute arbitrary code). Convert it once, "
     "in an environment you trust that has torch and transformers:\n"
-    "  python -c \"import transformers as t; m = t.AutoModel.from_pretrained('{path}'); "
+    "  python -c \"import transformers as t; m = t.AutoModelForCausalLM.from_pretrained('{path}'); "
     "m.save_pretrained('{path}-safetensors', safe_serialization=True)\"\n"
     "then point spectrax at {path}-safetensors."
 )

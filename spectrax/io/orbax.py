@@ -17,7 +17,7 @@ _META = "spectrax_meta.json"
 
 def abstract_like(params: Any) -> Any:
     """The `jax.ShapeDtypeStruct` tree orbax restores into: same structure, shapes and dtypes."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype), params)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x)), params)
 
 
 def save_params(directory: str | os.PathLike, params: Any, meta: dict[str, Any] | None = None) -> str:
@@ -43,7 +43,8 @@ def restore_params(directory: str | os.PathLike, target: Any) -> tuple[Any, dict
     """Restore a pytree saved by `save_params` into the structure of `target`.
 
     `target` is a tree of arrays or `jax.ShapeDtypeStruct`s (see `abstract_like`); leaves come
-    back as `jax.Array`s with those shapes and dtypes. Returns `(params, meta)`.
+    back with those shapes and dtypes (host numpy arrays for trees saved from `load`, which
+    keeps weights on the host). Returns `(params, meta)`.
     """
     directory = os.path.abspath(os.fspath(directory))
     with ocp.StandardCheckpointer() as checkpointer:

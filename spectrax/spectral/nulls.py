@@ -1,0 +1,315 @@
+"""Null models (SPEC.md §4): exact values, Monte Carlo Gaussian and entry-shuffle nulls, z-scores.
+
+Exact nulls are computed in float64 numpy from the shapes alone:
+- `expected_abs_cos(d) = Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2))`, the mean of `|<x, y>|` for
+  independent uniform unit vectors in `R^d` (about `sqrt(2 / (pi d))`, i.e. ~0.8 / sqrt(d); the
+  source's `1/sqrt(d)` is the RMS, not the mean). Singular vectors of a Gaussian matrix are
+  uniform (Haar), so this is the exact null of `metrics.mean_abs_cos`.
+- `grassmann_chance(k, d) = k / d`, the mean of `metrics.grassmann` for independent uniform
+  k-dimensional subspaces of `R^d`.
+
+Monte Carlo nulls evaluate a statistic function on random stand-ins for the real matrices:
+`gaussian_null` draws i.i.d. Gaussian matrices of the same shapes (and, by default, the same
+per-matrix RMS), `shuffle_null` permutes the entries of each real matrix. Every (layer, head)
+matrix gets its own draws, all heads and all draws run inside one jit-compiled call
+(`jax.lax.map` over draws, `batch_size` draws at a time to bound memory), and the result is a
+`NullSummary` of per-statistic mean, std and the draws themselves, from which `zscore`,
+`percentile` and `null_columns` derive table columns.
+
+The draws depend only on the key and `num_draws`, not on `batch_size`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectrax.spectral._util import as_float
+
+
+class NullSummary(NamedTuple):
+    """A statistic's null distribution; each field has the statistic's pytree structure.
+
+    mean: null mean. std: null standard deviation (sample std, ddof=1, for Monte Carlo).
+    draws: `(num_draws, ...)` per leaf for Monte Carlo nulls, `None` for exact ones.
+    """
+
+    mean: Any
+    std: Any
+    draws: Any = None
+
+
+# ----------------------------------------------------------------------------- exact nulls
+
+
+def _lgamma(x):
+    return np.vectorize(math.lgamma, otypes=[np.float64])(x)
+
+
+def expected_abs_cos(d) -> np.ndarray:
+    """`E|<x, y>|` for independent uniform unit vectors in `R^d`, float64, via log-gamma."""
+    d = np.asarray(d, np.float64)
+    if np.any(d < 1):
+        raise ValueError("dimension must be >= 1")
+    return np.exp(_lgamma(d / 2.0) - _lgamma((d + 1.0) / 2.0)) / math.sqrt(math.pi)
+
+
+def abs_cos_std(d) -> np.ndarray:
+    """Std of `|<x, y>|` for independent uniform unit vectors in `R^d` (`E<x,y>^2 = 1/d`)."""
+    d = np.asarray(d, np.float64)
+    return np.sqrt(np.maximum(1.0 / d - expected_abs_cos(d) ** 2, 0.0))
+
+
+def cos_null(d: int, num_vectors: int) -> NullSummary:
+    """Null of `metrics.mean_abs_cos` over `num_vectors` index-matched pairs in `R^d`.
+
+    The mean is exact; the std treats the pairs as independent, `abs_cos_std(d) / sqrt(k)`
+    (the diagonal of a Haar-random orthogonal matrix is only weakly dependent; checked against
+    Monte Carlo in the tests).
+    """
+    mean = expected_abs_cos(d)
+    return NullSummary(mean=mean, std=abs_cos_std(d) / math.sqrt(num_vectors))
+
+
+def grassmann_chance(k, d) -> np.ndarray:
+    """`k / d`: mean of `metrics.grassmann` for independent uniform k-subspaces of `R^d`."""
+    return np.asarray(k, np.float64) / np.asarray(d, np.float64)
+
+
+def grassmann_null(k: int, d: int) -> NullSummary:
+    """Exact null of `metrics.grassmann` for two independent uniform k-subspaces of `R^d`.
+
+    mean `k/d`; variance of `tr(P_A P_B) / k` is `2 (d - k)^2 / (d^2 (d - 1) (d + 2))`.
+    """
+    if not 0 < k <= d:
+        raise ValueError(f"need 0 < k <= d, got k={k}, d={d}")
+    var = 2.0 * (d - k) ** 2 / (d * d * (d - 1.0) * (d + 2.0)) if d > 1 else 0.0
+    return NullSummary(mean=grassmann_chance(k, d), std=np.sqrt(np.float64(var)))
+
+
+# ----------------------------------------------------------------------------- Monte Carlo
+
+
+class _StaticFn:
+    """A statistic function as a jit static argument, equal by content for `functools.partial`.
+
+    So `gaussian_null(key, functools.partial(f, k=8), ...)` built afresh for every layer reuses
+    one compiled kernel instead of retracing per layer.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        if isinstance(fn, functools.partial):
+            key = (fn.func, fn.args, tuple(sorted(fn.keywords.items())))
+            try:
+                hash(key)
+            except TypeError:
+                key = fn
+        else:
+            key = fn
+        self.key = key
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _StaticFn) and self.key == other.key
+
+
+def _summarize(draws) -> NullSummary:
+    mean = jax.tree.map(lambda d: jnp.mean(d, axis=0), draws)
+    std = jax.tree.map(lambda d: jnp.std(d, axis=0, ddof=1), draws)
+    return NullSummary(mean, std, draws)
+
+
+def _check_draws(num_draws, batch_size):
+    if num_draws < 2:
+        raise ValueError("num_draws must be >= 2 for a null std")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch_size must be >= 1 or None (all draws at once)")
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(x * x, axis=(-2, -1), keepdims=True))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size")
+)
+def _gaussian_null(key, scales, stat_fn, shapes, dtypes, num_draws, batch_size):
+    def draw(k):
+        ks = jax.random.split(k, len(shapes))
+        mats = []
+        for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales):
+            g = jax.random.normal(ki, shape, dtype)
+            mats.append(g if scale is None else g * scale)
+        return stat_fn(*mats)
+
+    keys = jax.random.split(key, num_draws)
+    return _summarize(jax.lax.map(draw, keys, batch_size=batch_size or num_draws))
+
+
+def gaussian_null(
+    key,
+    stat_fn: Callable[..., Any],
+    *templates,
+    num_draws: int = 32,
+    batch_size: int | None = 1,
+    match_scale: bool = True,
+) -> NullSummary:
+    """Monte Carlo null of `stat_fn` over shape-matched i.i.d. Gaussian matrices.
+
+    Args:
+      key: PRNG key (`jax.random.key` or a legacy uint32 key).
+      stat_fn: `stat_fn(*matrices) -> pytree of arrays`, batched over leading axes, e.g.
+        `pairs.gqa_pair_statistics`. Use a module-level function or a `functools.partial` of one
+        (both compile once); a fresh lambda per call recompiles per call.
+      *templates: one per `stat_fn` argument: the real arrays `(..., m, n)` (e.g.
+        `q (layers, H, D, E)`, `k (layers, KV, D, E)`) or `jax.ShapeDtypeStruct`s. Every matrix
+        gets its own independent draws, so a K head's draw is shared by its query heads exactly as
+        the real W_K is.
+      num_draws: Monte Carlo draws (>= 2).
+      batch_size: draws evaluated at once (`jax.lax.map`); memory grows with it. `None`: all.
+      match_scale: scale each drawn matrix to the RMS of its real counterpart (needed for
+        scale-dependent statistics such as `sigma_max`); unit variance for `ShapeDtypeStruct`s or
+        when False.
+
+    Returns:
+      `NullSummary(mean, std, draws)` with `stat_fn`'s output structure; `draws` leaves are
+      `(num_draws, ...)`.
+    """
+    _check_draws(num_draws, batch_size)
+    shapes, dtypes, scales = [], [], []
+    for t in templates:
+        if isinstance(t, jax.ShapeDtypeStruct):
+            dtype = as_float(jnp.zeros((), t.dtype)).dtype
+            shapes.append(tuple(t.shape))
+            dtypes.append(dtype)
+            scales.append(None)
+        else:
+            x = as_float(t)
+            if x.ndim < 2:
+                raise ValueError(f"templates must be (..., m, n) matrices, got shape {x.shape}")
+            shapes.append(x.shape)
+            dtypes.append(x.dtype)
+            scales.append(_rms(x) if match_scale else None)
+    return _gaussian_null(
+        key,
+        tuple(scales),
+        stat_fn=_StaticFn(stat_fn),
+        shapes=tuple(shapes),
+        dtypes=tuple(np.dtype(d) for d in dtypes),
+        num_draws=num_draws,
+        batch_size=batch_size,
+    )
+
+
+def shuffle_entries(key, x) -> jax.Array:
+    """Permutes the entries of each `(m, n)` matrix of `x (..., m, n)` independently."""
+    flat = x.reshape(x.shape[:-2] + (-1,))
+    return jax.random.permutation(key, flat, axis=-1, independent=True).reshape(x.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("stat_fn", "num_draws", "batch_size"))
+def _shuffle_null(key, arrays, stat_fn, num_draws, batch_size):
+    def draw(k):
+        ks = jax.random.split(k, len(arrays))
+        return stat_fn(*[shuffle_entries(ki, a) for ki, a in zip(ks, arrays)])
+
+    keys = jax.random.split(key, num_draws)
+    return _summarize(jax.lax.map(draw, keys, batch_size=batch_size or num_draws))
+
+
+def shuffle_null(
+    key,
+    stat_fn: Callable[..., Any],
+    *arrays,
+    num_draws: int = 32,
+    batch_size: int | None = 1,
+) -> NullSummary:
+    """Monte Carlo null of `stat_fn` over entry-shuffled copies of the real matrices.
+
+    Each `(m, n)` matrix of each array `(..., m, n)` has its entries permuted independently per
+    draw: the entry distribution is kept, the structure destroyed. Arguments as in
+    `gaussian_null`.
+    """
+    _check_draws(num_draws, batch_size)
+    arrays = tuple(as_float(a) for a in arrays)
+    for a in arrays:
+        if a.ndim < 2:
+            raise ValueError(f"arrays must be (..., m, n) matrices, got shape {a.shape}")
+    return _shuffle_null(
+        key, arrays, stat_fn=_StaticFn(stat_fn), num_draws=num_draws, batch_size=batch_size
+    )
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def _z(obs, mean, std):
+    obs = jnp.asarray(obs)
+    mean = jnp.asarray(mean, obs.dtype)
+    std = jnp.asarray(std, obs.dtype)
+    ok = std > 0
+    return jnp.where(ok, (obs - mean) / jnp.where(ok, std, 1.0), jnp.nan)
+
+
+def zscore(observed, null: NullSummary):
+    """`(observed - null.mean) / null.std` leaf by leaf; NaN where the null std is 0."""
+    return jax.tree.map(_z, observed, null.mean, null.std)
+
+
+def _pct(obs, draws):
+    obs = jnp.asarray(obs)
+    draws = jnp.asarray(draws, obs.dtype)
+    below = jnp.sum(draws < obs, axis=0)
+    ties = jnp.sum(draws == obs, axis=0)
+    pct = 100.0 * (below + 0.5 * ties) / draws.shape[0]
+    return jnp.where(jnp.isnan(obs), jnp.nan, pct).astype(obs.dtype)
+
+
+def percentile(observed, null: NullSummary):
+    """Empirical percentile (0-100) of `observed` among the Monte Carlo draws, ties counted half.
+
+    Needs `null.draws`; exact nulls have none.
+    """
+    if null.draws is None:
+        raise ValueError("an exact null has no draws; use zscore")
+    return jax.tree.map(_pct, observed, null.draws)
+
+
+def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dict[str, Any]:
+    """Table columns for each statistic: `<stat>`, `<stat>_null_mean`, `<stat>_null_std`,
+    `<stat>_z` and, for Monte Carlo nulls, `<stat>_pct`.
+
+    observed: `{name: array}`; nulls: `{name: NullSummary}` for the names that have one (a
+    Monte Carlo `NullSummary` over a dict-valued `stat_fn` converts with `split_null`).
+    Arrays are broadcast to the observed shape.
+    """
+    cols: dict[str, Any] = {}
+    for name, obs in observed.items():
+        obs = jnp.asarray(obs)
+        cols[name] = obs
+        null = nulls.get(name)
+        if null is None:
+            continue
+        cols[f"{name}_null_mean"] = jnp.broadcast_to(jnp.asarray(null.mean, obs.dtype), obs.shape)
+        cols[f"{name}_null_std"] = jnp.broadcast_to(jnp.asarray(null.std, obs.dtype), obs.shape)
+        cols[f"{name}_z"] = _z(obs, null.mean, null.std)
+        if null.draws is not None:
+            cols[f"{name}_pct"] = _pct(obs, null.draws)
+    return cols
+
+
+def split_null(null: NullSummary) -> dict[str, NullSummary]:
+    """`NullSummary` of a dict-valued statistic -> `{name: NullSummary}`."""
+    draws = null.draws if null.draws is not None else {k: None for k in null.mean}
+    return {k: NullSummary(null.mean[k], null.std[k], draws[k]) for k in null.mean}

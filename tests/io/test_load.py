@@ -1,0 +1,72 @@
+"""Streaming yields exactly what `load` does, with memory that does not grow with depth."""
+
+import gc
+import tracemalloc
+
+import jax
+import numpy as np
+import pytest
+
+import spectrax as sx
+from spectrax.io.synthetic import write_llama_checkpoint
+from tests.conftest import CHECKPOINTS
+
+
+@pytest.mark.parametrize("name", ["llama_sharded", "gemma3_text", "gpt_neox_bf16", "bert"])
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_stream_equals_load(name, block_size):
+    model = sx.load(CHECKPOINTS / name)
+    (group,) = model.params["layers"]
+    seen = []
+    for block in sx.stream_layers(CHECKPOINTS / name, block_size=block_size):
+        assert 1 <= len(block.layer_ids) <= block_size
+        for slot, layer in enumerate(block.layer_ids):
+            jax.tree.map(lambda s, g: np.testing.assert_array_equal(s[slot], g[layer]),
+                         block.params, {k: v for k, v in group.items() if k != "layer_ids"})
+            seen.append(layer)
+    assert seen == list(range(model.spec.num_layers))
+
+
+def test_stream_selected_layers():
+    ids = [block.layer_ids for block in sx.stream_layers(CHECKPOINTS / "gemma3_text", layers=[0, 2], block_size=4)]
+    assert ids == [(0,), (2,)]  # not consecutive: never stacked together
+    with pytest.raises(ValueError, match="out of range"):
+        list(sx.stream_layers(CHECKPOINTS / "gemma3_text", layers=[3]))
+
+
+def test_load_groups_layers_and_records_metadata():
+    model = sx.load(CHECKPOINTS / "gemma3_text")
+    (group,) = model.params["layers"]
+    np.testing.assert_array_equal(group["layer_ids"], [0, 1, 2])
+    assert group["attn"]["q"].shape == (3, 4, 24, 64)
+    assert model.meta["layer_groups"] == [[0, 1, 2]]
+    assert model.spec.layer_types == ("sliding_attention", "sliding_attention", "full_attention")
+
+
+def _streaming_peak(path) -> int:
+    gc.collect()
+    tracemalloc.start()
+    total = 0.0
+    for block in sx.stream_layers(path):
+        total += float(np.asarray(block.params["attn"]["q"], np.float32).sum())
+        del block
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def test_streaming_peak_memory_does_not_grow_with_layers(tmp_path):
+    shape = dict(hidden_size=256, num_heads=8, num_kv_heads=2, intermediate_size=512, vocab_size=64)
+    shallow = write_llama_checkpoint(tmp_path / "l2", num_layers=2, layers_per_shard=1, **shape)
+    deep = write_llama_checkpoint(tmp_path / "l12", num_layers=12, layers_per_shard=1, **shape)
+    layer_bytes = 4 * (2 * 256 * 256 + 2 * 64 * 256 + 3 * 256 * 512 + 2 * 256)
+    peak_shallow, peak_deep = _streaming_peak(shallow), _streaming_peak(deep)
+    # Held at once: one layer as read, its stacked copy, and a float32 view of q.
+    assert peak_deep < 2.5 * layer_bytes
+    assert peak_deep < 1.15 * peak_shallow
+    # Whole-model loading, by contrast, holds every layer.
+    tracemalloc.start()
+    sx.load(deep)
+    _, peak_load = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak_load > 10 * layer_bytes
