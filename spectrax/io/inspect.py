@@ -10,6 +10,8 @@ from spectrax.io.load import open_source
 
 __all__ = ["inspect"]
 
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
 
 def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> dict[str, Any]:
     """The model spec and storage summary of the checkpoint at `path`, as a JSON-able dict.
@@ -35,7 +37,7 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
         "path": files.path,
         "files": [os.path.basename(f) for f in files.files],
         **{k: v for k, v in spec.to_dict().items() if k not in ("ignored_keys",)},
-        "dtype": by_bytes.most_common(1)[0][0] if by_bytes else None,
+        "dtype": _DTYPE_NAMES.get(by_bytes.most_common(1)[0][0]) if by_bytes else None,
         "dtypes": dict(dtypes),
         "num_tensors": len(files.tensors),
         "total_bytes": files.nbytes,

@@ -144,7 +144,9 @@ def _rms(x):
 @functools.partial(
     jax.jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size")
 )
-def _gaussian_null(key, scales, stat_fn, shapes, dtypes, num_draws, batch_size):
+def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
+    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
+
     def draw(k):
         ks = jax.random.split(k, len(shapes))
         mats = []
@@ -187,26 +189,23 @@ def gaussian_null(
       `(num_draws, ...)`.
     """
     _check_draws(num_draws, batch_size)
-    shapes, dtypes, scales = [], [], []
+    shapes, dtypes, refs = [], [], []
     for t in templates:
-        if isinstance(t, jax.ShapeDtypeStruct):
-            dtype = as_float(jnp.zeros((), t.dtype)).dtype
-            shapes.append(tuple(t.shape))
-            dtypes.append(dtype)
-            scales.append(None)
-        else:
-            x = as_float(t)
-            if x.ndim < 2:
-                raise ValueError(f"templates must be (..., m, n) matrices, got shape {x.shape}")
-            shapes.append(x.shape)
-            dtypes.append(x.dtype)
-            scales.append(_rms(x) if match_scale else None)
+        if not isinstance(t, jax.ShapeDtypeStruct):
+            t = jnp.asarray(t)
+        dtype = as_float(jnp.zeros((), t.dtype)).dtype
+        if len(t.shape) < 2:
+            raise ValueError(f"templates must be (..., m, n) matrices, got shape {t.shape}")
+        shapes.append(tuple(t.shape))
+        dtypes.append(np.dtype(dtype))
+        real = match_scale and not isinstance(t, jax.ShapeDtypeStruct)
+        refs.append(t if real else None)
     return _gaussian_null(
         key,
-        tuple(scales),
+        tuple(refs),
         stat_fn=_StaticFn(stat_fn),
         shapes=tuple(shapes),
-        dtypes=tuple(np.dtype(d) for d in dtypes),
+        dtypes=tuple(dtypes),
         num_draws=num_draws,
         batch_size=batch_size,
     )
@@ -270,10 +269,10 @@ def zscore(observed, null: NullSummary):
 def _pct(obs, draws):
     obs = jnp.asarray(obs)
     draws = jnp.asarray(draws, obs.dtype)
-    below = jnp.sum(draws < obs, axis=0)
-    ties = jnp.sum(draws == obs, axis=0)
+    below = jnp.sum(draws < obs, axis=0).astype(obs.dtype)
+    ties = jnp.sum(draws == obs, axis=0).astype(obs.dtype)
     pct = 100.0 * (below + 0.5 * ties) / draws.shape[0]
-    return jnp.where(jnp.isnan(obs), jnp.nan, pct).astype(obs.dtype)
+    return jnp.where(jnp.isnan(obs), jnp.nan, pct)
 
 
 def percentile(observed, null: NullSummary):

@@ -1,0 +1,5 @@
+import sys
+
+from spectrax.cli import main
+
+sys.exit(main())

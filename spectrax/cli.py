@@ -1,0 +1,88 @@
+"""The `spectrax` command line: `inspect`, `analyze` (see `spectrax <command> --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from spectrax.io import CheckpointError
+from spectrax.io.inspect import inspect
+
+__all__ = ["main"]
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    raise AssertionError
+
+
+def format_inspect(info: dict) -> str:
+    """A human-readable summary of `spectrax.inspect`'s dict."""
+    head_dim = info["head_dim"] if info["head_dim"] is not None else f"per layer {info['head_dims']}"
+    lines = [
+        f"{info['path']}",
+        f"  model_type      {info['model_type']}" + (f" (text tower of {info['wrapper']})" if info["wrapper"] else ""),
+        f"  layers          {info['num_layers']}",
+        f"  heads           {info['num_heads']} query, {info['num_kv_heads']} key/value (group size {info['num_heads'] // info['num_kv_heads']})",
+        f"  head_dim        {head_dim}",
+        f"  hidden_size     {info['hidden_size']}",
+        f"  mlp width       {info['intermediate_size']}",
+        f"  vocab           {info['vocab_size']}",
+        f"  norm            {info['norm']}" + (f" (scale = {info['norm_offset']:g} + w)" if info["norm_offset"] else "")
+        + (f", q/k norm: {info['qk_norm']}" if info["qk_norm"] else ""),
+        f"  tied embeddings {info['tie_word_embeddings']}",
+        f"  dtype           {info['dtype']}  ({', '.join(f'{k}: {v}' for k, v in sorted(info['dtypes'].items()))} tensors)",
+        f"  size            {_human_bytes(info['total_bytes'])} in {info['num_tensors']} tensors, {len(info['files'])} file(s)",
+        f"  tower           {info['tower'] or '(root)'}" + (f"; other towers: {', '.join(info['other_towers'])}" if info["other_towers"] else ""),
+    ]
+    kinds = sorted(set(info["layer_types"]))
+    if len(kinds) > 1:
+        lines.append("  layer types     " + ", ".join(f"{k}: {info['layer_types'].count(k)}" for k in kinds))
+    if len(info["layer_groups"]) > 1:
+        lines.append(f"  layer groups    {info['layer_groups']} (layers with different shapes)")
+    for diff in info["layer_differences"]:
+        lines.append(f"  layer {diff['layer']:<3}       head_dim {diff['head_dim']}, {diff['layer_type']}")
+    if info["ignored_config_keys"]:
+        lines.append(f"  ignored config  {', '.join(info['ignored_config_keys'])}")
+    return "\n".join(lines)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    info = inspect(args.path, strict=not args.allow_unknown_config, tower=args.tower)
+    print(json.dumps(info, indent=2) if args.json else format_inspect(info))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectrax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def checkpoint_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-unknown-config", action="store_true",
+                       help="load even if config.json has options spectrax does not know (they are ignored and recorded)")
+        p.add_argument("--tower", default=None, help="tensor-name root of the tower to read in a multimodal checkpoint")
+
+    p = sub.add_parser("inspect", help="describe a checkpoint from its headers and config (reads no weights)")
+    p.add_argument("path", help="checkpoint directory or .safetensors file")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    checkpoint_options(p)
+    p.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CheckpointError, FileExistsError) as e:
+        print(f"spectrax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
