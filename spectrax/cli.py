@@ -1,16 +1,22 @@
-"""The `spectrax` command line: `inspect`, `analyze` (see `spectrax <command> --help`)."""
+"""The `spectrax` command line: `analyze`, `inspect` (see `spectrax <command> --help`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
 
-__all__ = ["main"]
+__all__ = ["main", "EMBEDDED_CHECKPOINT"]
+
+# A small Llama-format model that spectrax trained itself (see its TRAINING.md), so the main
+# command has a real, non-random checkpoint to analyze offline.
+EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "data", "tiny-llama")
 
 
 def _human_bytes(n: int) -> str:
@@ -58,6 +64,37 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_layers(text: str | None) -> list[int] | None:
+    """`"0,2,5-7"` -> [0, 2, 5, 6, 7]."""
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        layers.extend(range(int(lo), int(hi or lo) + 1))
+    return layers
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from spectrax.analyses.analyze import analyze
+
+    path = args.path or EMBEDDED_CHECKPOINT
+    out = args.out or os.path.join(
+        "spectrax-results", f"{os.path.basename(os.path.normpath(path))}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if args.path is None:
+        print(f"spectrax analyze: no checkpoint given; analyzing the embedded one at {path}", file=sys.stderr)
+    written = analyze(
+        path, out, analyses=args.analyses.split(","), num_draws=args.null_draws, seed=args.seed,
+        layers=_parse_layers(args.layers), strict=not args.allow_unknown_config,
+    )
+    print(f"results in {written}")
+    with open(os.path.join(written, "report.md"), encoding="utf-8") as f:
+        report = f.read()
+    print(report[report.index("## Model-level"):report.index("Figures:")].rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectrax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-unknown-config", action="store_true",
                        help="load even if config.json has options spectrax does not know (they are ignored and recorded)")
         p.add_argument("--tower", default=None, help="tensor-name root of the tower to read in a multimodal checkpoint")
+
+    p = sub.add_parser("analyze", help="per-head spectral statistics beside random-matrix nulls: tables, plots, report")
+    p.add_argument("path", nargs="?", default=None, help="checkpoint (default: the small model embedded in spectrax)")
+    p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>)")
+    p.add_argument("--analyses", default="laws", help="comma-separated analyses to run (available: laws)")
+    p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per null (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls")
+    p.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
+    checkpoint_options(p)
+    p.set_defaults(run=_cmd_analyze)
 
     p = sub.add_parser("inspect", help="describe a checkpoint from its headers and config (reads no weights)")
     p.add_argument("path", help="checkpoint directory or .safetensors file")
@@ -79,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, FileExistsError) as e:
+    except (CheckpointError, FileExistsError, ValueError) as e:
         print(f"spectrax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

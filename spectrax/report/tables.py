@@ -1,0 +1,63 @@
+"""Tables as plain column dicts: `{column: 1-D array}` -> CSV, JSON and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Table", "write_csv", "write_json", "to_markdown", "concat"]
+
+Table = Mapping[str, np.ndarray]
+
+
+def _cell(x) -> object:
+    if isinstance(x, str):
+        return x
+    if x is None:
+        return None
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def concat(tables: Sequence[Table]) -> dict[str, np.ndarray]:
+    """Row-wise concatenation of tables with the same columns."""
+    return {k: np.concatenate([np.asarray(t[k]) for t in tables]) for k in tables[0]}
+
+
+def write_csv(table: Table, path: str | os.PathLike) -> None:
+    columns = list(table)
+    rows = len(next(iter(table.values()))) if table else 0
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for i in range(rows):
+            writer.writerow(["" if _cell(table[c][i]) is None else _cell(table[c][i]) for c in columns])
+
+
+def write_json(table: Table, path: str | os.PathLike) -> None:
+    """A list of row objects; NaN becomes null."""
+    columns = list(table)
+    rows = len(next(iter(table.values()))) if table else 0
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump([{c: _cell(table[c][i]) for c in columns} for i in range(rows)], f, indent=1)
+
+
+def to_markdown(table: Table, columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    columns = list(columns or table)
+    rows = len(table[columns[0]])
+    def fmt(x) -> str:
+        x = _cell(x)
+        if x is None:
+            return "n/a"
+        return x if isinstance(x, str) else str(x) if isinstance(x, int) else f"{x:.{digits}g}"
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(table[c][i]) for c in columns) + " |" for i in range(rows)]
+    return "\n".join(lines)
