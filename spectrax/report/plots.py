@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,6 +55,7 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str 
     ax.plot(ids, null_mean, color="0.4", lw=1, ls="--", label="random null mean")
     ax.plot(ids, observed, "o-", color="C3", label=f"{stat} (mean over heads)")
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(stat)
     ax.set_title(title or stat)
     ax.legend(fontsize=8)

@@ -1,0 +1,69 @@
+"""The laws analysis: its statistics equal float64 numpy recomputations, and its nulls behave."""
+
+import numpy as np
+import pytest
+
+from spectrax.analyses.laws import head_laws, laws_table
+from tests.conftest import CHECKPOINTS
+
+
+def _np_pearson(a, b):
+    return np.corrcoef(a, b)[0, 1]
+
+
+def test_table_rows_and_gqa_pairing_match_numpy():
+    import spectrax as sx
+
+    table = laws_table(CHECKPOINTS / "llama", num_draws=4, progress=False)
+    model = sx.load(CHECKPOINTS / "llama")
+    attn = model.params["layers"][0]["attn"]
+    H, KV = model.spec.num_heads, model.spec.num_kv_heads
+    assert len(table["layer"]) == model.spec.num_layers * H
+    for row in range(len(table["layer"])):
+        layer, head, g = int(table["layer"][row]), int(table["head"][row]), int(table["kv_head"][row])
+        assert g == head // (H // KV)
+        q = np.asarray(attn["q"][layer, head], np.float64)
+        k = np.asarray(attn["k"][layer, g], np.float64)
+        v = np.asarray(attn["v"][layer, g], np.float64)
+        sq, sk, sv = (np.linalg.svd(m, compute_uv=False) for m in (q, k, v))
+        np.testing.assert_allclose(table["pearson_qk"][row], _np_pearson(sq, sk), atol=1e-5)
+        np.testing.assert_allclose(table["pearson_kv"][row], _np_pearson(sk, sv), atol=1e-5)
+        ssr = np.mean(np.abs(sq / np.linalg.norm(sq) - sv / np.linalg.norm(sv)))
+        np.testing.assert_allclose(table["ssr_qv"][row], ssr, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(table["sigma_max_k"][row], sk[0], rtol=1e-5)
+
+
+def test_gaussian_weights_sit_inside_their_null():
+    rng = np.random.default_rng(1)
+    attn = {"q": rng.standard_normal((3, 4, 16, 128)).astype(np.float32),
+            "k": rng.standard_normal((3, 2, 16, 128)).astype(np.float32),
+            "v": rng.standard_normal((3, 2, 16, 128)).astype(np.float32)}
+    import jax
+
+    cols = head_laws(attn, jax.random.key(0), num_draws=32)
+    for stat in ("pearson_qk", "ssr_qk", "cos_u_qk", "cos_v_qv", "grassmann_kv", "sigma_max_q"):
+        assert abs(np.mean(cols[f"{stat}_z"])) < 1.5, stat
+    assert cols["finite"].all()
+
+
+def test_structured_weights_depart_from_null():
+    """K = Q exactly: identical spectra and vectors, far outside the Gaussian null."""
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((1, 2, 16, 128)).astype(np.float32)
+    import jax
+
+    cols = head_laws({"q": q, "k": q, "v": rng.standard_normal((1, 2, 16, 128)).astype(np.float32)},
+                     jax.random.key(0), num_draws=16)
+    assert (cols["ssr_qk"] < 1e-5).all() and (cols["ssr_qk_z"] < -3).all()
+    assert (cols["cos_u_qk"] > 0.99).all() and (cols["cos_u_qk_z"] > 10).all()
+
+
+def test_nonfinite_head_reported_per_head():
+    rng = np.random.default_rng(3)
+    attn = {m: rng.standard_normal((1, n, 8, 64)).astype(np.float32) for m, n in (("q", 4), ("k", 2), ("v", 2))}
+    attn["q"][0, 3, 0, 0] = np.nan
+    import jax
+
+    cols = head_laws(attn, jax.random.key(0), num_draws=4)
+    np.testing.assert_array_equal(cols["finite"][0], [1, 1, 1, 0])
+    assert np.isnan(cols["pearson_qk"][0, 3]) and np.isfinite(cols["pearson_qk"][0, :3]).all()
