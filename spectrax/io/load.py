@@ -229,12 +229,14 @@ def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = No
     )
     groups = []
     for layer_ids in source.layer_groups():
-        first = _read_layer(source, layer_ids[0])
         # Preallocate the group's stacked arrays so peak memory is the model plus one layer.
-        stacked = jax.tree.map(lambda x: np.empty((len(layer_ids), *x.shape), x.dtype), first)
+        stacked = None
         for slot, i in enumerate(layer_ids):
-            layer = first if slot == 0 else _read_layer(source, i)
+            layer = _read_layer(source, i)
+            if stacked is None:
+                stacked = jax.tree.map(lambda x: np.empty((len(layer_ids), *x.shape), x.dtype), layer)
             jax.tree.map(lambda dst, src: dst.__setitem__(slot, src), stacked, layer)
+            del layer
         groups.append({"layer_ids": np.asarray(layer_ids, np.int32), **stacked})
     tree["layers"] = tuple(groups)
     return Model(source.spec, tree, _meta(source, notes, unconverted))

@@ -1,0 +1,104 @@
+"""Loader benchmark: streaming a 14B-shaped bf16 checkpoint layer by layer.
+
+For each depth, writes a Llama-format checkpoint with Qwen2.5-14B per-layer shapes (E=5120, H=40,
+KV=8, D=128, F=13824; one layer per shard), then in a fresh process streams every layer
+(`spectrax.stream_layers`) and, separately, loads the whole model (`spectrax.load`). Reports wall
+time, read bandwidth and peak RSS of each, so "memory flat in depth, time linear" can be read off.
+
+    python benchmarks/bench_loading.py --layers 2 4 8 [--shape 14b|8b|small] [--dir /tmp/x]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+SHAPES = {
+    "14b": dict(hidden_size=5120, num_heads=40, num_kv_heads=8, head_dim=128, intermediate_size=13824),
+    "8b": dict(hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128, intermediate_size=14336),
+    "small": dict(hidden_size=1024, num_heads=16, num_kv_heads=4, head_dim=64, intermediate_size=2816),
+}
+
+_CHILD = r"""
+import json, sys, time
+import numpy as np
+import spectrax as sx
+path, mode = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+checksum = 0.0
+if mode == "stream":
+    for block in sx.stream_layers(path):
+        checksum += float(np.asarray(block.params["attn"]["q"][0, 0, 0, :8], np.float32).sum())
+        del block
+else:
+    model = sx.load(path)
+    checksum = float(np.asarray(model.params["layers"][0]["attn"]["q"][0, 0, 0, :8], np.float32).sum())
+seconds = time.perf_counter() - start
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the parent.
+hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": hwm, "checksum": checksum}))
+"""
+
+
+def _baseline_rss() -> int:
+    out = subprocess.run([sys.executable, "-c", "import spectrax, numpy; print(next(int(l.split()[1]) * 1024 "
+                          "for l in open('/proc/self/status') if l.startswith('VmHWM')))"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out)
+
+
+def run(depths: list[int], shape: str, directory: str, with_load: bool) -> list[dict]:
+    from spectrax.io.synthetic import write_llama_checkpoint
+
+    dims = SHAPES[shape]
+    rows = []
+    for layers in depths:
+        path = os.path.join(directory, f"{shape}-L{layers}")
+        write_llama_checkpoint(path, num_layers=layers, vocab_size=1024, dtype="bfloat16", layers_per_shard=1, **dims)
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        for mode in ("stream", "load") if with_load else ("stream",):
+            out = subprocess.run([sys.executable, "-c", _CHILD, path, mode], capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout)
+            rows.append({"shape": shape, "layers": layers, "mode": mode, "checkpoint_bytes": size, **result,
+                         "read_gb_per_s": size / result["seconds"] / 1e9})
+            print(json.dumps(rows[-1]), flush=True)
+        shutil.rmtree(path)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="14b")
+    parser.add_argument("--dir", default=None, help="scratch folder for generated checkpoints")
+    parser.add_argument("--no-load", action="store_true", help="skip whole-model loading")
+    parser.add_argument("--json", default=None, help="write results here")
+    args = parser.parse_args()
+    directory = args.dir or tempfile.mkdtemp(prefix="spectrax-bench-")
+    baseline = _baseline_rss()
+    rows = run(args.layers, args.shape, directory, not args.no_load)
+    d = SHAPES[args.shape]
+    E, H, KV, D, F = d["hidden_size"], d["num_heads"], d["num_kv_heads"], d["head_dim"], d["intermediate_size"]
+    layer_bytes = 2 * (E * H * D * 2 + 2 * E * KV * D + 3 * E * F + 2 * E)
+    report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "date": time.strftime("%Y-%m-%d"), "one_layer_bf16_bytes": layer_bytes,
+              "import_baseline_rss_bytes": baseline, "rows": rows}
+    print(f"\none layer: {layer_bytes / 2**20:.0f} MiB bf16; import baseline RSS {baseline / 2**20:.0f} MiB")
+    print(f"{'layers':>6} {'mode':>6} {'seconds':>8} {'GB/s':>6} {'peak RSS MiB':>13} {'(RSS-baseline)/layer':>21}")
+    for r in rows:
+        print(f"{r['layers']:>6} {r['mode']:>6} {r['seconds']:>8.2f} {r['read_gb_per_s']:>6.2f} "
+              f"{r['peak_rss_bytes'] / 2**20:>13.0f} {(r['peak_rss_bytes'] - baseline) / layer_bytes:>21.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
