@@ -9,14 +9,11 @@ import sys
 import time
 from collections.abc import Sequence
 
+from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
 
-__all__ = ["main", "EMBEDDED_CHECKPOINT"]
-
-# A small Llama-format model that spectrax trained itself (see its TRAINING.md), so the main
-# command has a real, non-random checkpoint to analyze offline.
-EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "data", "tiny-llama")
+__all__ = ["main"]
 
 
 def _human_bytes(n: int) -> str:
@@ -78,7 +75,8 @@ def _parse_layers(text: str | None) -> list[int] | None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from spectrax.analyses.analyze import analyze
 
-    path = args.path or EMBEDDED_CHECKPOINT
+    # Without a path: the small model spectrax trained itself (a real, non-random checkpoint).
+    path = args.path or str(TINY_LLAMA)
     out = args.out or os.path.join(
         "spectrax-results", f"{os.path.basename(os.path.normpath(path))}-{time.strftime('%Y%m%d-%H%M%S')}"
     )

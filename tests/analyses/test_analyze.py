@@ -7,7 +7,7 @@ import os
 import pytest
 
 from spectrax.analyses.analyze import analyze
-from spectrax.cli import EMBEDDED_CHECKPOINT, main
+from spectrax.cli import main
 from tests.conftest import CHECKPOINTS, snapshot
 
 
@@ -48,7 +48,6 @@ def test_failed_run_leaves_no_folder(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(not os.path.isdir(EMBEDDED_CHECKPOINT), reason="embedded checkpoint not built")
 def test_cli_analyze_without_path_uses_embedded_checkpoint(tmp_path, capsys):
     assert main(["analyze", "--out", str(tmp_path / "r"), "--null-draws", "4"]) == 0
     assert "pearson_qk" in capsys.readouterr().out

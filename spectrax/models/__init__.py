@@ -1,0 +1,32 @@
+"""Forward passes from converted pytrees, random init, and export back to Hugging Face checkpoints."""
+
+from spectrax.models.decoder import (
+    SUPPORTED_FAMILIES,
+    DecoderOptions,
+    decoder_options,
+    forward,
+    merge_layer_ids,
+    split_layer_ids,
+)
+from spectrax.models.export import LLAMA_LIKE, save_hf_checkpoint, to_hf_llama
+from spectrax.models.init import init_llama
+from spectrax.models.layers import apply_rope, attention, causal_mask, gated_mlp, rms_norm, rope_tables
+
+__all__ = [
+    "DecoderOptions",
+    "LLAMA_LIKE",
+    "SUPPORTED_FAMILIES",
+    "apply_rope",
+    "attention",
+    "causal_mask",
+    "decoder_options",
+    "forward",
+    "gated_mlp",
+    "init_llama",
+    "merge_layer_ids",
+    "rms_norm",
+    "rope_tables",
+    "save_hf_checkpoint",
+    "split_layer_ids",
+    "to_hf_llama",
+]
