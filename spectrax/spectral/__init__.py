@@ -4,6 +4,7 @@ Every kernel takes arrays batched over leading axes such as `(layers, heads, hea
 upcasts bf16/f16 to float32 inside, and is jit-compiled once per shape. See docs/spectral.md.
 """
 
+from spectrax.spectral.decompose import METHODS, SVDResult, singular_values, svd
 from spectrax.spectral.esd import (
     MPFit,
     PowerLawFit,
@@ -54,6 +55,8 @@ from spectrax.spectral.nulls import (
     cos_null,
     expected_abs_cos,
     gaussian_null,
+    gaussian_singular_values,
+    gaussian_spectrum_null,
     grassmann_chance,
     grassmann_null,
     null_columns,
@@ -65,16 +68,18 @@ from spectrax.spectral.nulls import (
 )
 from spectrax.spectral.pairs import (
     PAIR_STATISTICS,
+    SPECTRA_PAIR_STATISTICS,
     SPECTRUM_STATISTICS,
     exact_pair_nulls,
     gqa_pair_statistics,
     pair_statistics,
+    singular_value_statistics,
+    spectra_pair_statistics,
     spectrum_statistics,
 )
-from spectrax.spectral.svd import METHODS, SVDResult, singular_values, svd
 
 __all__ = [
-    # svd
+    # decompose
     "METHODS",
     "SVDResult",
     "singular_values",
@@ -127,6 +132,8 @@ __all__ = [
     "cos_null",
     "expected_abs_cos",
     "gaussian_null",
+    "gaussian_singular_values",
+    "gaussian_spectrum_null",
     "grassmann_chance",
     "grassmann_null",
     "null_columns",
@@ -137,9 +144,12 @@ __all__ = [
     "zscore",
     # bundled statistics
     "PAIR_STATISTICS",
+    "SPECTRA_PAIR_STATISTICS",
     "SPECTRUM_STATISTICS",
     "exact_pair_nulls",
     "gqa_pair_statistics",
     "pair_statistics",
+    "singular_value_statistics",
+    "spectra_pair_statistics",
     "spectrum_statistics",
 ]

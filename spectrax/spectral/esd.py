@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax.spectral._util import as_float, check_min_rank
+from spectrax.spectral.decompose import singular_values
 from spectrax.spectral.marchenko_pastur import aspect_ratio, fit_mp_scale, mp_cdf, mp_edges
-from spectrax.spectral.svd import singular_values
 
 
 def _shape2(shape) -> tuple[int, int]:
@@ -49,7 +49,8 @@ class MPFit(NamedTuple):
     """Marchenko-Pastur fit of an ESD; every field `(...)`.
 
     sigma2: fitted entry variance. lambda_minus, lambda_plus: bulk edges.
-    num_spikes: eigenvalues above `lambda_plus * (1 + edge_margin)` (int32).
+    num_spikes: eigenvalues above `lambda_plus * (1 + edge_margin)` (int32; -1 flags a spectrum
+      holding NaN/Inf, whose other fields are NaN).
     """
 
     sigma2: jax.Array
@@ -71,6 +72,7 @@ def mp_fit(s, shape, method: str = "median", edge_margin: float = 0.0) -> MPFit:
     sigma2 = fit_mp_scale(lam, ratio, method=method)
     lo, hi = mp_edges(ratio, sigma2, lam.dtype)
     spikes = jnp.sum(lam > (hi * (1.0 + edge_margin))[..., None], axis=-1).astype(jnp.int32)
+    spikes = jnp.where(jnp.isfinite(sigma2) & jnp.all(jnp.isfinite(lam), axis=-1), spikes, -1)
     return MPFit(sigma2, lo, hi, spikes)
 
 
@@ -95,7 +97,13 @@ def ks_mp(s, shape, method: str = "median") -> jax.Array:
     ratio = aspect_ratio(shape)
     sigma2 = fit_mp_scale(lam, ratio, method=method)
     cdf = mp_cdf(jnp.sort(lam, axis=-1), ratio, sigma2[..., None])
-    return _ks_one_sample(cdf)
+    return _flag_nonfinite(s, _ks_one_sample(cdf))
+
+
+def _flag_nonfinite(s, value):
+    """NaN where the spectrum `s (..., k)` holds NaN/Inf."""
+    ok = jnp.all(jnp.isfinite(s), axis=-1)
+    return jnp.where(ok, value, jnp.full((), jnp.nan, value.dtype))
 
 
 def _ks_two_1d(x, y):
@@ -108,13 +116,18 @@ def _ks_two_1d(x, y):
 
 @jax.jit
 def ks_two_sample(x, y) -> jax.Array:
-    """Two-sample KS distance along the last axis. x: `(..., n)`, y: `(..., m)` -> `(...)`."""
+    """Two-sample KS distance along the last axis. x: `(..., n)`, y: `(..., m)` -> `(...)`.
+
+    NaN where either sample holds NaN/Inf.
+    """
     x, y = as_float(x), as_float(y)
     y = y.astype(x.dtype)
     batch = jnp.broadcast_shapes(x.shape[:-1], y.shape[:-1])
     x = jnp.broadcast_to(x, batch + x.shape[-1:]).reshape((-1, x.shape[-1]))
     y = jnp.broadcast_to(y, batch + y.shape[-1:]).reshape((-1, y.shape[-1]))
-    return jax.vmap(_ks_two_1d)(x, y).reshape(batch)
+    d = jax.vmap(_ks_two_1d)(x, y)
+    ok = jnp.all(jnp.isfinite(x), axis=-1) & jnp.all(jnp.isfinite(y), axis=-1)
+    return jnp.where(ok, d, jnp.full((), jnp.nan, d.dtype)).reshape(batch)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "num_draws", "method"))
@@ -132,7 +145,8 @@ def ks_gaussian(key, s, shape, num_draws: int = 1, method: str = "qr") -> jax.Ar
     sg = singular_values(g, method=method)
     sg = sg / jnp.mean(sg, axis=-1, keepdims=True)
     pooled = sg.reshape(s.shape[:-1] + (-1,))
-    return ks_two_sample(s / jnp.mean(s, axis=-1, keepdims=True), pooled)
+    d = ks_two_sample(s / jnp.mean(s, axis=-1, keepdims=True), pooled)
+    return _flag_nonfinite(s, d)
 
 
 class PowerLawFit(NamedTuple):
@@ -170,7 +184,8 @@ def powerlaw_fit(x, min_tail: int = 10, max_candidates: int = 512) -> PowerLawFi
       `alpha = 1 + n_tail / sum(ln(x_i / x_min))` and the KS distance between the tail's empirical
       CDF and `1 - (x / x_min)^(1 - alpha)`; the candidate with the smallest distance wins.
 
-    Returns `PowerLawFit` of `(...)` arrays; NaN fields where no candidate is valid.
+    Returns `PowerLawFit` of `(...)` arrays; NaN fields (and `num_tail = 0`) where no candidate
+    is valid or `x` holds NaN/Inf.
     """
     x = as_float(x)
     check_min_rank(x, 1, "x")
@@ -202,7 +217,7 @@ def powerlaw_fit(x, min_tail: int = 10, max_candidates: int = 512) -> PowerLawFi
     best = jnp.argmin(ks, axis=-1)
     pick = lambda a: jnp.take_along_axis(a, best[..., None], axis=-1)[..., 0]
     ks_best = pick(ks)
-    ok = jnp.isfinite(ks_best)
+    ok = jnp.isfinite(ks_best) & jnp.all(jnp.isfinite(x), axis=-1)
     nan = jnp.full((), jnp.nan, x.dtype)
     alpha_best = jnp.where(ok, pick(alpha), nan)
     n_best = jnp.asarray(n - cand, jnp.int32)[best]

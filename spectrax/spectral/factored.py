@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from spectrax.spectral._util import check_min_rank, common_float
+from spectrax.spectral.decompose import SVDResult, fix_signs, matmul
 from spectrax.spectral.gqa import gqa_pair
-from spectrax.spectral.svd import SVDResult, fix_signs, matmul
 
 
 class QKKernelSVD(NamedTuple):

@@ -115,7 +115,8 @@ def mp_quantile(p, ratio, sigma2=1.0, num_iter: int = 60) -> jax.Array:
         return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
 
     _, hi = jax.lax.fori_loop(0, num_iter, body, (lo, hi))
-    return hi
+    at_zero = mp_cdf(jnp.zeros((), p.dtype), y, sig) >= p
+    return jnp.where(at_zero, jnp.zeros((), p.dtype), hi)
 
 
 @functools.partial(jax.jit, static_argnames=("method",))

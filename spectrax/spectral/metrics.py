@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from spectrax.spectral._util import check_min_rank, common_float
-from spectrax.spectral.svd import matmul
+from spectrax.spectral.decompose import matmul
 
 
 def _nan_like(x):

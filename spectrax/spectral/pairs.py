@@ -7,6 +7,9 @@ expect, so an analysis needs three calls for a statistic with its null:
     obs = gqa_pair_statistics(q, k)                                   # {name: (L, H)}
     null = gaussian_null(key, gqa_pair_statistics, q, k, num_draws=32)
     cols = null_columns(obs, split_null(null))                        # + _null_mean/_std/_z/_pct
+
+Statistics of spectra alone (`spectra_pair_statistics`, `singular_value_statistics`) can take the
+much cheaper `gaussian_spectrum_null` instead.
 """
 
 from __future__ import annotations
@@ -16,14 +19,30 @@ import functools
 import jax
 
 from spectrax.spectral import metrics
+from spectrax.spectral.decompose import singular_values, svd
 from spectrax.spectral.gqa import gqa_pair
 from spectrax.spectral.nulls import cos_null, grassmann_null
-from spectrax.spectral.svd import singular_values, svd
 
-PAIR_STATISTICS = ("pearson", "ssr", "alpha", "alpha_mse", "cos_u", "cos_v", "grassmann")
-SPECTRUM_STATISTICS = (
-    "sigma_max", "cond", "erank", "erank_squared", "max_mean", "stable_rank",
-)
+SPECTRA_PAIR_STATISTICS = ("pearson", "ssr", "alpha", "alpha_mse")
+PAIR_STATISTICS = SPECTRA_PAIR_STATISTICS + ("cos_u", "cos_v", "grassmann")
+SPECTRUM_STATISTICS = ("sigma_max", "cond", "erank", "erank_squared", "max_mean", "stable_rank")
+
+
+@jax.jit
+def spectra_pair_statistics(sa, sb) -> dict:
+    """The spectrum-only part of `pair_statistics`, from singular values `sa`, `sb (..., k)`.
+
+    Returns `{name: (...)}` for `SPECTRA_PAIR_STATISTICS` (pearson, ssr, alpha, alpha_mse); being a
+    function of spectra, it is a valid `stat_fn` for the cheap `nulls.gaussian_spectrum_null`
+    (wrap it in `gqa_pair` for GQA stacks).
+    """
+    fit = metrics.scale_fit(sa, sb)
+    return {
+        "pearson": metrics.pearson(sa, sb),
+        "ssr": metrics.ssr(sa, sb),
+        "alpha": fit.alpha,
+        "alpha_mse": fit.mse,
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
@@ -39,12 +58,8 @@ def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "qr") ->
     sa = svd(a, method=method)
     sb = svd(b, method=method)
     k = sa.s.shape[-1] if grassmann_k is None else grassmann_k
-    fit = metrics.scale_fit(sa.s, sb.s)
     return {
-        "pearson": metrics.pearson(sa.s, sb.s),
-        "ssr": metrics.ssr(sa.s, sb.s),
-        "alpha": fit.alpha,
-        "alpha_mse": fit.mse,
+        **spectra_pair_statistics(sa.s, sb.s),
         "cos_u": metrics.mean_abs_cos(sa.u, sb.u),
         "cos_v": metrics.mean_abs_cos(sa.v, sb.v),
         "grassmann": metrics.grassmann(sa.v[..., :k], sb.v[..., :k]),
@@ -64,14 +79,14 @@ def gqa_pair_statistics(q, kv, grassmann_k: int | None = None, method: str = "qr
     return gqa_pair(fn, q, kv, axis=q.ndim - 3)
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
-def spectrum_statistics(w, method: str = "qr") -> dict:
-    """SPEC §1-§2 single-matrix statistics of `w (..., m, n)`.
+@jax.jit
+def singular_value_statistics(s) -> dict:
+    """SPEC §1-§2 single-matrix statistics from singular values `s (..., k)`.
 
     Returns `{name: (...)}` for `SPECTRUM_STATISTICS`: sigma_max, condition number, effective rank
-    (singular values) and its squared variant, max/mean and stable rank.
+    (singular values) and its squared variant, max/mean and stable rank. Being a function of
+    spectra, it is a valid `stat_fn` for the cheap `nulls.gaussian_spectrum_null`.
     """
-    s = singular_values(w, method=method)
     return {
         "sigma_max": metrics.sigma_max(s),
         "cond": metrics.condition_number(s),
@@ -80,6 +95,12 @@ def spectrum_statistics(w, method: str = "qr") -> dict:
         "max_mean": metrics.max_mean(s),
         "stable_rank": metrics.stable_rank(s),
     }
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def spectrum_statistics(w, method: str = "qr") -> dict:
+    """`singular_value_statistics` of the matrices `w (..., m, n)`."""
+    return singular_value_statistics(singular_values(w, method=method))
 
 
 def exact_pair_nulls(shape, grassmann_k: int | None = None) -> dict:

@@ -1,0 +1,207 @@
+"""Null models: exact formulas vs Monte Carlo, Gaussian/shuffle nulls, z-scores and percentiles."""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spectrax.spectral import metrics, nulls
+from spectrax.spectral.decompose import singular_values
+from spectrax.spectral.gqa import gqa_pair
+from spectrax.spectral.pairs import gqa_pair_statistics
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("d", [2, 3, 16, 128, 5120])
+def test_expected_abs_cos_formula_vs_monte_carlo(d):
+    m = float(nulls.expected_abs_cos(d))
+    if d == 2:
+        assert m == pytest.approx(2 / math.pi, rel=1e-12)
+    if d == 3:
+        assert m == pytest.approx(0.5, rel=1e-12)
+    assert m == pytest.approx(math.sqrt(2 / (math.pi * d)), rel=1.0 / d)   # ~ 0.8 / sqrt(d)
+    assert m < 1 / math.sqrt(d)                                            # below the RMS
+    if d <= 128:
+        rng = np.random.default_rng(50 + d)
+        n = 40000
+        c = np.abs(np.sum(_unit(rng, n, d) * _unit(rng, n, d), -1))
+        se = c.std() / math.sqrt(n)
+        assert abs(c.mean() - m) < 4 * se
+        assert float(nulls.abs_cos_std(d)) == pytest.approx(c.std(), rel=0.03)
+
+
+def test_grassmann_and_cos_nulls_vs_monte_carlo():
+    rng = np.random.default_rng(51)
+    d, k, n = 48, 6, 4000
+    a = np.linalg.qr(rng.standard_normal((n, d, k)))[0]
+    b = np.linalg.qr(rng.standard_normal((n, d, k)))[0]
+    g = np.asarray(metrics.grassmann(a.astype(np.float32), b.astype(np.float32)))
+    null = nulls.grassmann_null(k, d)
+    assert float(null.mean) == pytest.approx(k / d)
+    assert abs(g.mean() - k / d) < 4 * g.std() / math.sqrt(n)
+    assert float(null.std) == pytest.approx(g.std(), rel=0.06)
+    c = np.asarray(metrics.mean_abs_cos(a.astype(np.float32), b.astype(np.float32)))
+    cn = nulls.cos_null(d, k)
+    assert abs(c.mean() - float(cn.mean)) < 4 * c.std() / math.sqrt(n)
+    assert float(cn.std) == pytest.approx(c.std(), rel=0.08)          # independence approximation
+
+
+def _stats(q, k):
+    return gqa_pair_statistics(q, k)
+
+
+L, H, KV, D, E = 2, 4, 2, 8, 48
+NUM_DRAWS = 24
+
+
+@pytest.fixture(scope="module")
+def gaussian_heads():
+    """Gaussian Q/K stacks (layers, heads, head_dim, hidden) with their Gaussian null."""
+    rng = np.random.default_rng(52)
+    q = (0.02 * rng.standard_normal((L, H, D, E))).astype(np.float32)
+    k = (0.05 * rng.standard_normal((L, KV, D, E))).astype(np.float32)
+    null = nulls.gaussian_null(jax.random.key(0), _stats, q, k, num_draws=NUM_DRAWS)
+    return q, k, null
+
+
+def test_gaussian_null_z_scores_of_gaussian_inputs_are_order_one(gaussian_heads):
+    q, k, null = gaussian_heads
+    obs = gqa_pair_statistics(q, k)
+    assert null.draws["pearson"].shape == (NUM_DRAWS, L, H)
+    z = nulls.zscore(obs, null)
+    allz = np.concatenate([np.asarray(v).ravel() for v in z.values()])
+    assert np.all(np.isfinite(allz))
+    assert np.max(np.abs(allz)) < 5.0
+    assert 0.3 < np.mean(allz**2) < 3.0
+    pct = nulls.percentile(obs, null)
+    allp = np.concatenate([np.asarray(v).ravel() for v in pct.values()])
+    assert np.all((allp >= 0) & (allp <= 100)) and 25 < allp.mean() < 75
+    # the Monte Carlo mean of cos_v agrees with the exact formula
+    se = np.asarray(null.std["cos_v"]) / math.sqrt(NUM_DRAWS)
+    assert np.all(np.abs(np.asarray(null.mean["cos_v"]) - float(nulls.expected_abs_cos(E))) < 5 * se)
+    # a structured input is far from the null: K = Q for the first head of each group
+    obs_same = gqa_pair_statistics(q, q[:, ::2])
+    z_same = nulls.zscore(obs_same, null)
+    np.testing.assert_allclose(np.asarray(obs_same["cos_u"])[:, ::2], 1.0, rtol=1e-5)
+    assert np.all(np.asarray(z_same["cos_u"])[:, ::2] > 5)
+
+
+def test_gaussian_null_is_keyed(gaussian_heads):
+    q, k, null = gaussian_heads
+    same = nulls.gaussian_null(jax.random.key(0), _stats, q, k, num_draws=NUM_DRAWS)
+    np.testing.assert_array_equal(same.draws["ssr"], null.draws["ssr"])
+    other = nulls.gaussian_null(jax.random.key(2), _stats, q, k, num_draws=NUM_DRAWS)
+    assert not np.allclose(other.draws["pearson"], null.draws["pearson"])
+
+
+def _sigma_max(w):
+    return metrics.sigma_max(singular_values(w))
+
+
+def test_gaussian_null_scale_batch_size_and_unit_variance():
+    rng = np.random.default_rng(54)
+    w = np.stack([0.01 * rng.standard_normal((16, 64)), 3.0 * rng.standard_normal((16, 64))]).astype(np.float32)
+    null = nulls.gaussian_null(jax.random.key(3), _sigma_max, w, num_draws=16)
+    np.testing.assert_allclose(null.mean, _sigma_max(w), rtol=0.1)
+    # the draws depend on the key only, not on how many are evaluated at once
+    batched = nulls.gaussian_null(jax.random.key(3), _sigma_max, w, num_draws=16, batch_size=4)
+    np.testing.assert_allclose(batched.draws, null.draws, rtol=1e-5)
+    unit = nulls.gaussian_null(
+        jax.random.PRNGKey(3),                                            # a legacy uint32 key
+        _sigma_max, jax.ShapeDtypeStruct(w.shape, jnp.bfloat16), num_draws=16
+    )
+    np.testing.assert_allclose(unit.mean, 8.0 + 4.0, rtol=0.1)          # sqrt(64) + sqrt(16)
+    assert unit.mean.dtype == jnp.float32
+
+
+def _erank(w):
+    return metrics.effective_rank(singular_values(w))
+
+
+def test_shuffle_null_keeps_entries_and_detects_low_rank():
+    rng = np.random.default_rng(55)
+    x = rng.standard_normal((3, 12, 40)).astype(np.float32)
+    shuffled = np.asarray(nulls.shuffle_entries(jax.random.key(4), x))
+    np.testing.assert_array_equal(np.sort(shuffled.reshape(3, -1), -1), np.sort(x.reshape(3, -1), -1))
+    assert not np.array_equal(shuffled, x)
+    low = (rng.standard_normal((3, 12, 2)) @ rng.standard_normal((3, 2, 40))).astype(np.float32)
+    both = np.concatenate([x, low])
+    null = nulls.shuffle_null(jax.random.key(5), _erank, both, num_draws=12)
+    z = np.asarray(nulls.zscore(_erank(both), null))
+    assert np.all(np.abs(z[:3]) < 5)                    # unstructured: O(1)
+    assert np.all(z[3:] < -10)                          # rank 2 vs its shuffles: far below
+
+
+def test_zscore_percentile_and_columns_arithmetic():
+    draws = jnp.array([[1.0], [2.0], [3.0], [4.0]])
+    null = nulls.NullSummary(jnp.array([2.5]), jnp.array([0.5]), draws)
+    np.testing.assert_allclose(nulls.zscore(jnp.array([3.5]), null), [2.0])
+    np.testing.assert_allclose(nulls.percentile(jnp.array([3.0]), null), [62.5])   # 2 below + half a tie
+    zero = nulls.NullSummary(jnp.array([1.0]), jnp.array([0.0]))
+    assert np.isnan(nulls.zscore(jnp.array([2.0]), zero)).all()
+    with pytest.raises(ValueError):
+        nulls.percentile(jnp.array([1.0]), zero)
+    cols = nulls.null_columns(
+        {"cos_u": jnp.full((2, 3), 0.3), "sigma_max": jnp.ones((2, 3))},
+        {"cos_u": nulls.cos_null(16, 16)},
+    )
+    assert set(cols) == {"cos_u", "cos_u_null_mean", "cos_u_null_std", "cos_u_z", "sigma_max"}
+    assert cols["cos_u_null_mean"].shape == (2, 3)
+    split = nulls.split_null(nulls.NullSummary({"a": 1.0, "b": 2.0}, {"a": 0.1, "b": 0.2}, None))
+    assert split["b"].mean == 2.0 and split["a"].draws is None
+
+
+def test_gaussian_null_compiles_once_across_layers_even_with_fresh_partials():
+    rng = np.random.default_rng(56)
+    chex.clear_trace_counter()
+
+    def stat(w, rtol):
+        return metrics.condition_number(singular_values(w), rtol=rtol)
+
+    counted = chex.assert_max_traces(stat, n=1)
+    for i in range(3):
+        layer = rng.standard_normal((4, 6, 16)).astype(np.float32)
+        fn = functools.partial(counted, rtol=1e-6)                 # rebuilt for every layer
+        nulls.gaussian_null(jax.random.key(i), fn, layer, num_draws=3)
+    with pytest.raises(ValueError):
+        nulls.gaussian_null(jax.random.key(0), fn, layer, num_draws=1)
+
+
+@pytest.mark.parametrize("shape", [(8, 40), (40, 8)])
+def test_bartlett_singular_values_have_the_gaussian_law(shape):
+    n = 3000
+    s = np.asarray(nulls.gaussian_singular_values(jax.random.key(6), (n,) + shape))
+    ref = np.linalg.svd(np.random.default_rng(57).standard_normal((n,) + shape), compute_uv=False)
+    assert s.shape == ref.shape and np.all(np.diff(s, axis=-1) <= 0)
+    se = np.sqrt((s.var(0) + ref.var(0)) / n)
+    assert np.all(np.abs(s.mean(0) - ref.mean(0)) < 4.5 * se)
+    np.testing.assert_allclose(s.std(0), ref.std(0), rtol=0.1)
+
+
+def _pearson_and_scale(sq, sk):
+    return {
+        "pearson": gqa_pair(metrics.pearson, sq, sk, axis=1),
+        "sigma_max_q": metrics.sigma_max(sq),
+    }
+
+
+def test_spectrum_null_agrees_with_full_gaussian_null(gaussian_heads):
+    q, k, null = gaussian_heads
+    fast = nulls.gaussian_spectrum_null(jax.random.key(7), _pearson_and_scale, q, k, num_draws=NUM_DRAWS)
+    assert fast.mean["pearson"].shape == (L, H)
+    full_mean = np.asarray(null.mean["pearson"])
+    fast_std, full_std = np.asarray(fast.std["pearson"]), np.asarray(null.std["pearson"])
+    se = np.sqrt((fast_std**2 + full_std**2) / NUM_DRAWS)
+    assert np.all(np.abs(np.asarray(fast.mean["pearson"]) - full_mean) < 5 * se)
+    np.testing.assert_allclose(fast_std.mean(), full_std.mean(), rtol=0.35)
+    # scale matched to each real head's RMS: sigma_max ~ rms * (sqrt(E) + sqrt(D))
+    rms = np.sqrt(np.mean(q.astype(np.float64) ** 2, axis=(-2, -1)))
+    np.testing.assert_allclose(np.asarray(fast.mean["sigma_max_q"]) / rms, np.sqrt(E) + np.sqrt(D), rtol=0.1)
