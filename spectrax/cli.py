@@ -57,7 +57,14 @@ def format_inspect(info: dict) -> str:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect(args.path, strict=not args.allow_unknown_config, tower=args.tower)
-    print(json.dumps(info, indent=2) if args.json else format_inspect(info))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_inspect(info))
+        if args.tensors:
+            width = max(len(t["name"]) for t in info["tensors"])
+            for t in info["tensors"]:
+                print(f"  {t['name']:<{width}}  {t['dtype']:<5} {str(tuple(t['shape'])):<16} {t['file']}")
     return 0
 
 
@@ -114,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="describe a checkpoint from its headers and config (reads no weights)")
     p.add_argument("path", help="checkpoint directory or .safetensors file")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON (includes every tensor)")
+    p.add_argument("--tensors", action="store_true", help="also list every tensor: name, dtype, shape, file")
     checkpoint_options(p)
     p.set_defaults(run=_cmd_inspect)
     return parser

@@ -15,6 +15,9 @@ def test_inspect_json_fields(capsys):
         "model_type": "qwen3", "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 24, "hidden_size": 64,
         "dtype": "bfloat16"}
     assert info["layer_differences"] == []
+    q = next(t for t in info["tensors"] if t["name"] == "model.layers.1.self_attn.q_proj.weight")
+    assert q == {"name": q["name"], "dtype": "BF16", "shape": [96, 64], "bytes": 96 * 64 * 2, "file": "model.safetensors"}
+    assert sum(t["bytes"] for t in info["tensors"]) == info["total_bytes"]
 
 
 def test_inspect_reports_per_layer_differences(capsys):
@@ -24,9 +27,10 @@ def test_inspect_reports_per_layer_differences(capsys):
 
 
 def test_inspect_human_readable(capsys):
-    assert main(["inspect", str(CHECKPOINTS / "llama_sharded")]) == 0
+    assert main(["inspect", str(CHECKPOINTS / "llama_sharded"), "--tensors"]) == 0
     out = capsys.readouterr().out
     assert "4 query, 2 key/value" in out and "4 file(s)" in out and "head_dim        24" in out
+    assert "model.layers.0.self_attn.k_proj.weight" in out and "(48, 64)" in out
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):

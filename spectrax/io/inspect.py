@@ -19,8 +19,9 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
     Keys: `path`, `files`, `model_type`, `wrapper`, `num_layers`, `num_heads`, `num_kv_heads`,
     `head_dim` (None when it varies; see `head_dims`), `hidden_size`, `intermediate_size`,
     `vocab_size`, `tie_word_embeddings`, `dtype` (the dominant stored dtype), `dtypes` (count per
-    dtype), `num_tensors`, `total_bytes`, `tower`, `other_towers`, `layer_groups` (layers with
-    identical shapes), `layer_differences` (per-layer fields that differ from layer 0).
+    dtype), `num_tensors`, `total_bytes`, `tensors` (name, dtype, shape, bytes, file of each),
+    `tower`, `other_towers`, `layer_groups` (layers with identical shapes), `layer_differences`
+    (per-layer fields that differ from layer 0).
     """
     source = open_source(path, strict=strict, tower=tower)
     spec, files = source.spec, source.files
@@ -41,6 +42,10 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
         "dtypes": dict(dtypes),
         "num_tensors": len(files.tensors),
         "total_bytes": files.nbytes,
+        "tensors": [
+            {"name": i.name, "dtype": i.dtype, "shape": list(i.shape), "bytes": i.nbytes, "file": os.path.basename(i.file)}
+            for i in sorted(files.tensors.values(), key=lambda i: i.name)
+        ],
         "tower": source.layout.root,
         "other_towers": list(source.layout.other_towers),
         "layer_groups": [list(g) for g in source.layer_groups()],
