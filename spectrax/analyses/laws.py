@@ -3,8 +3,8 @@
 For every (layer, query head h) with its key/value head g = h // (H // KV):
 
 - pair statistics of (W_Q,h, W_K,g) `_qk`, (W_Q,h, W_V,g) `_qv` and (W_K,g, W_V,g) `_kv`:
-  pearson, ssr, alpha, alpha_mse (Monte Carlo null over shape- and scale-matched Gaussian
-  matrices), cos_u, cos_v, grassmann (exact nulls);
+  pearson, ssr, alpha, alpha_mse (Monte Carlo null over the spectra of shape- and scale-matched
+  Gaussian matrices), cos_u, cos_v, grassmann (exact nulls);
 - single-matrix statistics of W_Q,h `_q`, W_K,g `_k`, W_V,g `_v`: sigma_max, cond, erank,
   stable_rank, max_mean (Monte Carlo null).
 
@@ -15,8 +15,10 @@ The checkpoint is streamed one layer at a time, so memory does not grow with dep
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
+import chex
 import jax
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,46 +33,65 @@ MATRICES = ("q", "k", "v")
 _SPECTRUM = ("sigma_max", "cond", "erank", "stable_rank", "max_mean")
 
 
-def _spectrum(w):
-    stats = sp.spectrum_statistics(w)
-    return {name: stats[name] for name in _SPECTRUM}
+def _vector_pair_statistics(a: sp.SVDResult, b: sp.SVDResult) -> dict:
+    """Pair statistics of singular vectors (exact nulls), from thin SVDs batched alike."""
+    return {"cos_u": sp.mean_abs_cos(a.u, b.u), "cos_v": sp.mean_abs_cos(a.v, b.v), "grassmann": sp.grassmann(a.v, b.v)}
 
 
-def _with_null(key, stat_fn, *arrays, num_draws: int, exact: dict | None = None) -> dict[str, np.ndarray]:
-    observed = stat_fn(*arrays)
-    nulls = sp.split_null(sp.gaussian_null(key, stat_fn, *arrays, num_draws=num_draws))
-    nulls.update(exact or {})
+# Module-level partials, so each null compiles once per shape (stat_fn is a static argument).
+_GQA_SPECTRA = functools.partial(sp.gqa_pair, sp.spectra_pair_statistics, axis=1)
+_GQA_VECTORS = functools.partial(sp.gqa_pair, _vector_pair_statistics, axis=1)
+
+
+def _columns(observed: dict, nulls: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in sp.null_columns(observed, nulls).items()}
 
 
 def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
     """Statistics for a block of layers.
 
+    Each matrix is decomposed once. Spectrum statistics get a Monte Carlo null drawn directly in
+    singular values (`gaussian_spectrum_null`: shape- and scale-matched Gaussian matrices, exact
+    in law, far cheaper than drawing whole matrices); singular-vector statistics get their exact
+    nulls.
+
     Args:
       attn: canonical attention of the block: `q (n, H, D, E)`, `k`, `v (n, KV, D, E)`.
       key: PRNG key for the Monte Carlo nulls.
-      num_draws: Gaussian draws per null.
+      num_draws: Monte Carlo draws per null.
     Returns:
       `{column: (n, H)}` with every statistic, its null columns and `finite`.
     """
     q, k, v = (np.asarray(attn[m]) for m in MATRICES)
+    chex.assert_rank([q, k, v], 4)
     n, H, D, E = q.shape
-    KV = k.shape[1]
-    kv_of = sp.kv_head_index(H, KV)
+    kv_of = sp.kv_head_index(H, k.shape[1])
+    decomposed = {m: sp.svd(x) for m, x in (("q", q), ("k", k), ("v", v))}
     exact = sp.exact_pair_nulls((D, E))
-    keys = jax.random.split(key, 6)
+    keys = iter(jax.random.split(key, 6))
     cols: dict[str, np.ndarray] = {}
-    for (name, a, b), k_ in zip((("qk", q, k), ("qv", q, v)), keys[:2]):
-        stats = _with_null(k_, sp.gqa_pair_statistics, a, b, num_draws=num_draws, exact=exact)
-        cols.update({_name(stat, name): val for stat, val in stats.items()})
-    kv_cols = _with_null(keys[2], sp.pair_statistics, k, v, num_draws=num_draws, exact=exact)
-    cols.update({_name(stat, "kv"): val[:, kv_of] for stat, val in kv_cols.items()})
-    for (m, w), k_ in zip((("q", q), ("k", k), ("v", v)), keys[3:]):
-        stats = _with_null(k_, _spectrum, w, num_draws=num_draws)
-        cols.update({_name(stat, m): val if m == "q" else val[:, kv_of] for stat, val in stats.items()})
+
+    def add(tag: str, columns: dict[str, np.ndarray], per_kv_head: bool) -> None:
+        cols.update({_name(c, tag): val[:, kv_of] if per_kv_head else val for c, val in columns.items()})
+
+    for tag, a, b, per_kv in (("qk", "q", "k", False), ("qv", "q", "v", False), ("kv", "k", "v", True)):
+        pair_spectra = sp.spectra_pair_statistics if per_kv else _GQA_SPECTRA
+        pair_vectors = _vector_pair_statistics if per_kv else _GQA_VECTORS
+        observed = {**pair_spectra(decomposed[a].s, decomposed[b].s), **pair_vectors(decomposed[a], decomposed[b])}
+        null = sp.split_null(sp.gaussian_spectrum_null(next(keys), pair_spectra, attn[a], attn[b], num_draws=num_draws))
+        add(tag, _columns(observed, {**null, **exact}), per_kv)
+    for m in MATRICES:
+        observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
+        null = sp.split_null(sp.gaussian_spectrum_null(next(keys), _spectrum_statistics, attn[m], num_draws=num_draws))
+        add(m, _columns(observed, null), m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
     return cols
+
+
+def _spectrum_statistics(s) -> dict:
+    stats = sp.singular_value_statistics(s)
+    return {name: stats[name] for name in _SPECTRUM}
 
 
 _SUFFIXES = ("_null_mean", "_null_std", "_z", "_pct")
