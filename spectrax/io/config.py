@@ -93,7 +93,8 @@ _COMMON_KEYS = frozenset(
     exponential_decay_length_penalty suppress_tokens begin_suppress_tokens
     use_cache initializer_range init_std gradient_checkpointing
     attention_dropout attn_pdrop hidden_dropout hidden_dropout_prob attention_probs_dropout_prob
-    resid_pdrop embd_pdrop dropout classifier_dropout layerdrop
+    resid_pdrop embd_pdrop dropout classifier_dropout layerdrop activation_dropout
+    _attn_implementation_autoset
     max_position_embeddings rope_theta rope_scaling rope_parameters
     hidden_act hidden_activation activation_function
     tie_word_embeddings pruned_heads is_decoder add_cross_attention
@@ -118,7 +119,7 @@ _GEMMA_KEYS = frozenset(
         "attention_bias", "head_dim", "query_pre_attn_scalar", "attn_logit_softcapping",
         "final_logit_softcapping", "sliding_window", "sliding_window_pattern", "_sliding_window_pattern",
         "layer_types", "cache_implementation", "rope_local_base_freq", "use_bidirectional_attention",
-        "final_w",
+        "final_w", "sliding_window_size",
     }
 )
 
@@ -145,7 +146,7 @@ _FAMILIES: Mapping[str, _FamilyConfig] = {
     "gemma3_text": _FamilyConfig(_LLAMA_FIELDS, _GEMMA_KEYS, "rms", norm_offset=1.0, qk_norm="head"),
     "phi3": _FamilyConfig(
         _LLAMA_FIELDS,
-        frozenset({"original_max_position_embeddings", "partial_rotary_factor", "sliding_window"}),
+        frozenset({"original_max_position_embeddings", "partial_rotary_factor", "sliding_window", "attention_bias"}),
         "rms",
     ),
     "olmo2": _FamilyConfig(_LLAMA_FIELDS, frozenset({"attention_bias"}), "rms", qk_norm="projection"),
@@ -187,7 +188,7 @@ _FAMILIES: Mapping[str, _FamilyConfig] = {
             "norm_eps": ("layer_norm_epsilon",),
         },
         frozenset(
-            """n_embed apply_residual_connection_post_layernorm pretraining_tp slow_but_exact
+            """n_embed n_inner apply_residual_connection_post_layernorm pretraining_tp slow_but_exact
             masked_softmax_fusion offset_alibi skip_bias_add skip_bias_add_qkv seq_length
             attention_softmax_in_fp32 bias_dropout_fusion""".split()
         ),
