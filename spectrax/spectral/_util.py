@@ -31,6 +31,11 @@ def common_float(*xs) -> tuple[jnp.ndarray, ...]:
     return tuple(x.astype(dtype) for x in xs)
 
 
+def swap_last(x) -> jnp.ndarray:
+    """Transposes the last two axes of a batch of matrices `(..., m, n) -> (..., n, m)`."""
+    return jnp.swapaxes(x, -1, -2)
+
+
 def check_min_rank(x, rank: int, name: str = "x") -> None:
     """Raises unless `x` has at least `rank` axes."""
     if x.ndim < rank:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from spectrax.spectral._util import as_float, check_min_rank
+from spectrax.spectral._util import as_float, check_min_rank, swap_last
 
 METHODS = ("qr", "gram", "svd")
 
@@ -46,9 +46,6 @@ class SVDResult(NamedTuple):
     s: jax.Array
     v: jax.Array
 
-
-def _mT(x):
-    return jnp.swapaxes(x, -1, -2)
 
 
 def matmul(a, b):
@@ -79,13 +76,13 @@ def _flag(ok, value, core_ndim):
 
 def _gram(x):
     m, n = x.shape[-2:]
-    return matmul(x, _mT(x)) if m <= n else matmul(_mT(x), x)
+    return matmul(x, swap_last(x)) if m <= n else matmul(swap_last(x), x)
 
 
 def _sv_core(x, method):
     m, n = x.shape[-2:]
     if method == "qr":
-        a = _mT(x) if m < n else x
+        a = swap_last(x) if m < n else x
         r = jnp.linalg.qr(a, mode="r")
         return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
     if method == "gram":
@@ -104,10 +101,10 @@ def _svd_core(x, method):
     m, n = x.shape[-2:]
     if method == "qr":
         wide = m < n
-        a = _mT(x) if wide else x
+        a = swap_last(x) if wide else x
         q, r = jnp.linalg.qr(a)
         ur, s, vrh = jnp.linalg.svd(r, full_matrices=False)
-        left, right = matmul(q, ur), _mT(vrh)
+        left, right = matmul(q, ur), swap_last(vrh)
         u, v = (right, left) if wide else (left, right)
     elif method == "gram":
         w, e = jnp.linalg.eigh(_gram(x))
@@ -115,12 +112,12 @@ def _svd_core(x, method):
         e = e[..., ::-1]
         inv = _safe_inverse(s)[..., None, :]
         if m <= n:
-            u, v = e, matmul(_mT(x), e) * inv
+            u, v = e, matmul(swap_last(x), e) * inv
         else:
             u, v = matmul(x, e) * inv, e
     elif method == "svd":
         u, s, vh = jnp.linalg.svd(x, full_matrices=False)
-        v = _mT(vh)
+        v = swap_last(vh)
     else:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     u, v = fix_signs(u, v)

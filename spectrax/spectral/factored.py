@@ -25,7 +25,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from spectrax.spectral._util import check_min_rank, common_float
+from spectrax.spectral._util import check_min_rank, common_float, swap_last
 from spectrax.spectral.decompose import SVDResult, fix_signs, matmul
 from spectrax.spectral.gqa import gqa_pair
 
@@ -55,9 +55,6 @@ class OVCircuitSVD(NamedTuple):
     output: jax.Array
     input: jax.Array
 
-
-def _mT(x):
-    return jnp.swapaxes(x, -1, -2)
 
 
 def _prepare(a, b):
@@ -91,9 +88,9 @@ def factored_singular_values(a, b) -> jax.Array:
       NaN/Inf.
     """
     a, b, ok = _prepare(a, b)
-    ra = jnp.linalg.qr(_mT(a), mode="r")
-    rb = jnp.linalg.qr(_mT(b), mode="r")
-    s = jnp.linalg.svd(matmul(ra, _mT(rb)), full_matrices=False, compute_uv=False)
+    ra = jnp.linalg.qr(swap_last(a), mode="r")
+    rb = jnp.linalg.qr(swap_last(b), mode="r")
+    s = jnp.linalg.svd(matmul(ra, swap_last(rb)), full_matrices=False, compute_uv=False)
     return _nan_where(ok, s, 1)
 
 
@@ -112,14 +109,14 @@ def factored_svd(a, b, top_k: int | None = None) -> SVDResult:
       the `b` side (right); signed so the largest-|entry| of each `u` column is positive.
     """
     a, b, ok = _prepare(a, b)
-    qa, ra = jnp.linalg.qr(_mT(a))
-    qb, rb = jnp.linalg.qr(_mT(b))
-    uc, s, vch = jnp.linalg.svd(matmul(ra, _mT(rb)), full_matrices=False)
+    qa, ra = jnp.linalg.qr(swap_last(a))
+    qb, rb = jnp.linalg.qr(swap_last(b))
+    uc, s, vch = jnp.linalg.svd(matmul(ra, swap_last(rb)), full_matrices=False)
     k = s.shape[-1] if top_k is None else top_k
     if not 0 < k <= s.shape[-1]:
         raise ValueError(f"top_k={top_k} must be in [1, {s.shape[-1]}]")
     left = matmul(qa, uc[..., :k])
-    right = matmul(qb, _mT(vch)[..., :k])
+    right = matmul(qb, swap_last(vch)[..., :k])
     left, right = fix_signs(left, right)
     return SVDResult(_nan_where(ok, left, 2), _nan_where(ok, s, 1), _nan_where(ok, right, 2))
 
