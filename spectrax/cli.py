@@ -91,12 +91,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"spectrax analyze: no checkpoint given; analyzing the embedded one at {path}", file=sys.stderr)
     written = analyze(
         path, out, analyses=args.analyses.split(","), num_draws=args.null_draws, seed=args.seed,
-        layers=_parse_layers(args.layers), strict=not args.allow_unknown_config,
+        layers=_parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop,
     )
-    print(f"results in {written}")
     with open(os.path.join(written, "report.md"), encoding="utf-8") as f:
-        report = f.read()
-    print(report[report.index("## Model-level"):report.index("Figures:")].rstrip())
+        print(f.read().rstrip())
+    print(f"\nresults in {written}")
     return 0
 
 
@@ -112,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="per-head spectral statistics beside random-matrix nulls: tables, plots, report")
     p.add_argument("path", nargs="?", default=None, help="checkpoint (default: the small model embedded in spectrax)")
     p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>)")
-    p.add_argument("--analyses", default="laws", help="comma-separated analyses to run (available: laws)")
+    p.add_argument("--analyses", default="laws,rank", help="comma-separated analyses to run (laws, rank; default both)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="rank: analyze only the top-left CROP x CROP block of each matrix (the source's protocol used 256)")
     p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per null (default 16)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls")
     p.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")

@@ -22,7 +22,10 @@ from spectrax.io.errors import CheckpointError, ConfigError
 from spectrax.io.layout import Layout, find_layout
 from spectrax.io.safetensors import TensorInfo, read_tensor
 
-__all__ = ["Model", "LayerBlock", "Source", "open_source", "load", "stream_layers", "convert_layer", "convert_globals"]
+__all__ = [
+    "Model", "LayerBlock", "Source", "open_source", "load", "load_globals", "stream_layers", "convert_layer",
+    "convert_globals",
+]
 
 Tree = dict[str, Any]
 
@@ -169,6 +172,12 @@ def _describe(named: Mapping[str, TensorInfo], prefix: str) -> Callable[[str], s
     return where
 
 
+def load_globals(source: Source) -> tuple[Tree, list[str], list[str]]:
+    """Read and convert the non-layer tensors (embeddings, final norm, output head); see `convert_globals`."""
+    named = source.layout.globals
+    return convert_globals(_Lazy(named), source.spec, where=_describe(named, source.layout.root))
+
+
 def stream_layers(
     source: Source | str | os.PathLike,
     *,
@@ -224,9 +233,7 @@ def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = No
       A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
     """
     source = open_source(path, strict=strict, tower=tower)
-    tree, notes, unconverted = convert_globals(
-        _Lazy(source.layout.globals), source.spec, where=_describe(source.layout.globals, source.layout.root)
-    )
+    tree, notes, unconverted = load_globals(source)
     groups = []
     for layer_ids in source.layer_groups():
         # Preallocate the group's stacked arrays so peak memory is the model plus one layer.

@@ -13,7 +13,10 @@ import numpy as np  # noqa: E402
 
 from spectrax.report.tables import Table  # noqa: E402
 
-__all__ = ["head_heatmap", "layer_trend"]
+__all__ = ["head_heatmap", "layer_trend", "matrix_heatmap"]
+
+# z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
+_DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
 
 
 def _grid(table: Table, column: str) -> np.ndarray:
@@ -31,7 +34,7 @@ def head_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: s
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * grid.shape[1] + 2), max(3, 0.3 * grid.shape[0] + 1.5)))
     if column.endswith("_z"):
         bound = max(3.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 3.0)
-        im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, vmin=-bound, vmax=bound, interpolation="nearest")
     else:
         im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=ax, label=column)
@@ -59,6 +62,27 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str 
     ax.set_ylabel(stat)
     ax.set_title(title or stat)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Layer x matrix heatmap of a z-score column of the rank table (rows: layers, -1 = embeddings)."""
+    layers = np.asarray(table["layer"])
+    names = list(dict.fromkeys(np.asarray(table["matrix"]).tolist()))
+    ids = np.unique(layers)
+    grid = np.full((len(ids), len(names)), np.nan)
+    for layer, name, value in zip(layers, table["matrix"], np.asarray(table[column], float)):
+        grid[np.searchsorted(ids, layer), names.index(name)] = value
+    bound = max(3.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 3.0)
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), max(3, 0.3 * len(ids) + 1.5)))
+    im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, vmin=-bound, vmax=bound, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=column)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(ids)), ["emb" if i < 0 else str(i) for i in ids]) if len(ids) <= 40 else None
+    ax.set_ylabel("layer")
+    ax.set_title(title or column)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

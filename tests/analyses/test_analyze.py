@@ -16,8 +16,10 @@ def test_result_folder_contents(tmp_path):
     out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "res", num_draws=4, progress=False)
     assert snapshot(CHECKPOINTS / "gpt2_bf16") == before
     files = set(os.listdir(out))
-    assert {"heads.csv", "heads.json", "layers.csv", "summary.json", "report.md", "heatmap_pearson_qk_z.png",
-            "trend_pearson_qk.png"} <= files
+    assert {"heads.csv", "heads.json", "layers.csv", "matrices.csv", "matrices.json", "summary.json", "report.md",
+            "heatmap_pearson_qk_z.png", "trend_pearson_qk.png", "heatmap_matrices_erank_z.png"} <= files
+    for png in (f for f in files if f.endswith(".png")):
+        assert os.path.getsize(os.path.join(out, png)) > 5000
     with open(os.path.join(out, "heads.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 4
@@ -26,7 +28,21 @@ def test_result_folder_contents(tmp_path):
         assert column in rows[0]
     summary = json.loads(open(os.path.join(out, "summary.json")).read())
     assert summary["spec"]["model_type"] == "gpt2" and summary["nonfinite_heads"] == []
-    assert "## The null" in open(os.path.join(out, "report.md")).read()
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Per-head statistics (laws)" in report and "## Whole-matrix statistics (rank)" in report
+    with open(os.path.join(out, "matrices.csv")) as f:
+        matrices = list(csv.DictReader(f))
+    assert {m["matrix"] for m in matrices} == {"embed.tokens", "attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"}
+    assert summary["rank"]["attn.q"]["erank"]["mean"] > 0
+
+
+def test_rank_only_with_crop(tmp_path):
+    out = analyze(CHECKPOINTS / "llama", tmp_path / "res", analyses=["rank"], crop=32, num_draws=4, progress=False)
+    assert not os.path.exists(os.path.join(out, "heads.csv"))
+    with open(os.path.join(out, "matrices.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert all(int(r["rows"]) <= 32 and int(r["cols"]) <= 32 for r in rows)
+    assert "top-left 32x32" in open(os.path.join(out, "report.md")).read()
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".res.tmp")]
 
 

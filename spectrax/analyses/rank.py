@@ -1,0 +1,154 @@
+"""Whole-matrix rank statistics (SPEC.md §2) of every 2-D weight, each beside its random-matrix null.
+
+For each layer's full projections W_Q `(H*D, E)`, W_K, W_V `(KV*D, E)`, W_O (as `(H*D, E)`: the
+same singular values), the MLP matrices, and the token embedding / untied output head:
+
+- `erank` (entropy of s / sum(s)), `erank_squared` (of s^2 / sum(s^2)), `max_mean` (s_1 / mean s),
+  `stable_rank` (sum s^2 / s_1^2), `sigma_max`;
+- `ks_mp`: KS distance of the scale-normalized ESD to Marchenko-Pastur of the same aspect ratio;
+- `ks_gauss`: two-sample KS distance of s / mean(s) to the same for shape-matched Gaussian
+  matrices.
+
+Unlike the source, which compared raw singular values with those of a unit-variance Gaussian (so
+it mostly measured the weights' scale), both distances are scale-free. Every statistic comes with
+a Monte Carlo null over shape- and scale-matched Gaussian matrices (drawn directly in singular
+values), so `X_z` says whether the weight departs from what a random matrix of its shape does.
+`crop=c` analyzes only the top-left `c x c` block, to reproduce the source's 256 x 256 protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from spectrax import spectral as sp
+from spectrax.io.load import Source, load_globals, open_source, stream_layers
+
+__all__ = ["rank_statistics", "matrix_rank_rows", "rank_table", "RANK_STATISTICS"]
+
+RANK_STATISTICS = ("erank", "erank_squared", "max_mean", "stable_rank", "sigma_max", "ks_mp", "ks_gauss")
+_REFERENCE_DRAWS = 4  # Gaussian matrices pooled into the ks_gauss reference sample
+
+
+def rank_statistics(s: jax.Array, key: jax.Array, shape: tuple[int, int]) -> dict[str, jax.Array]:
+    """Rank statistics of singular values `s (..., k)` of `(m, n) = shape` matrices.
+
+    `key` draws the Gaussian reference sample of `ks_gauss`. Returns `{name: (...)}`.
+    """
+    stats = sp.singular_value_statistics(s)
+    reference = sp.gaussian_singular_values(key, (_REFERENCE_DRAWS, *shape), s.dtype)
+    reference = (reference / jnp.mean(reference, axis=-1, keepdims=True)).reshape(-1)
+    return {
+        **{name: stats[name] for name in ("erank", "erank_squared", "max_mean", "stable_rank", "sigma_max")},
+        "ks_mp": sp.ks_mp(s, shape),
+        "ks_gauss": sp.ks_two_sample(s / jnp.mean(s, axis=-1, keepdims=True), reference),
+    }
+
+
+def _null_statistics(s, *, shape):
+    # Inside a null draw the Gaussian reference uses a fixed key: its randomness is already
+    # averaged over by the draws, and a fixed key keeps stat_fn a function of the spectrum only.
+    return rank_statistics(s, jax.random.key(0), shape)
+
+
+def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_draws: int = 16,
+                     crop: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Statistics with null columns for named 2-D matrices.
+
+    Args:
+      matrices: `{name: (m, n)}` (any float dtype); same-shaped matrices are batched in one call.
+      key: PRNG key for the reference samples and the nulls.
+      crop: analyze only the top-left `crop x crop` block.
+    Returns:
+      `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`.
+    """
+    if crop is not None:
+        matrices = {name: w[:crop, :crop] for name, w in matrices.items()}
+    by_shape: dict[tuple[int, int], list[str]] = {}
+    for name, w in matrices.items():
+        chex.assert_rank(w, 2)
+        by_shape.setdefault(tuple(w.shape), []).append(name)
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    for i, (shape, names) in enumerate(sorted(by_shape.items())):
+        k_ref, k_null = jax.random.split(jax.random.fold_in(key, i))
+        batch = np.stack([np.asarray(matrices[n]) for n in names])
+        observed = rank_statistics(sp.singular_values(batch), k_ref, shape)
+        stat_fn = functools.partial(_null_statistics, shape=shape)
+        null = sp.split_null(sp.gaussian_spectrum_null(k_null, stat_fn, batch, num_draws=num_draws))
+        columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
+        for j, name in enumerate(names):
+            rows[name] = {c: v[j] for c, v in columns.items()}
+    return rows
+
+
+def _layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """The whole 2-D weights of one (unstacked) canonical layer."""
+    attn = params["attn"]
+    for part in ("q", "k", "v", "o"):
+        w = np.asarray(attn[part])
+        yield f"attn.{part}", w.reshape(-1, w.shape[-1])  # (heads*D, E); o: W_O^T, same spectrum
+    for part, w in params["mlp"].items():
+        if not part.endswith("_bias"):
+            yield f"mlp.{part}", np.asarray(w)
+
+
+def rank_table(
+    source: Source | str,
+    *,
+    layers: Iterable[int] | None = None,
+    num_draws: int = 16,
+    seed: int = 0,
+    crop: int | None = None,
+    embeddings: bool = True,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """One row per (layer, matrix); layer -1 holds the embedding and untied output head.
+
+    Columns: `layer`, `matrix`, `rows`, `cols`, then every statistic of `RANK_STATISTICS` with its
+    null columns.
+    """
+    if not isinstance(source, Source):
+        source = open_source(source)
+    chosen = list(range(source.spec.num_layers)) if layers is None else sorted(set(layers))
+    key = jax.random.key(seed)
+    records: list[tuple[int, str, tuple[int, int], dict]] = []
+    bar = tqdm(total=len(chosen) + embeddings, desc="rank", unit="layer", disable=not progress)
+    if embeddings:
+        globals_ = _global_matrices(source)
+        rows = matrix_rank_rows(globals_, jax.random.fold_in(key, 1 << 20), num_draws=num_draws, crop=crop)
+        records += [(-1, name, _shape(globals_[name], crop), row) for name, row in rows.items()]
+        bar.update(1)
+    for block in stream_layers(source, layers=chosen):
+        (layer,) = block.layer_ids
+        matrices = dict(_layer_matrices(jax.tree.map(lambda x: x[0], block.params)))
+        rows = matrix_rank_rows(matrices, jax.random.fold_in(key, layer), num_draws=num_draws, crop=crop)
+        records += [(layer, name, _shape(matrices[name], crop), rows[name]) for name in matrices]
+        bar.update(1)
+    bar.close()
+    columns = list(records[0][3])
+    return {
+        "layer": np.array([r[0] for r in records]),
+        "matrix": np.array([r[1] for r in records], dtype=object),
+        "rows": np.array([r[2][0] for r in records]),
+        "cols": np.array([r[2][1] for r in records]),
+        **{c: np.array([r[3][c] for r in records]) for c in columns},
+    }
+
+
+def _shape(w: np.ndarray, crop: int | None) -> tuple[int, int]:
+    return tuple(min(d, crop) if crop else d for d in w.shape)
+
+
+def _global_matrices(source: Source) -> dict[str, np.ndarray]:
+    """The token embedding and, when it is stored separately (not tied), the output head."""
+    tree, _, _ = load_globals(source)
+    matrices = {"embed.tokens": tree["embed"]["tokens"]}
+    if tree["lm_head"]["weight"] is not tree["embed"]["tokens"]:
+        matrices["lm_head"] = tree["lm_head"]["weight"]
+    return matrices
