@@ -67,3 +67,16 @@ def test_nonfinite_head_reported_per_head():
     cols = head_laws(attn, jax.random.key(0), num_draws=4)
     np.testing.assert_array_equal(cols["finite"][0], [1, 1, 1, 0])
     assert np.isnan(cols["pearson_qk"][0, 3]) and np.isfinite(cols["pearson_qk"][0, :3]).all()
+
+
+def test_streaming_over_layers_compiles_each_kernel_once_per_shape():
+    """Four layers of the embedded model: every jitted kernel is traced once per distinct shape."""
+    from spectrax import spectral as sp
+    from spectrax.data import TINY_LLAMA
+    from spectrax.spectral import nulls
+
+    kernels = (sp.svd, nulls._gaussian_null)
+    laws_table(TINY_LLAMA, layers=[0], num_draws=4, progress=False)
+    before = [k._cache_size() for k in kernels]
+    laws_table(TINY_LLAMA, num_draws=4, progress=False)  # all 4 layers, same shapes
+    assert [k._cache_size() for k in kernels] == before
