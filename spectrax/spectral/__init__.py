@@ -77,6 +77,18 @@ from spectrax.spectral.pairs import (
     spectra_pair_statistics,
     spectrum_statistics,
 )
+from spectrax.spectral.sharding import (
+    BATCH_AXIS,
+    cpu_devices_env,
+    gather_layers,
+    layerwise_null,
+    local_mesh,
+    pad_batch,
+    padded_size,
+    process_layers,
+    shard_batch,
+    sharded,
+)
 
 __all__ = [
     # decompose
@@ -152,4 +164,15 @@ __all__ = [
     "singular_value_statistics",
     "spectra_pair_statistics",
     "spectrum_statistics",
+    # device distribution
+    "BATCH_AXIS",
+    "cpu_devices_env",
+    "gather_layers",
+    "layerwise_null",
+    "local_mesh",
+    "pad_batch",
+    "padded_size",
+    "process_layers",
+    "shard_batch",
+    "sharded",
 ]
