@@ -7,7 +7,16 @@
         q = block.params["attn"]["q"]                # (1, heads, head_dim, hidden)
 """
 
-from spectrax.io import (
+import os as _os
+
+# jaxlib's batched CPU LAPACK kernels (QR, SVD) block a thread of XLA's CPU thread pool while
+# their sub-tasks wait in that same pool, so a program with as many decompositions in flight as
+# pool threads (2 on a 2-core machine) deadlocks. NPROC sizes that pool when JAX first starts its
+# CPU backend; a pool larger than the decompositions in flight avoids the hang. A value already
+# set wins; importing spectrax after JAX has started its backend leaves the pool as it is.
+_os.environ.setdefault("NPROC", str(max(8, 2 * (_os.cpu_count() or 1))))
+
+from spectrax.io import (  # noqa: E402
     CheckpointError,
     ConfigError,
     LayerBlock,

@@ -3,6 +3,7 @@
 import os
 import pathlib
 
+import spectrax  # noqa: F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
 import jax
 import pytest
 
