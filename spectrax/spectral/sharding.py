@@ -34,8 +34,9 @@ Emulated CPU devices (tests): the device count must be fixed before JAX starts, 
 batched CPU LAPACK kernels block a thread of the client's thread pool while they wait for their
 own sub-tasks on that pool; inside a loop (`lax.map` in the nulls) on N devices at once this
 deadlocks when the pool has no more than N threads. `cpu_devices_env(n)` returns the environment
-for such a process: the device count, `NPROC` (the CPU client's pool size) at twice it, and
-`OPENBLAS_NUM_THREADS=1`. Accelerators are unaffected.
+for such a process: the device count, `NPROC` (the CPU client's pool size) at 4x it (at least 8),
+and `OPENBLAS_NUM_THREADS=1`. The same deadlock can hit one CPU device on a 2-core machine (two
+SVDs in flight, e.g. `gqa_pair_statistics` on 14B-sized heads); accelerators are unaffected.
 """
 
 from __future__ import annotations
@@ -329,9 +330,14 @@ def cpu_devices_env(num_devices: int, env: dict[str, str] | None = None) -> dict
     """Environment for a new process that emulates `num_devices` CPU devices.
 
     Adds `--xla_force_host_platform_device_count=num_devices` to `XLA_FLAGS` (replacing an earlier
-    count), sets `NPROC` (the XLA CPU client's thread pool size) to `2 * num_devices` unless a
-    larger value is set, and `OPENBLAS_NUM_THREADS=1`. Must be in place before JAX initializes,
-    i.e. passed to a subprocess. `env` defaults to a copy of `os.environ`.
+    count), sets `NPROC` (the XLA CPU client's thread pool size) to `max(4 * num_devices, 8)`
+    unless a larger value is set, and `OPENBLAS_NUM_THREADS=1`. Must be in place before JAX
+    initializes, i.e. passed to a subprocess. `env` defaults to a copy of `os.environ`.
+
+    Why NPROC: jaxlib 0.9's batched CPU SVD kernel blocks a pool thread while its sub-tasks wait
+    in the same pool; the process deadlocks once every pool thread holds one (each device running
+    an SVD inside a `lax.map`, or a program with two SVDs in flight on a 2-thread pool). The pool
+    must exceed the number of SVD calls that can be in flight at once.
     """
     env = dict(os.environ if env is None else env)
     count = "xla_force_host_platform_device_count"
@@ -341,6 +347,6 @@ def cpu_devices_env(num_devices: int, env: dict[str, str] | None = None) -> dict
         nproc = int(env.get("NPROC", "0"))
     except ValueError:
         nproc = 0
-    env["NPROC"] = str(max(nproc, 2 * int(num_devices)))
+    env["NPROC"] = str(max(nproc, 4 * int(num_devices), 8))
     env["OPENBLAS_NUM_THREADS"] = "1"
     return env

@@ -241,5 +241,6 @@ def test_cpu_devices_env():
     flags = "--foo --xla_force_host_platform_device_count=2"
     env = sharding.cpu_devices_env(4, {"XLA_FLAGS": flags})
     assert env["XLA_FLAGS"] == "--foo --xla_force_host_platform_device_count=4"
-    assert env["NPROC"] == "8" and env["OPENBLAS_NUM_THREADS"] == "1"
-    assert sharding.cpu_devices_env(2, {"NPROC": "16"})["NPROC"] == "16"
+    assert env["NPROC"] == "16" and env["OPENBLAS_NUM_THREADS"] == "1"
+    assert sharding.cpu_devices_env(1, {})["NPROC"] == "8"
+    assert sharding.cpu_devices_env(2, {"NPROC": "32"})["NPROC"] == "32"
