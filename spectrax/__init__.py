@@ -15,6 +15,9 @@ import os as _os
 # CPU backend; a pool larger than the decompositions in flight avoids the hang. A value already
 # set wins; importing spectrax after JAX has started its backend leaves the pool as it is.
 _os.environ.setdefault("NPROC", str(max(8, 2 * (_os.cpu_count() or 1))))
+# With that larger pool, multithreaded OpenBLAS inside each LAPACK call oversubscribes the cores
+# (measured 2.5-16x slower on a 2-core machine, benchmarks/RESULTS.md); one BLAS thread per call.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from spectrax.io import (  # noqa: E402
     CheckpointError,
