@@ -134,6 +134,15 @@ def _batched(fn, x, batch_size):
     return jax.tree.map(lambda y: y.reshape(lead + y.shape[1:]), out)
 
 
+def _checked_input(x, method: str):
+    """Upcast and validate `x (..., m, n)` and `method`; return it with its per-matrix finite flag."""
+    x = as_float(x)
+    check_min_rank(x, 2)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return _finite_guard(x)
+
+
 @functools.partial(jax.jit, static_argnames=("method", "batch_size"))
 def singular_values(x, method: str = "qr", batch_size: int | None = None) -> jax.Array:
     """Singular values of each matrix in a batch, descending.
@@ -147,11 +156,7 @@ def singular_values(x, method: str = "qr", batch_size: int | None = None) -> jax
     Returns:
       `(..., min(m, n))`; NaN for matrices holding NaN/Inf.
     """
-    x = as_float(x)
-    check_min_rank(x, 2)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    x, ok = _finite_guard(x)
+    x, ok = _checked_input(x, method)
     s = _batched(lambda y: _sv_core(y, method), x, batch_size)
     return _flag(ok, s, 1)
 
@@ -171,10 +176,6 @@ def svd(x, method: str = "qr", batch_size: int | None = None) -> SVDResult:
       column pair is signed so the largest-|entry| of the `u` column is positive. NaN for matrices
       holding NaN/Inf.
     """
-    x = as_float(x)
-    check_min_rank(x, 2)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    x, ok = _finite_guard(x)
+    x, ok = _checked_input(x, method)
     out = _batched(lambda y: _svd_core(y, method), x, batch_size)
     return SVDResult(_flag(ok, out.u, 2), _flag(ok, out.s, 1), _flag(ok, out.v, 2))
