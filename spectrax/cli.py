@@ -1,4 +1,4 @@
-"""The `spectrax` command line: `analyze`, `inspect` (see `spectrax <command> --help`)."""
+"""The `spectrax` command line: `analyze`, `compare`, `inspect` (see `spectrax <command> --help`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from spectrax.analyses.collect import ANALYSES
 from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
@@ -89,13 +90,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     )
     if args.path is None:
         print(f"spectrax analyze: no checkpoint given; analyzing the embedded one at {path}", file=sys.stderr)
-    written = analyze(
-        path, out, analyses=args.analyses.split(","), num_draws=args.null_draws, seed=args.seed,
-        layers=_parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop,
+    written = analyze(path, out, tower=args.tower, **_analysis_options(args))
+    _print_report(written)
+    return 0
+
+
+def _analysis_options(args: argparse.Namespace) -> dict:
+    return dict(
+        analyses=[a for a in args.analyses.split(",") if a], num_draws=args.null_draws, seed=args.seed,
+        layers=_parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop, top_k=args.top_k,
+        shuffle_draws=args.shuffle_draws, force=args.force,
     )
-    with open(os.path.join(written, "report.md"), encoding="utf-8") as f:
+
+
+def _print_report(folder: str) -> None:
+    with open(os.path.join(folder, "report.md"), encoding="utf-8") as f:
         print(f.read().rstrip())
-    print(f"\nresults in {written}")
+    print(f"\nresults in {folder}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from spectrax.analyses.compare import compare
+
+    written = compare(args.a, args.b, args.out, tower=args.tower, **_analysis_options(args))
+    _print_report(written)
     return 0
 
 
@@ -108,17 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load even if config.json has options spectrax does not know (they are ignored and recorded)")
         p.add_argument("--tower", default=None, help="tensor-name root of the tower to read in a multimodal checkpoint")
 
+    def analysis_options(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument("--analyses", default=default,
+                       help=f"comma-separated, from {', '.join(ANALYSES)} (default {default})")
+        p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per Gaussian null (default 16)")
+        p.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls")
+        p.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
+        p.add_argument("--crop", type=int, default=None,
+                       help="rank, esd: only the top-left CROP x CROP block of each matrix (the source's protocol used 256)")
+        p.add_argument("--top-k", type=int, default=16, help="kernel: dimension of each head's kernel subspace (default 16)")
+        p.add_argument("--shuffle-draws", type=int, default=4,
+                       help="esd: entry-shuffled copies per matrix, each a full SVD (default 4; 0 skips)")
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing output folder (once the new run has finished) and discard an "
+                            "interrupted run with other settings")
+        checkpoint_options(p)
+
     p = sub.add_parser("analyze", help="per-head spectral statistics beside random-matrix nulls: tables, plots, report")
     p.add_argument("path", nargs="?", default=None, help="checkpoint (default: the small model embedded in spectrax)")
-    p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>)")
-    p.add_argument("--analyses", default="laws,rank", help="comma-separated analyses to run (laws, rank; default both)")
-    p.add_argument("--crop", type=int, default=None,
-                   help="rank: analyze only the top-left CROP x CROP block of each matrix (the source's protocol used 256)")
-    p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per null (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls")
-    p.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
-    checkpoint_options(p)
+    p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>); "
+                   "rerunning an interrupted run with the same --out and settings resumes it")
+    analysis_options(p, ",".join(ANALYSES))
     p.set_defaults(run=_cmd_analyze)
+
+    p = sub.add_parser("compare", help="two checkpoints of one architecture side by side, differences against null spread")
+    p.add_argument("a", help="base checkpoint")
+    p.add_argument("b", help="the other checkpoint (e.g. the fine-tuned one)")
+    p.add_argument("--out", required=True, help="new output folder")
+    analysis_options(p, "laws,rank")
+    p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser("inspect", help="describe a checkpoint from its headers and config (reads no weights)")
     p.add_argument("path", help="checkpoint directory or .safetensors file")

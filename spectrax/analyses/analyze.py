@@ -1,36 +1,44 @@
-"""`spectrax analyze`: run analyses on a checkpoint and write tables, plots and a report to a folder."""
+"""`spectrax analyze`: run analyses on a checkpoint and write tables, plots and a report to a folder.
+
+Folder layout (files appear for the analyses run):
+
+    heads.csv, heads.json     one row per (layer, query head): laws and kernel statistics
+    layers.csv                per-layer means over heads (and pseudo-bulk medians) with null columns
+    groups.csv                layer-group means (four equal blocks of layers, as the source)
+    precision.csv             the "third law" depth limits per floating format (laws)
+    matrices.csv, .json       one row per weight matrix: rank and esd statistics
+    kernel_similarity.csv     layer x layer Grassmann similarity of QK-kernel subspaces
+    summary.json, report.md   model-level values and a readable report
+    plots/*.png
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
-from spectrax.analyses.laws import PAIRS, laws_table
-from spectrax.analyses.rank import RANK_STATISTICS, rank_table
-from spectrax.io.load import open_source
-from spectrax.report.output import atomic_output_dir
-from spectrax.report.plots import head_heatmap, layer_trend, matrix_heatmap
-from spectrax.report.tables import to_markdown, write_csv, write_json
+from spectrax import spectral as sp
+from spectrax.analyses.aggregate import finite_mean, group_means, layer_groups, layer_means, model_values, pseudo_bulk
+from spectrax.analyses.collect import ANALYSES, Options, Tables, check_analyses, collect
+from spectrax.analyses.esd import ESD_STATISTICS
+from spectrax.analyses.kernel import kernel_summary, layer_similarity
+from spectrax.analyses.laws import PAIRS
+from spectrax.analyses.precision import precision_table
+from spectrax.analyses.rank import RANK_STATISTICS
+from spectrax.io.load import Source, open_source, stream_layers
+from spectrax.report import plots, sections
+from spectrax.report.output import checkpoint_fingerprint, run_folder
+from spectrax.report.tables import write_csv, write_json
 
-__all__ = ["analyze", "ANALYSES", "layer_means"]
+__all__ = ["analyze", "ANALYSES", "HEADLINE", "KERNEL_HEADLINE", "write_results"]
 
-ANALYSES = ("laws", "rank")
-_HEADLINE = ("pearson", "ssr", "cos_u", "cos_v", "grassmann")
-
-
-def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-layer mean over heads (the source's per-layer value) of each stat and its null mean/std."""
-    layers = np.asarray(table["layer"])
-    ids = np.unique(layers)
-    out = {"layer": ids}
-    for stat in stats:
-        for column in (stat, f"{stat}_null_mean", f"{stat}_null_std"):
-            out[column] = np.array([np.nanmean(np.asarray(table[column], float)[layers == i]) for i in ids])
-    return out
+HEADLINE = tuple(f"{s}_{p}" for p in PAIRS for s in ("pearson", "ssr", "cos_u", "cos_v", "grassmann"))
+KERNEL_HEADLINE = ("kernel_erank", "kernel_stable_rank", "ffn_alignment")
+NUM_GROUPS = 4
 
 
 def analyze(
@@ -43,43 +51,185 @@ def analyze(
     layers: Iterable[int] | None = None,
     strict: bool = True,
     crop: int | None = None,
+    top_k: int = 16,
+    shuffle_draws: int = 4,
+    force: bool = False,
     progress: bool = True,
+    tower: str | None = None,
 ) -> str:
-    """Analyze the checkpoint at `path` into the new folder `out`; returns `out`'s absolute path.
+    """Analyze the checkpoint at `path` into the folder `out`; returns `out`'s absolute path.
 
-    Writes, for `laws`, `heads.csv`/`heads.json` (one row per layer and query head, each statistic
-    with `_null_mean`, `_null_std`, `_z`) and `layers.csv` (per-layer means); for `rank`,
-    `matrices.csv`/`matrices.json` (one row per weight matrix; `crop` analyzes only its top-left
-    block); then `summary.json`, `report.md` and PNG figures. The folder appears only when
-    everything is written.
+    The run works in `.<out>.partial` beside `out`, storing each finished layer; if it is
+    interrupted, the same call resumes from the layers already done. `out` appears only when
+    everything is written. An existing `out` is refused unless `force`, which replaces it (and
+    discards an interrupted run with other settings) once the new run has finished.
     """
-    unknown = sorted(set(analyses) - set(ANALYSES))
-    if unknown:
-        raise ValueError(f"unknown analyses {unknown}; available: {', '.join(ANALYSES)}")
-    source = open_source(path, strict=strict)
-    spec = source.spec
+    analyses = check_analyses(analyses)
+    source = open_source(path, strict=strict, tower=tower)
+    options = Options(num_draws=num_draws, seed=seed, crop=crop, top_k=top_k, shuffle_draws=shuffle_draws)
+    chosen = list(range(source.spec.num_layers)) if layers is None else sorted(set(layers))
+    settings = {
+        "checkpoint": source.path, "files": checkpoint_fingerprint(source.files.files), "tower": tower,
+        "analyses": list(analyses), "layers": chosen, **{k: v for k, v in vars(options).items()},
+    }
     started = time.time()
-    analyses = list(dict.fromkeys(analyses))
-    with atomic_output_dir(out, checkpoint=source.path) as tmp:
-        summary = {
-            "checkpoint": source.path, "spec": spec.to_dict(), "analyses": analyses, "null_draws": num_draws,
-            "seed": seed, "crop": crop,
-        }
-        sections = []
-        if "laws" in analyses:
-            heads = laws_table(source, layers=layers, num_draws=num_draws, seed=seed, progress=progress)
-            summary.update(_write_laws(heads, tmp))
-            sections.append(_laws_report(summary))
-        if "rank" in analyses:
-            matrices = rank_table(source, layers=layers, num_draws=num_draws, seed=seed, crop=crop, progress=progress)
-            summary["rank"] = _write_rank(matrices, tmp)
-            sections.append(_rank_report(summary))
+    with run_folder(out, settings=settings, checkpoint=source.path, force=force) as folder:
+        if folder.resumed and progress:
+            print(f"resuming {folder.path}: {len(folder.resumed)} parts already done")
+        tables = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder, progress=progress)
+        summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
+                   "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed)}
+        write_results(tables, folder.path, summary, source=source)
         summary["seconds"] = round(time.time() - started, 2)
-        with open(os.path.join(tmp, "summary.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-        with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as f:
-            f.write(_header(summary) + "\n".join(sections))
-    return os.path.abspath(os.fspath(out))
+    return folder.out
+
+
+def write_results(tables: Tables, folder: str, summary: dict, *, source: Source | None = None) -> None:
+    """Write every table, plot and `report.md` of `tables` into `folder`; fills `summary` in."""
+    os.makedirs(os.path.join(folder, "plots"), exist_ok=True)
+    text = [sections.header(summary)]
+    if tables.heads is not None:
+        write_csv(tables.heads, os.path.join(folder, "heads.csv"))
+        write_json(tables.heads, os.path.join(folder, "heads.json"))
+        per_layer = _write_layers(tables.heads, folder)
+        if "laws" in summary["analyses"]:
+            summary["laws"] = _laws(tables.heads, per_layer, folder)
+            text.append(sections.laws(summary["laws"]))
+        if "kernel" in summary["analyses"]:
+            top_k = min(summary["options"]["top_k"], *summary["spec"]["head_dims"])  # clipped to the head dim
+            summary["kernel"] = _kernel(tables, folder, top_k, summary["spec"]["hidden_size"])
+            text.append(sections.kernel(summary["kernel"]))
+    if tables.matrices is not None:
+        write_csv(tables.matrices, os.path.join(folder, "matrices.csv"))
+        write_json(tables.matrices, os.path.join(folder, "matrices.json"))
+        if "rank" in summary["analyses"]:
+            summary["rank"] = _by_kind(tables.matrices, RANK_STATISTICS)
+            for stat in ("erank", "ks_mp"):
+                plots.matrix_heatmap(tables.matrices, f"{stat}_z", _plot(folder, f"heatmap_matrices_{stat}_z"),
+                                     title=f"{stat} per weight matrix: z-score against Gaussian null")
+            text.append(sections.rank(summary["rank"], summary["options"]["crop"]))
+        if "esd" in summary["analyses"]:
+            summary["esd"] = _by_kind(tables.matrices, ESD_STATISTICS)
+            plots.matrix_heatmap(tables.matrices, "lambda_max_z", _plot(folder, "heatmap_matrices_lambda_max_z"),
+                                 title="largest eigenvalue per weight matrix: z against Gaussian null")
+            text.append(sections.esd(summary["esd"], summary["options"]["shuffle_draws"]))
+    if source is not None:
+        summary["spectra_plots"] = _spectra_plots(tables, source, folder, summary["options"]["crop"])
+    text.append(sections.files(sorted(os.listdir(folder)), sorted(os.listdir(os.path.join(folder, "plots")))))
+    with open(os.path.join(folder, "report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+
+
+def _plot(folder: str, name: str) -> str:
+    return os.path.join(folder, "plots", f"{name}.png")
+
+
+def _write_layers(heads: dict[str, np.ndarray], folder: str) -> dict[str, np.ndarray]:
+    stats = [s for s in (*HEADLINE, *KERNEL_HEADLINE) if s in heads]
+    per_layer = layer_means(heads, stats)
+    for stat in stats:
+        if "kv_head" in heads:
+            per_layer[f"{stat}_bulk"] = pseudo_bulk(heads, stat)[0]
+    if "kernel_erank" in heads:
+        erank, layers = np.asarray(heads["kernel_erank"], float), np.asarray(heads["layer"])
+        per_layer["kernel_erank_cv"] = np.array(
+            [np.nanstd(erank[layers == i]) / np.nanmean(erank[layers == i]) for i in per_layer["layer"]])
+    write_csv(per_layer, os.path.join(folder, "layers.csv"))
+    groups = layer_groups(per_layer["layer"], NUM_GROUPS)
+    write_csv(group_means(per_layer, stats, groups), os.path.join(folder, "groups.csv"))
+    return per_layer
+
+
+def _laws(heads: dict[str, np.ndarray], per_layer: dict[str, np.ndarray], folder: str) -> dict:
+    for stat in ("pearson_qk", "ssr_qk", "cos_u_qk"):
+        plots.head_heatmap(heads, f"{stat}_z", _plot(folder, f"heatmap_{stat}_z"),
+                           title=f"{stat}: z-score against Gaussian null")
+        plots.layer_trend(heads, stat, _plot(folder, f"trend_{stat}"), title=f"{stat} per layer vs random null")
+    mean_ssr = model_values(heads, per_layer, "ssr_qk")["mean_over_layers"]
+    measured = np.concatenate([np.asarray(heads["cond_q"], float), np.asarray(heads["cond_k"], float)])
+    precision = precision_table(mean_ssr if mean_ssr is not None else float("nan"), measured_kappa=measured)
+    write_csv(precision, os.path.join(folder, "precision.csv"))
+    groups = group_means(per_layer, HEADLINE, layer_groups(per_layer["layer"], NUM_GROUPS))
+    return {
+        "model": {stat: model_values(heads, per_layer, stat) for stat in HEADLINE},
+        "groups": {str(g): {s: _nan(groups[s][i]) for s in ("ssr_qk", "ssr_qk_null_mean", "pearson_qk")}
+                   for i, g in enumerate(groups["group"])},
+        "precision": {str(f): {c: _json(precision[c][i]) for c in precision if c != "format"}
+                      for i, f in enumerate(precision["format"])},
+        "median_cond_qk": _nan(np.nanmedian(measured)),
+        "nonfinite_heads": [[int(l), int(h)] for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f],
+    }
+
+
+def _kernel(tables: Tables, folder: str, top_k: int, hidden: int) -> dict:
+    heads = tables.heads
+    similarity = None
+    if tables.kernel_bases is not None and len(tables.kernel_bases) > 1:
+        similarity = layer_similarity(tables.kernel_bases)  # (H, L, L)
+        ids = np.unique(heads["layer"])
+        mean, std = np.nanmean(similarity, axis=0), np.nanstd(similarity, axis=0)
+        a, b = np.meshgrid(np.arange(len(ids)), np.arange(len(ids)), indexing="ij")
+        k = tables.kernel_bases.shape[-1]
+        write_csv({"layer_a": ids[a.ravel()], "layer_b": ids[b.ravel()], "similarity": mean.ravel(),
+                   "similarity_head_std": std.ravel(), "chance": np.full(a.size, k / hidden)},
+                  os.path.join(folder, "kernel_similarity.csv"))
+        plots.similarity_heatmap(mean, ids, _plot(folder, "kernel_similarity"), chance=k / hidden,
+                                 title=f"QK-kernel top-{k} key-side subspaces: layer x layer similarity (mean over heads)")
+    for stat in ("kernel_erank", "ffn_alignment"):
+        plots.layer_trend(heads, stat, _plot(folder, f"trend_{stat}"), title=f"{stat} per layer vs random null")
+    plots.head_heatmap(heads, "kernel_erank_z", _plot(folder, "heatmap_kernel_erank_z"),
+                       title="QK-kernel effective rank: z-score against Gaussian null")
+    return kernel_summary(heads, similarity, top_k=top_k, hidden=hidden)
+
+
+def _by_kind(matrices: dict[str, np.ndarray], stats) -> dict:
+    """Mean over layers per matrix kind of each stat, its null mean and its z."""
+    out = {}
+    for kind in dict.fromkeys(matrices["matrix"].tolist()):
+        rows = matrices["matrix"] == kind
+        out[kind] = {
+            stat: {suffix.lstrip("_") or "mean": _nan(finite_mean(np.asarray(matrices[stat + suffix], float)[rows]))
+                   for suffix in ("", "_null_mean", "_z", "_shuffle_mean") if stat + suffix in matrices}
+            for stat in stats
+        }
+    return out
+
+
+def _spectra_plots(tables: Tables, source: Source, folder: str, crop: int | None) -> list[dict]:
+    """ESD-vs-Marchenko-Pastur figures of a few selected matrices: the query head whose Q/K SSR
+    departs most from its null and a typical one; the weight matrix with the most spikes."""
+    picks: list[tuple[int, str, int | None, str]] = []
+    if tables.heads is not None and "ssr_qk_z" in tables.heads:
+        z = np.asarray(tables.heads["ssr_qk_z"], float)
+        if np.isfinite(z).any():
+            for i, why in ((int(np.nanargmax(np.abs(z))), "largest |z| of ssr_qk"),
+                           (int(np.nanargmin(np.abs(z - np.nanmedian(z)))), "median z of ssr_qk")):
+                picks.append((int(tables.heads["layer"][i]), "attn.q", int(tables.heads["head"][i]), why))
+    if tables.matrices is not None and "num_spikes" in tables.matrices:
+        spikes = np.asarray(tables.matrices["num_spikes"], float)
+        inside = np.asarray(tables.matrices["layer"]) >= 0
+        if (np.isfinite(spikes) & inside).any():
+            i = int(np.nanargmax(np.where(inside, spikes, np.nan)))
+            picks.append((int(tables.matrices["layer"][i]), str(tables.matrices["matrix"][i]), None, "most spikes"))
+    made = []
+    for layer in sorted({p[0] for p in picks}):
+        (block,) = list(stream_layers(source, layers=[layer]))
+        params = {"attn": {k: np.asarray(v[0]) for k, v in block.params["attn"].items()},
+                  "mlp": {k: np.asarray(v[0]) for k, v in block.params["mlp"].items()}}
+        for _, name, head, why in (p for p in picks if p[0] == layer):
+            part, _, sub = name.partition(".")
+            w = params[part][sub]
+            w = w[head] if head is not None else w.reshape(-1, w.shape[-1])
+            if crop:
+                w = w[:crop, :crop]
+            s = np.asarray(sp.singular_values(np.asarray(w, np.float32)))
+            label = f"L{layer}_{name}" + (f"_h{head}" if head is not None else "")
+            plots.spectrum_vs_mp(s, w.shape, _plot(folder, f"spectrum_{label}"),
+                                 title=f"layer {layer} {name}" + (f" head {head}" if head is not None else "") + f" ({why})")
+            made.append({"layer": layer, "matrix": name, "head": head, "why": why, "file": f"plots/spectrum_{label}.png"})
+    return made
 
 
 def _nan(x) -> float | None:
@@ -87,126 +237,10 @@ def _nan(x) -> float | None:
     return None if np.isnan(x) else x
 
 
-def _write_laws(heads: dict[str, np.ndarray], folder: str) -> dict:
-    write_csv(heads, os.path.join(folder, "heads.csv"))
-    write_json(heads, os.path.join(folder, "heads.json"))
-    stats = [f"{s}_{p}" for p in PAIRS for s in _HEADLINE]
-    per_layer = layer_means(heads, stats)
-    write_csv(per_layer, os.path.join(folder, "layers.csv"))
-    for stat in ("pearson_qk", "ssr_qk", "cos_u_qk"):
-        head_heatmap(heads, f"{stat}_z", os.path.join(folder, f"heatmap_{stat}_z.png"),
-                     title=f"{stat}: z-score against Gaussian null")
-        layer_trend(heads, stat, os.path.join(folder, f"trend_{stat}.png"), title=f"{stat} per layer vs random null")
-    return {
-        "nonfinite_heads": [[int(l), int(h)] for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f],
-        "model": {
-            stat: {
-                "median_over_layers": _nan(np.nanmedian(per_layer[stat])),
-                "mean_over_layers": _nan(np.nanmean(per_layer[stat])),
-                "null_mean": _nan(np.nanmean(per_layer[f"{stat}_null_mean"])),
-                "null_std": _nan(np.nanmean(per_layer[f"{stat}_null_std"])),
-                "mean_z": _nan(np.nanmean(heads[f"{stat}_z"])),
-            }
-            for stat in stats
-        },
-    }
-
-
-def _write_rank(matrices: dict[str, np.ndarray], folder: str) -> dict:
-    write_csv(matrices, os.path.join(folder, "matrices.csv"))
-    write_json(matrices, os.path.join(folder, "matrices.json"))
-    for stat in ("erank", "ks_mp"):
-        matrix_heatmap(matrices, f"{stat}_z", os.path.join(folder, f"heatmap_matrices_{stat}_z.png"),
-                       title=f"{stat} per weight matrix: z-score against Gaussian null")
-    kinds = list(dict.fromkeys(matrices["matrix"].tolist()))
-    by_kind = {}
-    for kind in kinds:
-        rows = matrices["matrix"] == kind
-        by_kind[kind] = {
-            stat: {"mean": _nan(np.nanmean(matrices[stat][rows])),
-                   "null_mean": _nan(np.nanmean(matrices[f"{stat}_null_mean"][rows])),
-                   "mean_z": _nan(np.nanmean(matrices[f"{stat}_z"][rows]))}
-            for stat in RANK_STATISTICS
-        }
-    return by_kind
-
-
-def _header(summary: dict) -> str:
-    spec = summary["spec"]
-    return "\n".join([
-        f"# Spectral statistics: {os.path.basename(summary['checkpoint'])}",
-        "",
-        f"{spec['model_type']}, {spec['num_layers']} layers, {spec['num_heads']} query / {spec['num_kv_heads']} "
-        f"key-value heads of {spec['head_dims'][0]} x {spec['hidden_size']}. Null: shape- and scale-matched "
-        f"Gaussian matrices ({summary['null_draws']} Monte Carlo draws, seed {summary['seed']}) or exact values. "
-        "A z-score near 0 means the weights do what random matrices do anyway.",
-        "",
-    ])
-
-
-def _laws_report(summary: dict) -> str:
-    rows = {"statistic": [], "model median": [], "null mean": [], "null std": [], "mean z": []}
-    for stat, v in summary["model"].items():
-        rows["statistic"].append(stat)
-        rows["model median"].append(v["median_over_layers"])
-        rows["null mean"].append(v["null_mean"])
-        rows["null std"].append(v["null_std"])
-        rows["mean z"].append(v["mean_z"])
-    table = {k: np.array(v, dtype=object if k == "statistic" else float) for k, v in rows.items()}
-    lines = [
-        "## Per-head statistics (laws)",
-        "",
-        "For every query head h and its key/value head g = h // (H/KV): the Pearson correlation and spectral "
-        "shape residual (SSR) of the singular values of W_Q,h and W_K,g (`_qk`), of W_Q,h and W_V,g (`_qv`), and of "
-        "W_K,g and W_V,g (`_kv`); the mean |cosine| of index-matched left (`cos_u`) and right (`cos_v`) singular "
-        "vectors; and the Grassmann similarity of their row spaces. Spectrum statistics are set against "
-        "Monte Carlo Gaussian spectra; cosine and Grassmann nulls are exact (E|cos| = Γ(d/2)/(√π Γ((d+1)/2)), "
-        "Grassmann k/d).",
-        "",
-        "Model-level values (median over layers of the per-layer head mean):",
-        "",
-        to_markdown(table),
-        "",
-        "What stands out:",
-        "",
-    ]
-    notable = [(stat, v) for stat, v in summary["model"].items() if v["mean_z"] is not None and abs(v["mean_z"]) > 3]
-    if notable:
-        lines += [f"- `{stat}` departs from the random null: mean z = {v['mean_z']:.1f} "
-                  f"(observed {v['median_over_layers']:.4g} vs null {v['null_mean']:.4g})." for stat, v in notable]
-    else:
-        lines.append("- No statistic departs from its random null by more than 3 standard deviations on average.")
-    near_one = summary["model"].get("pearson_qk", {})
-    if near_one.get("null_mean") and near_one["null_mean"] > 0.9:
-        lines.append(f"- Pearson r of sorted Q/K spectra is {near_one['null_mean']:.3f} for random matrices already: "
-                     "a value near 1 is not, by itself, evidence of structure.")
-    if summary["nonfinite_heads"]:
-        lines.append(f"- {len(summary['nonfinite_heads'])} heads hold NaN/Inf weights (layer, head): "
-                     f"{summary['nonfinite_heads'][:10]}; their statistics are NaN.")
-    lines += ["", "Files: `heads.csv` (per head), `layers.csv` (per layer), `heatmap_*_z.png` (layer x head z-scores), "
-              "`trend_*.png` (per-layer mean with the null band).", ""]
-    return "\n".join(lines)
-
-
-def _rank_report(summary: dict) -> str:
-    rank = summary["rank"]
-    kinds = list(rank)
-    table = {"matrix": np.array(kinds, dtype=object)}
-    for stat in ("erank", "stable_rank", "max_mean", "ks_mp"):
-        table[stat] = np.array([rank[k][stat]["mean"] for k in kinds], float)
-        table[f"{stat} null"] = np.array([rank[k][stat]["null_mean"] for k in kinds], float)
-        table[f"{stat} z"] = np.array([rank[k][stat]["mean_z"] for k in kinds], float)
-    crop = f" (top-left {summary['crop']}x{summary['crop']} block only, as in the source)" if summary["crop"] else ""
-    lines = [
-        "## Whole-matrix statistics (rank)",
-        "",
-        f"Effective rank, stable rank, max/mean singular value and the KS distance of the scale-normalized "
-        f"spectrum to Marchenko-Pastur, for every weight matrix{crop}; mean over layers per matrix kind "
-        "(`embed.tokens`/`lm_head` are single matrices):",
-        "",
-        to_markdown(table),
-        "",
-        "Files: `matrices.csv` (one row per matrix, with null columns), `heatmap_matrices_*_z.png`.",
-        "",
-    ]
-    return "\n".join(lines)
+def _json(x):
+    if isinstance(x, (str, np.str_)):
+        return str(x)
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    x = float(x)
+    return None if np.isnan(x) else (str(x) if np.isinf(x) else x)

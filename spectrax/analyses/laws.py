@@ -10,23 +10,19 @@ For every (layer, query head h) with its key/value head g = h // (H // KV):
 
 Each statistic X comes with `X_null_mean`, `X_null_std`, `X_z` (and `X_pct` for Monte Carlo
 nulls). Heads holding NaN/Inf weights get NaN statistics and `finite = 0`; the run goes on.
-The checkpoint is streamed one layer at a time, so memory does not grow with depth.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 
 import chex
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from spectrax import spectral as sp
-from spectrax.io.load import Source, open_source, stream_layers
 
-__all__ = ["head_laws", "laws_table", "PAIRS", "MATRICES"]
+__all__ = ["head_laws", "laws_layer", "PAIRS", "MATRICES"]
 
 PAIRS = ("qk", "qv", "kv")
 MATRICES = ("q", "k", "v")
@@ -105,33 +101,9 @@ def _name(column: str, tag: str) -> str:
     return f"{column}_{tag}"
 
 
-def laws_table(
-    source: Source | str,
-    *,
-    layers: Iterable[int] | None = None,
-    num_draws: int = 16,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """The per-head table for a checkpoint: one row per (layer, query head).
-
-    Columns: `layer`, `head`, `kv_head`, then every statistic of `head_laws`.
-    """
-    if not isinstance(source, Source):
-        source = open_source(source)
-    spec = source.spec
-    chosen = list(range(spec.num_layers)) if layers is None else sorted(set(layers))
-    key = jax.random.key(seed)
-    rows: list[dict[str, np.ndarray]] = []
-    bar = tqdm(total=len(chosen), desc="laws", unit="layer", disable=not progress)
-    for block in stream_layers(source, layers=chosen):
-        (layer,) = block.layer_ids
-        cols = head_laws(block.params["attn"], jax.random.fold_in(key, layer), num_draws=num_draws)
-        H = cols["finite"].shape[1]
-        rows.append({
-            "layer": np.full(H, layer), "head": np.arange(H), "kv_head": sp.kv_head_index(H, spec.num_kv_heads),
-            **{name: value[0] for name, value in cols.items()},
-        })
-        bar.update(1)
-    bar.close()
-    return {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+def laws_layer(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
+    """Rows for one unstacked layer's attention `q (H, D, E)`, `k`, `v (KV, D, E)`: one per query
+    head, with `head`, `kv_head` and every statistic of `head_laws`."""
+    cols = head_laws(jax.tree.map(lambda x: np.asarray(x)[None], attn), key, num_draws=num_draws)
+    H, KV = np.shape(attn["q"])[0], np.shape(attn["k"])[0]
+    return {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}

@@ -19,18 +19,17 @@ values), so `X_z` says whether the weight departs from what a random matrix of i
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from spectrax import spectral as sp
-from spectrax.io.load import Source, load_globals, open_source, stream_layers
+from spectrax.analyses.weights import global_matrices, layer_matrices, matrix_columns
+from spectrax.io.load import Source
 
-__all__ = ["rank_statistics", "matrix_rank_rows", "rank_table", "RANK_STATISTICS"]
+__all__ = ["rank_statistics", "matrix_rank_rows", "rank_layer", "rank_globals", "RANK_STATISTICS"]
 
 RANK_STATISTICS = ("erank", "erank_squared", "max_mean", "stable_rank", "sigma_max", "ks_mp", "ks_gauss")
 _REFERENCE_DRAWS = 4  # Gaussian matrices pooled into the ks_gauss reference sample
@@ -87,68 +86,19 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
     return rows
 
 
-def _layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:
-    """The whole 2-D weights of one (unstacked) canonical layer."""
-    attn = params["attn"]
-    for part in ("q", "k", "v", "o"):
-        w = np.asarray(attn[part])
-        yield f"attn.{part}", w.reshape(-1, w.shape[-1])  # (heads*D, E); o: W_O^T, same spectrum
-    for part, w in params["mlp"].items():
-        if not part.endswith("_bias"):
-            yield f"mlp.{part}", np.asarray(w)
+def rank_layer(params: dict, key: jax.Array, *, num_draws: int = 16, crop: int | None = None) -> dict[str, np.ndarray]:
+    """Rows for one unstacked canonical layer: one per weight matrix (see `layer_matrices`)."""
+    matrices = dict(layer_matrices(params))
+    rows = matrix_rank_rows(matrices, key, num_draws=num_draws, crop=crop)
+    return matrix_columns(rows, {name: _shape(w, crop) for name, w in matrices.items()})
 
 
-def rank_table(
-    source: Source | str,
-    *,
-    layers: Iterable[int] | None = None,
-    num_draws: int = 16,
-    seed: int = 0,
-    crop: int | None = None,
-    embeddings: bool = True,
-    progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """One row per (layer, matrix); layer -1 holds the embedding and untied output head.
-
-    Columns: `layer`, `matrix`, `rows`, `cols`, then every statistic of `RANK_STATISTICS` with its
-    null columns.
-    """
-    if not isinstance(source, Source):
-        source = open_source(source)
-    chosen = list(range(source.spec.num_layers)) if layers is None else sorted(set(layers))
-    key = jax.random.key(seed)
-    records: list[tuple[int, str, tuple[int, int], dict]] = []
-    bar = tqdm(total=len(chosen) + embeddings, desc="rank", unit="layer", disable=not progress)
-    if embeddings:
-        globals_ = _global_matrices(source)
-        rows = matrix_rank_rows(globals_, jax.random.fold_in(key, 1 << 20), num_draws=num_draws, crop=crop)
-        records += [(-1, name, _shape(globals_[name], crop), row) for name, row in rows.items()]
-        bar.update(1)
-    for block in stream_layers(source, layers=chosen):
-        (layer,) = block.layer_ids
-        matrices = dict(_layer_matrices(jax.tree.map(lambda x: x[0], block.params)))
-        rows = matrix_rank_rows(matrices, jax.random.fold_in(key, layer), num_draws=num_draws, crop=crop)
-        records += [(layer, name, _shape(matrices[name], crop), rows[name]) for name in matrices]
-        bar.update(1)
-    bar.close()
-    columns = list(records[0][3])
-    return {
-        "layer": np.array([r[0] for r in records]),
-        "matrix": np.array([r[1] for r in records], dtype=object),
-        "rows": np.array([r[2][0] for r in records]),
-        "cols": np.array([r[2][1] for r in records]),
-        **{c: np.array([r[3][c] for r in records]) for c in columns},
-    }
+def rank_globals(source: Source, key: jax.Array, *, num_draws: int = 16, crop: int | None = None) -> dict[str, np.ndarray]:
+    """Rows for the token embedding and the untied output head."""
+    matrices = global_matrices(source)
+    rows = matrix_rank_rows(matrices, key, num_draws=num_draws, crop=crop)
+    return matrix_columns(rows, {name: _shape(w, crop) for name, w in matrices.items()})
 
 
 def _shape(w: np.ndarray, crop: int | None) -> tuple[int, int]:
     return tuple(min(d, crop) if crop else d for d in w.shape)
-
-
-def _global_matrices(source: Source) -> dict[str, np.ndarray]:
-    """The token embedding and, when it is stored separately (not tied), the output head."""
-    tree, _, _ = load_globals(source)
-    matrices = {"embed.tokens": tree["embed"]["tokens"]}
-    if tree["lm_head"]["weight"] is not tree["embed"]["tokens"]:
-        matrices["lm_head"] = tree["lm_head"]["weight"]
-    return matrices

@@ -1,4 +1,5 @@
-"""Figures for per-head tables: layer x head heatmaps and per-layer trends against the null band."""
+"""Figures: layer x head heatmaps, per-layer trends against the null band, layer x layer
+similarity, spectra against Marchenko-Pastur, and A-vs-B differences."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from spectrax import spectral as sp  # noqa: E402
 from spectrax.report.tables import Table  # noqa: E402
 
-__all__ = ["head_heatmap", "layer_trend", "matrix_heatmap"]
+__all__ = ["head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap", "spectrum_vs_mp", "compare_trend"]
 
 # z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
@@ -86,3 +88,100 @@ def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.PathLike, *, chance: float,
+                       title: str | None = None) -> None:
+    """Layer x layer similarity with the diagonal (always 1) masked, so the colour scale spends
+    itself on the off-diagonal values; the chance level is marked on the colour bar and values are
+    written in the cells of small matrices."""
+    grid = np.array(matrix, float)
+    np.fill_diagonal(grid, np.nan)
+    top = max(float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0, 2 * chance, 0.05)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(grid, cmap=matplotlib.colormaps["magma"].with_extremes(bad="0.85"), vmin=0, vmax=top,
+                   interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, label="Grassmann similarity (diagonal = 1, masked)")
+    bar.ax.axhline(chance, color="c", lw=3)
+    if len(layers) <= 12:
+        for i in range(len(layers)):
+            for j in range(len(layers)):
+                if i != j and np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="w" if grid[i, j] < 0.6 * top else "k")
+    ticks = np.arange(len(layers)) if len(layers) <= 24 else np.linspace(0, len(layers) - 1, 12).astype(int)
+    ax.set_xticks(ticks, [str(layers[t]) for t in ticks])
+    ax.set_yticks(ticks, [str(layers[t]) for t in ticks])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{title or 'layer x layer similarity'}\nchance level {chance:.3g}: cyan line on the colour bar", fontsize=9)
+    _save(fig, path)
+
+
+def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLike, *, title: str | None = None) -> None:
+    """The ESD of one matrix against its fitted Marchenko-Pastur law, on log axes so the bulk and
+    the outliers both show: a histogram of log10 of `lambda = s^2 / max(m, n)` with the MP density,
+    and the ranked eigenvalues against MP quantiles (spikes leave the diagonal at the top, a heavy
+    tail bends away from it)."""
+    shape = tuple(int(d) for d in shape)
+    lam = np.sort(np.asarray(sp.eigenvalues(s, shape), float))
+    fit = sp.mp_fit(np.asarray(s, np.float32), shape)
+    ratio, sigma2, edge = sp.aspect_ratio(shape), float(fit.sigma2), float(fit.lambda_plus)
+    lo_edge = float(sp.mp_edges(ratio, sigma2)[0])
+    positive = lam[lam > 0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.9))
+    if positive.size:
+        y = np.log10(positive)
+        left.hist(y, bins=min(60, max(12, y.size // 4)), density=True, color="C0", alpha=0.6, label="eigenvalues s²/N")
+        grid = np.linspace(np.log10(max(lo_edge, 1e-12 * edge)), np.log10(edge), 400)
+        x = 10.0 ** grid
+        left.plot(grid, np.asarray(sp.mp_density(x, ratio, sigma2)) * x * np.log(10), color="k", lw=1.5,
+                  label=f"Marchenko-Pastur (σ²={sigma2:.3g})")
+    left.axvline(np.log10(edge), color="C3", ls="--", lw=1, label=f"bulk edge; {int(fit.num_spikes)} spikes above")
+    left.set_xlabel("log10 λ")
+    left.set_ylabel("density")
+    left.legend(fontsize=7)
+    probs = (np.arange(lam.size) + 0.5) / lam.size
+    quantiles = np.asarray(sp.mp_quantile(probs, ratio, sigma2))
+    keep = (lam > 0) & (quantiles > 0)
+    right.loglog(quantiles[keep], lam[keep], ".", ms=3, color="C0", label="observed")
+    span = [min(quantiles[keep].min(), lam[keep].min()), max(quantiles[keep].max(), lam[keep].max())] if keep.any() else [1e-3, 1]
+    right.loglog(span, span, color="k", lw=1, label="= Marchenko-Pastur")
+    right.axhline(edge, color="C3", ls="--", lw=1)
+    right.set_xlabel("Marchenko-Pastur quantile")
+    right.set_ylabel("observed eigenvalue")
+    right.legend(fontsize=7)
+    fig.suptitle(title or "spectrum vs Marchenko-Pastur", fontsize=10)
+    _save(fig, path)
+
+
+def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, labels: tuple[str, str],
+                  title: str | None = None) -> None:
+    """Per-layer means of `stat` for two checkpoints over the null band (top) and their
+    difference b - a against ±2 standard deviations of the difference of two null draws (bottom)."""
+    layers = np.asarray(a["layer"], float)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2))
+    null_mean = np.asarray(a[f"{stat}_null_mean"], float)
+    null_std = np.asarray(a[f"{stat}_null_std"], float)
+    top.fill_between(layers, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.85", label="random null ±2σ")
+    top.plot(layers, np.asarray(a[stat], float), "o-", ms=3, color="C0", label=labels[0])
+    top.plot(layers, np.asarray(b[stat], float), "s-", ms=3, color="C3", label=labels[1])
+    top.set_ylabel(stat)
+    top.legend(fontsize=7)
+    diff = np.asarray(b[stat], float) - np.asarray(a[stat], float)
+    spread = np.sqrt(null_std ** 2 + np.asarray(b[f"{stat}_null_std"], float) ** 2)
+    bottom.fill_between(layers, -2 * spread, 2 * spread, color="0.85", label="±2σ of a null difference")
+    bottom.axhline(0, color="0.4", lw=1)
+    bottom.plot(layers, diff, "o-", ms=3, color="C2", label=f"{labels[1]} − {labels[0]}")
+    bottom.set_xlabel("layer")
+    bottom.set_ylabel("difference")
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    bottom.legend(fontsize=7)
+    fig.suptitle(title or stat, fontsize=10)
+    _save(fig, path)

@@ -1,55 +1,137 @@
-"""`analyze` writes a complete result folder atomically and never into the checkpoint."""
+"""`analyze` writes a complete result folder atomically, resumes interrupted runs and never writes
+into the checkpoint; its tables equal the kernels computed directly."""
 
 import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
+import spectrax as sx
+from spectrax.analyses import collect as collect_module
 from spectrax.analyses.analyze import analyze
 from spectrax.cli import main
 from tests.conftest import CHECKPOINTS, snapshot
 
 
-def test_result_folder_contents(tmp_path):
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def gpt2_result(tmp_path_factory):
     before = snapshot(CHECKPOINTS / "gpt2_bf16")
-    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "res", num_draws=4, progress=False)
+    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path_factory.mktemp("r") / "res", num_draws=4, progress=False)
     assert snapshot(CHECKPOINTS / "gpt2_bf16") == before
+    return out
+
+
+def test_result_folder_contents(gpt2_result):
+    out = gpt2_result
     files = set(os.listdir(out))
-    assert {"heads.csv", "heads.json", "layers.csv", "matrices.csv", "matrices.json", "summary.json", "report.md",
-            "heatmap_pearson_qk_z.png", "trend_pearson_qk.png", "heatmap_matrices_erank_z.png"} <= files
-    for png in (f for f in files if f.endswith(".png")):
-        assert os.path.getsize(os.path.join(out, png)) > 5000
-    with open(os.path.join(out, "heads.csv")) as f:
-        rows = list(csv.DictReader(f))
+    assert {"heads.csv", "heads.json", "layers.csv", "groups.csv", "precision.csv", "matrices.csv", "matrices.json",
+            "kernel_similarity.csv", "summary.json", "report.md", "plots"} == files
+    pngs = os.listdir(os.path.join(out, "plots"))
+    assert {"heatmap_pearson_qk_z.png", "trend_pearson_qk.png", "heatmap_matrices_erank_z.png",
+            "kernel_similarity.png", "trend_kernel_erank.png", "heatmap_matrices_lambda_max_z.png"} <= set(pngs)
+    assert any(p.startswith("spectrum_") for p in pngs)
+    for png in pngs:
+        assert os.path.getsize(os.path.join(out, "plots", png)) > 5000
+    rows = _rows(os.path.join(out, "heads.csv"))
     assert len(rows) == 2 * 4
     for column in ("layer", "head", "kv_head", "pearson_qk", "pearson_qk_null_mean", "pearson_qk_null_std",
-                   "ssr_qk", "cos_u_qk", "cos_u_qk_null_mean", "grassmann_kv", "sigma_max_q", "cond_v"):
+                   "ssr_qk", "cos_u_qk", "cos_u_qk_null_mean", "grassmann_kv", "sigma_max_q", "cond_v",
+                   "kernel_erank", "kernel_erank_null_mean", "ffn_alignment", "ffn_alignment_null_std"):
         assert column in rows[0]
     summary = json.loads(open(os.path.join(out, "summary.json")).read())
-    assert summary["spec"]["model_type"] == "gpt2" and summary["nonfinite_heads"] == []
+    assert summary["spec"]["model_type"] == "gpt2" and summary["laws"]["nonfinite_heads"] == []
     report = open(os.path.join(out, "report.md")).read()
-    assert "## Per-head statistics (laws)" in report and "## Whole-matrix statistics (rank)" in report
-    with open(os.path.join(out, "matrices.csv")) as f:
-        matrices = list(csv.DictReader(f))
+    for title in ("## Per-head statistics (laws)", "## Whole-matrix statistics (rank)", "## QK-kernel subspaces (kernel)",
+                  "## Empirical spectral densities (esd)", "## Files"):
+        assert title in report
+    matrices = _rows(os.path.join(out, "matrices.csv"))
     assert {m["matrix"] for m in matrices} == {"embed.tokens", "attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"}
+    assert "alpha" in matrices[0] and "alpha_shuffle_mean" in matrices[0] and "erank_null_mean" in matrices[0]
     assert summary["rank"]["attn.q"]["erank"]["mean"] > 0
+
+
+def test_tables_equal_kernels_and_aggregations_equal_hand_computation(gpt2_result):
+    heads = _rows(os.path.join(gpt2_result, "heads.csv"))
+    model = sx.load(CHECKPOINTS / "gpt2_bf16")
+    attn = model.params["layers"][0]["attn"]
+    for row in heads:
+        layer, head, g = int(row["layer"]), int(row["head"]), int(row["kv_head"])
+        sq = np.linalg.svd(np.asarray(attn["q"][layer, head], np.float64), compute_uv=False)
+        sk = np.linalg.svd(np.asarray(attn["k"][layer, g], np.float64), compute_uv=False)
+        assert float(row["pearson_qk"]) == pytest.approx(np.corrcoef(sq, sk)[0, 1], abs=1e-5)
+        kernel = np.asarray(attn["q"][layer, head], np.float64).T @ np.asarray(attn["k"][layer, g], np.float64)
+        s = np.linalg.svd(kernel, compute_uv=False)[: sq.size]
+        p = s / s.sum()
+        assert float(row["kernel_erank"]) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
+    layers = _rows(os.path.join(gpt2_result, "layers.csv"))
+    for layer in layers:
+        mine = [float(r["ssr_qk"]) for r in heads if r["layer"] == layer["layer"]]
+        assert float(layer["ssr_qk"]) == pytest.approx(np.mean(mine))
+        assert float(layer["ssr_qk_bulk"]) == pytest.approx(np.median(mine))  # gpt2: one query head per KV head
+    groups = _rows(os.path.join(gpt2_result, "groups.csv"))
+    assert [g["group"] for g in groups] == ["0-0", "1-1"]
+    precision = {r["format"]: r for r in _rows(os.path.join(gpt2_result, "precision.csv"))}
+    assert float(precision["bfloat16"]["L_quant"]) == 3 * 2**14
+
+
+def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch):
+    path = CHECKPOINTS / "llama"
+    reference = analyze(path, tmp_path / "fresh", num_draws=4, shuffle_draws=2, progress=False)
+    real = collect_module.layer_results
+    seen = []
+
+    def crash_on_second_layer(params, layer, *args, **kwargs):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(layer)
+        return real(params, layer, *args, **kwargs)
+
+    monkeypatch.setattr(collect_module, "layer_results", crash_on_second_layer)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / ".resumed.partial").is_dir()
+    monkeypatch.setattr(collect_module, "layer_results", real)
+    with pytest.raises(FileExistsError, match="differing in: num_draws"):
+        analyze(path, tmp_path / "resumed", num_draws=5, shuffle_draws=2, progress=False)
+    out = analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)
+    assert json.loads(open(os.path.join(out, "summary.json")).read())["resumed_parts"] == 2  # globals + layer 0
+    for table in ("heads.csv", "matrices.csv", "layers.csv"):
+        assert open(os.path.join(out, table)).read() == open(os.path.join(reference, table)).read()
+    assert not (tmp_path / ".resumed.partial").exists()
+
+
+def test_force_replaces_an_existing_folder(tmp_path):
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "stale.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already exists"):
+        analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=2, progress=False)
+    out = analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=2, force=True, progress=False)
+    assert "stale.txt" not in os.listdir(out) and "matrices.csv" in os.listdir(out)
+    assert sorted(os.listdir(tmp_path)) == ["res"]
 
 
 def test_rank_only_with_crop(tmp_path):
     out = analyze(CHECKPOINTS / "llama", tmp_path / "res", analyses=["rank"], crop=32, num_draws=4, progress=False)
     assert not os.path.exists(os.path.join(out, "heads.csv"))
-    with open(os.path.join(out, "matrices.csv")) as f:
-        rows = list(csv.DictReader(f))
+    rows = _rows(os.path.join(out, "matrices.csv"))
     assert all(int(r["rows"]) <= 32 and int(r["cols"]) <= 32 for r in rows)
     assert "top-left 32x32" in open(os.path.join(out, "report.md")).read()
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".res.tmp")]
+    assert sorted(os.listdir(tmp_path)) == ["res"]
 
 
-def test_existing_output_folder_is_refused(tmp_path):
-    (tmp_path / "res").mkdir()
-    with pytest.raises(FileExistsError, match="already exists"):
-        analyze(CHECKPOINTS / "gpt2", tmp_path / "res", num_draws=2, progress=False)
+def test_an_analysis_gives_the_same_numbers_alone_or_with_others(tmp_path, gpt2_result):
+    alone = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws"], num_draws=4, progress=False)
+    together = {r["layer"] + "/" + r["head"]: r for r in _rows(os.path.join(gpt2_result, "heads.csv"))}
+    for row in _rows(os.path.join(alone, "heads.csv")):
+        other = together[row["layer"] + "/" + row["head"]]
+        assert {c: row[c] for c in row} == {c: other[c] for c in row}
 
 
 def test_output_inside_checkpoint_is_refused():
@@ -58,13 +140,15 @@ def test_output_inside_checkpoint_is_refused():
     assert not (CHECKPOINTS / "gpt2" / "results").exists()
 
 
-def test_failed_run_leaves_no_folder(tmp_path):
+def test_unknown_analysis_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="unknown analyses"):
         analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["nope"], progress=False)
     assert os.listdir(tmp_path) == []
 
 
 def test_cli_analyze_without_path_uses_embedded_checkpoint(tmp_path, capsys):
-    assert main(["analyze", "--out", str(tmp_path / "r"), "--null-draws", "4"]) == 0
-    assert "pearson_qk" in capsys.readouterr().out
+    assert main(["analyze", "--out", str(tmp_path / "r"), "--null-draws", "4", "--shuffle-draws", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "pearson_qk" in printed and "bottleneck" in printed
     assert (tmp_path / "r" / "heads.csv").exists()
+    assert main(["analyze", "--out", str(tmp_path / "r"), "--null-draws", "4"]) == 2  # exists, no --force

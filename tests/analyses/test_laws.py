@@ -1,10 +1,14 @@
 """The laws analysis: its statistics equal float64 numpy recomputations, and its nulls behave."""
 
 import numpy as np
-import pytest
 
-from spectrax.analyses.laws import head_laws, laws_table
+from spectrax.analyses.collect import Options, collect
+from spectrax.analyses.laws import head_laws
 from tests.conftest import CHECKPOINTS
+
+
+def laws_table(path, layers=None, num_draws=4):
+    return collect(path, analyses=["laws"], layers=layers, options=Options(num_draws=num_draws), progress=False).heads
 
 
 def _np_pearson(a, b):
@@ -14,7 +18,7 @@ def _np_pearson(a, b):
 def test_table_rows_and_gqa_pairing_match_numpy():
     import spectrax as sx
 
-    table = laws_table(CHECKPOINTS / "llama", num_draws=4, progress=False)
+    table = laws_table(CHECKPOINTS / "llama")
     model = sx.load(CHECKPOINTS / "llama")
     attn = model.params["layers"][0]["attn"]
     H, KV = model.spec.num_heads, model.spec.num_kv_heads
@@ -76,7 +80,7 @@ def test_streaming_over_layers_compiles_each_kernel_once_per_shape():
     from spectrax.spectral import nulls
 
     kernels = (sp.svd, nulls._gaussian_null)
-    laws_table(TINY_LLAMA, layers=[0], num_draws=4, progress=False)
+    laws_table(TINY_LLAMA, layers=[0])
     before = [k._cache_size() for k in kernels]
-    laws_table(TINY_LLAMA, num_draws=4, progress=False)  # all 4 layers, same shapes
+    laws_table(TINY_LLAMA)  # all 4 layers, same shapes
     assert [k._cache_size() for k in kernels] == before

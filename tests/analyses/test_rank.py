@@ -4,8 +4,13 @@ import jax
 import numpy as np
 
 import spectrax as sx
-from spectrax.analyses.rank import matrix_rank_rows, rank_table
+from spectrax.analyses.collect import Options, collect
+from spectrax.analyses.rank import matrix_rank_rows
 from tests.conftest import CHECKPOINTS
+
+
+def rank_table(path, **options):
+    return collect(path, analyses=["rank"], options=Options(**options), progress=False).matrices
 
 
 def _np_stats(w: np.ndarray) -> dict:
@@ -17,7 +22,7 @@ def _np_stats(w: np.ndarray) -> dict:
 
 
 def test_rank_table_matches_numpy_on_every_matrix():
-    table = rank_table(CHECKPOINTS / "phi3", num_draws=4, progress=False)
+    table = rank_table(CHECKPOINTS / "phi3", num_draws=4)
     model = sx.load(CHECKPOINTS / "phi3")
     group = model.params["layers"][0]
     names = ["embed.tokens", "lm_head"] + [f"attn.{p}" for p in "qkvo"] + ["mlp.gate", "mlp.up", "mlp.down"]

@@ -1,0 +1,119 @@
+"""The source documents' aggregations over a per-head table, so their tables can be recomputed.
+
+SPEC.md §1: the per-layer value is the mean over the layer's heads; the model value is the median
+and the mean over layers; the "pseudo-bulk" is the median over the query heads of each
+(layer, KV head) group, then the median across those groups; layer groups (by default four equal
+blocks of consecutive layers) report group means, and two checkpoints are compared by the
+relative change `(base - other) / base`.
+
+Tables are column dicts `{name: (rows,)}` with a `layer` column (and `kv_head` for the
+pseudo-bulk). NaN entries (heads with non-finite weights) are left out of every mean and median.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["finite_mean", "layer_means", "pseudo_bulk", "layer_groups", "group_means", "relative_change", "model_values"]
+
+_NULL = ("_null_mean", "_null_std")
+
+
+def finite_mean(x) -> float:
+    """Mean over the non-NaN entries; NaN (and no warning) when there are none."""
+    return _nan_reduce(np.mean, x)
+
+
+def _nan_reduce(fn, x: np.ndarray) -> float:
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
+    return float(fn(x)) if x.size else float("nan")
+
+
+def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, np.ndarray]:
+    """`(layers,)` columns: the mean over each layer's heads of each stat and of its null mean/std
+    (when the table has them)."""
+    layers = np.asarray(table["layer"])
+    ids = np.unique(layers)
+    out = {"layer": ids}
+    for stat in stats:
+        for column in (stat, *(stat + s for s in _NULL)):
+            if column in table:
+                values = np.asarray(table[column], float)
+                out[column] = np.array([_nan_reduce(np.mean, values[layers == i]) for i in ids])
+    return out
+
+
+def pseudo_bulk(table: dict[str, np.ndarray], stat: str) -> tuple[np.ndarray, float]:
+    """Median over query heads within each (layer, KV head), then the median across groups.
+
+    Returns `(per_layer (layers,), model)`: the per-layer value takes the median across that
+    layer's KV groups; the model value across all (layer, KV head) groups.
+    """
+    layers, kv = np.asarray(table["layer"]), np.asarray(table["kv_head"])
+    values = np.asarray(table[stat], float)
+    ids = np.unique(layers)
+    group_medians = {
+        (layer, g): _nan_reduce(np.median, values[(layers == layer) & (kv == g)])
+        for layer in ids for g in np.unique(kv[layers == layer])
+    }
+    per_layer = np.array([_nan_reduce(np.median, [m for (l, _), m in group_medians.items() if l == i]) for i in ids])
+    return per_layer, _nan_reduce(np.median, list(group_medians.values()))
+
+
+def layer_groups(layers: Sequence[int], num_groups: int = 4) -> list[tuple[int, ...]]:
+    """Split the sorted layer indices into `num_groups` consecutive blocks of (near) equal size,
+    the larger blocks first (48 layers -> 0-11, 12-23, 24-35, 36-47 as in the source)."""
+    layers = sorted(layers)
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    return [tuple(int(i) for i in block) for block in np.array_split(layers, min(num_groups, len(layers)))]
+
+
+def group_means(per_layer: dict[str, np.ndarray], stats: Sequence[str], groups: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """`(groups,)` columns: `group` ("lo-hi"), `first`, `last` and the mean over the group's layers
+    of each per-layer stat (and its null columns when present)."""
+    layers = np.asarray(per_layer["layer"])
+    out = {
+        "group": np.array([f"{g[0]}-{g[-1]}" for g in groups], dtype=object),
+        "first": np.array([g[0] for g in groups]),
+        "last": np.array([g[-1] for g in groups]),
+    }
+    for stat in stats:
+        for column in (stat, *(stat + s for s in _NULL)):
+            if column in per_layer:
+                values = np.asarray(per_layer[column], float)
+                out[column] = np.array([_nan_reduce(np.mean, values[np.isin(layers, g)]) for g in groups])
+    return out
+
+
+def relative_change(base, other):
+    """`(base - other) / base`, the source's "improvement" (positive when `other` is smaller);
+    NaN where `base` is 0."""
+    base, other = np.asarray(base, float), np.asarray(other, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(base != 0, (base - other) / np.where(base != 0, base, 1.0), np.nan)
+
+
+def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray], stat: str) -> dict[str, float | None]:
+    """Model-level aggregates of one stat: median and mean over layers of the per-layer mean, the
+    pseudo-bulk (when the table has `kv_head`), the null mean/std averaged over layers, and the
+    mean z over heads."""
+
+    def clean(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    out = {
+        "median_over_layers": clean(_nan_reduce(np.median, per_layer[stat])),
+        "mean_over_layers": clean(_nan_reduce(np.mean, per_layer[stat])),
+    }
+    if "kv_head" in table:
+        out["pseudo_bulk"] = clean(pseudo_bulk(table, stat)[1])
+    for suffix in _NULL:
+        if stat + suffix in per_layer:
+            out[suffix[1:]] = clean(_nan_reduce(np.mean, per_layer[stat + suffix]))
+    if f"{stat}_z" in table:
+        out["mean_z"] = clean(_nan_reduce(np.mean, table[f"{stat}_z"]))
+    return out

@@ -1,0 +1,182 @@
+"""`spectrax compare A B`: two checkpoints of one architecture side by side (e.g. a base model and
+its RL-tuned version).
+
+Both are analyzed with the same settings and the same random keys (so a layer that did not change
+gives exactly zero difference, nulls included). For every per-head and per-matrix statistic X the
+tables hold `X_a`, `X_b`, `X_diff = X_b - X_a` and `X_diff_z = X_diff / sqrt(std_a^2 + std_b^2)`,
+with `std` the statistic's null std: the spread of the difference of two independent random
+matrices of these shapes, so |z| < 2 is a difference chance alone produces. Layer groups report
+the source's relative change `(a - b) / a`.
+
+Folder layout: `a/` and `b/` (the full analyses, as `spectrax analyze` writes them),
+`heads_diff.csv`, `layers_diff.csv`, `groups_diff.csv`, `matrices_diff.csv`, `summary.json`,
+`report.md`, `plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, relative_change
+from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, write_results
+from spectrax.analyses.collect import Options, check_analyses, collect
+from spectrax.io.load import open_source
+from spectrax.report import plots, sections
+from spectrax.report.output import check_output_path, checkpoint_fingerprint, run_folder
+from spectrax.report.tables import write_csv
+
+__all__ = ["compare", "difference_table", "statistic_columns"]
+
+_KEYS = ("layer", "head", "kv_head", "matrix", "rows", "cols")
+_DERIVED = ("_null_mean", "_null_std", "_z", "_pct", "_shuffle_mean", "_shuffle_std", "_shuffle_z", "_bulk", "_cv")
+_ARCHITECTURE_FIELDS = ("model_type", "num_layers", "num_heads", "num_kv_heads", "head_dims", "hidden_size", "intermediate_size", "vocab_size")
+
+
+def statistic_columns(table: dict[str, np.ndarray]) -> list[str]:
+    """The numeric statistics of a table: not keys, flags or derived null columns."""
+    return [c for c in table if c not in (*_KEYS, "finite") and not c.endswith(_DERIVED)
+            and np.asarray(table[c]).dtype.kind in "fiu"]
+
+
+def difference_table(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Row-aligned tables -> keys, then `X_a`, `X_b`, `X_diff`, `X_diff_z` for each statistic."""
+    keys = [c for c in _KEYS if c in a]
+    for c in keys:
+        if not np.array_equal(np.asarray(a[c]), np.asarray(b[c])):
+            raise ValueError(f"tables disagree in column {c!r}; compare needs the same layers and matrices")
+    out = {c: a[c] for c in keys}
+    for stat in statistic_columns(a):
+        xa, xb = np.asarray(a[stat], float), np.asarray(b[stat], float)
+        out[f"{stat}_a"], out[f"{stat}_b"], out[f"{stat}_diff"] = xa, xb, xb - xa
+        if f"{stat}_null_std" in a:
+            spread = np.hypot(np.asarray(a[f"{stat}_null_std"], float), np.asarray(b[f"{stat}_null_std"], float))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{stat}_diff_z"] = np.where(spread > 0, (xb - xa) / spread, np.where(xb == xa, 0.0, np.nan))
+    return out
+
+
+def _check_same_architecture(spec_a, spec_b, path_a, path_b) -> None:
+    a, b = spec_a.to_dict(), spec_b.to_dict()
+    differ = [f"{f}: {a[f]} vs {b[f]}" for f in _ARCHITECTURE_FIELDS if a.get(f) != b.get(f)]
+    if differ:
+        raise ValueError(f"{path_a} and {path_b} are not the same architecture ({'; '.join(differ)})")
+
+
+def compare(
+    path_a: str | os.PathLike,
+    path_b: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    analyses: Iterable[str] = ("laws", "rank"),
+    num_draws: int = 16,
+    seed: int = 0,
+    layers: Iterable[int] | None = None,
+    strict: bool = True,
+    crop: int | None = None,
+    top_k: int = 16,
+    shuffle_draws: int = 4,
+    force: bool = False,
+    progress: bool = True,
+    tower: str | None = None,
+) -> str:
+    """Compare two checkpoints into the folder `out` (resumable and atomic like `analyze`)."""
+    analyses = check_analyses(analyses)
+    source_a, source_b = (open_source(p, strict=strict, tower=tower) for p in (path_a, path_b))
+    _check_same_architecture(source_a.spec, source_b.spec, source_a.path, source_b.path)
+    options = Options(num_draws=num_draws, seed=seed, crop=crop, top_k=top_k, shuffle_draws=shuffle_draws)
+    chosen = list(range(source_a.spec.num_layers)) if layers is None else sorted(set(layers))
+    labels = _labels(source_a.path, source_b.path)
+    settings = {
+        "checkpoints": [source_a.path, source_b.path], "analyses": list(analyses), "layers": chosen,
+        "files": [checkpoint_fingerprint(s.files.files) for s in (source_a, source_b)], **vars(options),
+    }
+    started = time.time()
+    check_output_path(out, checkpoint=source_b.path, force=force)
+    with run_folder(out, settings=settings, checkpoint=source_a.path, force=force) as folder:
+        tables = {}
+        for tag, source in (("a", source_a), ("b", source_b)):
+            tables[tag] = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder,
+                                  progress=progress, part_prefix=f"{tag}-")
+            summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
+                       "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed)}
+            os.makedirs(os.path.join(folder.path, tag))
+            write_results(tables[tag], os.path.join(folder.path, tag), summary, source=source)
+            with open(os.path.join(folder.path, tag, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+        summary = _write_differences(tables["a"], tables["b"], folder.path, labels)
+        summary.update(checkpoints=[source_a.path, source_b.path], options=vars(options), layers=chosen,
+                       seconds=round(time.time() - started, 2))
+        with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        with open(os.path.join(folder.path, "report.md"), "w", encoding="utf-8") as f:
+            f.write(sections.compare(summary))
+    return folder.out
+
+
+def _labels(path_a: str, path_b: str) -> tuple[str, str]:
+    a, b = os.path.basename(os.path.normpath(path_a)), os.path.basename(os.path.normpath(path_b))
+    return (a, b) if a != b else ("a", "b")
+
+
+def _write_differences(ta, tb, folder: str, labels: tuple[str, str]) -> dict:
+    os.makedirs(os.path.join(folder, "plots"), exist_ok=True)
+    summary: dict = {"labels": list(labels), "heads": {}, "matrices": {}}
+    if ta.heads is not None:
+        heads = difference_table(ta.heads, tb.heads)
+        write_csv(heads, os.path.join(folder, "heads_diff.csv"))
+        stats = [s for s in (*HEADLINE, *KERNEL_HEADLINE) if s in ta.heads]
+        for stat in stats:
+            z = np.asarray(heads.get(f"{stat}_diff_z", np.full(len(heads["layer"]), np.nan)), float)
+            i = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
+            summary["heads"][stat] = {
+                "mean_diff": _nan(np.nanmean(heads[f"{stat}_diff"])),
+                "share_beyond_2": float(np.mean(np.abs(np.nan_to_num(z)) > 2)),
+                "max_abs_z": _nan(abs(z[i])), "max_layer": int(heads["layer"][i]), "max_head": int(heads["head"][i]),
+            }
+        per_a, per_b = layer_means(ta.heads, stats), layer_means(tb.heads, stats)
+        write_csv(difference_table(per_a, per_b), os.path.join(folder, "layers_diff.csv"))
+        groups = layer_groups(per_a["layer"], NUM_GROUPS)
+        ga, gb = group_means(per_a, stats, groups), group_means(per_b, stats, groups)
+        table = {"group": ga["group"]}
+        for stat in stats:
+            table[f"{stat}_{labels[0]}"], table[f"{stat}_{labels[1]}"] = ga[stat], gb[stat]
+            table[f"{stat}_relative_change"] = relative_change(ga[stat], gb[stat])
+        write_csv(table, os.path.join(folder, "groups_diff.csv"))
+        headline = "ssr_qk" if "ssr_qk" in stats else stats[0]
+        summary["layer_groups"] = {
+            "layers": list(table["group"]), f"{headline} {labels[0]}": list(table[f"{headline}_{labels[0]}"]),
+            f"{headline} {labels[1]}": list(table[f"{headline}_{labels[1]}"]),
+            "relative change": list(table[f"{headline}_relative_change"]),
+        }
+        for stat in [s for s in ("ssr_qk", "pearson_qk", "kernel_erank") if s in stats]:
+            plots.compare_trend(per_a, per_b, stat, os.path.join(folder, "plots", f"compare_{stat}.png"), labels=labels,
+                                title=f"{stat}: per-layer mean over heads")
+            if f"{stat}_diff_z" in heads:
+                plots.head_heatmap(heads, f"{stat}_diff_z", os.path.join(folder, "plots", f"heatmap_{stat}_diff_z.png"),
+                                   title=f"{stat}: ({labels[1]} − {labels[0]}) / null spread")
+    if ta.matrices is not None:
+        matrices = difference_table(ta.matrices, tb.matrices)
+        write_csv(matrices, os.path.join(folder, "matrices_diff.csv"))
+        for stat in statistic_columns(ta.matrices):
+            if f"{stat}_diff_z" not in matrices:
+                continue
+            z = np.abs(np.nan_to_num(matrices[f"{stat}_diff_z"]))
+            moved = np.flatnonzero(z > 2)
+            summary["matrices"][stat] = {
+                "count": int(moved.size), "total": int(z.size),
+                "examples": [f"layer {matrices['layer'][i]} {matrices['matrix'][i]}" for i in moved[:5]],
+            }
+        if "erank_diff_z" in matrices:
+            plots.matrix_heatmap(matrices, "erank_diff_z", os.path.join(folder, "plots", "heatmap_matrices_erank_diff_z.png"),
+                                 title=f"effective rank: ({labels[1]} − {labels[0]}) / null spread")
+    return summary
+
+
+def _nan(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x

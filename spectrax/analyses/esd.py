@@ -1,0 +1,199 @@
+"""WeightWatcher-style empirical spectral density (ESD) metrics of whole 2-D weights (SPEC.md §2).
+
+For an `(m, n)` weight with singular values `s (k,)`, `k = min(m, n)`, the ESD is the set of
+eigenvalues `lambda = s^2 / N`, `N = max(m, n)` (`spectral.eigenvalues`): a matrix with i.i.d.
+entries of variance `sigma2` has a Marchenko-Pastur (MP) ESD of ratio `k / N` and scale `sigma2`.
+The statistics (`ESD_STATISTICS`), all per matrix:
+
+- `alpha`: exponent of the ESD's upper tail, `p(lambda) ~ lambda^-alpha` for `lambda >= xmin`,
+  continuous maximum likelihood with `xmin` chosen by minimum KS distance (Clauset, Shalizi &
+  Newman 2009; `spectral.powerlaw_fit`, tails of at least `MIN_TAIL` eigenvalues). WeightWatcher
+  reads alpha ~ 2-4 as "heavy-tailed, well trained"; for an MP bulk the fit lands on the steep
+  edge and alpha is large. Not a test that a power law holds: see `alpha_ks`.
+- `alpha_ks`: KS distance between the tail and the fitted power law (WeightWatcher's `D`).
+- `xmin`: the selected tail start, in eigenvalue units (scales with the weights squared).
+- `tail_fraction`: fraction of the `k` eigenvalues in the fitted tail (`>= xmin`).
+- `mp_scale`: MP scale `sigma2` fitted by the median (`spectral.mp_fit`), robust to spikes: the
+  entry variance the bulk implies.
+- `bulk_edge`: upper MP edge `lambda_plus = sigma2 (1 + sqrt(k / N))^2`.
+- `num_spikes`: eigenvalues above `bulk_edge` (float, so it can be NaN and get a z-score). Pure
+  noise has 0 or 1 (Tracy-Widom fluctuations of the top eigenvalue), so read it beside its null.
+- `spike_fraction`: `num_spikes / k`, comparable across shapes.
+- `mp_softrank`: `bulk_edge / lambda_max` (WeightWatcher's MP soft rank): ~1 for noise, -> 0 as
+  one direction dominates.
+- `lambda_max`: the largest eigenvalue, `s_1^2 / N`.
+- `stable_rank`: `sum(lambda) / lambda_max = sum s^2 / s_1^2`.
+
+`matrix_esd_rows` reports each statistic beside two baselines, because they answer different
+questions:
+
+- the Gaussian null (`X_null_mean`, `X_null_std`, `X_z`, `X_pct`): shape- and scale-matched
+  i.i.d. Gaussian matrices, drawn directly in singular values (`gaussian_spectrum_null`, cheap).
+  It asks "is this ESD what a random matrix of this shape gives?";
+- the shuffled-entries baseline (`X_shuffle_mean`, `X_shuffle_std`, `X_shuffle_z`): the same
+  matrix with its entries permuted (`shuffle_null`; needs an SVD per draw, so it is the
+  expensive one). It asks "is it more than its entry distribution gives?". Heavy-tailed entries
+  with no correlations at all (e.g. Student-t) already produce large outlying eigenvalues and a
+  heavy-tailed ESD, which the Gaussian null flags as structure; shuffling keeps those entries and
+  shows the same tail, so only a departure from the shuffle baseline points at correlations
+  (learned structure) between entries.
+
+Read `X_shuffle_z` with care: with few draws (default 4) the baseline's std is itself noisy (the z
+is roughly t-distributed with `shuffle_draws - 1` degrees of freedom), and a statistic ruled by a
+few huge entries (`lambda_max` of a heavy-tailed matrix) barely moves under shuffling, so a small
+relative difference can give a large z. Compare `X` with `X_shuffle_mean` and `X_null_mean`
+directly as well: when the shuffle mean sits near `X` and the Gaussian null mean far from it, the
+entry distribution explains the departure.
+
+Matrices holding NaN/Inf get NaN statistics; an all-zero matrix gets zero scale, edge and spike
+counts and NaN for the ratios and the fit (no exception in either case).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectrax import spectral as sp
+
+__all__ = ["ESD_STATISTICS", "MIN_TAIL", "esd_statistics", "matrix_esd_rows"]
+
+ESD_STATISTICS = (
+    "alpha",
+    "alpha_ks",
+    "xmin",
+    "tail_fraction",
+    "mp_scale",
+    "bulk_edge",
+    "num_spikes",
+    "spike_fraction",
+    "mp_softrank",
+    "lambda_max",
+    "stable_rank",
+)
+MIN_TAIL = 10  # smallest power-law tail; matrices with min(m, n) < MIN_TAIL get NaN tail fits
+_BASELINES = ("null_mean", "null_std", "z", "pct", "shuffle_mean", "shuffle_std", "shuffle_z")
+_COLUMNS = tuple(c for name in ESD_STATISTICS for c in (name, *(f"{name}_{b}" for b in _BASELINES)))
+
+
+def _ratio(num, den):
+    """num / den, NaN where den == 0 (no 0/0 traced)."""
+    ok = den != 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.full((), jnp.nan, num.dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def esd_statistics(s: jax.Array, shape: tuple[int, int]) -> dict[str, jax.Array]:
+    """ESD statistics of singular values `s (..., k)` of `(m, n) = shape` matrices, `k = min(m, n)`.
+
+    Batched over the leading axes; returns `{name: (...)}` for every name in `ESD_STATISTICS`,
+    in `s`'s float dtype (f32 for bf16/f16 input). NaN rows for spectra holding NaN/Inf.
+    """
+    shape = tuple(int(d) for d in shape)
+    k = min(shape)
+    chex.assert_axis_dimension(s, -1, k)
+    lam = sp.eigenvalues(s, shape)                                     # (..., k)
+    dtype = lam.dtype
+    nan = jnp.full((), jnp.nan, dtype)
+    finite = jnp.all(jnp.isfinite(lam), axis=-1)
+
+    mp = sp.mp_fit(s, shape)
+    # mp_fit flags a non-finite spectrum with -1 spikes; as a float column that is NaN.
+    spikes = jnp.where(mp.num_spikes >= 0, mp.num_spikes.astype(dtype), nan)
+    lambda_max = jnp.where(finite, jnp.max(lam, axis=-1), nan)
+    return {
+        **_tail(lam, k),
+        "mp_scale": mp.sigma2,
+        "bulk_edge": mp.lambda_plus,
+        "num_spikes": spikes,
+        "spike_fraction": spikes / k,
+        "mp_softrank": _ratio(mp.lambda_plus, lambda_max),
+        "lambda_max": lambda_max,
+        "stable_rank": _ratio(jnp.sum(lam, axis=-1), lambda_max),
+    }
+
+
+def _tail(lam, k: int) -> dict[str, jax.Array]:
+    """Power-law tail columns of eigenvalues `lam (..., k)`; all NaN when `k < MIN_TAIL`."""
+    if k < MIN_TAIL:  # static: decided once per shape
+        nan = jnp.full(lam.shape[:-1], jnp.nan, lam.dtype)
+        return {"alpha": nan, "alpha_ks": nan, "xmin": nan, "tail_fraction": nan}
+    fit = sp.powerlaw_fit(lam, min_tail=MIN_TAIL)
+    fraction = fit.num_tail.astype(lam.dtype) / k
+    return {"alpha": fit.alpha, "alpha_ks": fit.ks, "xmin": fit.xmin,
+            "tail_fraction": jnp.where(jnp.isfinite(fit.alpha), fraction, jnp.nan)}
+
+
+def _matrix_statistics(w):
+    """`esd_statistics` of matrices `w (..., m, n)`: the shuffle baseline's statistic function."""
+    return esd_statistics(sp.singular_values(w), w.shape[-2:])
+
+
+def _as_float_matrix(name: str, w) -> np.ndarray:
+    """`w` as a float32/float64 numpy matrix; narrower floats (bf16, f16, fp8) upcast to f32."""
+    w = np.asarray(w)
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+        raise TypeError(f"matrix {name!r} must be a real floating array, got {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"matrix {name!r} must be 2-D, got shape {w.shape}")
+    return w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)
+
+
+def matrix_esd_rows(
+    matrices: dict[str, np.ndarray],
+    key: jax.Array,
+    *,
+    num_draws: int = 16,
+    shuffle_draws: int = 4,
+) -> dict[str, dict[str, np.ndarray]]:
+    """ESD statistics of named 2-D matrices, each beside a Gaussian null and a shuffle baseline.
+
+    Args:
+      matrices: `{name: (m, n)}`, any float dtype (bf16/f16/fp8 upcast to f32); same-shaped
+        matrices are batched into one call, so a shape compiles once however many layers share it.
+      key: PRNG key for both baselines.
+      num_draws: Gaussian-null draws (>= 2), drawn in singular values: cheap.
+      shuffle_draws: entry-shuffled copies per matrix (>= 2), each needing a full SVD; 0 skips the
+        shuffle baseline and leaves its columns NaN (the column set never changes, so tables from
+        different runs line up).
+
+    Returns:
+      `{name: {column: scalar array}}`; for each `X` in `ESD_STATISTICS` the columns `X`,
+      `X_null_mean`, `X_null_std`, `X_z`, `X_pct` (Gaussian null: is this what a random matrix of
+      the shape gives?) and `X_shuffle_mean`, `X_shuffle_std`, `X_shuffle_z` (shuffled entries:
+      is it more than the entry distribution gives? Heavy-tailed but uncorrelated entries already
+      give a heavy-tailed ESD; only this baseline can show that). z is NaN where a baseline's std
+      is 0.
+    """
+    if shuffle_draws == 1 or shuffle_draws < 0:
+        raise ValueError(f"shuffle_draws must be 0 (skip) or >= 2 for a std, got {shuffle_draws}")
+    by_shape: dict[tuple[int, int], list[str]] = {}
+    floats = {name: _as_float_matrix(name, w) for name, w in matrices.items()}
+    for name, w in floats.items():
+        by_shape.setdefault(tuple(w.shape), []).append(name)
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    for i, (shape, names) in enumerate(sorted(by_shape.items())):
+        k_gauss, k_shuffle = jax.random.split(jax.random.fold_in(key, i))
+        batch = jnp.asarray(np.stack([floats[n] for n in names]))           # (B, m, n)
+        observed = esd_statistics(sp.singular_values(batch), shape)
+        # A partial of a module-level function compares equal across calls: one compile per shape.
+        stat_fn = functools.partial(esd_statistics, shape=shape)
+        null = sp.split_null(sp.gaussian_spectrum_null(k_gauss, stat_fn, batch, num_draws=num_draws))
+        columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
+        if shuffle_draws:
+            shuffled = sp.shuffle_null(k_shuffle, _matrix_statistics, batch, num_draws=shuffle_draws)
+            for name, summary in sp.split_null(shuffled).items():
+                columns[f"{name}_shuffle_mean"] = np.asarray(summary.mean)
+                columns[f"{name}_shuffle_std"] = np.asarray(summary.std)
+                columns[f"{name}_shuffle_z"] = np.asarray(sp.zscore(observed[name], summary))
+        else:
+            for name in ESD_STATISTICS:
+                for suffix in ("shuffle_mean", "shuffle_std", "shuffle_z"):
+                    columns[f"{name}_{suffix}"] = np.full(len(names), np.nan, columns[name].dtype)
+        for j, name in enumerate(names):
+            rows[name] = {c: columns[c][j] for c in _COLUMNS}
+    return rows

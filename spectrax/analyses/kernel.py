@@ -1,0 +1,465 @@
+"""QK-kernel and bottleneck statistics (SPEC.md §3), each beside its null (SPEC.md §4).
+
+For query head h of one layer, with key/value head g = h // (H // KV), the QK kernel is
+`K_h = W_Q,h^T W_K,g`, an `(E, E)` matrix of rank <= D: the bilinear form of the attention logit
+`x_query^T K_h x_key`. It is never formed: `sp.qk_kernel_svd` factors both sides by QR and takes
+the SVD of the `(D, D)` core. Unlike the spectra of W_Q and W_K alone, the kernel's spectrum does
+not change under the attention-preserving reparametrization `W_Q -> M W_Q`, `W_K -> M^-T W_K`.
+
+Per head (`kernel_layer`):
+
+- `kernel_erank` (Roy-Vetterli effective rank of the kernel's singular values, SPEC §2),
+  `kernel_erank_squared` (the same on s^2), `kernel_stable_rank` (sum s^2 / s_1^2) and
+  `kernel_sigma_max`. Null: Monte Carlo over Gaussian W_Q,h and W_K,g of the real shapes, each
+  scaled to the RMS entry of its real counterpart (only `sigma_max` depends on the scale). It is
+  drawn exactly in law and cheaply: for `A, B (D, E)`, `D <= E`, and thin QRs `A^T = Q_A R_A`,
+  `B^T = Q_B R_B`, the product `A^T B = Q_A (R_A R_B^T) Q_B^T` has the singular values of the
+  `(D, D)` core `R_A R_B^T`; for Gaussian A the factor R_A has the Bartlett law (R_ii =
+  sqrt(chi2(E - i)), i = 0..D-1, N(0, 1) above the diagonal) independently of Q_A. So a draw is
+  two `(D, D)` Bartlett factors and one `(D, D)` SVD per head instead of `(D, E)` Gaussians and
+  QRs. The key-side factor is drawn once per KV head and shared by the query heads of its group,
+  exactly as the real W_K is, so the null keeps the within-group dependence of the real table.
+- `ffn_alignment`: the fraction of the MLP input matrix's energy inside the head's top-k key-side
+  kernel subspace, `||W P||_F^2 / ||W||_F^2` with `P = V_k V_k^T` from the kernel's right (key
+  side) singular vectors, as the source document's code computed it (`Vh[:k].T @ Vh[:k]`). The MLP
+  input matrix is `mlp["gate"]` for gated MLPs (SPEC §3 names the gate) and `mlp["up"]` for
+  non-gated ones (gpt2, opt, neox, ...): both read the residual stream the head's keys read.
+  Null (exact): for a uniformly random k-dimensional subspace of R^E, independent of W, the
+  diagonal entries `c_i` of the random projector in W^T W's eigenbasis are Beta(k/2, (E-k)/2),
+  with variance `V = 2k(E-k) / (E^2 (E+2))`, and sum to k, so their covariance is `-V / (E-1)`.
+  Hence the mean is `k/E` for any W and the variance `V (E sum_i w_i^2 - 1) / (E - 1)` with
+  `w_i = lambda_i / sum(lambda)` the normalized eigenvalues of W^T W (`ffn_alignment_null`).
+  The key-side subspace of Gaussian weights is uniform (rotation invariance), so this is also the
+  exact null for Gaussian heads. `ffn_alignment_ratio = ffn_alignment / (k/E)` restates it as a
+  multiple of chance (the source's "0.57x chance"), without null columns.
+
+Across layers (`layer_similarity`): per head, the Grassmann similarity of the top-k key-side
+subspaces of every pair of layers (mean squared cosine of the principal angles), chance `k/E`,
+exact null `sp.grassmann_null(k, E)`. `kernel_summary` turns the per-head table and those matrices
+into the layer-level findings of the source: the bottleneck layer (lowest mean kernel erank)
+against its null, the FFN alignment there, and the similarity of adjacent layers.
+
+Choices: `top_k` is clipped to the head dimension D (the kernel has rank <= D, so further singular
+vectors would be arbitrary); the key (right) side is used for the subspace because that is the
+source's code; heads with NaN/Inf in W_Q,h or W_K,g get NaN statistics and `finite = 0`; a head
+whose kernel is exactly zero (e.g. an all-zero W_Q,h) has `kernel_sigma_max = 0` and NaN for the
+scale-free statistics, the alignment and its basis (its subspace is undefined).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectrax import spectral as sp
+
+__all__ = [
+    "KERNEL_STATISTICS",
+    "ffn_alignment_null",
+    "ffn_input",
+    "kernel_layer",
+    "kernel_null",
+    "kernel_statistics",
+    "kernel_summary",
+    "layer_similarity",
+]
+
+KERNEL_STATISTICS = ("kernel_erank", "kernel_erank_squared", "kernel_stable_rank", "kernel_sigma_max")
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _float(x) -> jax.Array:
+    """bf16/f16 (and ints refused) -> float32; float64 kept, so f64 references stay f64."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"weights must be real floating arrays, got {x.dtype}")
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@jax.jit
+def kernel_statistics(s) -> dict[str, jax.Array]:
+    """Spectrum statistics of kernel singular values `s (..., r)` -> `{name: (...)}`.
+
+    Names are `KERNEL_STATISTICS`; NaN for an all-zero spectrum except `kernel_sigma_max` (0).
+    """
+    return {
+        "kernel_erank": sp.effective_rank(s),
+        "kernel_erank_squared": sp.effective_rank(s, squared=True),
+        "kernel_stable_rank": sp.stable_rank(s),
+        "kernel_sigma_max": sp.sigma_max(s),
+    }
+
+
+def ffn_input(mlp: dict | None) -> jax.Array | None:
+    """The MLP matrix that reads the residual stream: `gate (F, E)` if present, else `up (F, E)`.
+
+    `None` for `mlp=None` (no alignment wanted); a dict with neither key is refused.
+    """
+    if mlp is None:
+        return None
+    for name in ("gate", "up"):
+        if name in mlp:
+            w = _float(mlp[name])
+            chex.assert_rank(w, 2)
+            return w
+    raise ValueError(f"MLP has neither 'gate' nor 'up' (keys: {sorted(mlp)}); cannot pick its input matrix")
+
+
+@functools.partial(jax.jit, static_argnames=("top_k",))
+def _observe(q, k, w, top_k):
+    """Kernel statistics `{name: (H,)}`, key-side bases `(H, E, k)`, alignment `(H,)`, finite `(H,)`."""
+    H, KV = q.shape[0], k.shape[0]
+    kv_of = sp.kv_head_index(H, KV)
+    out = sp.qk_kernel_svd(q, k, top_k=top_k)
+    stats = kernel_statistics(out.s)
+    # A zero kernel has no top-k subspace (the QR/SVD would return arbitrary axes): NaN it.
+    defined = jnp.isfinite(out.s[:, 0]) & (out.s[:, 0] > 0)
+    basis = jnp.where(defined[:, None, None], out.key, jnp.full((), jnp.nan, out.key.dtype))
+    if w is None:
+        ffn = jnp.full((H,), jnp.nan, basis.dtype)
+    else:
+        ffn = sp.projector_energy(w.astype(basis.dtype), basis)
+    finite = jnp.all(jnp.isfinite(q), axis=(-2, -1)) & jnp.all(jnp.isfinite(k), axis=(-2, -1))[kv_of]
+    return stats, basis, ffn, finite
+
+
+# ----------------------------------------------------------------------------- kernel null
+
+
+def _bartlett(key, batch: int, d: int, n: int, dtype) -> jax.Array:
+    """`(batch, d, d)` upper-triangular R of the thin QR of `(n, d)` N(0, 1) matrices, `n >= d`."""
+    kd, ko = jax.random.split(key)
+    dof = jnp.asarray(n - np.arange(d), dtype)
+    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, dof / 2.0, (batch, d), dtype))
+    upper = jnp.triu(jax.random.normal(ko, (batch, d, d), dtype), 1)
+    return upper + diag[..., None] * jnp.eye(d, dtype=dtype)
+
+
+def _kernel_factors(key, scale_q, scale_k, d: int, n: int):
+    """Scaled Bartlett factors `(H, d, d)` per query head and per query head's KV head.
+
+    The K-side factor is drawn per KV head `(KV, d, d)` and gathered with the GQA map, so query
+    heads of one group see the very same factor, as they see the same real W_K.
+    """
+    H, KV = scale_q.shape[0], scale_k.shape[0]
+    kq, kk = jax.random.split(key)
+    rq = _bartlett(kq, H, d, n, scale_q.dtype) * scale_q[:, None, None]
+    rk = _bartlett(kk, KV, d, n, scale_k.dtype) * scale_k[:, None, None]
+    return rq, rk[sp.kv_head_index(H, KV)]
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(x * x, axis=(-2, -1)))
+
+
+@functools.partial(jax.jit, static_argnames=("num_draws", "batch_size"))
+def _kernel_null_draws(key, q, k, num_draws: int, batch_size: int):
+    """`{name: (num_draws, H)}` statistics of scale-matched Gaussian kernels; q `(H, D, E)`, k `(KV, D, E)`."""
+    _, D, E = q.shape
+    scale_q, scale_k = _rms(q), _rms(k)  # NaN for a non-finite head: its null is NaN too
+
+    def draw(key_i):
+        rq, rk = _kernel_factors(key_i, scale_q, scale_k, D, E)
+        core = jnp.matmul(rq, jnp.swapaxes(rk, -1, -2), precision=_HIGHEST)
+        return kernel_statistics(jnp.linalg.svd(core, full_matrices=False, compute_uv=False))
+
+    return jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size)
+
+
+def _check_heads(q, k) -> tuple[int, int, int, int]:
+    chex.assert_rank([q, k], 3)
+    H, D, E = q.shape
+    KV = k.shape[0]
+    chex.assert_shape(k, (KV, D, E))
+    sp.group_size(H, KV)  # refuses head counts that do not divide
+    if D > E:
+        raise ValueError(f"head_dim {D} > hidden {E}: the kernel null assumes D <= E")
+    return H, KV, D, E
+
+
+def kernel_null(key: jax.Array, q, k, *, num_draws: int = 16, batch_size: int = 1) -> dict[str, sp.NullSummary]:
+    """Monte Carlo null of `kernel_statistics` over scale-matched Gaussian W_Q,h and W_K,g.
+
+    Exact in law via Bartlett factors (module docstring); all heads and draws in one compiled call
+    (`jax.lax.map` over draws, `batch_size` at a time), compiled once per shape.
+
+    Args:
+      key: PRNG key.
+      q: `(H, D, E)` query heads; k: `(KV, D, E)` key heads; any float dtype.
+      num_draws: draws (>= 2); batch_size: draws evaluated at once (memory grows with it).
+    Returns:
+      `{name: NullSummary(mean (H,), std (H,), draws (num_draws, H))}` for `KERNEL_STATISTICS`;
+      std is the sample std (ddof=1). The draws do not depend on `batch_size`.
+    """
+    q, k = _float(q), _float(k)
+    _check_heads(q, k)
+    if num_draws < 2:
+        raise ValueError("num_draws must be >= 2 for a null std")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    draws = _kernel_null_draws(key, q, k, num_draws=num_draws, batch_size=batch_size)
+    return {
+        name: sp.NullSummary(jnp.mean(d, axis=0), jnp.std(d, axis=0, ddof=1), d)
+        for name, d in draws.items()
+    }
+
+
+# ----------------------------------------------------------------------------- FFN alignment null
+
+
+@jax.jit
+def _concentration(w) -> jax.Array:
+    """`sum_i w_i^2` with `w_i = lambda_i / sum(lambda)` the normalized eigenvalues of `W^T W`.
+
+    Equals `||W^T W||_F^2 / ||W||_F^4`; the Gram matrix is taken on the smaller side (same nonzero
+    eigenvalues), and W is first divided by its RMS so neither power over- or underflows.
+    """
+    rms = _rms(w)
+    w = w / jnp.where(rms > 0, rms, 1.0)
+    F, E = w.shape
+    wt = jnp.swapaxes(w, -1, -2)
+    gram = jnp.matmul(wt, w, precision=_HIGHEST) if F >= E else jnp.matmul(w, wt, precision=_HIGHEST)
+    total = jnp.sum(w * w)
+    return jnp.where(total > 0, jnp.sum(gram * gram) / jnp.where(total > 0, total, 1.0) ** 2, jnp.nan)
+
+
+def ffn_alignment_null(w, k: int) -> sp.NullSummary:
+    """Exact null of `sp.projector_energy(w, basis)` for a uniformly random k-subspace of R^E.
+
+    Args:
+      w: `(F, E)` matrix (e.g. the MLP gate `(ffn, hidden)`).
+      k: subspace dimension, `0 < k <= E`.
+    Returns:
+      `NullSummary(mean, std)` float64 scalars, no draws: mean `k/E`; variance
+      `V (E sum_i w_i^2 - 1) / (E - 1)`, `V = 2k(E-k) / (E^2 (E+2))`, `w_i` the normalized
+      eigenvalues of `W^T W` (derivation in the module docstring). NaN std for a zero or
+      non-finite W.
+    """
+    w = _float(w)
+    chex.assert_rank(w, 2)
+    E = int(w.shape[1])
+    if not 0 < k <= E:
+        raise ValueError(f"need 0 < k <= E, got k={k}, E={E}")
+    mean = np.float64(k / E)
+    if E == 1:
+        return sp.NullSummary(mean=mean, std=np.float64(0.0))
+    conc = np.float64(_concentration(w))
+    v = 2.0 * k * (E - k) / (E * E * (E + 2.0))
+    # E * sum w^2 >= 1 exactly; clip the rounding error of a nearly flat spectrum.
+    var = v * max(E * conc - 1.0, 0.0) / (E - 1.0) if np.isfinite(conc) else np.nan
+    return sp.NullSummary(mean=mean, std=np.float64(np.sqrt(var)))
+
+
+# ----------------------------------------------------------------------------- one layer
+
+
+def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 16,
+                 num_draws: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-head QK-kernel statistics of one unstacked layer, with nulls.
+
+    Args:
+      attn: canonical attention of one layer: `q (H, D, E)`, `k (KV, D, E)` (numpy or jax, any
+        float dtype; other keys ignored). Requires `D <= E`.
+      mlp: the layer's MLP dict; `gate (F, E)` is used when present, else `up (F, E)` (both read
+        the residual stream). `None` gives NaN alignment columns.
+      key: PRNG key for the Monte Carlo kernel null.
+      top_k: dimension of each head's key-side subspace, clipped to D (the kernel has rank <= D).
+      num_draws: Monte Carlo draws of the kernel null (>= 2).
+    Returns:
+      `(columns, bases)`: `columns` maps each name to an `(H,)` numpy array: `kv_head`; every
+      `KERNEL_STATISTICS` name with `_null_mean`, `_null_std`, `_z`, `_pct`; `ffn_alignment` with
+      `_null_mean`, `_null_std`, `_z` (exact null); `ffn_alignment_ratio` (alignment / (k/E));
+      `finite` (1 unless the head's W_Q,h or W_K,g holds NaN/Inf). `bases` is `(H, E, k)` float32,
+      the top-k key-side kernel singular vectors of each head (NaN for non-finite or zero kernels),
+      for `layer_similarity`. An MLP matrix holding NaN/Inf makes every head's alignment and its
+      null std NaN; `finite` speaks of W_Q and W_K only.
+    """
+    q, k = _float(attn["q"]), _float(attn["k"])
+    H, KV, D, E = _check_heads(q, k)
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    k_eff = min(top_k, D)
+    w = ffn_input(mlp)
+    if w is not None and w.shape[1] != E:
+        raise ValueError(f"MLP input matrix {w.shape} does not read the hidden size {E}")
+    stats, basis, ffn, finite = _observe(q, k, w, top_k=k_eff)
+    nulls = kernel_null(key, q, k, num_draws=num_draws)
+    if w is None:
+        nulls["ffn_alignment"] = sp.NullSummary(np.float64(k_eff / E), np.float64(np.nan))
+    else:
+        nulls["ffn_alignment"] = ffn_alignment_null(w, k_eff)
+    columns = sp.null_columns({**stats, "ffn_alignment": ffn}, nulls)
+    cols = {"kv_head": sp.kv_head_index(H, KV)}
+    cols.update({name: np.asarray(value) for name, value in columns.items()})
+    cols["ffn_alignment_ratio"] = cols["ffn_alignment"] / np.float32(k_eff / E)
+    cols["finite"] = np.asarray(finite).astype(np.int64)
+    return cols, np.asarray(basis, np.float32)
+
+
+# ----------------------------------------------------------------------------- across layers
+
+
+@jax.jit
+def _head_similarity(bases) -> jax.Array:
+    """`(L, E, k)` orthonormal bases of one head -> `(L, L)` Grassmann similarities.
+
+    One `(L k, L k)` Gram matrix of all bases side by side: no E-sized intermediate beyond the
+    input, and no `(L, L, E, k)` broadcast.
+    """
+    L, E, k = bases.shape
+    flat = jnp.swapaxes(bases, 0, 1).reshape(E, L * k)
+    gram = jnp.matmul(flat.T, flat, precision=_HIGHEST).reshape(L, k, L, k)
+    return jnp.sum(gram * gram, axis=(1, 3)) / k
+
+
+def layer_similarity(bases) -> np.ndarray:
+    """Layer x layer similarity of each head's top-k key-side kernel subspace.
+
+    Args:
+      bases: `(L, H, E, k)`, the stacked `bases` of `kernel_layer` for L layers.
+    Returns:
+      `(H, L, L)` float32: mean squared cosine of the principal angles between the subspaces of
+      layers i and j (`sp.grassmann`), in [0, 1] up to rounding, ones on the diagonal; NaN in the
+      rows and columns of a layer whose basis is NaN. Chance `k/E`, exact null
+      `sp.grassmann_null(k, E)`. Heads are processed one at a time (one compile per shape), so
+      extra memory is one head's `(L, E, k)` slice.
+    """
+    chex.assert_rank(bases, 4)
+    L, H = bases.shape[:2]
+    if isinstance(bases, np.ndarray) and bases.dtype != np.float64:
+        bases = bases.astype(np.float32, copy=False)
+    out = [np.asarray(_head_similarity(_float(bases[:, h]))) for h in range(H)]
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, L, L), np.float32)
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _mean(x) -> float:
+    """Mean over the finite entries; NaN if none (without numpy's empty-slice warning)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.mean(x)) if x.size else math.nan
+
+
+def _cv(x) -> float:
+    """Coefficient of variation over the finite entries: population std / mean."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if not x.size or np.mean(x) == 0:
+        return math.nan
+    return float(np.std(x) / np.mean(x))
+
+
+def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *, top_k: int,
+                   hidden: int) -> dict:
+    """Layer-level findings of the kernel analysis, JSON-serializable (NaN -> None).
+
+    Args:
+      rows: the per-head table over layers: `kernel_layer`'s columns concatenated, plus `layer`.
+      similarity: `(H, L, L)` from `layer_similarity`, its axis i being the i-th smallest layer id
+        in `rows`; or None.
+      top_k: the effective subspace dimension, `min(top_k, head_dim)` (= `bases.shape[-1]`);
+        checked against the table's `ffn_alignment_null_mean = k / E`.
+      hidden: E.
+    Returns:
+      `{"top_k", "hidden", "chance", "layers": [per-layer dict], "bottleneck": {...},
+      "adjacent_similarity": {...} | None}`. Per layer (means over the heads with finite values):
+      `kernel_erank_mean`, `kernel_erank_null_mean`, `kernel_erank_null_std` (mean per-head null
+      std), `kernel_erank_cv` (population std / mean over heads), `kernel_erank_z` (mean per-head
+      z), `ffn_alignment_mean`, `ffn_alignment_ratio` (mean / (k/E)), `ffn_alignment_z`, `heads`
+      (finite heads). The bottleneck is the layer with the lowest `kernel_erank_mean`;
+      `below_null_3std` says whether that mean lies more than 3 (mean per-head) null std below the
+      null mean. Adjacent similarity: per consecutive pair of analyzed layers, the mean over heads
+      of `sim(l, l+1)` and the mean per-head z against the exact Grassmann null.
+    """
+    if not 0 < top_k <= hidden:
+        raise ValueError(f"need 0 < top_k <= hidden, got {top_k}, {hidden}")
+    chance = top_k / hidden
+    if "ffn_alignment_null_mean" in rows:
+        stored = _mean(rows["ffn_alignment_null_mean"])
+        if math.isfinite(stored) and not math.isclose(stored, chance, rel_tol=1e-4):
+            raise ValueError(
+                f"the table's chance level {stored:.6g} != top_k / hidden = {chance:.6g}; pass the "
+                "effective top_k, min(top_k, head_dim)"
+            )
+    layer = np.asarray(rows["layer"])
+    ids = np.unique(layer)
+    per_layer = []
+    for lid in ids:
+        m = layer == lid
+        ffn_mean = _mean(rows["ffn_alignment"][m])
+        per_layer.append({
+            "layer": int(lid),
+            "heads": int(np.sum(np.isfinite(np.asarray(rows["kernel_erank"][m], np.float64)))),
+            "kernel_erank_mean": _mean(rows["kernel_erank"][m]),
+            "kernel_erank_null_mean": _mean(rows["kernel_erank_null_mean"][m]),
+            "kernel_erank_null_std": _mean(rows["kernel_erank_null_std"][m]),
+            "kernel_erank_cv": _cv(rows["kernel_erank"][m]),
+            "kernel_erank_z": _mean(rows["kernel_erank_z"][m]),
+            "ffn_alignment_mean": ffn_mean,
+            "ffn_alignment_ratio": ffn_mean / chance,
+            "ffn_alignment_z": _mean(rows["ffn_alignment_z"][m]),
+        })
+    bottleneck = None
+    candidates = [p for p in per_layer if math.isfinite(p["kernel_erank_mean"])]
+    if candidates:
+        b = min(candidates, key=lambda p: p["kernel_erank_mean"])
+        below = b["kernel_erank_mean"] < b["kernel_erank_null_mean"] - 3.0 * b["kernel_erank_null_std"]
+        bottleneck = {
+            "layer": b["layer"],
+            "kernel_erank": b["kernel_erank_mean"],
+            "kernel_erank_null_mean": b["kernel_erank_null_mean"],
+            "kernel_erank_null_std": b["kernel_erank_null_std"],
+            "kernel_erank_z": b["kernel_erank_z"],
+            "below_null_3std": bool(below),
+            "ffn_alignment": b["ffn_alignment_mean"],
+            "ffn_alignment_ratio": b["ffn_alignment_ratio"],
+            "ffn_alignment_z": b["ffn_alignment_z"],
+        }
+    return {
+        "top_k": int(top_k),
+        "hidden": int(hidden),
+        "chance": chance,
+        "layers": [{k: _json_value(v) for k, v in p.items()} for p in per_layer],
+        "bottleneck": None if bottleneck is None else {k: _json_value(v) for k, v in bottleneck.items()},
+        "adjacent_similarity": _adjacent(similarity, ids, top_k, hidden),
+    }
+
+
+def _json_value(v):
+    return _json_float(v) if isinstance(v, float) else v
+
+
+def _adjacent(similarity, ids, top_k: int, hidden: int) -> dict | None:
+    if similarity is None:
+        return None
+    sim = np.asarray(similarity, np.float64)
+    chex.assert_rank(sim, 3)
+    _, L, L2 = sim.shape
+    if L != L2 or L != len(ids):
+        raise ValueError(f"similarity {sim.shape} does not match the table's {len(ids)} layers")
+    null = sp.grassmann_null(top_k, hidden)
+    std = float(null.std)
+    pairs = []
+    for i in range(L - 1):
+        s = sim[:, i, i + 1]
+        pairs.append({
+            "layers": [int(ids[i]), int(ids[i + 1])],
+            "similarity": _json_float(_mean(s)),
+            "z": _json_float(_mean((s - float(null.mean)) / std)) if std > 0 else None,
+        })
+    finite = [p for p in pairs if p["similarity"] is not None]
+    largest = max(finite, key=lambda p: p["similarity"]) if finite else None
+    return {"chance": float(null.mean), "null_std": std, "pairs": pairs, "largest": largest}

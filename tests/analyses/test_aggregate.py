@@ -1,0 +1,59 @@
+"""The source's aggregations against hand computations."""
+
+import numpy as np
+import pytest
+
+from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values, pseudo_bulk, relative_change
+
+
+def _table():
+    # 2 layers x 4 query heads, 2 KV heads (group size 2); one NaN head (non-finite weights).
+    return {
+        "layer": np.array([0, 0, 0, 0, 1, 1, 1, 1]),
+        "head": np.array([0, 1, 2, 3, 0, 1, 2, 3]),
+        "kv_head": np.array([0, 0, 1, 1, 0, 0, 1, 1]),
+        "ssr": np.array([1.0, 3.0, 10.0, 20.0, 2.0, np.nan, 4.0, 8.0]),
+        "ssr_null_mean": np.full(8, 5.0),
+        "ssr_null_std": np.array([1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]),
+        "ssr_z": np.array([1.0, 2.0, 3.0, 4.0, 5.0, np.nan, 7.0, 8.0]),
+    }
+
+
+def test_layer_means_skip_nan_heads():
+    per_layer = layer_means(_table(), ["ssr"])
+    np.testing.assert_allclose(per_layer["ssr"], [(1 + 3 + 10 + 20) / 4, (2 + 4 + 8) / 3])
+    np.testing.assert_allclose(per_layer["ssr_null_std"], [1.0, 2.0])
+
+
+def test_pseudo_bulk_is_median_of_group_medians():
+    per_layer, model = pseudo_bulk(_table(), "ssr")
+    # layer 0 groups: median(1,3)=2, median(10,20)=15 -> 8.5; layer 1: median(2)=2, median(4,8)=6 -> 4
+    np.testing.assert_allclose(per_layer, [8.5, 4.0])
+    assert model == pytest.approx(np.median([2, 15, 2, 6]))
+
+
+def test_model_values():
+    table = _table()
+    v = model_values(table, layer_means(table, ["ssr"]), "ssr")
+    assert v["median_over_layers"] == pytest.approx(np.median([8.5, 14 / 3]))
+    assert v["mean_over_layers"] == pytest.approx(np.mean([8.5, 14 / 3]))
+    assert v["pseudo_bulk"] == pytest.approx(4.0) and v["null_std"] == pytest.approx(1.5)
+    assert v["mean_z"] == pytest.approx(30 / 7)
+
+
+def test_layer_groups_match_the_source_blocks():
+    assert layer_groups(range(48)) == [tuple(range(0, 12)), tuple(range(12, 24)), tuple(range(24, 36)), tuple(range(36, 48))]
+    assert [len(g) for g in layer_groups(range(10))] == [3, 3, 2, 2]
+    assert layer_groups([0, 1], 4) == [(0,), (1,)]
+    with pytest.raises(ValueError):
+        layer_groups(range(4), 0)
+
+
+def test_group_means_and_relative_change_reproduce_the_source_table():
+    per_layer = {"layer": np.arange(8), "ssr": np.array([1, 3, 5, 7, 2, 2, 2, 2.0])}
+    groups = group_means(per_layer, ["ssr"], layer_groups(range(8), 4))
+    assert list(groups["group"]) == ["0-1", "2-3", "4-5", "6-7"]
+    np.testing.assert_allclose(groups["ssr"], [2, 6, 2, 2])
+    # the source's "improvement" for Qwen2.5 0.006852 -> DeepSeek-R1 0.006818 in layers 0-11
+    assert relative_change(0.006852, 0.006818) == pytest.approx(0.00496, abs=1e-5)
+    assert np.isnan(relative_change(0.0, 1.0))
