@@ -1,11 +1,13 @@
-"""Loader benchmark: streaming a 14B-shaped bf16 checkpoint layer by layer.
+"""Depth scaling: streaming, whole loading and end-to-end `analyze` of bf16 checkpoints.
 
-For each depth, writes a Llama-format checkpoint with Qwen2.5-14B per-layer shapes (E=5120, H=40,
-KV=8, D=128, F=13824; one layer per shard), then in a fresh process streams every layer
-(`spectrax.stream_layers`) and, separately, loads the whole model (`spectrax.load`). Reports wall
-time, read bandwidth and peak RSS of each, so "memory flat in depth, time linear" can be read off.
+For each depth, writes a Llama-format checkpoint with real per-layer shapes (default Qwen2.5-14B:
+E=5120, H=40, KV=8, D=128, F=13824; one layer per shard), then in a fresh process per mode:
+`stream` reads every layer (`spectrax.stream_layers`), `load` loads the whole model
+(`spectrax.load`), `analyze` runs `spectrax.analyses.analyze` (default `--analyses laws`, 16 null
+draws) end to end into a scratch folder. Reports wall time, read bandwidth and peak RSS of each,
+so "time linear, memory flat in depth" can be read off.
 
-    python benchmarks/bench_loading.py --layers 2 4 8 [--shape 14b|8b|small] [--dir /tmp/x]
+    python benchmarks/bench_loading.py --layers 2 4 8 [--shape 14b|8b|small] [--modes stream load analyze]
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ import spectrax as sx
 path, mode = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 checksum = 0.0
-if mode == "stream":
+if mode == "analyze":
+    import tempfile
+    from spectrax.analyses import analyze
+    with tempfile.TemporaryDirectory() as scratch:
+        analyze(path, scratch + "/out", analyses=sys.argv[3].split(","), progress=False)
+elif mode == "stream":
     for block in sx.stream_layers(path):
         checksum += float(np.asarray(block.params["attn"]["q"][0, 0, 0, :8], np.float32).sum())
         del block
@@ -54,7 +61,7 @@ def _baseline_rss() -> int:
     return int(out)
 
 
-def run(depths: list[int], shape: str, directory: str, with_load: bool) -> list[dict]:
+def run(depths: list[int], shape: str, directory: str, modes: list[str], analyses: str = "laws") -> list[dict]:
     from spectrax.io.synthetic import write_llama_checkpoint
 
     dims = SHAPES[shape]
@@ -63,8 +70,9 @@ def run(depths: list[int], shape: str, directory: str, with_load: bool) -> list[
         path = os.path.join(directory, f"{shape}-L{layers}")
         write_llama_checkpoint(path, num_layers=layers, vocab_size=1024, dtype="bfloat16", layers_per_shard=1, **dims)
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-        for mode in ("stream", "load") if with_load else ("stream",):
-            out = subprocess.run([sys.executable, "-c", _CHILD, path, mode], capture_output=True, text=True, check=True)
+        for mode in modes:
+            out = subprocess.run([sys.executable, "-c", _CHILD, path, mode, analyses], capture_output=True, text=True,
+                                 check=True)
             result = json.loads(out.stdout)
             rows.append({"shape": shape, "layers": layers, "mode": mode, "checkpoint_bytes": size, **result,
                          "read_gb_per_s": size / result["seconds"] / 1e9})
@@ -78,22 +86,24 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="14b")
     parser.add_argument("--dir", default=None, help="scratch folder for generated checkpoints")
-    parser.add_argument("--no-load", action="store_true", help="skip whole-model loading")
+    parser.add_argument("--modes", nargs="+", choices=["stream", "load", "analyze"], default=["stream", "load", "analyze"])
+    parser.add_argument("--analyses", default="laws", help="analyses of the analyze mode (default laws)")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args()
     directory = args.dir or tempfile.mkdtemp(prefix="spectrax-bench-")
     baseline = _baseline_rss()
-    rows = run(args.layers, args.shape, directory, not args.no_load)
+    rows = run(args.layers, args.shape, directory, args.modes, args.analyses)
     d = SHAPES[args.shape]
     E, H, KV, D, F = d["hidden_size"], d["num_heads"], d["num_kv_heads"], d["head_dim"], d["intermediate_size"]
     layer_bytes = 2 * (E * H * D * 2 + 2 * E * KV * D + 3 * E * F + 2 * E)
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "date": time.strftime("%Y-%m-%d"), "one_layer_bf16_bytes": layer_bytes,
-              "import_baseline_rss_bytes": baseline, "rows": rows}
+              "one_layer_f32_bytes": 2 * layer_bytes, "import_baseline_rss_bytes": baseline, "shape": args.shape,
+              "analyses": args.analyses, "rows": rows}
     print(f"\none layer: {layer_bytes / 2**20:.0f} MiB bf16; import baseline RSS {baseline / 2**20:.0f} MiB")
-    print(f"{'layers':>6} {'mode':>6} {'seconds':>8} {'GB/s':>6} {'peak RSS MiB':>13} {'(RSS-baseline)/layer':>21}")
+    print(f"{'layers':>6} {'mode':>8} {'seconds':>8} {'GB/s':>6} {'peak RSS MiB':>13} {'(RSS-baseline)/layer':>21}")
     for r in rows:
-        print(f"{r['layers']:>6} {r['mode']:>6} {r['seconds']:>8.2f} {r['read_gb_per_s']:>6.2f} "
+        print(f"{r['layers']:>6} {r['mode']:>8} {r['seconds']:>8.2f} {r['read_gb_per_s']:>6.2f} "
               f"{r['peak_rss_bytes'] / 2**20:>13.0f} {(r['peak_rss_bytes'] - baseline) / layer_bytes:>21.2f}")
     if args.json:
         with open(args.json, "w") as f:

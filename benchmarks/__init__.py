@@ -1,0 +1,1 @@
+"""The spectrax benchmark suite: `python -m benchmarks [--quick] [--out DIR]` (see __main__.py)."""

@@ -1,0 +1,179 @@
+"""Roofline: how close the singular-value kernel and the loader come to this machine's limits.
+
+1. The machine's f32 matmul rate (jit `jnp.matmul`, and numpy, on square and on head-shaped
+   batched products) and its file-read bandwidth (`readinto` of a freshly written file, so from
+   the page cache, as a repeated analysis reads; cold-disk bandwidth needs root to drop caches).
+2. `singular_values(method=...)` on every head of one layer (default Qwen2.5-14B: 96 heads of
+   128 x 5120): the flops each method must do (QR-first: Householder QR of the E x D transpose,
+   2ED^2 - 2D^3/3, plus an SVD of the D x D factor, ~22 D^3 as LAPACK's bidiagonalization + QR
+   iteration; Gram: the D x D Gram matrix, 2 D^2 E, plus a symmetric eigendecomposition, ~9 D^3),
+   the time that many flops takes at the measured batched-matmul rate (the floor), and the
+   measured time as a multiple of that floor.
+3. `stream_layers` over a generated bf16 checkpoint vs reading its files raw: the fraction of the
+   raw read bandwidth the loader reaches (its extra work: bf16 decoding, reshaping to heads).
+
+    python benchmarks/bench_roofline.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import spectrax  # noqa: E402,F401  (thread settings before JAX starts)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import spectrax.spectral as sxs  # noqa: E402
+from bench_kernels import machine, make_heads, timed  # noqa: E402
+
+
+def matmul_rates(quick: bool, repeats: int) -> list[dict]:
+    """GFLOP/s of f32 products: square, and the batched (heads, D, E) x (heads, E, D) Gram shape."""
+    rng = np.random.default_rng(0)
+    n = 2048 if quick else 4096
+    heads, d, e = (24, 128, 5120) if quick else (96, 128, 5120)
+    cases = {
+        f"square {n}x{n} @ {n}x{n}": (rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)),
+        f"batched heads ({heads},{d},{e}) @ ({heads},{e},{d})": (
+            rng.standard_normal((heads, d, e), np.float32), rng.standard_normal((heads, e, d), np.float32)),
+    }
+    rows = []
+    for name, (a, b) in cases.items():
+        flops = 2.0 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.ndim == 3 else 1)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        mm = jax.jit(jnp.matmul)
+        seconds, _ = timed(lambda: mm(ja, jb).block_until_ready(), repeats)
+        rows.append({"product": name, "library": "jax jit", "seconds": seconds, "gflops": flops / seconds / 1e9})
+        seconds, _ = timed(lambda: np.matmul(a, b), repeats)
+        rows.append({"product": name, "library": "numpy", "seconds": seconds, "gflops": flops / seconds / 1e9})
+    return rows
+
+
+def svd_flops(method: str, heads: int, d: int, e: int) -> float:
+    """Floating-point operations `singular_values(method)` needs for `heads` matrices of d x e."""
+    if method == "qr":
+        return heads * (2.0 * e * d * d - 2.0 * d**3 / 3 + 22.0 * d**3)
+    if method == "gram":
+        return heads * (2.0 * d * d * e + 9.0 * d**3)
+    raise ValueError(method)
+
+
+def kernel_vs_floor(quick: bool, repeats: int, best_gflops: float, jit_gflops: float) -> list[dict]:
+    rng = np.random.default_rng(1)
+    heads = 24 if quick else 96
+    x = jnp.asarray(make_heads(rng, heads, 128, 5120))
+    rows = []
+    for method, dtype in (("qr", jnp.float32), ("gram", jnp.float32), ("gram", jnp.float64)):
+        if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+            continue
+        xd = x.astype(dtype)
+        seconds, _ = timed(lambda: sxs.singular_values(xd, method=method).block_until_ready(), repeats)
+        flops = svd_flops(method, heads, 128, 5120)
+        floor = flops / (best_gflops * 1e9)
+        rows.append({"kernel": f"singular_values('{method}') {jnp.dtype(dtype).name}", "heads": heads,
+                     "gflop": flops / 1e9, "seconds": seconds, "floor_seconds": floor, "times_floor": seconds / floor,
+                     "times_jit_matmul_floor": seconds * jit_gflops * 1e9 / flops})
+    return rows
+
+
+def read_bandwidth(directory: str, size_bytes: int, repeats: int) -> dict:
+    path = os.path.join(directory, "blob.bin")
+    block = np.random.default_rng(2).integers(0, 255, 1 << 24, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        for _ in range(size_bytes // len(block)):
+            f.write(block)
+    buffer = bytearray(1 << 26)
+
+    def read_all():
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+    seconds, _ = timed(read_all, repeats)
+    os.remove(path)
+    return {"bytes": size_bytes, "seconds": seconds, "gb_per_s": size_bytes / seconds / 1e9}
+
+
+def loader_vs_raw(directory: str, quick: bool, repeats: int) -> dict:
+    from bench_loading import SHAPES
+
+    from spectrax.io.synthetic import write_llama_checkpoint
+
+    path = os.path.join(directory, "ckpt")
+    shape = SHAPES["small" if quick else "14b"]
+    write_llama_checkpoint(path, num_layers=2, vocab_size=1024, dtype="bfloat16", layers_per_shard=1, **shape)
+    files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors")]
+    size = sum(os.path.getsize(f) for f in files)
+    buffer = bytearray(1 << 26)
+
+    def raw():
+        for name in files:
+            with open(name, "rb", buffering=0) as f:
+                while f.readinto(buffer):
+                    pass
+
+    def stream():
+        for block in spectrax.stream_layers(path):
+            del block
+
+    raw_s, _ = timed(raw, repeats)
+    stream_s, _ = timed(stream, repeats)
+    shutil.rmtree(path)
+    return {"checkpoint_bytes": size, "raw_seconds": raw_s, "stream_seconds": stream_s,
+            "raw_gb_per_s": size / raw_s / 1e9, "stream_gb_per_s": size / stream_s / 1e9,
+            "fraction_of_raw": raw_s / stream_s}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller products and a quarter of the heads")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5; quick 2)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 5)
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick,
+              "load_before": os.getloadavg()}
+    report["matmul"] = matmul_rates(args.quick, repeats)
+    print("| product | library | s | GFLOP/s |\n|---|---|---:|---:|")
+    for r in report["matmul"]:
+        print(f"| {r['product']} | {r['library']} | {r['seconds']:.4f} | {r['gflops']:.1f} |")
+    # The floor is the best f32 matmul rate measured on this machine, by any library; the rate of
+    # jit's own head-shaped product is reported beside it (XLA's CPU matmul is not OpenBLAS's).
+    best = max(r["gflops"] for r in report["matmul"])
+    jit = max(r["gflops"] for r in report["matmul"] if r["product"].startswith("batched") and r["library"] == "jax jit")
+    report["floor_rate_gflops"], report["jit_batched_rate_gflops"] = best, jit
+    report["kernels"] = kernel_vs_floor(args.quick, repeats, best, jit)
+    print(f"\nfloor: {best:.1f} GFLOP/s (best f32 matmul measured); jit head-shaped matmul {jit:.1f} GFLOP/s\n")
+    print("| kernel | heads | GFLOP | s | floor s | x floor | x jit-matmul floor |\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in report["kernels"]:
+        print(f"| {r['kernel']} | {r['heads']} | {r['gflop']:.1f} | {r['seconds']:.3f} | {r['floor_seconds']:.3f} | "
+              f"{r['times_floor']:.1f}x | {r['times_jit_matmul_floor']:.1f}x |")
+    directory = tempfile.mkdtemp(prefix="spectrax-roofline-")
+    try:
+        report["read"] = read_bandwidth(directory, (256 if args.quick else 1024) << 20, repeats)
+        report["loader"] = loader_vs_raw(directory, args.quick, repeats)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    r, l = report["read"], report["loader"]
+    print(f"\nfile read (page cache): {r['gb_per_s']:.2f} GB/s over {r['bytes'] >> 20} MiB")
+    print(f"loader: stream_layers {l['stream_gb_per_s']:.2f} GB/s vs raw read of the same files "
+          f"{l['raw_gb_per_s']:.2f} GB/s: {l['fraction_of_raw']:.0%} of raw ({l['checkpoint_bytes'] >> 20} MiB bf16)")
+    report["load_after"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Plumbing shared by the experiment scripts: options, the output folder, tables in and out.
+
+The scripts are thin layers over `spectrax.analyses`; nothing here computes a statistic. Each
+script writes into a new `--out` folder (refused if it exists, published atomically so a crashed
+run leaves nothing under that name) and prints its tables as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+import spectrax  # noqa: F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
+from spectrax.io import CheckpointError
+from spectrax.report.output import atomic_output_dir, check_output_path
+from spectrax.report.tables import to_markdown, write_csv
+
+__all__ = [
+    "add_common_options",
+    "checkpoint_labels",
+    "fmt",
+    "markdown",
+    "output_folder",
+    "parse_layers",
+    "read_csv",
+    "run_main",
+    "write_table",
+]
+
+# What a user can get wrong (a missing checkpoint, an existing --out, a bad layer list): reported
+# in one line with exit status 2, as the `spectrax` command does, instead of a traceback.
+USER_ERRORS = (CheckpointError, FileExistsError, ValueError)
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, draws: int = 16) -> None:
+    """`--out`, `--null-draws`, `--seed`, `--layers`, `--quiet`: what every script accepts."""
+    parser.add_argument("--out", required=True, help="new folder for the CSV results (refused if it exists)")
+    parser.add_argument("--null-draws", type=int, default=draws,
+                        help=f"Monte Carlo draws per Gaussian null (default {draws}; >= 2)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls (default 0)")
+    parser.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """`"0,2,5-7"` -> `[0, 2, 5, 6, 7]`; `None`/empty -> `None` (all layers)."""
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            layers.extend(range(int(lo), int(hi or lo) + 1))
+        except ValueError as err:
+            raise ValueError(f"bad --layers entry {part!r}; use e.g. 0,4-7") from err
+    return layers
+
+
+@contextlib.contextmanager
+def output_folder(out: str, checkpoints: Sequence[str]) -> Iterator[str]:
+    """A temporary folder that becomes `out` when the block succeeds.
+
+    Refuses an existing `out` (FileExistsError) and an `out` inside any of the checkpoints
+    (ValueError) before any work starts.
+    """
+    if os.path.lexists(out):
+        raise FileExistsError(f"output folder {os.path.abspath(out)} already exists; choose a new --out")
+    for path in checkpoints:
+        check_output_path(out, checkpoint=path, force=False)
+    with atomic_output_dir(out, checkpoint=checkpoints[0] if checkpoints else None) as tmp:
+        yield tmp
+
+
+def checkpoint_labels(paths: Sequence[str]) -> list[str]:
+    """Folder names as table labels, made unique (`name`, `name-2`, ...) when two coincide."""
+    labels: list[str] = []
+    for path in paths:
+        base = os.path.basename(os.path.normpath(os.fspath(path))) or "checkpoint"
+        label, n = base, 1
+        while label in labels:
+            n += 1
+            label = f"{base}-{n}"
+        labels.append(label)
+    return labels
+
+
+def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A CSV written by `spectrax.report.tables.write_csv` back as columns: numeric columns as
+    float64 (empty cells -> NaN), others as object arrays of strings."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    table: dict[str, np.ndarray] = {}
+    for j, name in enumerate(header):
+        cells = [r[j] for r in body]
+        try:
+            table[name] = np.array([float(c) if c != "" else np.nan for c in cells], np.float64)
+        except ValueError:
+            table[name] = np.array(cells, dtype=object)
+    return table
+
+
+def write_table(table: Mapping[str, np.ndarray], folder: str, name: str) -> str:
+    """Write `table` as `<folder>/<name>.csv` (full float precision); returns the path."""
+    path = os.path.join(folder, f"{name}.csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_csv(table, path)
+    return path
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A number for a Markdown cell: `digits` significant digits, "n/a" for NaN/None."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return x
+    x = float(x)
+    return "n/a" if np.isnan(x) else f"{x:.{digits}g}"
+
+
+def markdown(title: str, table: Mapping[str, Sequence], columns: Sequence[str] | None = None,
+             note: str | None = None) -> str:
+    """`### title`, the table (cells pre-formatted as strings or numbers) and an optional note."""
+    text = [f"### {title}", "", to_markdown({c: np.asarray(v, dtype=object) for c, v in table.items()},
+                                           columns, digits=4)]
+    if note:
+        text += ["", note]
+    return "\n".join(text) + "\n"
+
+
+def run_main(name: str, body) -> int:
+    """Run `body()`; a user error becomes one line on stderr and exit status 2."""
+    try:
+        return body()
+    except USER_ERRORS as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
