@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -19,6 +20,23 @@ __all__ = ["head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap"
 
 # z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
+
+
+def _z_norm(grid: np.ndarray) -> matplotlib.colors.Normalize:
+    """Symmetric colour scale for z-scores: linear within ±3 (what chance produces), logarithmic
+    beyond when some |z| is large, so one extreme cell does not wash out the others."""
+    bound = max(3.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 3.0)
+    if bound <= 10:
+        return matplotlib.colors.Normalize(vmin=-bound, vmax=bound)
+    return matplotlib.colors.SymLogNorm(linthresh=3.0, linscale=1.0, vmin=-bound, vmax=bound, base=10)
+
+
+def _z_colorbar(fig, im, ax, label: str) -> None:
+    bar = fig.colorbar(im, ax=ax, label=label)
+    bound = im.norm.vmax
+    ticks = [t for t in (3, 10, 30, 100, 300, 1000, 3000) if t < bound * 0.6] + [bound]
+    bar.set_ticks([-t for t in reversed(ticks)] + [0] + ticks)
+    bar.set_ticklabels([f"{-t:.0f}" for t in reversed(ticks)] + ["0"] + [f"{t:.0f}" for t in ticks])
 
 
 def _grid(table: Table, column: str) -> np.ndarray:
@@ -35,11 +53,11 @@ def head_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: s
     ids = np.unique(np.asarray(table["layer"]))
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * grid.shape[1] + 2), max(3, 0.3 * grid.shape[0] + 1.5)))
     if column.endswith("_z"):
-        bound = max(3.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 3.0)
-        im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, vmin=-bound, vmax=bound, interpolation="nearest")
+        im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, norm=_z_norm(grid), interpolation="nearest")
+        _z_colorbar(fig, im, ax, column)
     else:
         im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=column)
+        fig.colorbar(im, ax=ax, label=column)
     ax.set_xlabel("query head")
     ax.set_ylabel("layer")
     ax.set_yticks(range(len(ids)), [str(i) for i in ids]) if len(ids) <= 40 else None
@@ -77,10 +95,9 @@ def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title:
     grid = np.full((len(ids), len(names)), np.nan)
     for layer, name, value in zip(layers, table["matrix"], np.asarray(table[column], float)):
         grid[np.searchsorted(ids, layer), names.index(name)] = value
-    bound = max(3.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 3.0)
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), max(3, 0.3 * len(ids) + 1.5)))
-    im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, vmin=-bound, vmax=bound, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=column)
+    im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, norm=_z_norm(grid), interpolation="nearest")
+    _z_colorbar(fig, im, ax, column)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(ids)), ["emb" if i < 0 else str(i) for i in ids]) if len(ids) <= 40 else None
     ax.set_ylabel("layer")
