@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from spectrax.analyses.collect import ANALYSES
+from spectrax.analyses.pipeline import ANALYSES
 from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect

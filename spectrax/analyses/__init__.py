@@ -7,7 +7,7 @@
 """
 
 from spectrax.analyses.analyze import analyze
-from spectrax.analyses.collect import ANALYSES, Options, Tables, collect
+from spectrax.analyses.pipeline import ANALYSES, Options, Tables, collect
 from spectrax.analyses.compare import compare
 
 __all__ = ["ANALYSES", "Options", "Tables", "analyze", "collect", "compare"]

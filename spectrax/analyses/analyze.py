@@ -23,7 +23,7 @@ import numpy as np
 
 from spectrax import spectral as sp
 from spectrax.analyses.aggregate import finite_mean, group_means, layer_groups, layer_means, model_values, pseudo_bulk
-from spectrax.analyses.collect import ANALYSES, Options, Tables, check_analyses, collect
+from spectrax.analyses.pipeline import ANALYSES, Options, Tables, check_analyses, collect
 from spectrax.analyses.esd import ESD_STATISTICS
 from spectrax.analyses.kernel import kernel_summary, layer_similarity
 from spectrax.analyses.laws import PAIRS

@@ -24,7 +24,7 @@ import numpy as np
 
 from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, relative_change
 from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, write_results
-from spectrax.analyses.collect import Options, check_analyses, collect
+from spectrax.analyses.pipeline import Options, check_analyses, collect
 from spectrax.io.load import open_source
 from spectrax.report import plots, sections
 from spectrax.report.output import check_output_path, checkpoint_fingerprint, run_folder

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import spectrax as sx
-from spectrax.analyses import collect as collect_module
+from spectrax.analyses import pipeline as pipeline
 from spectrax.analyses.analyze import analyze
 from spectrax.cli import main
 from tests.conftest import CHECKPOINTS, snapshot
@@ -84,7 +84,7 @@ def test_tables_equal_kernels_and_aggregations_equal_hand_computation(gpt2_resul
 def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch):
     path = CHECKPOINTS / "llama"
     reference = analyze(path, tmp_path / "fresh", num_draws=4, shuffle_draws=2, progress=False)
-    real = collect_module.layer_results
+    real = pipeline.layer_results
     seen = []
 
     def crash_on_second_layer(params, layer, *args, **kwargs):
@@ -93,11 +93,11 @@ def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch
         seen.append(layer)
         return real(params, layer, *args, **kwargs)
 
-    monkeypatch.setattr(collect_module, "layer_results", crash_on_second_layer)
+    monkeypatch.setattr(pipeline, "layer_results", crash_on_second_layer)
     with pytest.raises(KeyboardInterrupt):
         analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)
     assert not (tmp_path / "resumed").exists() and (tmp_path / ".resumed.partial").is_dir()
-    monkeypatch.setattr(collect_module, "layer_results", real)
+    monkeypatch.setattr(pipeline, "layer_results", real)
     with pytest.raises(FileExistsError, match="differing in: num_draws"):
         analyze(path, tmp_path / "resumed", num_draws=5, shuffle_draws=2, progress=False)
     out = analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)

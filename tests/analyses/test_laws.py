@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from spectrax.analyses.collect import Options, collect
+from spectrax.analyses.pipeline import Options, collect
 from spectrax.analyses.laws import head_laws
 from tests.conftest import CHECKPOINTS
 

@@ -1,0 +1,226 @@
+"""JoMA (Tian et al., ICLR 2024): the attention + linear-layer toy, its invariants, and the entropy toy.
+
+Toy of SPEC.md §5. M_c = 10 distinct + 10 common contextual tokens and one query token, K = 20
+classes, embeddings U `(d, M_c + 1)` = the first M_c + 1 standard basis vectors of R^d (d = 30).
+X `(M_c, K)`: column k is the contextual-token distribution of class k (U(0, 1/2) entries; in the
+"Gaussian" variant the distinct rows are X[l, k] = exp(-(l - k * 10 / K)^2 / 30)), columns
+normalized to sum 1. Attention over contextual tokens with logits z `(M_c,)` and temperature T:
+
+    softmax: B[l, k] = exp(z_l / T) X[l, k] / sum_l' exp(z_l' / T) X[l', k]
+    exp:     B[l, k] = exp(z_l / T) X[l, k]
+    linear:  B[l, k] = z_l X[l, k]
+
+F = U_C B + u_query (residual), outputs F^T W `(K, K)`, cross-entropy with one sample per class
+(full batch), plain SGD on (W `(d, K)`, z) from N(0, 1) / 100.
+
+The theorem: with V = U_C^T W `(M_c, K)`, gradient flow keeps an invariant per contextual token:
+
+    linear:  z_l^2           = sum_k V_lk^2 + C_l
+    exp:     z_l             = (1 / 2T) sum_k V_lk^2 + C_l
+    softmax: z_l            ~= (1 / 2T) [sum_k V_lk^2 - xbar_l ||W||_F^2] + C_l
+
+(the softmax form assumes the attention's class average stays near xbar_l = mean_k X[l, k]; SPEC
+uses ||W||_F^2, as the reference code does). C is fixed at t = 0. SGD with a finite step follows
+it to O(lr^2) per step. `train` records the real logits, the predicted ones and their normalized
+correlation NC(a, b) = cos(a - mean a, b - mean b) at every step, for the invariant's own quantity
+(z, or z^2 for linear attention). NC is 1 at t = 0 by construction of C.
+
+The entropy toy (the talk's nonlinear-JoMA picture): v <- v + lr (mu - v) ∘ softmax(v^2 / T) from a
+small v; the entropy of softmax(v^2 / T) first falls (the most salient component grows first),
+then rises (the others catch up).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "KINDS",
+    "JomaParams",
+    "JomaTask",
+    "JomaTrajectory",
+    "attention",
+    "entropy_toy",
+    "entropy_toy_target",
+    "init_params",
+    "invariant_prediction",
+    "invariant_quantity",
+    "loss_fn",
+    "make_task",
+    "normalized_correlation",
+    "outputs",
+    "train",
+]
+
+KINDS = ("softmax", "exp", "linear")
+
+
+class JomaTask(NamedTuple):
+    """x `(M_c, K)` class-conditional token distributions (columns sum to 1); u `(d, M_c + 1)`
+    embeddings (contextual tokens first, the query last); xbar `(M_c,)` = mean_k x[l, k]."""
+
+    x: jax.Array
+    u: jax.Array
+    xbar: jax.Array
+
+
+class JomaParams(NamedTuple):
+    """w `(d, K)` output layer; z `(M_c,)` attention logits of the contextual tokens."""
+
+    w: jax.Array
+    z: jax.Array
+
+
+class JomaTrajectory(NamedTuple):
+    """Per step t (before its update; T = steps): loss `(T,)`; z `(T, M_c)` real logits; z_hat
+    `(T, M_c)` logits the invariant predicts (linear: sign(z) sqrt(max(prediction, 0))); nc `(T,)`
+    NC of the invariant quantity vs its prediction; nc_v, nc_norm `(T,)` NC against the prediction's
+    two parts alone (the sum_k V^2 term, the -xbar ||W||^2 term; softmax only, else nan);
+    v `(T, M_c, K)` = U_C^T W."""
+
+    loss: jax.Array
+    z: jax.Array
+    z_hat: jax.Array
+    nc: jax.Array
+    nc_v: jax.Array
+    nc_norm: jax.Array
+    v: jax.Array
+
+
+def make_task(key: jax.Array, *, num_distinct: int = 10, num_common: int = 10, num_classes: int = 20,
+              dim: int = 30, gaussian: bool = True) -> JomaTask:
+    """X from U(0, 1/2) (Gaussian bumps on the distinct rows if `gaussian`), columns normalized."""
+    mc = num_distinct + num_common
+    if dim < mc + 1:
+        raise ValueError(f"embedding dim {dim} < {mc + 1} tokens: the basis embedding needs dim >= M_c + 1")
+    x = jax.random.uniform(key, (mc, num_classes), maxval=0.5)
+    if gaussian:
+        l = jnp.arange(num_distinct, dtype=jnp.float32)[:, None]
+        k = jnp.arange(num_classes, dtype=jnp.float32)[None, :]
+        x = x.at[:num_distinct].set(jnp.exp(-((l - k * num_distinct / num_classes) ** 2) / 30.0))
+    x = x / jnp.sum(x, axis=0, keepdims=True)
+    return JomaTask(x=x, u=jnp.eye(dim, mc + 1, dtype=jnp.float32), xbar=jnp.mean(x, axis=1))
+
+
+def init_params(key: jax.Array, task: JomaTask, *, scale: float = 0.01) -> JomaParams:
+    """W and z from N(0, 1) * scale (the reference's randn / 100)."""
+    kw, kz = jax.random.split(key)
+    d, mc, k = task.u.shape[0], task.x.shape[0], task.x.shape[1]
+    return JomaParams(jax.random.normal(kw, (d, k)) * scale, jax.random.normal(kz, (mc,)) * scale)
+
+
+def attention(z: jax.Array, x: jax.Array, kind: str, temperature: float) -> jax.Array:
+    """B `(M_c, K)`: the attention weights each class's query puts on each contextual token."""
+    if kind == "softmax":
+        # exp(z/T) x normalized over tokens == softmax(z/T + log x): stable for large z.
+        return jax.nn.softmax(z[:, None] / temperature + jnp.log(x), axis=0)
+    if kind == "exp":
+        return jnp.exp(z / temperature)[:, None] * x
+    if kind == "linear":
+        return z[:, None] * x
+    raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
+
+
+def outputs(params: JomaParams, task: JomaTask, kind: str, temperature: float) -> jax.Array:
+    """`(K, K)`: row k = output logits of the class-k sample, F^T W with F = U_C B + u_query."""
+    mc = task.x.shape[0]
+    f = task.u[:, :mc] @ attention(params.z, task.x, kind, temperature) + task.u[:, mc:]
+    return f.T @ params.w
+
+
+def loss_fn(params: JomaParams, task: JomaTask, kind: str, temperature: float) -> jax.Array:
+    """Mean cross-entropy, one sample per class (label k for column k)."""
+    logits = outputs(params, task, kind, temperature)
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits))
+
+
+def invariant_quantity(z: jax.Array, kind: str) -> jax.Array:
+    """The side of the invariant made of z: z^2 for linear attention, z otherwise."""
+    return z * z if kind == "linear" else z
+
+
+def _prediction_parts(params: JomaParams, task: JomaTask, kind: str, temperature: float):
+    mc = task.x.shape[0]
+    v = task.u[:, :mc].T @ params.w  # (M_c, K)
+    v2 = jnp.sum(v * v, axis=1)
+    if kind == "linear":
+        return v2, jnp.zeros_like(v2), v
+    if kind == "exp":
+        return v2 / (2 * temperature), jnp.zeros_like(v2), v
+    if kind == "softmax":
+        return v2 / (2 * temperature), -task.xbar * jnp.sum(params.w * params.w) / (2 * temperature), v
+    raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
+
+
+def invariant_prediction(params: JomaParams, task: JomaTask, kind: str, temperature: float,
+                         constant: jax.Array | None = None) -> jax.Array:
+    """`(M_c,)`: the invariant's prediction of `invariant_quantity(z)` from W alone, plus `constant`
+    (C, fixed at t = 0 as quantity(z_0) - prediction(W_0) without constant)."""
+    a, b, _ = _prediction_parts(params, task, kind, temperature)
+    return a + b + (0.0 if constant is None else constant)
+
+
+def normalized_correlation(a: jax.Array, b: jax.Array) -> jax.Array:
+    """cos(a - mean a, b - mean b) over the last axis (nan-free: 0 for a constant vector)."""
+    a = a - jnp.mean(a, axis=-1, keepdims=True)
+    b = b - jnp.mean(b, axis=-1, keepdims=True)
+    den = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+    return jnp.sum(a * b, axis=-1) / jnp.maximum(den, jnp.finfo(a.dtype).tiny)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "steps"))
+def train(params: JomaParams, task: JomaTask, *, kind: str = "softmax", temperature: float = 0.5,
+          lr: float = 0.1, steps: int = 2000) -> tuple[JomaParams, JomaTrajectory]:
+    """Full-batch plain SGD on (W, z) for `steps`, recording the `JomaTrajectory`."""
+    chex.assert_rank([params.w, params.z, task.x], [2, 1, 2])
+    chex.assert_shape(params.z, (task.x.shape[0],))
+    chex.assert_shape(params.w, (task.u.shape[0], task.x.shape[1]))
+    if kind not in KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
+    constant = invariant_quantity(params.z, kind) - invariant_prediction(params, task, kind, temperature)
+    nan = jnp.full((), jnp.nan, params.z.dtype)
+
+    def step(p, _):
+        loss, g = jax.value_and_grad(loss_fn)(p, task, kind, temperature)
+        a, b, v = _prediction_parts(p, task, kind, temperature)
+        predicted = a + b + constant
+        real = invariant_quantity(p.z, kind)
+        if kind == "linear":
+            z_hat = jnp.sign(p.z) * jnp.sqrt(jnp.maximum(predicted, 0.0))
+        else:
+            z_hat = predicted
+        parts = ((normalized_correlation(real, a), normalized_correlation(real, b)) if kind == "softmax"
+                 else (nan, nan))
+        record = JomaTrajectory(loss, p.z, z_hat, normalized_correlation(real, predicted), *parts, v)
+        return jax.tree.map(lambda x, gx: x - lr * gx, p, g), record
+
+    return jax.lax.scan(step, params, None, length=steps)
+
+
+def entropy_toy_target(key: jax.Array, n: int = 10, low: float = 1.0, high: float = 4.0) -> jax.Array:
+    """mu `(n,)`: sorted U(low, high) targets (the reference's sort(rand(10) * 3 + 1))."""
+    return jnp.sort(jax.random.uniform(key, (n,), minval=low, maxval=high))
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def entropy_toy(mu: jax.Array, v0: jax.Array, *, lr: float = 0.02, temperature: float = 3.0,
+                steps: int = 5000) -> tuple[jax.Array, jax.Array]:
+    """Iterate v <- v + lr (mu - v) ∘ softmax(v^2 / T) from v0 `(n,)`.
+
+    Returns v `(steps, n)` and the entropy (nats) of softmax(v^2 / T) `(steps,)`, both before each
+    step's update."""
+    chex.assert_rank([mu, v0], 1)
+    chex.assert_equal_shape([mu, v0])
+
+    def step(v, _):
+        a = jax.nn.softmax(v * v / temperature)
+        h = -jnp.sum(a * jnp.log(a))
+        return v + lr * (mu - v) * a, (v, h)
+
+    _, (vs, hs) = jax.lax.scan(step, v0, None, length=steps)
+    return vs, hs

@@ -1,0 +1,363 @@
+"""Scan and Snap (Tian et al., NeurIPS 2023): data, the 1-layer (Y, Z) model, and its training loop.
+
+The setup of SPEC.md §5. Each "fact" f pairs a last (query) token m_f with a next token n_f; the
+127 contextual tokens of a sequence are drawn i.i.d. from P(l | n_f): 10 common tokens (weight 1,
+shared by every fact) and 10 distinct tokens of n_f (weights linspace(0.1, 1)), normalized. Token
+indices are laid out as
+
+    [ common (10) | distinct of fact 0 (10) | distinct of fact 1 | ... | last tokens | next tokens ]
+
+so `M = 10 + 10 * num_next + num_last + num_next`, with `num_next = num_last * next_per_last`
+(fact f = (last f // next_per_last, next f)).
+
+Model, with one-hot tokens and no positional encoding:
+attention a_t = softmax_t(Z[m, x_t]) over the contextual positions, histogram h = sum_t a_t e_{x_t},
+normalized h / ||h||_2, logits = Y (h / ||h||), cross-entropy against n. Only token counts matter:
+with c_l = #{t : x_t = l}, h_l = c_l exp(Z[m, l]) / sum_l' c_l' exp(Z[m, l']), and the L2
+normalization cancels the softmax denominator, so the forward here works on counts and is exact
+(`apply` equals `apply_sequence`, the position-by-position version, to rounding).
+
+Training: SGD with momentum 0.9 on each matrix with its own learning rate (lr_Y = lr_Z * ratio), as
+the reference's two torch optimizers; `momentum=0` is plain SGD. Every step records the batch loss
+and the Z quantities the theory talks about (common-token logits, distinct-token logits per rank of
+P(l|n), the entropy of c_n(l) ∝ P(l|n) exp(Z[m, l]) over the distinct tokens of n).
+
+Configurations of different sizes are padded to one shape (`make_task(..., max_tokens, max_facts)`):
+padded tokens have probability zero and their output logits are masked out of the softmax, padded
+facts are never drawn, so a padded run follows the unpadded dynamics exactly, and a whole sweep of
+configurations x seeds runs as one vmapped, compiled call (`run_grid`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "Batch",
+    "Hyper",
+    "Params",
+    "Task",
+    "Trajectory",
+    "apply",
+    "apply_sequence",
+    "attention_distribution",
+    "distinct_entropy",
+    "hyper",
+    "init_params",
+    "loss_fn",
+    "make_task",
+    "num_tokens",
+    "optimizers",
+    "run",
+    "run_grid",
+    "sample_batch",
+    "stack",
+    "train",
+    "z_metrics",
+]
+
+NUM_COMMON = 10
+NUM_DISTINCT = 10
+
+
+class Task(NamedTuple):
+    """One data distribution, as arrays (so tasks of one padded shape stack and vmap).
+
+    F = facts (padded), M = tokens (padded), C = common tokens, D = distinct tokens per next token.
+    """
+
+    last: jax.Array  # (F,) int32: query token m_f of fact f
+    next: jax.Array  # (F,) int32: next token n_f (the label)
+    probs: jax.Array  # (F, M) float32: P(l | n_f); zero off the fact's support and on padding
+    support: jax.Array  # (F, S) int32: the tokens with P(l | n_f) > 0 (S = C + D)
+    support_cdf: jax.Array  # (F, S) float32: cumulative P over the support; last entry exactly 1
+    common: jax.Array  # (C,) int32: common token ids
+    distinct: jax.Array  # (F, D) int32: distinct token ids of n_f, by increasing P(l | n_f)
+    fact_mask: jax.Array  # (F,) bool: real facts
+    token_mask: jax.Array  # (M,) bool: real tokens (the output classes of the softmax)
+
+
+class Params(NamedTuple):
+    """y: `(M, M)` decoder, rows = output token, columns = histogram token.
+    z: `(M, M)` attention logits, rows = query (last) token, columns = key (contextual) token."""
+
+    y: jax.Array
+    z: jax.Array
+
+
+class Batch(NamedTuple):
+    """B sequences in count form: query `(B,)` int32, target `(B,)` int32, counts `(B, M)` float32
+    (occurrences of each token among the contextual positions; rows sum to seq_len - 1)."""
+
+    query: jax.Array
+    target: jax.Array
+    counts: jax.Array
+
+
+class Hyper(NamedTuple):
+    """Learning rates and momentum as float32 arrays (scalars, or stacked along a config axis)."""
+
+    lr_z: jax.Array
+    lr_y: jax.Array
+    momentum: jax.Array
+
+
+class Trajectory(NamedTuple):
+    """Per-step record, taken before step t's update (t = 0 is the initialization).
+
+    loss `(T,)` batch cross-entropy; z_common `(T,)` mean of Z[m_f, l] over common l and real facts;
+    z_distinct `(T, D)` mean over real facts of Z[m_f, distinct_f[r]], r = rank by P(l|n_f)
+    ascending; entropy `(T,)` mean over real facts of the entropy of c_n (`distinct_entropy`);
+    z_rows `(T, F, M)` = Z[m_f, :] per fact, only with `record_rows=True` (else None)."""
+
+    loss: jax.Array
+    z_common: jax.Array
+    z_distinct: jax.Array
+    entropy: jax.Array
+    z_rows: jax.Array | None = None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def num_tokens(num_last: int, next_per_last: int, num_common: int = NUM_COMMON,
+               num_distinct: int = NUM_DISTINCT) -> int:
+    """M = common + distinct * next + last + next."""
+    num_next = num_last * next_per_last
+    return num_common + num_distinct * num_next + num_last + num_next
+
+
+def make_task(num_last: int, next_per_last: int, *, num_common: int = NUM_COMMON,
+              num_distinct: int = NUM_DISTINCT, common_weight: float = 1.0,
+              distinct_weights: tuple[float, float] = (0.1, 1.0), max_tokens: int | None = None,
+              max_facts: int | None = None) -> Task:
+    """The facts and P(l | n) of SPEC.md §5, padded to `max_tokens` x `max_facts` if given."""
+    if num_last < 1 or next_per_last < 1 or num_common < 0 or num_distinct < 1:
+        raise ValueError("need num_last >= 1, next_per_last >= 1, num_common >= 0, num_distinct >= 1")
+    num_next = num_last * next_per_last
+    m_real = num_tokens(num_last, next_per_last, num_common, num_distinct)
+    m = m_real if max_tokens is None else max_tokens
+    f_pad = num_next if max_facts is None else max_facts
+    if m < m_real or f_pad < num_next:
+        raise ValueError(f"padding ({max_tokens} tokens, {max_facts} facts) is smaller than the task "
+                         f"({m_real} tokens, {num_next} facts)")
+    last_offset = num_common + num_distinct * num_next
+    next_offset = last_offset + num_last
+    weights = np.concatenate([np.full(num_common, common_weight),
+                              np.linspace(*distinct_weights, num_distinct)])
+    probs = np.zeros((f_pad, m))
+    distinct = np.zeros((f_pad, num_distinct), np.int32)
+    last = np.zeros(f_pad, np.int32)
+    nxt = np.zeros(f_pad, np.int32)
+    for f in range(num_next):
+        distinct[f] = num_common + num_distinct * f + np.arange(num_distinct)
+        support = np.concatenate([np.arange(num_common), distinct[f]])
+        probs[f, support] = weights / weights.sum()
+        last[f] = last_offset + f // next_per_last
+        nxt[f] = next_offset + f
+    # Padded facts get a copy of fact 0's support so every row is a valid distribution; they are
+    # never drawn. Inverse-CDF sampling needs the last cdf entry to be 1 exactly, or a uniform draw
+    # just below 1 would land on no token after float32 rounding.
+    support = np.concatenate([np.broadcast_to(np.arange(num_common), (f_pad, num_common)), distinct], axis=1)
+    support[num_next:] = support[0]
+    cdf = np.cumsum(np.broadcast_to(weights / weights.sum(), support.shape), axis=1)
+    cdf[:, -1] = 1.0
+    return Task(
+        last=jnp.asarray(last), next=jnp.asarray(nxt), probs=jnp.asarray(probs, jnp.float32),
+        support=jnp.asarray(support, jnp.int32), support_cdf=jnp.asarray(cdf, jnp.float32),
+        common=jnp.arange(num_common, dtype=jnp.int32),
+        distinct=jnp.asarray(distinct), fact_mask=jnp.asarray(np.arange(f_pad) < num_next),
+        token_mask=jnp.asarray(np.arange(m) < m_real))
+
+
+def stack(trees: Sequence) -> object:
+    """Stack pytrees of equal structure and shapes along a new leading (configuration) axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def sample_batch(key: jax.Array, task: Task, *, batch_size: int = 128, seq_len: int = 128) -> Batch:
+    """B sequences: a real fact uniformly per sequence, seq_len - 1 contextual tokens i.i.d. from
+    P(l | n), returned as counts `(B, M)`.
+
+    The draws do not depend on the padding (one uniform per fact choice, one per position, mapped
+    through the CDF), so a padded task yields the same sequences as its unpadded version."""
+    k_fact, k_tok = jax.random.split(key)
+    num_facts = jnp.sum(task.fact_mask.astype(jnp.int32))
+    fact = jnp.floor(jax.random.uniform(k_fact, (batch_size,)) * num_facts.astype(jnp.float32))
+    fact = jnp.minimum(fact.astype(jnp.int32), num_facts - 1)
+    u = jax.random.uniform(k_tok, (batch_size, seq_len - 1))
+    # Count in support space (S entries, not M): #{t: u_t < cdf_s} - #{t: u_t < cdf_(s-1)} is the
+    # number of positions that drew support token s; one fused compare-and-sum over (B, T, S).
+    below = jnp.sum(u[:, :, None] < task.support_cdf[fact][:, None, :], axis=1, dtype=jnp.int32)
+    local = jnp.diff(below, axis=-1, prepend=0).astype(jnp.float32)
+    rows = jnp.arange(batch_size)[:, None]
+    counts = jnp.zeros((batch_size, task.token_mask.shape[0]), jnp.float32).at[rows, task.support[fact]].add(local)
+    return Batch(query=task.last[fact], target=task.next[fact], counts=counts)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def init_params(key: jax.Array, task: Task, *, zero: bool = False) -> Params:
+    """Zero init, or PyTorch `nn.Linear`'s default uniform(±1/√M) (M = real tokens) for both
+    matrices; padded rows and columns are zero."""
+    mask = task.token_mask
+    m = mask.shape[0]
+    if zero:
+        return Params(jnp.zeros((m, m), jnp.float32), jnp.zeros((m, m), jnp.float32))
+    block = (mask[:, None] & mask[None, :]).astype(jnp.float32)
+    bound = jax.lax.rsqrt(jnp.sum(mask.astype(jnp.float32)))
+    ky, kz = jax.random.split(key)
+    y = jax.random.uniform(ky, (m, m), minval=-1.0, maxval=1.0) * bound * block
+    z = jax.random.uniform(kz, (m, m), minval=-1.0, maxval=1.0) * bound * block
+    return Params(y, z)
+
+
+def _normalized_histogram(z: jax.Array, query: jax.Array, counts: jax.Array) -> jax.Array:
+    """`(B, M)`: c ∘ exp(Z[m]) / ||c ∘ exp(Z[m])||_2, the L2-normalized attention histogram."""
+    present = counts > 0
+    zq = z[query]
+    # Shift by the largest present logit (the normalization cancels any shift) and give absent
+    # tokens that same value before exp, so neither exp nor its gradient can overflow there.
+    top = jax.lax.stop_gradient(jnp.max(jnp.where(present, zq, -jnp.inf), axis=-1, keepdims=True))
+    w = counts * jnp.exp(jnp.where(present, zq, top) - top)
+    return w / jnp.linalg.norm(w, axis=-1, keepdims=True)
+
+
+def apply(params: Params, batch: Batch, token_mask: jax.Array) -> jax.Array:
+    """Next-token logits `(B, M)` from counts (exact); padded output tokens get -inf."""
+    logits = _normalized_histogram(params.z, batch.query, batch.counts) @ params.y.T
+    return jnp.where(token_mask, logits, -jnp.inf)
+
+
+def apply_sequence(params: Params, tokens: jax.Array, query: jax.Array) -> jax.Array:
+    """The same model position by position: tokens `(B, T)` int, query `(B,)` -> logits `(B, M)`.
+
+    The reference form (softmax over positions, attention-weighted one-hot sum); a check of `apply`."""
+    m = params.z.shape[0]
+    attn = jax.nn.softmax(params.z[query[:, None], tokens], axis=-1)  # (B, T)
+    hist = jnp.einsum("bt,btm->bm", attn, jax.nn.one_hot(tokens, m, dtype=attn.dtype))
+    return (hist / jnp.linalg.norm(hist, axis=-1, keepdims=True)) @ params.y.T
+
+
+def loss_fn(params: Params, batch: Batch, token_mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy of the next token over the batch."""
+    logits = apply(params, batch, token_mask)
+    target = jnp.take_along_axis(logits, batch.target[:, None], axis=-1)[:, 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target)
+
+
+# ----------------------------------------------------------------------------- theory's quantities
+
+
+def attention_distribution(z: jax.Array, task: Task) -> jax.Array:
+    """`(F, D)`: c_n(l) ∝ P(l|n) exp(Z[m, l]) renormalized over the distinct tokens of n."""
+    rows = z[task.last]  # (F, M)
+    logits = jnp.take_along_axis(rows, task.distinct, axis=1)
+    p = jnp.take_along_axis(task.probs, task.distinct, axis=1)
+    # Padded facts have p = 0 everywhere; give them a uniform c instead of 0/0.
+    log_p = jnp.where(task.fact_mask[:, None], jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+    return jax.nn.softmax(logits + log_p, axis=-1)
+
+
+def distinct_entropy(z: jax.Array, task: Task) -> jax.Array:
+    """The Fig. 6 metric: entropy (nats) of c_n, averaged over the real facts. Scalar."""
+    c = attention_distribution(z, task)
+    h = -jnp.sum(c * jnp.log(c), axis=-1)
+    w = task.fact_mask.astype(h.dtype)
+    return jnp.sum(jnp.where(task.fact_mask, h, 0.0)) / jnp.sum(w)
+
+
+def z_metrics(z: jax.Array, task: Task) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(common-token mean logit (), distinct logits by rank (D,), distinct entropy ()), over real facts."""
+    rows = z[task.last]  # (F, M)
+    w = task.fact_mask.astype(rows.dtype)
+    n = jnp.sum(w)
+    common = jnp.sum(jnp.mean(rows[:, task.common], axis=1) * w) / n
+    distinct = jnp.sum(jnp.take_along_axis(rows, task.distinct, axis=1) * w[:, None], axis=0) / n
+    return common, distinct, distinct_entropy(z, task)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def hyper(lr_z: float, ratio: float = 1.0, momentum: float = 0.9) -> Hyper:
+    """lr_Z, lr_Y = lr_Z * ratio, momentum (0 = plain SGD) as float32 arrays."""
+    return Hyper(*(jnp.asarray(v, jnp.float32) for v in (lr_z, lr_z * ratio, momentum)))
+
+
+def optimizers(h: Hyper) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """One optax SGD-with-momentum per matrix, (for Y, for Z), as the reference's two torch
+    optimizers. torch's momentum (buf = μ buf + g; p -= lr buf) is optax's `trace` then scale."""
+    return optax.sgd(h.lr_y, momentum=h.momentum), optax.sgd(h.lr_z, momentum=h.momentum)
+
+
+def _train(params: Params, key: jax.Array, task: Task, h: Hyper, *, steps: int, batch_size: int,
+           seq_len: int, record_rows: bool = False) -> tuple[Params, Trajectory]:
+    chex.assert_rank([params.y, params.z], 2)
+    chex.assert_equal_shape([params.y, params.z])
+    chex.assert_shape(task.token_mask, (params.z.shape[0],))
+    opt_y, opt_z = optimizers(h)
+
+    def step(carry, k):
+        p, (sy, sz) = carry
+        batch = sample_batch(k, task, batch_size=batch_size, seq_len=seq_len)
+        loss, g = jax.value_and_grad(loss_fn)(p, batch, task.token_mask)
+        common, distinct, entropy = z_metrics(p.z, task)
+        uy, sy = opt_y.update(g.y, sy)
+        uz, sz = opt_z.update(g.z, sz)
+        rows = p.z[task.last] if record_rows else None
+        return (Params(p.y + uy, p.z + uz), (sy, sz)), Trajectory(loss, common, distinct, entropy, rows)
+
+    carry = (params, (opt_y.init(params.y), opt_z.init(params.z)))
+    (params, _), traj = jax.lax.scan(step, carry, jax.random.split(key, steps))
+    return params, traj
+
+
+_STATIC = ("steps", "batch_size", "seq_len", "record_rows")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def train(params: Params, key: jax.Array, task: Task, h: Hyper, *, steps: int, batch_size: int = 128,
+          seq_len: int = 128, record_rows: bool = False) -> tuple[Params, Trajectory]:
+    """`steps` SGD steps from `params` on fresh batches drawn from `key`.
+
+    Returns the final params and the per-step `Trajectory` (leading axis `steps`)."""
+    return _train(params, key, task, h, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                  record_rows=record_rows)
+
+
+def _run(key, task, h, *, steps, batch_size, seq_len, zero_init, record_rows=False):
+    k_init, k_data = jax.random.split(key)
+    return _train(init_params(k_init, task, zero=zero_init), k_data, task, h, steps=steps,
+                  batch_size=batch_size, seq_len=seq_len, record_rows=record_rows)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "zero_init"))
+def run(key: jax.Array, task: Task, h: Hyper, *, steps: int, batch_size: int = 128, seq_len: int = 128,
+        zero_init: bool = False, record_rows: bool = False) -> tuple[Params, Trajectory]:
+    """Initialize from `key` (split: init, data) and train: one seed of one configuration."""
+    return _run(key, task, h, steps=steps, batch_size=batch_size, seq_len=seq_len, zero_init=zero_init,
+                record_rows=record_rows)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "zero_init"))
+def run_grid(keys: jax.Array, tasks: Task, hypers: Hyper, *, steps: int, batch_size: int = 128,
+             seq_len: int = 128, zero_init: bool = False, record_rows: bool = False) -> tuple[Params, Trajectory]:
+    """A sweep in one compiled call: keys `(C, R)` (configurations x seeds), tasks and hypers stacked
+    `(C, ...)` (`stack`, tasks padded to one shape). Returns params and trajectories with leading
+    axes `(C, R)`; entry [c, r] equals `run(keys[c, r], task_c, hyper_c)` to float rounding."""
+    typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    chex.assert_rank(keys, 2 if typed else 3)  # (C, R) typed keys, or (C, R, 2) raw uint32 keys
+    one = functools.partial(_run, steps=steps, batch_size=batch_size, seq_len=seq_len, zero_init=zero_init,
+                            record_rows=record_rows)
+    over_seeds = jax.vmap(one, in_axes=(0, None, None))
+    return jax.vmap(over_seeds, in_axes=(0, 0, 0))(keys, tasks, hypers)
