@@ -98,7 +98,7 @@ def make_task(key: jax.Array, *, num_distinct: int = 10, num_common: int = 10, n
     mc = num_distinct + num_common
     if dim < mc + 1:
         raise ValueError(f"embedding dim {dim} < {mc + 1} tokens: the basis embedding needs dim >= M_c + 1")
-    x = jax.random.uniform(key, (mc, num_classes), maxval=0.5)
+    x = jax.random.uniform(key, (mc, num_classes), jnp.float32, maxval=0.5)
     if gaussian:
         l = jnp.arange(num_distinct, dtype=jnp.float32)[:, None]
         k = jnp.arange(num_classes, dtype=jnp.float32)[None, :]
@@ -111,7 +111,8 @@ def init_params(key: jax.Array, task: JomaTask, *, scale: float = 0.01) -> JomaP
     """W and z from N(0, 1) * scale (the reference's randn / 100)."""
     kw, kz = jax.random.split(key)
     d, mc, k = task.u.shape[0], task.x.shape[0], task.x.shape[1]
-    return JomaParams(jax.random.normal(kw, (d, k)) * scale, jax.random.normal(kz, (mc,)) * scale)
+    return JomaParams(jax.random.normal(kw, (d, k), jnp.float32) * scale,
+                      jax.random.normal(kz, (mc,), jnp.float32) * scale)
 
 
 def attention(z: jax.Array, x: jax.Array, kind: str, temperature: float) -> jax.Array:

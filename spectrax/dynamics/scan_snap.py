@@ -190,10 +190,10 @@ def sample_batch(key: jax.Array, task: Task, *, batch_size: int = 128, seq_len: 
     The draws do not depend on the padding (one uniform per fact choice, one per position, mapped
     through the CDF), so a padded task yields the same sequences as its unpadded version."""
     k_fact, k_tok = jax.random.split(key)
-    num_facts = jnp.sum(task.fact_mask.astype(jnp.int32))
-    fact = jnp.floor(jax.random.uniform(k_fact, (batch_size,)) * num_facts.astype(jnp.float32))
+    num_facts = jnp.sum(task.fact_mask, dtype=jnp.int32)
+    fact = jnp.floor(jax.random.uniform(k_fact, (batch_size,), jnp.float32) * num_facts.astype(jnp.float32))
     fact = jnp.minimum(fact.astype(jnp.int32), num_facts - 1)
-    u = jax.random.uniform(k_tok, (batch_size, seq_len - 1))
+    u = jax.random.uniform(k_tok, (batch_size, seq_len - 1), task.support_cdf.dtype)
     # Count in support space (S entries, not M): #{t: u_t < cdf_s} - #{t: u_t < cdf_(s-1)} is the
     # number of positions that drew support token s; one fused compare-and-sum over (B, T, S).
     below = jnp.sum(u[:, :, None] < task.support_cdf[fact][:, None, :], axis=1, dtype=jnp.int32)
@@ -216,8 +216,8 @@ def init_params(key: jax.Array, task: Task, *, zero: bool = False) -> Params:
     block = (mask[:, None] & mask[None, :]).astype(jnp.float32)
     bound = jax.lax.rsqrt(jnp.sum(mask.astype(jnp.float32)))
     ky, kz = jax.random.split(key)
-    y = jax.random.uniform(ky, (m, m), minval=-1.0, maxval=1.0) * bound * block
-    z = jax.random.uniform(kz, (m, m), minval=-1.0, maxval=1.0) * bound * block
+    y = jax.random.uniform(ky, (m, m), jnp.float32, minval=-1.0, maxval=1.0) * bound * block
+    z = jax.random.uniform(kz, (m, m), jnp.float32, minval=-1.0, maxval=1.0) * bound * block
     return Params(y, z)
 
 

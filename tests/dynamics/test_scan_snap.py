@@ -1,0 +1,225 @@
+"""Scan and Snap: the data and model are what SPEC.md §5 says, and each run obeys the theory.
+
+Small sizes (batch 64, tens of steps) keep every test to seconds of CPU; the Fig. 4 setting is run
+at its real size (M = 34), which is already small.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spectrax.dynamics import scan_snap as ss
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@pytest.fixture(scope="module")
+def fig4():
+    """The Fig. 4 setting: 2 last tokens, K = 1, M = 34, zero init, both lrs 1, 100 iterations."""
+    task = ss.make_task(2, 1)
+    params, traj = ss.run(jax.random.key(0), task, ss.hyper(1.0, 1.0), steps=100, zero_init=True)
+    return task, params, traj
+
+
+def test_task_layout_follows_the_spec():
+    task = ss.make_task(2, 1)
+    assert task.token_mask.shape == (34,) and ss.num_tokens(2, 1) == 34 and ss.num_tokens(10, 2) == 240
+    probs = np.asarray(task.probs)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    weights = np.concatenate([np.ones(10), np.linspace(0.1, 1, 10)])
+    np.testing.assert_allclose(probs[1, np.r_[0:10, 20:30]], weights / weights.sum(), rtol=1e-6)
+    assert probs[0, 20:].sum() == 0 and probs[1, 10:20].sum() == 0  # distinct tokens are the fact's own
+    np.testing.assert_array_equal(task.last, [30, 31])
+    np.testing.assert_array_equal(task.next, [32, 33])
+    np.testing.assert_array_equal(task.distinct[1], np.arange(20, 30))
+    assert np.all(np.asarray(task.support_cdf)[:, -1] == 1.0)
+    padded = ss.make_task(2, 1, max_tokens=50, max_facts=5)
+    assert padded.token_mask.sum() == 34 and padded.fact_mask.sum() == 2 and padded.probs.shape == (5, 50)
+
+
+def test_refuses_bad_configuration():
+    with pytest.raises(ValueError):
+        ss.make_task(0, 1)
+    with pytest.raises(ValueError):
+        ss.make_task(3, 2, max_tokens=40)  # needs 79 tokens
+    with pytest.raises(ValueError):
+        ss.make_task(3, 2, max_facts=4)  # needs 6 facts
+
+
+def test_batches_follow_the_distribution():
+    task = ss.make_task(2, 2)
+    batch = ss.sample_batch(jax.random.key(1), task, batch_size=4000, seq_len=128)
+    counts = np.asarray(batch.counts)
+    np.testing.assert_array_equal(counts.sum(axis=1), 127)
+    facts = np.searchsorted(np.asarray(task.next), np.asarray(batch.target))
+    np.testing.assert_array_equal(np.asarray(task.last)[facts], batch.query)
+    assert np.abs(np.bincount(facts, minlength=4) / 4000 - 0.25).max() < 0.03  # facts uniform
+    for f in range(4):
+        rows = counts[facts == f]
+        freq = rows.sum(axis=0) / rows.sum()
+        p = np.asarray(task.probs[f])
+        assert np.all(freq[p == 0] == 0)
+        # ~127k draws per fact: binomial std of a frequency <= 0.0007
+        assert np.abs(freq - p).max() < 0.004
+
+
+def test_padding_does_not_change_the_draws():
+    small = ss.make_task(1, 2)
+    padded = ss.make_task(1, 2, max_tokens=79, max_facts=6)
+    a = ss.sample_batch(jax.random.key(2), small, batch_size=16)
+    b = ss.sample_batch(jax.random.key(2), padded, batch_size=16)
+    np.testing.assert_array_equal(a.query, b.query)
+    np.testing.assert_array_equal(a.counts, b.counts[:, :33])
+    assert np.all(np.asarray(b.counts)[:, 33:] == 0)
+
+
+def test_count_forward_equals_position_forward():
+    task = ss.make_task(2, 2)
+    params = ss.init_params(jax.random.key(3), task)
+    params = ss.Params(params.y * 5, params.z * 5)  # sharper attention than at init
+    rng = np.random.default_rng(0)
+    m = task.token_mask.shape[0]
+    tokens = rng.integers(0, 50, size=(8, 127))
+    query = np.asarray(task.last)[rng.integers(0, 4, size=8)]
+    counts = np.stack([np.bincount(t, minlength=m) for t in tokens]).astype(np.float32)
+    batch = ss.Batch(jnp.asarray(query), jnp.zeros(8, jnp.int32), jnp.asarray(counts))
+    np.testing.assert_allclose(ss.apply(params, batch, task.token_mask),
+                               ss.apply_sequence(params, jnp.asarray(tokens), jnp.asarray(query)), rtol=2e-5, atol=2e-6)
+
+
+def test_zero_init_loss_is_ln_m(fig4):
+    _, _, traj = fig4
+    assert abs(float(traj.loss[0]) - np.log(34)) < 1e-5
+    # Padded to 240 tokens, the masked softmax still sees only the task's 34.
+    padded = ss.make_task(2, 1, max_tokens=240, max_facts=20)
+    _, t2 = ss.run(jax.random.key(0), padded, ss.hyper(1.0), steps=1, batch_size=16, zero_init=True)
+    assert abs(float(t2.loss[0]) - np.log(34)) < 1e-5
+
+
+def test_common_tokens_suppressed_and_distinct_ordered_by_probability(fig4):
+    task, params, traj = fig4
+    z = np.asarray(params.z)
+    for f in range(2):
+        row = z[int(task.last[f])]
+        assert row[:10].max() < 0, "common-token logits must end negative"
+        distinct = np.asarray(task.distinct[f])
+        p = np.asarray(task.probs[f])[distinct]
+        assert spearman(row[distinct], p) > 0.9
+        assert row[distinct[-1]] > 0.5  # the most likely distinct token has clearly won
+    assert traj.z_common[-1] < 0 and np.all(np.diff(np.asarray(traj.z_distinct[-1])[2:]) > 0)
+    assert traj.entropy[-1] < traj.entropy[0] - 0.1
+    assert traj.loss[-1] < 1e-3
+
+
+def test_entropy_decreases_with_lr_z():
+    lrs = (0.5, 1.0, 2.0, 3.0)
+    tasks = ss.stack([ss.make_task(1, 2)] * len(lrs))
+    hypers = ss.stack([ss.hyper(lr, 1.0) for lr in lrs])
+    keys = jax.random.split(jax.random.key(4), len(lrs) * 8).reshape(len(lrs), 8)
+    _, traj = ss.run_grid(keys, tasks, hypers, steps=40, batch_size=64)
+    final = np.asarray(traj.entropy[:, :, -1]).mean(axis=1)
+    assert np.all(np.diff(final) < 0), final
+    assert final[0] - final[-1] > 0.2
+
+
+def test_grid_entry_equals_its_single_run():
+    lasts = (1, 2)
+    m, f = ss.num_tokens(2, 2), 4
+    tasks = [ss.make_task(n, 2, max_tokens=m, max_facts=f) for n in lasts]
+    hypers = [ss.hyper(1.0, 2.0), ss.hyper(2.0, 1.0, momentum=0.0)]
+    keys = jax.random.split(jax.random.key(5), 4).reshape(2, 2)
+    params, traj = ss.run_grid(keys, ss.stack(tasks), ss.stack(hypers), steps=8, batch_size=32)
+    for c in range(2):
+        for r in range(2):
+            p1, t1 = ss.run(keys[c, r], tasks[c], hypers[c], steps=8, batch_size=32)
+            np.testing.assert_allclose(params.z[c, r], p1.z, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(traj.loss[c, r], t1.loss, rtol=1e-5)
+
+
+def test_padded_run_follows_the_unpadded_dynamics():
+    small = ss.make_task(1, 2)
+    padded = ss.make_task(1, 2, max_tokens=60, max_facts=5)
+    p0 = ss.init_params(jax.random.key(6), small)
+    pad = lambda a: jnp.zeros((60, 60), a.dtype).at[:33, :33].set(a)  # noqa: E731
+    h = ss.hyper(1.0, 2.0)
+    pa, ta = ss.train(p0, jax.random.key(7), small, h, steps=10, batch_size=32)
+    pb, tb = ss.train(ss.Params(pad(p0.y), pad(p0.z)), jax.random.key(7), padded, h, steps=10, batch_size=32)
+    np.testing.assert_allclose(pb.z[:33, :33], pa.z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pb.y[:33, :33], pa.y, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(pb.y)[33:] == 0) and np.all(np.asarray(pb.z)[:, 33:] == 0)
+    np.testing.assert_allclose(tb.entropy, ta.entropy, rtol=1e-5)
+
+
+def test_optimizer_is_torch_sgd_with_momentum():
+    task = ss.make_task(1, 1)
+    p0 = ss.init_params(jax.random.key(8), task)
+    key = jax.random.key(9)
+    lr_z, ratio, mu = 0.7, 3.0, 0.9
+    p2, _ = ss.train(p0, key, task, ss.hyper(lr_z, ratio, mu), steps=2, batch_size=16)
+    # By hand: buf = mu * buf + g; p -= lr * buf, with the batches train draws.
+    k0, k1 = jax.random.split(key, 2)
+    grad = jax.grad(ss.loss_fn)
+    g0 = grad(p0, ss.sample_batch(k0, task, batch_size=16), task.token_mask)
+    p1 = ss.Params(p0.y - lr_z * ratio * g0.y, p0.z - lr_z * g0.z)
+    g1 = grad(p1, ss.sample_batch(k1, task, batch_size=16), task.token_mask)
+    expect_y = p1.y - lr_z * ratio * (mu * g0.y + g1.y)
+    expect_z = p1.z - lr_z * (mu * g0.z + g1.z)
+    np.testing.assert_allclose(p2.y, expect_y, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p2.z, expect_z, rtol=1e-5, atol=1e-7)
+    # momentum 0 is plain SGD
+    q1, _ = ss.train(p0, key, task, ss.hyper(lr_z, ratio, 0.0), steps=1, batch_size=16)
+    np.testing.assert_allclose(q1.z, p1.z, rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        task = ss.make_task(2, 1)
+        task = task._replace(probs=task.probs.astype(jnp.float64))
+        batch = ss.sample_batch(jax.random.key(10), task, batch_size=8)
+        batch = batch._replace(counts=batch.counts.astype(jnp.float64))
+        p = ss.init_params(jax.random.key(11), task)
+        p = ss.Params(p.y.astype(jnp.float64) * 3, p.z.astype(jnp.float64) * 3)
+        loss = jax.jit(lambda q: ss.loss_fn(q, batch, task.token_mask))
+        g = jax.grad(loss)(p)
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            d = ss.Params(*(jnp.asarray(rng.standard_normal(p.y.shape)) for _ in range(2)))
+            eps = 1e-5
+            plus = jax.tree.map(lambda a, b, e=eps: a + e * b, p, d)
+            minus = jax.tree.map(lambda a, b, e=eps: a - e * b, p, d)
+            fd = (loss(plus) - loss(minus)) / (2 * eps)
+            analytic = jnp.sum(g.y * d.y) + jnp.sum(g.z * d.z)
+            assert abs(float(fd - analytic)) < 1e-7 * max(1.0, abs(float(analytic)))
+        assert float(jnp.abs(g.z).max()) > 1e-3  # the check exercises the attention path too
+
+
+def test_reproducible_from_a_seed():
+    task = ss.make_task(1, 2)
+    a = ss.run(jax.random.key(12), task, ss.hyper(1.0), steps=5, batch_size=16)
+    b = ss.run(jax.random.key(12), task, ss.hyper(1.0), steps=5, batch_size=16)
+    c = ss.run(jax.random.key(13), task, ss.hyper(1.0), steps=5, batch_size=16)
+    chex.assert_trees_all_equal(a, b)
+    assert not np.allclose(a[0].z, c[0].z)
+
+
+def test_compiles_once_per_shape():
+    task = ss.make_task(1, 1)
+    chex.clear_trace_counter()
+    counted = jax.jit(chex.assert_max_traces(ss.train.__wrapped__, n=1),
+                      static_argnames=("steps", "batch_size", "seq_len", "record_rows"))
+    for seed, lr in ((0, 0.5), (1, 1.0), (2, 3.0)):
+        p = ss.init_params(jax.random.key(seed), task)
+        counted(p, jax.random.key(seed), task, ss.hyper(lr, 2.0), steps=3, batch_size=8)
+    # the shapes of test_grid_entry_equals_its_single_run: at most one new compile for three sweeps
+    before = ss.run_grid._cache_size()
+    m = ss.num_tokens(2, 2)
+    tasks = ss.stack([ss.make_task(n, 2, max_tokens=m, max_facts=4) for n in (2, 1)])
+    for seed in range(3):
+        keys = jax.random.split(jax.random.key(seed), 4).reshape(2, 2)
+        ss.run_grid(keys, tasks, ss.stack([ss.hyper(seed + 1.0), ss.hyper(0.5)]), steps=8, batch_size=32)
+    assert ss.run_grid._cache_size() - before <= 1
