@@ -9,7 +9,9 @@ JSON into DIR; `DIR/summary.md` collects the headline figures with the machine a
 - scaling: stream / load / end-to-end `analyze` of generated bf16 checkpoints with real per-layer
   shapes at growing depth: time and peak RSS (`bench_loading.py`);
 - roofline: the machine's matmul rate and read bandwidth, and how close the kernel and the loader
-  come to them (`bench_roofline.py`).
+  come to them (`bench_roofline.py`);
+- dynamics: the Scan-and-Snap Fig. 6 grid as one vmapped call vs a loop over configurations, and
+  one configuration's jitted loop vs the same update in numpy (`bench_dynamics.py`).
 
 `--quick` (CI-sized, ~2 minutes on 2 cores): a quarter of the 14B heads without the explicit E x E
 route, GPT-2 with it, 2- and 4-layer small checkpoints, smaller roofline products. The full suite
@@ -26,7 +28,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("kernels", "scaling", "roofline")
+PARTS = ("kernels", "scaling", "roofline", "dynamics")
 
 
 def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
@@ -38,12 +40,14 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
         scaling = [[py, script("bench_loading.py"), "--shape", "small", "--layers", "2", "4", "--modes", "stream", "analyze",
                     "--json", f"{out}/scaling.json"]]
         roofline = [[py, script("bench_roofline.py"), "--quick", "--json", f"{out}/roofline.json"]]
+        dynamics = [[py, script("bench_dynamics.py"), "--quick", "--json", f"{out}/dynamics.json"]]
     else:
         kernels = [[py, script("bench_kernels.py"), "--json", f"{out}/kernels.json"]]
         scaling = [[py, script("bench_loading.py"), "--shape", "14b", "--layers", "2", "4", "8", "16",
                     "--json", f"{out}/scaling.json"]]
         roofline = [[py, script("bench_roofline.py"), "--json", f"{out}/roofline.json"]]
-    return {"kernels": kernels, "scaling": scaling, "roofline": roofline}
+        dynamics = [[py, script("bench_dynamics.py"), "--json", f"{out}/dynamics.json"]]
+    return {"kernels": kernels, "scaling": scaling, "roofline": roofline, "dynamics": dynamics}
 
 
 def summarize(out: str) -> str:
@@ -80,6 +84,10 @@ def summarize(out: str) -> str:
                              f"({r['times_jit_matmul_floor']:.1f}x at jit's matmul rate)")
             lines.append(f"- loader: {report['loader']['fraction_of_raw']:.0%} of raw read bandwidth "
                          f"({report['loader']['stream_gb_per_s']:.2f} vs {report['loader']['raw_gb_per_s']:.2f} GB/s)")
+        elif name == "dynamics.json":
+            for r in report["rows"]:
+                lines.append(f"- dynamics, {r['method']}: {r['run_steps_per_s']:.0f} run-steps/s "
+                             f"({r['runs']} runs x {r['steps']} steps in {r['seconds']:.2f} s)")
     if machine:
         lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if not isinstance(v, dict))]
     return "\n".join(lines) + "\n"
