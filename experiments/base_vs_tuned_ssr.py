@@ -29,6 +29,11 @@ noise at these shapes; it does not say the change is related to reasoning, and i
 consistent sign across heads ("heads lower in tuned") is still only descriptive: heads are not
 independent samples and fine-tuned weights are not independent of their base.
 
+A second, complementary yardstick, `paired_z`: the mean change over its spread across heads (the
+change averaged within each (layer, KV head) unit, std over units / sqrt(n_eff)). It asks whether
+the shift is consistent across heads, whatever its size; a fine-tuned model can move every head
+by a tiny, consistent amount. Neither z says anything about reasoning.
+
     python experiments/base_vs_tuned_ssr.py BASE TUNED --out DIR [--null-draws 16] [--groups 4]
 
 Writes `ssr_groups.csv` and the full `compare/` folder (heads_diff.csv, layers_diff.csv,
@@ -59,10 +64,15 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, relative_change  # noqa: E402
-from spectrax.analyses.compare import compare  # noqa: E402
+from spectrax.analyses import compare  # noqa: E402
+from spectrax.analyses.aggregate import (  # noqa: E402
+    group_means,
+    layer_groups,
+    layer_means,
+    relative_change,
+)
 
-__all__ = ["main", "group_table", "STATISTIC"]
+__all__ = ["STATISTIC", "group_table", "main"]
 
 STATISTIC = "ssr_qk"
 BAND = 2.0  # |z| beyond this is "beyond null": about 5% of groups under the null
@@ -82,19 +92,24 @@ def group_table(heads_a: dict[str, np.ndarray], heads_b: dict[str, np.ndarray],
     diff_z = np.asarray(heads_diff[f"{stat}_diff_z"], float)
     per_head_diff = np.asarray(heads_diff[f"{stat}_diff"], float)
     columns: dict[str, list] = {k: [] for k in ("n_heads", "n_eff", "diff", "sigma", "z", "beyond_null",
-                                                "share_heads_abs_z_gt_2", "share_heads_lower_in_tuned")}
+                                                "paired_z", "share_heads_abs_z_gt_2", "share_heads_lower_in_tuned")}
     for i, group in enumerate(groups):
         rows = np.isin(layer, group)
-        n_eff = len(set(zip(layer[rows], kv[rows])))
+        units = sorted(set(zip(layer[rows], kv[rows])))
+        n_eff = len(units)
         diff = float(tuned[stat][i] - base[stat][i])
         sigma = float(np.sqrt(np.nanmean(spread[rows] ** 2)) / np.sqrt(n_eff))
-        z = diff / sigma if sigma > 0 else (0.0 if diff == 0 else np.nan)
+        # Across-heads spread: the change averaged within each (layer, KV head), then its spread
+        # over those units, as in a paired comparison.
+        unit_diffs = np.array([np.nanmean(per_head_diff[rows & (layer == l) & (kv == g)]) for l, g in units])
+        paired = float(np.std(unit_diffs, ddof=1) / np.sqrt(n_eff)) if n_eff > 1 else np.nan
         columns["n_heads"].append(int(rows.sum()))
         columns["n_eff"].append(n_eff)
         columns["diff"].append(diff)
         columns["sigma"].append(sigma)
-        columns["z"].append(z)
-        columns["beyond_null"].append(int(abs(z) > BAND))
+        columns["z"].append(_ratio(diff, sigma))
+        columns["paired_z"].append(_ratio(diff, paired))
+        columns["beyond_null"].append(int(abs(columns["z"][-1]) > BAND))
         columns["share_heads_abs_z_gt_2"].append(float(np.mean(np.abs(np.nan_to_num(diff_z[rows])) > 2)))
         columns["share_heads_lower_in_tuned"].append(float(np.mean(per_head_diff[rows] < 0)))
     return {
@@ -105,6 +120,13 @@ def group_table(heads_a: dict[str, np.ndarray], heads_b: dict[str, np.ndarray],
         **{k: np.asarray(v) for k, v in columns.items()},
         "null_mean_base": base[f"{stat}_null_mean"],
     }
+
+
+def _ratio(diff: float, spread: float) -> float:
+    """diff / spread; 0 for no change at all, NaN for a change with no spread to measure it by."""
+    if np.isfinite(spread) and spread > 0:
+        return diff / spread
+    return 0.0 if diff == 0 else np.nan
 
 
 def _render(table: dict[str, np.ndarray], labels: tuple[str, str], num_draws: int) -> str:
@@ -118,7 +140,8 @@ def _render(table: dict[str, np.ndarray], labels: tuple[str, str], num_draws: in
         "±2σ null band": [fmt(2 * x, 3) for x in table["sigma"]],
         "z": [fmt(x, 3) for x in table["z"]],
         "verdict": ["beyond null" if b else "within null spread" for b in table["beyond_null"]],
-        "heads |z|>2": [f"{100 * x:.0f}%" for x in table["share_heads_abs_z_gt_2"]],
+        "z across heads": [fmt(x, 3) for x in table["paired_z"]],
+        "heads abs(z)>2": [f"{100 * x:.0f}%" for x in table["share_heads_abs_z_gt_2"]],
         "heads lower in tuned": [f"{100 * x:.0f}%" for x in table["share_heads_lower_in_tuned"]],
         "SSR null mean": [fmt(x) for x in table["null_mean_base"]],
     }
@@ -127,7 +150,9 @@ def _render(table: dict[str, np.ndarray], labels: tuple[str, str], num_draws: in
             f"({num_draws} Gaussian draws), n_eff = distinct (layer, KV head) pairs in the group (query heads sharing "
             "a key head are not independent). 'beyond null': |tuned − base| > 2σ, a change larger than SSR's own "
             "fluctuation between independent random matrices of these shapes, averaged over the group. "
-            "'heads |z|>2': share of heads whose own change exceeds 2 per-head null spreads (about 5% expected "
+            "'z across heads': the change over its spread across (layer, KV head) units / sqrt(n_eff), a paired "
+            "comparison: large when the change is consistent across heads, whatever its size. "
+            "'heads abs(z)>2': share of heads whose own change exceeds 2 per-head null spreads (about 5% expected "
             "by chance). 'heads lower in tuned' is descriptive only.")
     return markdown(f"Layer-group Q/K SSR: {labels[0]} (base) vs {labels[1]} (tuned)", shown, note=note)
 

@@ -47,11 +47,11 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
+from spectrax.analyses import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import layer_means, model_values  # noqa: E402
-from spectrax.analyses.collect import Options, collect  # noqa: E402
 from spectrax.io.load import open_source  # noqa: E402
 
-__all__ = ["main", "five_laws_row", "STATISTICS"]
+__all__ = ["STATISTICS", "five_laws_row", "main"]
 
 STATISTICS = ("pearson_qk", "ssr_qk")
 

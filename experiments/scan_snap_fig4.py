@@ -53,7 +53,7 @@ def run(out: str, *, steps: int = 100, seed: int = 0, num_last: int = 2, next_pe
     """Train the Fig. 4 setting and write its metrics and figures into the new folder `out`."""
     with output_folder(out, []) as folder:
         task = ss.make_task(num_last, next_per_last)
-        m = int(task.token_mask.shape[0])
+        m = int(task.probs.shape[1])
         params, traj = ss.run(jax.random.key(seed), task, ss.hyper(lr_z, ratio, momentum), steps=steps,
                               batch_size=batch_size, seq_len=seq_len, zero_init=True, record_rows=True)
         traj = jax.tree.map(np.asarray, traj)

@@ -70,7 +70,7 @@ def run(out: str, *, steps: int = 20000, seed: int = 0, lr_z: float = 1.0, ratio
         slopes = {"early_window": early, "late_window": late, "early_slope_per_ln_t": log_slope(top, *early),
                   "late_slope_per_ln_t": log_slope(top, *late)}
         slopes["late_over_early"] = slopes["late_slope_per_ln_t"] / slopes["early_slope_per_ln_t"]
-        metrics = {"setting": {"num_last": 2, "next_per_last": 1, "M": int(task.token_mask.shape[0]), "steps": steps,
+        metrics = {"setting": {"num_last": 2, "next_per_last": 1, "M": int(task.probs.shape[1]), "steps": steps,
                                "seed": seed, "lr_z": lr_z, "lr_y": lr_z * ratio, "momentum": 0.0, "init": "zero"},
                    "decade_increments": decades, "slopes": slopes, "final_top_logit": float(top[-1]),
                    "final_common_logit": float(common[-1]), "final_loss": float(traj.loss[-1]),
