@@ -28,7 +28,8 @@ def check_output_path(out: str | os.PathLike, *, checkpoint: str | os.PathLike |
     inside the checkpoint being read."""
     out = os.path.abspath(os.fspath(out))
     if os.path.exists(out) and not force:
-        raise FileExistsError(f"output folder {out} already exists; choose a new --out, or --force to replace it")
+        raise FileExistsError(f"output folder {out} already exists; choose another, or force it to be replaced "
+                              "(--force on the command line)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"output path {out} exists and is not a folder; spectrax will not replace it")
     if checkpoint is not None:
