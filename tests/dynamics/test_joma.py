@@ -3,7 +3,7 @@ falls then rises.
 
 The softmax invariant is an approximation (it assumes the attention's class average stays at
 xbar); the exp and linear ones are exact under gradient flow, so SGD follows them up to O(lr)
-over a fixed time, which is tested as such.
+over a fixed time, and exactly once SGD's second-order step term is added; both are tested.
 """
 
 import chex
@@ -59,19 +59,29 @@ def test_normalized_correlation():
 def test_softmax_invariant_tracks_the_logits_in_the_gaussian_setting():
     """SPEC's setting, 2000 steps: NC over t >= 100 for 6 seeds (X and init drawn per seed).
 
-    Measured: the worst-seed minimum is ~0.95-0.99 and the median ~0.985 (0.99 is reached for some
-    seeds only; see experiments/joma_invariants.py). The bounds hold that, and fail if the
-    invariant stops tracking the logits (a wrong sign or temperature drops NC far below)."""
+    The issue's "above 0.99 for t >= 100" does not hold for every seed: over 50 seeds the minimum
+    is above 0.99 for 27 (worst 0.953, median 0.991; here seeds 0-5: 0.994, 0.955, 0.987, 0.989,
+    0.975, 0.995). The implementation matches the reference code's choices, and the gap is the
+    theorem's approximation, not the finite step (joma's module docstring): adding SGD's exact
+    step term leaves NC unchanged, while the class-mean attention the theorem holds fixed moves
+    by several times its size. The bounds hold what is measured, and fail if the invariant stops
+    tracking the logits (a wrong sign or temperature drops NC far below)."""
     minima, finals = [], []
     for seed in range(6):
-        _, _, traj = simulate(seed)
+        task, _, traj = simulate(seed)
         nc = np.asarray(traj.nc)
         assert abs(nc[0] - 1) < 1e-6  # C is fixed at t = 0
         minima.append(nc[100:].min())
         finals.append(nc[-1])
         # the logits really moved: the check is not of a frozen z
         assert np.ptp(np.asarray(traj.z[-1])) > 1.0
+        # not the step: with SGD's O(lr^2) remainder added, NC is the same
+        assert np.abs(np.asarray(traj.nc_stepped) - nc).max() < 1e-3
+        # the assumption: b̄_l = mean_k B[l, k] leaves xbar_l by several times xbar's size
+        drift = np.abs(np.asarray(traj.attn_mean) - np.asarray(task.xbar)).max() / float(task.xbar.max())
+        assert drift > 2.0, drift
     assert min(minima) > 0.95 and np.median(minima) > 0.98, minima
+    assert sum(m > 0.99 for m in minima) >= 2, minima
     assert np.median(finals) > 0.985, finals
     # each part alone predicts far worse: the theory needs both terms
     _, _, traj = simulate(0)
@@ -91,6 +101,26 @@ def test_exact_invariants_hold_to_first_order_in_the_step():
             drifts.append(np.abs(np.asarray(quantity) - predicted).max())
             assert np.asarray(traj.nc)[100:].min() > 0.999
         assert 1.6 < drifts[0] / drifts[1] < 2.5, (kind, drifts)
+
+
+def test_step_term_makes_exact_invariants_exact_under_sgd():
+    """Exp and linear attention at SPEC's lr 0.1 for 2000 steps: prediction + step term equals the
+    invariant's quantity to float32 rounding, through exp attention's blow-up (seed 0: the loss
+    spikes near t = 1850 and one logit jumps to ~ -1880) where the gradient-flow prediction alone
+    is anti-correlated with z."""
+    for kind in ("exp", "linear"):
+        _, _, traj = simulate(0, kind=kind)
+        quantity = np.asarray(joma.invariant_quantity(jnp.asarray(traj.z), kind))
+        predicted = np.asarray(traj.z_hat) ** 2 if kind == "linear" else np.asarray(traj.z_hat)
+        scale = np.abs(quantity).max(axis=1) + np.abs(predicted).max(axis=1)
+        gap = np.abs(quantity - predicted - np.asarray(traj.step_term)).max(axis=1) / scale
+        assert gap.max() < 1e-4, (kind, gap.max())
+        assert np.asarray(traj.nc_stepped).min() > 0.9999
+    # the blow-up is real and is all step term
+    assert np.abs(np.asarray(traj.z)).max() < 10  # (linear stays tame)
+    _, _, traj = simulate(0, kind="exp")
+    assert np.abs(np.asarray(traj.z)).max() > 100 and np.asarray(traj.nc)[-1] < -0.9
+    assert np.asarray(traj.loss).max() > 100 * float(traj.loss[0])
 
 
 def test_gradient_matches_finite_differences():

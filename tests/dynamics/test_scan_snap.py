@@ -28,7 +28,7 @@ def fig4():
 
 def test_task_layout_follows_the_spec():
     task = ss.make_task(2, 1)
-    assert task.token_mask.shape == (34,) and ss.num_tokens(2, 1) == 34 and ss.num_tokens(10, 2) == 240
+    assert task.probs.shape == (2, 34) and ss.num_tokens(2, 1) == 34 and ss.num_tokens(10, 2) == 240
     probs = np.asarray(task.probs)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     weights = np.concatenate([np.ones(10), np.linspace(0.1, 1, 10)])
@@ -38,17 +38,14 @@ def test_task_layout_follows_the_spec():
     np.testing.assert_array_equal(task.next, [32, 33])
     np.testing.assert_array_equal(task.distinct[1], np.arange(20, 30))
     assert np.all(np.asarray(task.support_cdf)[:, -1] == 1.0)
-    padded = ss.make_task(2, 1, max_tokens=50, max_facts=5)
-    assert padded.token_mask.sum() == 34 and padded.fact_mask.sum() == 2 and padded.probs.shape == (5, 50)
+    assert ss.make_task(10, 2).probs.shape == (20, 240)
 
 
 def test_refuses_bad_configuration():
     with pytest.raises(ValueError):
         ss.make_task(0, 1)
     with pytest.raises(ValueError):
-        ss.make_task(3, 2, max_tokens=40)  # needs 79 tokens
-    with pytest.raises(ValueError):
-        ss.make_task(3, 2, max_facts=4)  # needs 6 facts
+        ss.make_task(1, 0)
 
 
 def test_batches_follow_the_distribution():
@@ -68,37 +65,23 @@ def test_batches_follow_the_distribution():
         assert np.abs(freq - p).max() < 0.004
 
 
-def test_padding_does_not_change_the_draws():
-    small = ss.make_task(1, 2)
-    padded = ss.make_task(1, 2, max_tokens=79, max_facts=6)
-    a = ss.sample_batch(jax.random.key(2), small, batch_size=16)
-    b = ss.sample_batch(jax.random.key(2), padded, batch_size=16)
-    np.testing.assert_array_equal(a.query, b.query)
-    np.testing.assert_array_equal(a.counts, b.counts[:, :33])
-    assert np.all(np.asarray(b.counts)[:, 33:] == 0)
-
-
 def test_count_forward_equals_position_forward():
     task = ss.make_task(2, 2)
     params = ss.init_params(jax.random.key(3), task)
     params = ss.Params(params.y * 5, params.z * 5)  # sharper attention than at init
     rng = np.random.default_rng(0)
-    m = task.token_mask.shape[0]
+    m = task.probs.shape[1]
     tokens = rng.integers(0, 50, size=(8, 127))
     query = np.asarray(task.last)[rng.integers(0, 4, size=8)]
     counts = np.stack([np.bincount(t, minlength=m) for t in tokens]).astype(np.float32)
     batch = ss.Batch(jnp.asarray(query), jnp.zeros(8, jnp.int32), jnp.asarray(counts))
-    np.testing.assert_allclose(ss.apply(params, batch, task.token_mask),
+    np.testing.assert_allclose(ss.apply(params, batch),
                                ss.apply_sequence(params, jnp.asarray(tokens), jnp.asarray(query)), rtol=2e-5, atol=2e-6)
 
 
 def test_zero_init_loss_is_ln_m(fig4):
     _, _, traj = fig4
     assert abs(float(traj.loss[0]) - np.log(34)) < 1e-5
-    # Padded to 240 tokens, the masked softmax still sees only the task's 34.
-    padded = ss.make_task(2, 1, max_tokens=240, max_facts=20)
-    _, t2 = ss.run(jax.random.key(0), padded, ss.hyper(1.0), steps=1, batch_size=16, zero_init=True)
-    assert abs(float(t2.loss[0]) - np.log(34)) < 1e-5
 
 
 def test_common_tokens_suppressed_and_distinct_ordered_by_probability(fig4):
@@ -118,41 +101,44 @@ def test_common_tokens_suppressed_and_distinct_ordered_by_probability(fig4):
 
 def test_entropy_decreases_with_lr_z():
     lrs = (0.5, 1.0, 2.0, 3.0)
-    tasks = ss.stack([ss.make_task(1, 2)] * len(lrs))
     hypers = ss.stack([ss.hyper(lr, 1.0) for lr in lrs])
     keys = jax.random.split(jax.random.key(4), len(lrs) * 8).reshape(len(lrs), 8)
-    _, traj = ss.run_grid(keys, tasks, hypers, steps=40, batch_size=64)
+    ((_, traj),) = ss.run_grid([keys], [ss.make_task(1, 2)], [hypers], steps=40, batch_size=64)
     final = np.asarray(traj.entropy[:, :, -1]).mean(axis=1)
     assert np.all(np.diff(final) < 0), final
     assert final[0] - final[-1] > 0.2
 
 
+def grid_case():
+    """Two groups of different sizes (M = 33 and 56), two configurations x two seeds each."""
+    tasks = [ss.make_task(1, 2), ss.make_task(2, 2)]
+    hypers = [ss.stack([ss.hyper(1.0, 2.0), ss.hyper(2.0, 1.0, momentum=0.0)]),
+              ss.stack([ss.hyper(0.5, 5.0), ss.hyper(3.0, 1.0)])]
+    keys = list(jax.random.split(jax.random.key(5), 8).reshape(2, 2, 2))
+    return keys, tasks, hypers
+
+
 def test_grid_entry_equals_its_single_run():
-    lasts = (1, 2)
-    m, f = ss.num_tokens(2, 2), 4
-    tasks = [ss.make_task(n, 2, max_tokens=m, max_facts=f) for n in lasts]
-    hypers = [ss.hyper(1.0, 2.0), ss.hyper(2.0, 1.0, momentum=0.0)]
-    keys = jax.random.split(jax.random.key(5), 4).reshape(2, 2)
-    params, traj = ss.run_grid(keys, ss.stack(tasks), ss.stack(hypers), steps=8, batch_size=32)
-    for c in range(2):
-        for r in range(2):
-            p1, t1 = ss.run(keys[c, r], tasks[c], hypers[c], steps=8, batch_size=32)
-            np.testing.assert_allclose(params.z[c, r], p1.z, rtol=1e-4, atol=1e-6)
-            np.testing.assert_allclose(traj.loss[c, r], t1.loss, rtol=1e-5)
+    keys, tasks, hypers = grid_case()
+    out = ss.run_grid(keys, tasks, hypers, steps=8, batch_size=32)
+    assert [o[0].z.shape for o in out] == [(2, 2, 33, 33), (2, 2, 56, 56)]  # each group at its own size
+    for g, (params, traj) in enumerate(out):
+        for c in range(2):
+            for r in range(2):
+                h = jax.tree.map(lambda a, c=c: a[c], hypers[g])
+                p1, t1 = ss.run(keys[g][c, r], tasks[g], h, steps=8, batch_size=32)
+                np.testing.assert_allclose(params.z[c, r], p1.z, rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(params.y[c, r], p1.y, rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(traj.loss[c, r], t1.loss, rtol=1e-5)
+                np.testing.assert_allclose(traj.entropy[c, r], t1.entropy, rtol=1e-5)
 
 
-def test_padded_run_follows_the_unpadded_dynamics():
-    small = ss.make_task(1, 2)
-    padded = ss.make_task(1, 2, max_tokens=60, max_facts=5)
-    p0 = ss.init_params(jax.random.key(6), small)
-    pad = lambda a: jnp.zeros((60, 60), a.dtype).at[:33, :33].set(a)  # noqa: E731
-    h = ss.hyper(1.0, 2.0)
-    pa, ta = ss.train(p0, jax.random.key(7), small, h, steps=10, batch_size=32)
-    pb, tb = ss.train(ss.Params(pad(p0.y), pad(p0.z)), jax.random.key(7), padded, h, steps=10, batch_size=32)
-    np.testing.assert_allclose(pb.z[:33, :33], pa.z, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(pb.y[:33, :33], pa.y, rtol=1e-5, atol=1e-6)
-    assert np.all(np.asarray(pb.y)[33:] == 0) and np.all(np.asarray(pb.z)[:, 33:] == 0)
-    np.testing.assert_allclose(tb.entropy, ta.entropy, rtol=1e-5)
+def test_grid_refuses_mismatched_groups():
+    keys, tasks, hypers = grid_case()
+    with pytest.raises(ValueError):
+        ss.run_grid(keys, tasks[:1], hypers, steps=2, batch_size=8)
+    with pytest.raises(AssertionError):  # 2 configurations of keys, 1 of learning rates
+        ss.run_grid(keys[:1], tasks[:1], [ss.stack([ss.hyper(1.0)])], steps=2, batch_size=8)
 
 
 def test_optimizer_is_torch_sgd_with_momentum():
@@ -164,9 +150,9 @@ def test_optimizer_is_torch_sgd_with_momentum():
     # By hand: buf = mu * buf + g; p -= lr * buf, with the batches train draws.
     k0, k1 = jax.random.split(key, 2)
     grad = jax.grad(ss.loss_fn)
-    g0 = grad(p0, ss.sample_batch(k0, task, batch_size=16), task.token_mask)
+    g0 = grad(p0, ss.sample_batch(k0, task, batch_size=16))
     p1 = ss.Params(p0.y - lr_z * ratio * g0.y, p0.z - lr_z * g0.z)
-    g1 = grad(p1, ss.sample_batch(k1, task, batch_size=16), task.token_mask)
+    g1 = grad(p1, ss.sample_batch(k1, task, batch_size=16))
     expect_y = p1.y - lr_z * ratio * (mu * g0.y + g1.y)
     expect_z = p1.z - lr_z * (mu * g0.z + g1.z)
     np.testing.assert_allclose(p2.y, expect_y, rtol=1e-5, atol=1e-7)
@@ -184,7 +170,7 @@ def test_gradient_matches_finite_differences():
         batch = batch._replace(counts=batch.counts.astype(jnp.float64))
         p = ss.init_params(jax.random.key(11), task)
         p = ss.Params(p.y.astype(jnp.float64) * 3, p.z.astype(jnp.float64) * 3)
-        loss = jax.jit(lambda q: ss.loss_fn(q, batch, task.token_mask))
+        loss = jax.jit(lambda q: ss.loss_fn(q, batch))
         g = jax.grad(loss)(p)
         rng = np.random.default_rng(1)
         for _ in range(4):
@@ -215,11 +201,12 @@ def test_compiles_once_per_shape():
     for seed, lr in ((0, 0.5), (1, 1.0), (2, 3.0)):
         p = ss.init_params(jax.random.key(seed), task)
         counted(p, jax.random.key(seed), task, ss.hyper(lr, 2.0), steps=3, batch_size=8)
-    # the shapes of test_grid_entry_equals_its_single_run: at most one new compile for three sweeps
+    # the layout of test_grid_entry_equals_its_single_run: at most one new compile for three sweeps
+    # with other seeds and learning rates (groups of several sizes still make one program)
+    keys, tasks, hypers = grid_case()
     before = ss.run_grid._cache_size()
-    m = ss.num_tokens(2, 2)
-    tasks = ss.stack([ss.make_task(n, 2, max_tokens=m, max_facts=4) for n in (2, 1)])
     for seed in range(3):
-        keys = jax.random.split(jax.random.key(seed), 4).reshape(2, 2)
-        ss.run_grid(keys, tasks, ss.stack([ss.hyper(seed + 1.0), ss.hyper(0.5)]), steps=8, batch_size=32)
+        keys = list(jax.random.split(jax.random.key(seed), 8).reshape(2, 2, 2))
+        hypers = [jax.tree.map(lambda a, s=seed: a + s, h) for h in hypers]
+        ss.run_grid(keys, tasks, hypers, steps=8, batch_size=32)
     assert ss.run_grid._cache_size() - before <= 1
