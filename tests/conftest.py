@@ -18,6 +18,19 @@ def fixture_names() -> list[str]:
     return sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir())
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every XLA CPU executable keeps memory mappings; one pytest process compiling the whole suite's
+    kernels passed Linux's default `vm.max_map_count` (65530) and LLVM crashed inside a later
+    compile. Tests that count compilations do so within one module, so clearing between modules
+    keeps them meaningful.
+    """
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def checkpoints() -> pathlib.Path:
     return CHECKPOINTS
