@@ -13,8 +13,9 @@ JSON into DIR; `DIR/summary.md` collects the headline figures with the machine a
 - dynamics: the Scan-and-Snap Fig. 6 grid as one vmapped call vs a loop over configurations, and
   one configuration's jitted loop vs the same update in numpy (`bench_dynamics.py`).
 
-`--quick` (CI-sized, ~2 minutes on 2 cores): a quarter of the 14B heads without the explicit E x E
-route, GPT-2 with it, 2- and 4-layer small checkpoints, smaller roofline products. The full suite
+`--quick` (CI-sized, 104 s on the idle 2-core machine of RESULTS.md): a quarter of the 14B heads
+without the explicit E x E route or nulls, GPT-2 with both, 2- and 4-layer small checkpoints,
+smaller roofline products, an 8-configuration dynamics grid. The full suite
 takes ~30-60 minutes and ~10 GB of scratch disk. Figures are recorded in benchmarks/RESULTS.md.
 """
 
@@ -35,7 +36,7 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
     py = sys.executable
     script = lambda name: os.path.join(HERE, name)  # noqa: E731
     if quick:
-        kernels = [[py, script("bench_kernels.py"), "--quick", "--shapes", "14b", "--no-qk", "--json", f"{out}/kernels_14b.json"],
+        kernels = [[py, script("bench_kernels.py"), "--quick", "--shapes", "14b", "--no-qk", "--no-nulls", "--json", f"{out}/kernels_14b.json"],
                    [py, script("bench_kernels.py"), "--quick", "--shapes", "gpt2", "--json", f"{out}/kernels_gpt2.json"]]
         scaling = [[py, script("bench_loading.py"), "--shape", "small", "--layers", "2", "4", "--modes", "stream", "analyze",
                     "--json", f"{out}/scaling.json"]]
