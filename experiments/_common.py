@@ -17,8 +17,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 import spectrax  # noqa: F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
+from spectrax.analyses.pipeline import parse_layers
 from spectrax.io import CheckpointError
 from spectrax.report.output import atomic_output_dir, check_output_path
+from spectrax.report.tables import format_number as fmt
 from spectrax.report.tables import to_markdown, write_csv
 
 __all__ = [
@@ -48,20 +50,6 @@ def add_common_options(parser: argparse.ArgumentParser, *, draws: int = 16) -> N
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def parse_layers(text: str | None) -> list[int] | None:
-    """`"0,2,5-7"` -> `[0, 2, 5, 6, 7]`; `None`/empty -> `None` (all layers)."""
-    if not text:
-        return None
-    layers: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        try:
-            layers.extend(range(int(lo), int(hi or lo) + 1))
-        except ValueError as err:
-            raise ValueError(f"bad --layers entry {part!r}; use e.g. 0,4-7") from err
-    return layers
-
-
 @contextlib.contextmanager
 def output_folder(out: str, checkpoints: Sequence[str]) -> Iterator[str]:
     """A temporary folder that becomes `out` when the block succeeds.
@@ -69,9 +57,7 @@ def output_folder(out: str, checkpoints: Sequence[str]) -> Iterator[str]:
     Refuses an existing `out` (FileExistsError) and an `out` inside any of the checkpoints
     (ValueError) before any work starts.
     """
-    if os.path.lexists(out):
-        raise FileExistsError(f"output folder {os.path.abspath(out)} already exists; choose a new --out")
-    for path in checkpoints:
+    for path in checkpoints[1:]:
         check_output_path(out, checkpoint=path, force=False)
     with atomic_output_dir(out, checkpoint=checkpoints[0] if checkpoints else None) as tmp:
         yield tmp
@@ -112,16 +98,6 @@ def write_table(table: Mapping[str, np.ndarray], folder: str, name: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_csv(table, path)
     return path
-
-
-def fmt(x, digits: int = 4) -> str:
-    """A number for a Markdown cell: `digits` significant digits, "n/a" for NaN/None."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, str):
-        return x
-    x = float(x)
-    return "n/a" if np.isnan(x) else f"{x:.{digits}g}"
 
 
 def markdown(title: str, table: Mapping[str, Sequence], columns: Sequence[str] | None = None,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from spectrax.report.plots import save_figure  # noqa: E402
 from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
@@ -85,9 +86,7 @@ def _plot(path, vs, hs, mu, i) -> None:
     b.set(xlabel="step", ylabel="entropy of softmax(v²/T) (nats)",
           title="Attention gets sparser, then denser")
     b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from spectrax.report.plots import save_figure  # noqa: E402
 from experiments._common import fmt, markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
@@ -155,7 +156,7 @@ def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:
            title="JoMA: invariant-predicted vs real attention logits")
     ax.set_ylim(max(-1.0, min(float(np.min(v)) for v in curves.values()) - 0.02), 1.005)
     ax.legend(fontsize=7, loc="lower left")
-    _save(fig, os.path.join(folder, "nc.png"))
+    save_figure(fig, os.path.join(folder, "nc.png"))
 
     task, traj = keep["softmax/gaussian"]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -175,7 +176,7 @@ def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:
         c.plot(traj.z_hat[:, l], color=c.lines[-1].get_color(), linestyle=":", linewidth=1)
     c.set(xlabel="SGD step", ylabel="logit", title="Real (solid) and predicted (dotted) logits")
     c.legend(fontsize=6, ncol=2)
-    _save(fig, os.path.join(folder, "logits.png"))
+    save_figure(fig, os.path.join(folder, "logits.png"))
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for l in range(4):
@@ -184,13 +185,7 @@ def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:
     ax.set(xlabel="SGD step", ylabel="V[l, 0] = (U_C^T W)[l, class 0]",
            title="JoMA softmax, Gaussian X: growth of V's first column")
     ax.legend(fontsize=7)
-    _save(fig, os.path.join(folder, "components.png"))
-
-
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(folder, "components.png"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from spectrax.report.plots import save_figure  # noqa: E402
 from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
 
 import jax  # noqa: E402
@@ -107,7 +108,7 @@ def _plots(folder: str, traj, task, m: int) -> None:
     ax.axhline(np.log(m), color="k", linestyle="--", linewidth=0.8, label=f"ln M = {np.log(m):.3f}")
     ax.set(xlabel="iteration", ylabel="cross-entropy (log scale)", title="Scan and Snap Fig. 4: loss")
     ax.legend()
-    _save(fig, os.path.join(folder, "loss.png"))
+    save_figure(fig, os.path.join(folder, "loss.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = plt.get_cmap("viridis")(np.linspace(0, 1, traj.z_distinct.shape[1]))
@@ -119,7 +120,7 @@ def _plots(folder: str, traj, task, m: int) -> None:
     ax.set(xlabel="iteration", ylabel="Z[m, l] (mean over facts)",
            title="Attention logits per token class")
     ax.legend(fontsize=6, ncol=2)
-    _save(fig, os.path.join(folder, "logits.png"))
+    save_figure(fig, os.path.join(folder, "logits.png"))
 
     # c(l) ∝ P(l|n) exp(Z[m, l]) over the fact's whole support (common | distinct), fact 0.
     support = np.asarray(task.support[0])
@@ -135,13 +136,7 @@ def _plots(folder: str, traj, task, m: int) -> None:
     ax.set(xlabel="contextual token (10 common | 10 distinct of n, by increasing P(l|n))",
            title="Attention c(l) ∝ P(l|n) exp(Z[m,l]), fact 0")
     fig.colorbar(im, ax=ax, label="c(l)")
-    _save(fig, os.path.join(folder, "attention.png"))
-
-
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(folder, "attention.png"))
 
 
 def build_parser() -> argparse.ArgumentParser:

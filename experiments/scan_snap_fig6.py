@@ -34,6 +34,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from spectrax.report.plots import save_figure  # noqa: E402
 from experiments._common import fmt, markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
@@ -146,9 +147,7 @@ def _plot(path: str, table: dict, grid: dict, seeds: int, steps: int) -> None:
     first.legend(fontsize=7)
     fig.suptitle(f"Scan and Snap Fig. 6: final attention entropy ({seeds} seeds, {steps} iterations, mean ± std)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from spectrax.report.plots import save_figure  # noqa: E402
 from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
@@ -108,9 +109,7 @@ def _plot(path, z_distinct, common, decades, lr_z, ratio) -> None:
     b.bar(labels, [d["increase"] for d in decades], color="tab:blue")
     b.set(xlabel="decade of iterations", ylabel="increase of the top distinct logit",
           title="Increase per decade (shrinking = snap)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

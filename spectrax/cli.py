@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from spectrax.analyses.pipeline import ANALYSES
+from spectrax.analyses.pipeline import ANALYSES, parse_layers
 from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
@@ -69,17 +69,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_layers(text: str | None) -> list[int] | None:
-    """`"0,2,5-7"` -> [0, 2, 5, 6, 7]."""
-    if not text:
-        return None
-    layers: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        layers.extend(range(int(lo), int(hi or lo) + 1))
-    return layers
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from spectrax.analyses.analyze import analyze
 
@@ -98,7 +87,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _analysis_options(args: argparse.Namespace) -> dict:
     return dict(
         analyses=[a for a in args.analyses.split(",") if a], num_draws=args.null_draws, seed=args.seed,
-        layers=_parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop, top_k=args.top_k,
+        layers=parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop, top_k=args.top_k,
         shuffle_draws=args.shuffle_draws, force=args.force,
     )
 

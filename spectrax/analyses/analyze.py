@@ -32,7 +32,7 @@ from spectrax.analyses.rank import RANK_STATISTICS
 from spectrax.io.load import Source, open_source, stream_layers
 from spectrax.report import plots, sections
 from spectrax.report.output import checkpoint_fingerprint, run_folder
-from spectrax.report.tables import write_csv, write_json
+from spectrax.report.tables import json_value, write_csv, write_json
 
 __all__ = ["analyze", "ANALYSES", "HEADLINE", "KERNEL_HEADLINE", "write_results"]
 
@@ -154,11 +154,11 @@ def _laws(heads: dict[str, np.ndarray], per_layer: dict[str, np.ndarray], folder
     groups = group_means(per_layer, HEADLINE, layer_groups(per_layer["layer"], NUM_GROUPS))
     return {
         "model": {stat: model_values(heads, per_layer, stat) for stat in HEADLINE},
-        "groups": {str(g): {s: _nan(groups[s][i]) for s in ("ssr_qk", "ssr_qk_null_mean", "pearson_qk")}
+        "groups": {str(g): {s: json_value(groups[s][i]) for s in ("ssr_qk", "ssr_qk_null_mean", "pearson_qk")}
                    for i, g in enumerate(groups["group"])},
-        "precision": {str(f): {c: _json(precision[c][i]) for c in precision if c != "format"}
+        "precision": {str(f): {c: json_value(precision[c][i]) for c in precision if c != "format"}
                       for i, f in enumerate(precision["format"])},
-        "median_cond_qk": _nan(np.nanmedian(measured)),
+        "median_cond_qk": json_value(np.nanmedian(measured)),
         "nonfinite_heads": [[int(l), int(h)] for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f],
     }
 
@@ -190,7 +190,7 @@ def _by_kind(matrices: dict[str, np.ndarray], stats) -> dict:
     for kind in dict.fromkeys(matrices["matrix"].tolist()):
         rows = matrices["matrix"] == kind
         out[kind] = {
-            stat: {suffix.lstrip("_") or "mean": _nan(finite_mean(np.asarray(matrices[stat + suffix], float)[rows]))
+            stat: {suffix.lstrip("_") or "mean": json_value(finite_mean(np.asarray(matrices[stat + suffix], float)[rows]))
                    for suffix in ("", "_null_mean", "_z", "_shuffle_mean") if stat + suffix in matrices}
             for stat in stats
         }
@@ -231,16 +231,3 @@ def _spectra_plots(tables: Tables, source: Source, folder: str, crop: int | None
             made.append({"layer": layer, "matrix": name, "head": head, "why": why, "file": f"plots/spectrum_{label}.png"})
     return made
 
-
-def _nan(x) -> float | None:
-    x = float(x)
-    return None if np.isnan(x) else x
-
-
-def _json(x):
-    if isinstance(x, (str, np.str_)):
-        return str(x)
-    if isinstance(x, (np.integer, int)):
-        return int(x)
-    x = float(x)
-    return None if np.isnan(x) else (str(x) if np.isinf(x) else x)

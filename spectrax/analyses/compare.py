@@ -28,7 +28,7 @@ from spectrax.analyses.pipeline import Options, check_analyses, collect
 from spectrax.io.load import open_source
 from spectrax.report import plots, sections
 from spectrax.report.output import check_output_path, checkpoint_fingerprint, run_folder
-from spectrax.report.tables import write_csv
+from spectrax.report.tables import json_value, write_csv
 
 __all__ = ["compare", "difference_table", "statistic_columns"]
 
@@ -134,9 +134,9 @@ def _write_differences(ta, tb, folder: str, labels: tuple[str, str]) -> dict:
             z = np.asarray(heads.get(f"{stat}_diff_z", np.full(len(heads["layer"]), np.nan)), float)
             i = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
             summary["heads"][stat] = {
-                "mean_diff": _nan(np.nanmean(heads[f"{stat}_diff"])),
+                "mean_diff": json_value(np.nanmean(heads[f"{stat}_diff"])),
                 "share_beyond_2": float(np.mean(np.abs(np.nan_to_num(z)) > 2)),
-                "max_abs_z": _nan(abs(z[i])), "max_layer": int(heads["layer"][i]), "max_head": int(heads["head"][i]),
+                "max_abs_z": json_value(abs(z[i])), "max_layer": int(heads["layer"][i]), "max_head": int(heads["head"][i]),
             }
         per_a, per_b = layer_means(ta.heads, stats), layer_means(tb.heads, stats)
         write_csv(difference_table(per_a, per_b), os.path.join(folder, "layers_diff.csv"))
@@ -176,7 +176,3 @@ def _write_differences(ta, tb, folder: str, labels: tuple[str, str]) -> dict:
                                  title=f"effective rank: ({labels[1]} − {labels[0]}) / null spread")
     return summary
 
-
-def _nan(x) -> float | None:
-    x = float(x)
-    return None if np.isnan(x) else x

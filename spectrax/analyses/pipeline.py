@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from spectrax.analyses.esd import matrix_esd_rows
 from spectrax.analyses.kernel import kernel_layer
 from spectrax.analyses.laws import laws_layer
-from spectrax.analyses.rank import rank_globals, rank_layer
+from spectrax.analyses.rank import matrix_rank_rows
 from spectrax.analyses.weights import global_matrices, layer_matrices, matrix_columns
 from spectrax.io.load import Source, open_source, stream_layers
 from spectrax.report.output import RunFolder
 from spectrax.report.tables import concat
 
-__all__ = ["ANALYSES", "Options", "Tables", "check_analyses", "collect", "layer_results", "global_results"]
+__all__ = ["ANALYSES", "Options", "Tables", "check_analyses", "collect", "parse_layers", "layer_results", "global_results"]
 
 ANALYSES = ("laws", "rank", "kernel", "esd")
 _PER_HEAD = ("laws", "kernel")
@@ -61,6 +61,20 @@ class Tables:
     kernel_bases: np.ndarray | None
 
 
+def parse_layers(text: str | None) -> list[int] | None:
+    """A command line's layer selection, `"0,2,5-7"` -> `[0, 2, 5, 6, 7]`; empty -> `None` (all)."""
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            layers.extend(range(int(lo), int(hi or lo) + 1))
+        except ValueError as err:
+            raise ValueError(f"bad --layers entry {part!r}; use e.g. 0,4-7") from err
+    return layers
+
+
 def check_analyses(analyses: Iterable[str]) -> tuple[str, ...]:
     """The requested analyses in canonical order; `ValueError` naming any unknown one."""
     requested = list(analyses)
@@ -83,11 +97,22 @@ def _merge_matrix_tables(tables: Sequence[dict[str, np.ndarray]]) -> dict[str, n
     return merged
 
 
-def _esd_table(matrices: dict[str, np.ndarray], key: jax.Array, options: Options) -> dict[str, np.ndarray]:
+def _matrix_table(matrices: dict[str, np.ndarray], slot: int, analyses: Sequence[str],
+                  options: Options) -> dict[str, np.ndarray] | None:
+    """Rank and esd columns side by side for named matrices, each cropped once (`options.crop`);
+    `slot` is the layer (or the embedding's slot) in the random keys."""
     if options.crop is not None:
         matrices = {name: w[: options.crop, : options.crop] for name, w in matrices.items()}
-    rows = matrix_esd_rows(matrices, key, num_draws=options.num_draws, shuffle_draws=options.shuffle_draws)
-    return matrix_columns(rows, {name: tuple(w.shape) for name, w in matrices.items()})
+    shapes = {name: tuple(w.shape) for name, w in matrices.items()}
+    tables = []
+    if "rank" in analyses:
+        rows = matrix_rank_rows(matrices, _key(options, "rank", slot), num_draws=options.num_draws)
+        tables.append(matrix_columns(rows, shapes))
+    if "esd" in analyses:
+        rows = matrix_esd_rows(matrices, _key(options, "esd", slot), num_draws=options.num_draws,
+                               shuffle_draws=options.shuffle_draws)
+        tables.append(matrix_columns(rows, shapes))
+    return _merge_matrix_tables(tables) if tables else None
 
 
 def layer_results(params: dict, layer: int, analyses: Sequence[str], options: Options) -> dict[str, dict[str, np.ndarray]]:
@@ -106,28 +131,17 @@ def layer_results(params: dict, layer: int, analyses: Sequence[str], options: Op
         H = len(next(iter(heads.values())))
         out["heads"] = {"layer": np.full(H, layer), "head": np.arange(H),
                         **{c: v for c, v in heads.items() if c not in ("layer", "head")}}
-    tables = []
-    if "rank" in analyses:
-        tables.append(rank_layer(params, _key(options, "rank", layer), num_draws=options.num_draws, crop=options.crop))
-    if "esd" in analyses:
-        tables.append(_esd_table(dict(layer_matrices(params)), _key(options, "esd", layer), options))
-    if tables:
-        table = _merge_matrix_tables(tables)
+    if any(a in analyses for a in _PER_MATRIX):
+        table = _matrix_table(dict(layer_matrices(params)), layer, analyses, options)
         out["matrices"] = {"layer": np.full(len(table["matrix"]), layer), **table}
     return out
 
 
 def global_results(source: Source, analyses: Sequence[str], options: Options) -> dict[str, dict[str, np.ndarray]]:
     """Per-matrix analyses of the token embedding and untied output head (layer -1)."""
-    tables = []
-    if "rank" in analyses:
-        tables.append(rank_globals(source, _key(options, "rank", _GLOBAL_LAYER), num_draws=options.num_draws,
-                                   crop=options.crop))
-    if "esd" in analyses:
-        tables.append(_esd_table(global_matrices(source), _key(options, "esd", _GLOBAL_LAYER), options))
-    if not tables:
+    if not any(a in analyses for a in _PER_MATRIX):
         return {}
-    table = _merge_matrix_tables(tables)
+    table = _matrix_table(global_matrices(source), _GLOBAL_LAYER, analyses, options)
     return {"matrices": {"layer": np.full(len(table["matrix"]), -1), **table}}
 
 

@@ -13,7 +13,8 @@ Unlike the source, which compared raw singular values with those of a unit-varia
 it mostly measured the weights' scale), both distances are scale-free. Every statistic comes with
 a Monte Carlo null over shape- and scale-matched Gaussian matrices (drawn directly in singular
 values), so `X_z` says whether the weight departs from what a random matrix of its shape does.
-`crop=c` analyzes only the top-left `c x c` block, to reproduce the source's 256 x 256 protocol.
+The pipeline's `crop=c` hands in only each matrix's top-left `c x c` block, to reproduce the
+source's 256 x 256 protocol.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
-from spectrax.analyses.weights import global_matrices, layer_matrices, matrix_columns
-from spectrax.io.load import Source
 
-__all__ = ["rank_statistics", "matrix_rank_rows", "rank_layer", "rank_globals", "RANK_STATISTICS"]
+__all__ = ["rank_statistics", "matrix_rank_rows", "RANK_STATISTICS"]
 
 RANK_STATISTICS = ("erank", "erank_squared", "max_mean", "stable_rank", "sigma_max", "ks_mp", "ks_gauss")
 _REFERENCE_DRAWS = 4  # Gaussian matrices pooled into the ks_gauss reference sample
@@ -56,19 +55,16 @@ def _null_statistics(s, *, shape):
     return rank_statistics(s, jax.random.key(0), shape)
 
 
-def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_draws: int = 16,
-                     crop: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *,
+                     num_draws: int = 16) -> dict[str, dict[str, np.ndarray]]:
     """Statistics with null columns for named 2-D matrices.
 
     Args:
       matrices: `{name: (m, n)}` (any float dtype); same-shaped matrices are batched in one call.
       key: PRNG key for the reference samples and the nulls.
-      crop: analyze only the top-left `crop x crop` block.
     Returns:
       `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`.
     """
-    if crop is not None:
-        matrices = {name: w[:crop, :crop] for name, w in matrices.items()}
     by_shape: dict[tuple[int, int], list[str]] = {}
     for name, w in matrices.items():
         chex.assert_rank(w, 2)
@@ -84,21 +80,3 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}
     return rows
-
-
-def rank_layer(params: dict, key: jax.Array, *, num_draws: int = 16, crop: int | None = None) -> dict[str, np.ndarray]:
-    """Rows for one unstacked canonical layer: one per weight matrix (see `layer_matrices`)."""
-    matrices = dict(layer_matrices(params))
-    rows = matrix_rank_rows(matrices, key, num_draws=num_draws, crop=crop)
-    return matrix_columns(rows, {name: _shape(w, crop) for name, w in matrices.items()})
-
-
-def rank_globals(source: Source, key: jax.Array, *, num_draws: int = 16, crop: int | None = None) -> dict[str, np.ndarray]:
-    """Rows for the token embedding and the untied output head."""
-    matrices = global_matrices(source)
-    rows = matrix_rank_rows(matrices, key, num_draws=num_draws, crop=crop)
-    return matrix_columns(rows, {name: _shape(w, crop) for name, w in matrices.items()})
-
-
-def _shape(w: np.ndarray, crop: int | None) -> tuple[int, int]:
-    return tuple(min(d, crop) if crop else d for d in w.shape)

@@ -16,10 +16,17 @@ import numpy as np  # noqa: E402
 from spectrax import spectral as sp  # noqa: E402
 from spectrax.report.tables import Table  # noqa: E402
 
-__all__ = ["head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap", "spectrum_vs_mp", "compare_trend"]
+__all__ = ["save_figure", "head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap", "spectrum_vs_mp", "compare_trend"]
 
 # z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Lay out, write (120 dpi) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _z_norm(grid: np.ndarray) -> matplotlib.colors.Normalize:
@@ -62,9 +69,7 @@ def head_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: s
     ax.set_ylabel("layer")
     ax.set_yticks(range(len(ids)), [str(i) for i in ids]) if len(ids) <= 40 else None
     ax.set_title(title or column)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str | None = None) -> None:
@@ -82,9 +87,7 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str 
     ax.set_ylabel(stat)
     ax.set_title(title or stat)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: str | None = None) -> None:
@@ -102,15 +105,7 @@ def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title:
     ax.set_yticks(range(len(ids)), ["emb" if i < 0 else str(i) for i in ids]) if len(ids) <= 40 else None
     ax.set_ylabel("layer")
     ax.set_title(title or column)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _save(fig, path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.PathLike, *, chance: float,
@@ -138,7 +133,7 @@ def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.Pa
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
     ax.set_title(f"{title or 'layer x layer similarity'}\nchance level {chance:.3g}: cyan line on the colour bar", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLike, *, title: str | None = None) -> None:
@@ -175,7 +170,7 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
     right.set_ylabel("observed eigenvalue")
     right.legend(fontsize=7)
     fig.suptitle(title or "spectrum vs Marchenko-Pastur", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, labels: tuple[str, str],
@@ -201,4 +196,4 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, lab
     bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     bottom.legend(fontsize=7)
     fig.suptitle(title or stat, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

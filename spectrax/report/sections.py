@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spectrax.report.tables import to_markdown
+from spectrax.report.tables import format_number, to_markdown
 
 __all__ = ["header", "laws", "rank", "esd", "kernel", "files", "compare"]
 
@@ -21,10 +21,6 @@ _Z_NOTABLE = 3.0
 def _table(rows: dict[str, list]) -> str:
     return to_markdown({k: np.array(v, dtype=object if any(isinstance(x, str) for x in v) else float)
                         for k, v in rows.items()})
-
-
-def _f(x, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}g}"
 
 
 def header(summary: dict) -> str:
@@ -78,7 +74,7 @@ def laws(summary: dict) -> str:
     notable = [(s, v) for s, v in model.items() if v.get("mean_z") is not None and abs(v["mean_z"]) > _Z_NOTABLE]
     if notable:
         lines += [f"- `{s}` departs from the random null: mean z = {v['mean_z']:.1f} "
-                  f"(observed {_f(v['median_over_layers'])} vs null {_f(v['null_mean'])})." for s, v in notable]
+                  f"(observed {format_number(v['median_over_layers'])} vs null {format_number(v['null_mean'])})." for s, v in notable]
     else:
         lines.append(f"- No statistic departs from its random null by more than {_Z_NOTABLE:g} standard deviations on average.")
     pearson = model.get("pearson_qk", {})
@@ -93,7 +89,7 @@ def laws(summary: dict) -> str:
         "",
         "\"Third law\" depth limits, L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
         "log2(max finite)/log2 κ), with κ = 2 as the source fixes it and with the median measured condition "
-        f"number of the Q and K heads (κ = {_f(summary['median_cond_qk'])}); the formula is the source's heuristic, "
+        f"number of the Q and K heads (κ = {format_number(summary['median_cond_qk'])}); the formula is the source's heuristic, "
         "not a derived bound (`precision.csv`):",
         "",
         _table({"format": list(precision),
@@ -181,19 +177,19 @@ def kernel(summary: dict) -> str:
     if b:
         verdict = ("more than 3 null std below random kernels" if b["below_null_3std"]
                    else "within 3 null std of random kernels: the lowest of the layers, but not distinguishable from what random heads of this shape give")
-        lines.append(f"- The bottleneck (lowest mean kernel effective rank) is layer {b['layer']}: {_f(b['kernel_erank'])} "
-                     f"vs {_f(b['kernel_erank_null_mean'])} ± {_f(b['kernel_erank_null_std'], 2)} for random kernels, {verdict}.")
+        lines.append(f"- The bottleneck (lowest mean kernel effective rank) is layer {b['layer']}: {format_number(b['kernel_erank'])} "
+                     f"vs {format_number(b['kernel_erank_null_mean'])} ± {format_number(b['kernel_erank_null_std'], 2)} for random kernels, {verdict}.")
         z = b["ffn_alignment_z"]
         verdict = ("no more and no less than a random subspace would" if z is None or abs(z) < 2 else
                    "more than a random subspace would" if z > 0 else "less than a random subspace would")
-        lines.append(f"- FFN alignment at the bottleneck is {_f(b['ffn_alignment_ratio'], 3)}x chance (mean z "
-                     f"{_f(z, 3)}): the MLP input overlaps the heads' kernel subspaces {verdict}.")
+        lines.append(f"- FFN alignment at the bottleneck is {format_number(b['ffn_alignment_ratio'], 3)}x chance (mean z "
+                     f"{format_number(z, 3)}): the MLP input overlaps the heads' kernel subspaces {verdict}.")
     adjacent = summary.get("adjacent_similarity")
     if adjacent and adjacent.get("largest"):
         top = adjacent["largest"]
         lines.append(f"- The most similar adjacent layers are {top['layers'][0]} and {top['layers'][1]}: similarity "
-                     f"{_f(top['similarity'], 3)} vs chance {_f(adjacent['chance'], 3)} ± {_f(adjacent['null_std'], 2)} "
-                     f"(mean z {_f(top['z'], 3)}).")
+                     f"{format_number(top['similarity'], 3)} vs chance {format_number(adjacent['chance'], 3)} ± {format_number(adjacent['null_std'], 2)} "
+                     f"(mean z {format_number(top['z'], 3)}).")
     lines.append("")
     return "\n".join(lines)
 
@@ -228,8 +224,8 @@ def compare(summary: dict) -> str:
     if summary.get("layer_groups"):
         lines += ["Layer groups:", "", _table(summary["layer_groups"]), ""]
     lines += ["Per-head differences beyond ±2 null spreads (share of heads):", ""]
-    lines += [f"- `{stat}`: {v['share_beyond_2']:.1%} of heads, mean difference {_f(v['mean_diff'])}, largest |z| "
-              f"{_f(v['max_abs_z'], 3)} at layer {v['max_layer']} head {v['max_head']}"
+    lines += [f"- `{stat}`: {v['share_beyond_2']:.1%} of heads, mean difference {format_number(v['mean_diff'])}, largest |z| "
+              f"{format_number(v['max_abs_z'], 3)} at layer {v['max_layer']} head {v['max_head']}"
               for stat, v in summary["heads"].items()]
     lines.append("")
     if summary.get("matrices"):

@@ -10,20 +10,32 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Table", "write_csv", "write_json", "to_markdown", "concat"]
+__all__ = ["Table", "write_csv", "write_json", "to_markdown", "concat", "json_value", "format_number"]
 
 Table = Mapping[str, np.ndarray]
 
 
-def _cell(x) -> object:
-    if isinstance(x, str):
-        return x
+def json_value(x) -> object:
+    """A table cell or summary value as JSON has it: str, int, float, None for NaN/None, and
+    "inf"/"-inf" for infinities (which JSON cannot hold)."""
+    if isinstance(x, (str, np.str_)):
+        return str(x)
     if x is None:
         return None
     if isinstance(x, (np.integer, int)):
         return int(x)
     x = float(x)
-    return None if math.isnan(x) else x
+    if math.isnan(x):
+        return None
+    return str(x) if math.isinf(x) else x
+
+
+def format_number(x, digits: int = 4) -> str:
+    """A value for a Markdown cell: `digits` significant digits, "n/a" for NaN/None."""
+    x = json_value(x)
+    if x is None:
+        return "n/a"
+    return x if isinstance(x, str) else str(x) if isinstance(x, int) else f"{x:.{digits}g}"
 
 
 def concat(tables: Sequence[Table]) -> dict[str, np.ndarray]:
@@ -38,7 +50,7 @@ def write_csv(table: Table, path: str | os.PathLike) -> None:
         writer = csv.writer(f)
         writer.writerow(columns)
         for i in range(rows):
-            writer.writerow(["" if _cell(table[c][i]) is None else _cell(table[c][i]) for c in columns])
+            writer.writerow(["" if json_value(table[c][i]) is None else json_value(table[c][i]) for c in columns])
 
 
 def write_json(table: Table, path: str | os.PathLike) -> None:
@@ -46,18 +58,12 @@ def write_json(table: Table, path: str | os.PathLike) -> None:
     columns = list(table)
     rows = len(next(iter(table.values()))) if table else 0
     with open(path, "w", encoding="utf-8") as f:
-        json.dump([{c: _cell(table[c][i]) for c in columns} for i in range(rows)], f, indent=1)
+        json.dump([{c: json_value(table[c][i]) for c in columns} for i in range(rows)], f, indent=1)
 
 
 def to_markdown(table: Table, columns: Sequence[str] | None = None, digits: int = 3) -> str:
     columns = list(columns or table)
     rows = len(table[columns[0]])
-    def fmt(x) -> str:
-        x = _cell(x)
-        if x is None:
-            return "n/a"
-        return x if isinstance(x, str) else str(x) if isinstance(x, int) else f"{x:.{digits}g}"
-
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(table[c][i]) for c in columns) + " |" for i in range(rows)]
+    lines += ["| " + " | ".join(format_number(table[c][i], digits) for c in columns) + " |" for i in range(rows)]
     return "\n".join(lines)

@@ -54,7 +54,9 @@ def test_gaussian_matrices_sit_inside_their_null_and_structure_does_not():
 
 
 def test_crop_reproduces_the_top_left_block_protocol():
-    rng = np.random.default_rng(2)
-    w = rng.standard_normal((300, 500)).astype(np.float32)
-    cropped = matrix_rank_rows({"w": w}, jax.random.key(0), num_draws=4, crop=256)["w"]
-    np.testing.assert_allclose(cropped["erank"], _np_stats(w[:256, :256])["erank"], rtol=1e-4)
+    table = rank_table(CHECKPOINTS / "phi3", num_draws=4, crop=16)
+    model = sx.load(CHECKPOINTS / "phi3")
+    w = model.params["layers"][0]["mlp"]["up"][1]
+    row = int(np.flatnonzero((table["layer"] == 1) & (table["matrix"] == "mlp.up"))[0])
+    assert (table["rows"][row], table["cols"][row]) == (16, 16)
+    np.testing.assert_allclose(table["erank"][row], _np_stats(w[:16, :16])["erank"], rtol=1e-4)
