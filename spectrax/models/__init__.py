@@ -1,19 +1,41 @@
-"""Forward passes from converted pytrees, random init, and export back to Hugging Face checkpoints."""
+"""Forward passes from converted pytrees (logits, captured activations and their gradients), random
+init, and export back to Hugging Face checkpoints."""
 
 from spectrax.models.decoder import (
     SUPPORTED_FAMILIES,
+    Activations,
     DecoderOptions,
+    Taps,
+    activation_grads,
+    capture,
     decoder_options,
     forward,
     merge_layer_ids,
     split_layer_ids,
+    zero_taps,
 )
 from spectrax.models.export import LLAMA_LIKE, save_hf_checkpoint, to_hf_llama
 from spectrax.models.init import init_llama
-from spectrax.models.layers import apply_rope, attention, causal_mask, gated_mlp, rms_norm, rope_tables
+from spectrax.models.layers import (
+    apply_rope,
+    attention,
+    causal_mask,
+    dense_mlp,
+    gated_mlp,
+    layer_norm,
+    rms_norm,
+    rope_tables,
+)
 
 __all__ = [
+    "Activations",
     "DecoderOptions",
+    "Taps",
+    "activation_grads",
+    "capture",
+    "dense_mlp",
+    "layer_norm",
+    "zero_taps",
     "LLAMA_LIKE",
     "SUPPORTED_FAMILIES",
     "apply_rope",

@@ -1,17 +1,27 @@
-"""Forward pass of llama-style decoders straight from the canonical pytree of `spectrax.load`.
+"""Forward pass of decoder-only models straight from the canonical pytree of `spectrax.load`.
 
     model = sx.load("path/to/checkpoint")
     logits = forward(model.params, model.spec, input_ids)      # (B, T) int -> (B, T, V) float32
+    acts = capture(model.params, model.spec, input_ids)        # + hidden states and attention
+    loss, grads = activation_grads(model.params, model.spec, input_ids, loss_fn)
 
-Supported families: llama, mistral, qwen2, qwen3, phi3, olmo2, gemma, gemma2, gemma3_text
-(pre- and/or post-norms, q/k norms, biases, GQA/MQA, sliding windows, logit soft-capping,
-partial rotary). Options spectrax does not implement (scaled rotary variants, bidirectional
-attention, other layer types) are refused with an error instead of being approximated.
+Supported families: llama, mistral, qwen2, qwen3, phi3, olmo2, gemma, gemma2, gemma3_text, gpt2,
+gpt_neox (RMSNorm or LayerNorm, pre- and/or post-norms, q/k norms, biases, GQA/MQA, sliding windows,
+logit soft-capping, partial rotary, learned absolute positions, gated or plain MLPs, parallel
+residual). Options spectrax does not implement (scaled rotary variants, bidirectional attention,
+other layer types, GPT-2's per-layer attention scaling) are refused with an error instead of being
+approximated.
 
 Each group of same-shaped layers runs as one `jax.lax.scan` over its stacked leaves; per-layer
 options (rotary base, sliding window) travel through the scan as arrays, so a group with mixed
 local/global layers (gemma3) is still one compiled body. Layers run in the order of their
 `layer_ids`, also when groups interleave.
+
+Capture and activation gradients use additive taps: zeros added to the residual stream after each
+layer and to each layer's attention probabilities. The forward pass is unchanged by them, and the
+gradient of a loss with respect to a tap is exactly its gradient with respect to the tapped
+activation, so one `jax.value_and_grad` over the taps gives the gradients of every hidden state and
+every attention map at once.
 """
 
 from __future__ import annotations
@@ -19,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -29,13 +39,35 @@ import numpy as np
 
 from spectrax.io.config import ModelSpec
 from spectrax.io.errors import UnsupportedCheckpointError
-from spectrax.models.layers import ACTIVATIONS, attention, causal_mask, gated_mlp, rms_norm, rope_tables
+from spectrax.models.layers import (
+    ACTIVATIONS,
+    attention,
+    causal_mask,
+    dense_mlp,
+    gated_mlp,
+    layer_norm,
+    rms_norm,
+    rope_tables,
+)
 
-__all__ = ["DecoderOptions", "decoder_options", "forward", "split_layer_ids", "merge_layer_ids", "SUPPORTED_FAMILIES"]
+__all__ = [
+    "SUPPORTED_FAMILIES",
+    "Activations",
+    "DecoderOptions",
+    "Taps",
+    "activation_grads",
+    "capture",
+    "decoder_options",
+    "forward",
+    "merge_layer_ids",
+    "split_layer_ids",
+    "zero_taps",
+]
 
 Tree = dict[str, Any]
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text")
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text",
+                      "gpt2", "gpt_neox")
 _GEMMA = ("gemma", "gemma2", "gemma3_text")
 _NO_WINDOW = 2**30  # a sliding window wider than any sequence: full causal attention
 
@@ -45,7 +77,8 @@ class DecoderOptions:
     """Everything besides the weights that the forward pass needs; hashable (a static jit argument).
 
     Attributes:
-      norm_eps, norm_offset: RMSNorm epsilon and gain offset (1.0 for Gemma's `1 + w`).
+      norm: `"rms"` (RMSNorm) or `"layer"` (LayerNorm with bias).
+      norm_eps, norm_offset: norm epsilon and RMSNorm gain offset (1.0 for Gemma's `1 + w`).
       qk_norm: None, `"head"` or `"projection"` (see `layers.attention`).
       activation: MLP activation name (a key of `layers.ACTIVATIONS`).
       embed_scale: multiplies the token embeddings (Gemma: sqrt(E)); None for none.
@@ -54,8 +87,11 @@ class DecoderOptions:
       rope_thetas: rotary base per layer, length L.
       rotary_fraction: fraction of each head's features that rotate (partial rotary).
       windows: sliding-window size per layer (`q - k < window`), None for full causal attention.
+      parallel_residual: attention and MLP both read the layer's input (GPT-NeoX):
+        `x + attn(norm1(x)) + mlp(norm2(x))` instead of one after the other.
     """
 
+    norm: str
     norm_eps: float
     norm_offset: float
     qk_norm: str | None
@@ -67,6 +103,7 @@ class DecoderOptions:
     rope_thetas: tuple[float, ...]
     rotary_fraction: float
     windows: tuple[int | None, ...]
+    parallel_residual: bool = False
 
 
 def decoder_options(spec: ModelSpec) -> DecoderOptions:
@@ -76,33 +113,48 @@ def decoder_options(spec: ModelSpec) -> DecoderOptions:
             f"no forward pass for model_type {spec.model_type!r}; spectrax.models.decoder runs "
             f"{', '.join(SUPPORTED_FAMILIES)}"
         )
-    if spec.norm != "rms":
-        raise UnsupportedCheckpointError(f"{spec.model_type}: norm {spec.norm!r} is not RMSNorm")
+    if spec.norm not in ("rms", "layer"):
+        raise UnsupportedCheckpointError(f"{spec.model_type}: norm {spec.norm!r} is not implemented")
     config = spec.config
+    _refuse_gpt2_options(spec)
     if config.get("use_bidirectional_attention"):
         raise UnsupportedCheckpointError(f"{spec.model_type}: use_bidirectional_attention=true is not implemented")
     layer_types = _layer_types(spec)
     thetas, fractions = zip(*(_rope(config, kind, spec.model_type) for kind in layer_types))
     if len(set(fractions)) != 1:
         raise UnsupportedCheckpointError(f"{spec.model_type}: partial_rotary_factor differs per layer type")
-    activation = config.get("hidden_activation") or config.get("hidden_act") or "silu"
+    activation = (config.get("hidden_activation") or config.get("hidden_act") or config.get("activation_function")
+                  or "silu")
     if activation not in ACTIVATIONS:
         raise UnsupportedCheckpointError(f"{spec.model_type}: activation {activation!r} is not implemented")
     gemma = spec.model_type in _GEMMA
     scalar = config.get("query_pre_attn_scalar") if spec.model_type in ("gemma2", "gemma3_text") else None
+    attn_scale = float(scalar) ** -0.5 if scalar else None
+    if spec.model_type == "gpt2" and not config.get("scale_attn_weights", True):
+        attn_scale = 1.0
     return DecoderOptions(
+        norm=spec.norm,
         norm_eps=float(spec.norm_eps),
         norm_offset=float(spec.norm_offset),
         qk_norm=spec.qk_norm,
         activation=activation,
         embed_scale=math.sqrt(spec.hidden_size) if gemma else None,
-        attn_scale=float(scalar) ** -0.5 if scalar else None,
+        attn_scale=attn_scale,
         attn_softcap=_float_or_none(config.get("attn_logit_softcapping")) if gemma else None,
         final_softcap=_float_or_none(config.get("final_logit_softcapping")) if gemma else None,
         rope_thetas=tuple(thetas),
         rotary_fraction=fractions[0],
         windows=tuple(_window(config, kind, spec.model_type) for kind in layer_types),
+        parallel_residual=spec.model_type == "gpt_neox" and bool(config.get("use_parallel_residual", True)),
     )
+
+
+def _refuse_gpt2_options(spec: ModelSpec) -> None:
+    if spec.model_type != "gpt2":
+        return
+    for key in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        if spec.config.get(key):
+            raise UnsupportedCheckpointError(f"gpt2: {key}=true is not implemented")
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -143,7 +195,12 @@ def _window(config: Mapping[str, Any], kind: str, model_type: str) -> int | None
 
 def _rope(config: Mapping[str, Any], kind: str, model_type: str) -> tuple[float, float]:
     """(theta, partial_rotary_factor) of one layer kind; only the default (unscaled) rotary is implemented."""
+    if model_type == "gpt2":
+        return 10000.0, 0.0  # learned absolute positions, no rotary
     params = config.get("rope_parameters")
+    if params is None and model_type == "gpt_neox":  # configs older than transformers 5
+        params = {"rope_theta": config.get("rotary_emb_base", 10000.0),
+                  "partial_rotary_factor": config.get("rotary_pct", 0.25), **dict(config.get("rope_scaling") or {})}
     if isinstance(params, Mapping) and kind in params and isinstance(params[kind], Mapping):
         params = params[kind]  # gemma3: one entry per layer type
     if params is None:  # configs older than transformers 5
@@ -228,20 +285,36 @@ def _runs(groups: Sequence[Tree], num_layers: int) -> tuple[tuple[int, int, int,
 # Forward pass.
 
 
-def forward(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *, dtype: Any = jnp.float32) -> jax.Array:
-    """Next-token logits of a decoder-only model.
+class Activations(NamedTuple):
+    """What flows through a decoder for one batch (or the gradients of a loss with respect to it).
 
-    Args:
-      params: the canonical tree of `spectrax.load(path).params`: `embed.tokens (V, E)`, `layers`
-        (groups with leaves `(n, ...)` and `layer_ids (n,)`, which must be concrete; groups
-        without `layer_ids` follow each other in order), `final_norm.scale (E,)`,
-        `lm_head.weight (V, E)`. Leaves may be numpy (any float dtype, bf16 included) or jax arrays.
-      spec: the checkpoint's `ModelSpec`.
-      input_ids: `(B, T)` integer token ids; positions are `0..T-1`, causal mask.
-      dtype: compute dtype; every weight is cast to it (float32 by default, float64 under x64).
-    Returns:
-      `(B, T, V)` logits in `dtype`.
+    logits: `(B, T, V)`.
+    hidden: `(L + 1, B, T, E)` residual stream: index 0 is the embedding output entering layer 0,
+      index `l + 1` the output of layer `l` (the last one before the final norm).
+    attention: `(L, B, H, T, T)` attention probabilities per layer and query head (query t, key s),
+      or None when not captured.
     """
+
+    logits: jax.Array
+    hidden: jax.Array
+    attention: jax.Array | None
+
+
+class Taps(NamedTuple):
+    """Additive perturbations of the activations: `hidden (L + 1, B, T, E)`, `attention (L, B, H, T, T)` or None."""
+
+    hidden: jax.Array
+    attention: jax.Array | None
+
+
+def zero_taps(spec: ModelSpec, batch: int, length: int, *, attention: bool = True, dtype: Any = jnp.float32) -> Taps:
+    """All-zero taps for a `(batch, length)` input: adding them changes nothing."""
+    L, E, H = spec.num_layers, spec.hidden_size, spec.num_heads
+    probs = jnp.zeros((L, batch, H, length, length), dtype) if attention else None
+    return Taps(jnp.zeros((L + 1, batch, length, E), dtype), probs)
+
+
+def _prepare(params: Tree, spec: ModelSpec, input_ids) -> tuple[Tree, DecoderOptions, tuple]:
     chex.assert_rank(input_ids, 2)
     chex.assert_type(input_ids, int)
     options = decoder_options(spec)
@@ -251,31 +324,128 @@ def forward(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
         "layers": tuple({k: v for k, v in g.items() if k != "layer_ids"} for g in params["layers"]),
     }
     chex.assert_shape(weights["embed"]["tokens"], (spec.vocab_size, spec.hidden_size))
-    return _forward(weights, input_ids, options=options, runs=runs, dtype=jnp.dtype(dtype))
+    positions = weights["embed"].get("positions")
+    if positions is not None and input_ids.shape[1] > positions.shape[0]:
+        raise ValueError(f"{spec.model_type}: {input_ids.shape[1]} tokens per sequence but only "
+                         f"{positions.shape[0]} learned positions (embed.positions)")
+    if len({g["attn"]["q"].shape[1] for g in weights["layers"]}) != 1:
+        raise UnsupportedCheckpointError(f"{spec.model_type}: the number of query heads differs between layers")
+    return weights, options, runs
 
 
-@functools.partial(jax.jit, static_argnames=("options", "runs", "dtype"))
-def _forward(weights: Tree, input_ids: jax.Array, *, options: DecoderOptions, runs: tuple, dtype) -> jax.Array:
+def forward(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *, dtype: Any = jnp.float32) -> jax.Array:
+    """Next-token logits of a decoder-only model.
+
+    Args:
+      params: the canonical tree of `spectrax.load(path).params`: `embed.tokens (V, E)` (and
+        `embed.positions (P, E)` for learned positions), `layers` (groups with leaves `(n, ...)` and
+        `layer_ids (n,)`, which must be concrete; groups without `layer_ids` follow each other in
+        order), `final_norm`, `lm_head.weight (V, E)`. Leaves may be numpy (any float dtype, bf16
+        included) or jax arrays; they are cast to `dtype` inside the compiled function, so the
+        caller's copy is the only full copy of the weights.
+      spec: the checkpoint's `ModelSpec`.
+      input_ids: `(B, T)` integer token ids; positions are `0..T-1`, causal mask.
+      dtype: compute dtype (float32 by default, float64 under x64).
+    Returns:
+      `(B, T, V)` logits in `dtype`.
+    """
+    weights, options, runs = _prepare(params, spec, input_ids)
+    return _forward(weights, input_ids, None, options=options, runs=runs, dtype=jnp.dtype(dtype), keep=None)
+
+
+def capture(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *, attention: bool = True,
+            taps: Taps | None = None, dtype: Any = jnp.float32) -> Activations:
+    """Logits, the residual stream after every layer and (optionally) every attention map.
+
+    Args:
+      params, spec, input_ids, dtype: as in `forward`.
+      attention: also return the `(L, B, H, T, T)` attention probabilities (memory grows as T^2).
+      taps: optional `Taps` added to the activations (see `zero_taps`); `activation_grads`
+        differentiates through them.
+    Returns:
+      `Activations(logits (B, T, V), hidden (L + 1, B, T, E), attention (L, B, H, T, T) or None)`.
+    """
+    weights, options, runs = _prepare(params, spec, input_ids)
+    if taps is not None and (taps.attention is not None) != attention:
+        raise ValueError("taps.attention must be given exactly when attention=True")
+    return _forward(weights, input_ids, taps, options=options, runs=runs, dtype=jnp.dtype(dtype),
+                    keep="attention" if attention else "hidden")
+
+
+def activation_grads(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray,
+                     loss_fn: Callable[[jax.Array], jax.Array], *, attention: bool = True,
+                     dtype: Any = jnp.float32) -> tuple[jax.Array, Activations, Activations]:
+    """A scalar loss of the logits, the activations, and the loss's gradients with respect to them.
+
+    Args:
+      params, spec, input_ids, dtype: as in `forward`.
+      loss_fn: `(B, T, V)` logits -> scalar, e.g. next-token cross-entropy.
+      attention: also capture (and differentiate) the attention probabilities.
+    Returns:
+      `(loss, activations, grads)`: `activations` as from `capture`; `grads` an `Activations` of
+      the same shapes holding d loss / d logits, d loss / d hidden[l] (the gradient reaching the
+      residual stream after layer l-1, i.e. through everything downstream of it) and
+      d loss / d attention[l].
+    """
+    B, T = np.shape(input_ids)
+    taps = zero_taps(spec, B, T, attention=attention, dtype=dtype)
+
+    def loss_of(taps_and_logits_tap):
+        taps, logits_tap = taps_and_logits_tap
+        acts = capture(params, spec, input_ids, attention=attention, taps=taps, dtype=dtype)
+        return loss_fn(acts.logits + logits_tap), acts
+
+    logits_tap = jnp.zeros((B, T, spec.vocab_size), dtype)
+    (loss, acts), (tap_grads, logits_grad) = jax.value_and_grad(loss_of, has_aux=True)((taps, logits_tap))
+    return loss, acts, Activations(logits_grad, tap_grads.hidden, tap_grads.attention)
+
+
+@functools.partial(jax.jit, static_argnames=("options", "runs", "dtype", "keep"))
+def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options: DecoderOptions, runs: tuple,
+             dtype, keep: str | None):
+    """Logits, or with `keep` ("hidden" / "attention") the `Activations` up to that much."""
     w = jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), weights)
+    T = input_ids.shape[1]
     x = jnp.take(w["embed"]["tokens"], input_ids, axis=0)  # (B, T, E)
     if options.embed_scale is not None:
         x = x * jnp.asarray(options.embed_scale, dtype)
-    T = input_ids.shape[1]
+    if "positions" in w["embed"]:
+        x = x + w["embed"]["positions"][:T]
+    if taps is not None:
+        x = x + taps.hidden[0].astype(dtype)
+    hidden, probs = [x], []
     for group, start, stop, first_layer in runs:
         stacked = jax.tree.map(lambda a: a[start:stop], w["layers"][group])
-        x = _run_layers(x, stacked, range(first_layer, first_layer + stop - start), options, T)
+        layer_taps = None
+        if taps is not None:
+            n = stop - start
+            layer_taps = Taps(taps.hidden[first_layer + 1:first_layer + 1 + n].astype(dtype),
+                              None if taps.attention is None else taps.attention[first_layer:first_layer + n].astype(dtype))
+        x, outputs = _run_layers(x, stacked, layer_taps, range(first_layer, first_layer + stop - start), options, T,
+                                 keep)
+        if keep is not None:
+            hidden.append(outputs[0])
+            probs.append(outputs[1])
     if "final_norm" in w:
-        x = rms_norm(x, w["final_norm"]["scale"], options.norm_eps, options.norm_offset)
+        x = _apply_norm(x, w["final_norm"], options)
     logits = jnp.einsum("bte,ve->btv", x, w["lm_head"]["weight"])
     if "bias" in w["lm_head"]:
         logits = logits + w["lm_head"]["bias"]
     if options.final_softcap is not None:
         logits = options.final_softcap * jnp.tanh(logits / options.final_softcap)
-    return logits
+    if keep is None:
+        return logits
+    stream = jnp.concatenate([hidden[0][None], *hidden[1:]])
+    attention_maps = jnp.concatenate(probs) if keep == "attention" else None
+    return Activations(logits, stream, attention_maps)
 
 
-def _run_layers(x: jax.Array, stacked: Tree, layers: range, options: DecoderOptions, T: int) -> jax.Array:
-    """`jax.lax.scan` of `_block` over `n` consecutive same-shaped layers; leaves of `stacked` are `(n, ...)`."""
+def _run_layers(x: jax.Array, stacked: Tree, taps: Taps | None, layers: range, options: DecoderOptions, T: int,
+                keep: str | None):
+    """`jax.lax.scan` of `_block` over `n` consecutive same-shaped layers; leaves of `stacked` are `(n, ...)`.
+
+    Returns `(x, outputs)`: outputs are None, or `(hidden (n, B, T, E), probs (n, B, H, T, T) or None)`.
+    """
     D = stacked["attn"]["q"].shape[2]
     rotary_dim = int(D * options.rotary_fraction)
     tables = [rope_tables(options.rope_thetas[i], rotary_dim, T, x.dtype) for i in layers]
@@ -285,28 +455,46 @@ def _run_layers(x: jax.Array, stacked: Tree, layers: range, options: DecoderOpti
     scale = options.attn_scale if options.attn_scale is not None else D**-0.5
 
     def body(h, layer):
-        params, c, s, window = layer
-        return _block(h, params, c, s, causal_mask(T, window), options, scale), None
+        params, c, s, window, tap = layer
+        h, probs = _block(h, params, c, s, causal_mask(T, window), options, scale,
+                          None if tap is None else tap.attention)
+        if tap is not None:
+            h = h + tap.hidden
+        if keep is None:
+            return h, None
+        return h, (h, probs if keep == "attention" else None)
 
-    x, _ = jax.lax.scan(body, x, (stacked, cos, sin, windows))
-    return x
+    return jax.lax.scan(body, x, (stacked, cos, sin, windows, taps))
+
+
+def _apply_norm(x: jax.Array, norm: Mapping[str, Any], options: DecoderOptions) -> jax.Array:
+    if options.norm == "layer":
+        bias = norm["bias"] if "bias" in norm else jnp.zeros_like(norm["scale"])
+        return layer_norm(x, norm["scale"], bias, options.norm_eps)
+    return rms_norm(x, norm["scale"], options.norm_eps, options.norm_offset)
 
 
 def _norm(x: jax.Array, norms: Mapping[str, Any], placement: str, options: DecoderOptions) -> jax.Array:
-    if placement not in norms:
-        return x
-    return rms_norm(x, norms[placement]["scale"], options.norm_eps, options.norm_offset)
+    return _apply_norm(x, norms[placement], options) if placement in norms else x
 
 
-def _block(x: jax.Array, layer: Tree, cos, sin, mask, options: DecoderOptions, scale: float) -> jax.Array:
-    """One decoder layer `(B, T, E) -> (B, T, E)`; norms apply where the layer has them
-    (pre: `attn_norm`/`mlp_norm`; post: `attn_post_norm`/`mlp_post_norm`)."""
+def _block(x: jax.Array, layer: Tree, cos, sin, mask, options: DecoderOptions, scale: float,
+           probs_tap: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """One decoder layer `(B, T, E) -> (B, T, E)`, with its attention probabilities `(B, H, T, T)`.
+
+    Norms apply where the layer has them (pre: `attn_norm`/`mlp_norm`; post: `attn_post_norm`/
+    `mlp_post_norm`); with `parallel_residual` the MLP reads the layer's input, not the attention's output.
+    """
     norms = layer["norms"]
-    h = attention(
+    h, probs = attention(
         _norm(x, norms, "attn_norm", options), layer["attn"], cos, sin, mask,
         scale=scale, eps=options.norm_eps, norm_offset=options.norm_offset,
-        qk_norm=options.qk_norm, softcap=options.attn_softcap,
+        qk_norm=options.qk_norm, softcap=options.attn_softcap, probs_tap=probs_tap,
     )
-    x = x + _norm(h, norms, "attn_post_norm", options)
-    h = gated_mlp(_norm(x, norms, "mlp_norm", options), layer["mlp"], options.activation)
-    return x + _norm(h, norms, "mlp_post_norm", options)
+    h = _norm(h, norms, "attn_post_norm", options)
+    mlp = gated_mlp if "gate" in layer["mlp"] else dense_mlp
+    if options.parallel_residual:
+        return x + h + mlp(_norm(x, norms, "mlp_norm", options), layer["mlp"], options.activation), probs
+    x = x + h
+    h = mlp(_norm(x, norms, "mlp_norm", options), layer["mlp"], options.activation)
+    return x + _norm(h, norms, "mlp_post_norm", options), probs

@@ -1,4 +1,5 @@
-"""Pure building blocks of a decoder layer: RMSNorm, rotary embedding, grouped-query attention, gated MLP.
+"""Pure building blocks of a decoder layer: RMSNorm/LayerNorm, rotary embedding, grouped-query
+attention, gated and plain MLPs.
 
 Axis names used in the docstrings: B batch, T query positions, S key positions (S = T here),
 E hidden, H query heads, KV key/value heads, G = H // KV query heads per KV head, D head dim,
@@ -14,7 +15,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-__all__ = ["rms_norm", "rope_tables", "apply_rope", "causal_mask", "attention", "gated_mlp", "ACTIVATIONS"]
+__all__ = ["rms_norm", "layer_norm", "rope_tables", "apply_rope", "causal_mask", "attention", "gated_mlp",
+           "dense_mlp", "ACTIVATIONS"]
 
 Array = jax.Array
 
@@ -42,6 +44,23 @@ def rms_norm(x: Array, scale: Array, eps: float, offset: float = 0.0) -> Array:
     xf = x.astype(dtype)
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return (normed * (scale.astype(dtype) + offset)).astype(x.dtype)
+
+
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * scale + bias`, in at least float32.
+
+    Args:
+      x: `(..., N)`; scale, bias: `(N,)`.
+    Returns:
+      `(..., N)` in `x`'s dtype.
+    """
+    chex.assert_equal(x.shape[-1], scale.shape[-1])
+    chex.assert_equal_shape([scale, bias])
+    dtype = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
+    xf = x.astype(dtype)
+    centered = xf - jnp.mean(xf, axis=-1, keepdims=True)
+    normed = centered * jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + eps)
+    return (normed * scale.astype(dtype) + bias.astype(dtype)).astype(x.dtype)
 
 
 def rope_tables(theta: float, rotary_dim: int, length: int, dtype=jnp.float32) -> tuple[Array, Array]:
@@ -114,7 +133,8 @@ def attention(
     norm_offset: float = 0.0,
     qk_norm: str | None = None,
     softcap: float | None = None,
-) -> Array:
+    probs_tap: Array | None = None,
+) -> tuple[Array, Array]:
     """Grouped-query self-attention of one layer from canonical per-head weights.
 
     Query head `h` reads key/value head `h // G`; K/V weights are never repeated.
@@ -128,8 +148,12 @@ def attention(
       mask: `(T, T)` boolean, True = attend.
       scale: softmax scale applied to `q . k`.
       softcap: if set, scores become `softcap * tanh(scores / softcap)` before masking.
+      probs_tap: optional `(B, H, T, S)` added to the attention probabilities before they weight
+        the values: zeros change nothing, and the gradient of a loss with respect to the tap is
+        its gradient with respect to the probabilities.
     Returns:
-      `(B, T, E)`: `sum_h ctx_h @ o[h]` (+ `o_bias`).
+      `(out, probs)`: `out (B, T, E)` is `sum_h ctx_h @ o[h]` (+ `o_bias`); `probs (B, H, T, S)`
+      the attention probabilities per query head (tap included).
     """
     chex.assert_rank(x, 3)
     H, D, E = attn["q"].shape
@@ -158,11 +182,13 @@ def attention(
         scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1)
+    if probs_tap is not None:
+        probs = probs + probs_tap.reshape(probs.shape)
     ctx = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
     out = _matmul(ctx.reshape(B, T, H * D), attn["o"].reshape(H * D, E))
     if "o_bias" in attn:
         out = out + attn["o_bias"]
-    return out
+    return out, probs.reshape(B, H, T, T)
 
 
 def gated_mlp(x: Array, mlp: Mapping[str, Array], activation: str) -> Array:
@@ -182,6 +208,24 @@ def gated_mlp(x: Array, mlp: Mapping[str, Array], activation: str) -> Array:
     if "up_bias" in mlp:
         up = up + mlp["up_bias"]
     out = _matmul(act(gate) * up, mlp["down"].T)
+    if "down_bias" in mlp:
+        out = out + mlp["down_bias"]
+    return out
+
+
+def dense_mlp(x: Array, mlp: Mapping[str, Array], activation: str) -> Array:
+    """`down(act(up(x)))` with optional biases (GPT-2, GPT-NeoX).
+
+    Args:
+      x: `(B, T, E)`.
+      mlp: `up (F, E)`, `down (E, F)`; optional `up_bias (F,)`, `down_bias (E,)`.
+    Returns:
+      `(B, T, E)`.
+    """
+    up = _matmul(x, mlp["up"].T)
+    if "up_bias" in mlp:
+        up = up + mlp["up_bias"]
+    out = _matmul(ACTIVATIONS[activation](up), mlp["down"].T)
     if "down_bias" in mlp:
         out = out + mlp["down_bias"]
     return out

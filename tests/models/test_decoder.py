@@ -74,8 +74,15 @@ def test_traced_layer_ids_are_refused():
 
 def test_refuses_what_it_does_not_implement():
     with pytest.raises(sx.UnsupportedCheckpointError, match="no forward pass"):
-        model = sx.load(CHECKPOINTS / "gpt2")
+        model = sx.load(CHECKPOINTS / "bloom")  # ALiBi attention
         forward(model.params, model.spec, np.zeros((1, 2), np.int32))
+    gpt2 = sx.load(CHECKPOINTS / "gpt2")
+    for key in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        with pytest.raises(sx.UnsupportedCheckpointError, match=key):
+            forward(gpt2.params, dataclasses.replace(gpt2.spec, config={**gpt2.spec.config, key: True}),
+                    np.zeros((1, 2), np.int32))
+    with pytest.raises(ValueError, match="65 tokens per sequence but only 64 learned positions"):
+        forward(gpt2.params, gpt2.spec, np.zeros((1, 65), np.int32))
     model = sx.load(CHECKPOINTS / "llama")
     scaled = {**model.spec.config, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}
     with pytest.raises(sx.UnsupportedCheckpointError, match="llama3"):
@@ -93,6 +100,23 @@ def test_rope_theta_is_read_from_old_and_new_configs():
     np.testing.assert_allclose(np.asarray(same), base, atol=1e-6)
     np.testing.assert_allclose(np.asarray(default), base, atol=1e-6)
     assert not np.allclose(np.asarray(other), base, atol=1e-3)
+
+
+def test_gpt_neox_old_config_keys_and_sequential_residual():
+    """Pre-transformers-5 configs name the rotary settings `rotary_pct`/`rotary_emb_base`;
+    `use_parallel_residual=false` runs attention then MLP."""
+    model = sx.load(CHECKPOINTS / "gpt_neox")
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2]])
+    base = np.asarray(forward(model.params, model.spec, ids))
+    old = {k: v for k, v in model.spec.config.items() if k != "rope_parameters"}
+    same = forward(model.params, dataclasses.replace(model.spec, config={**old, "rotary_pct": 0.25,
+                                                                             "rotary_emb_base": 10000.0}), ids)
+    np.testing.assert_allclose(np.asarray(same), base, atol=1e-6)
+    full = forward(model.params, dataclasses.replace(model.spec, config={**old, "rotary_pct": 1.0}), ids)
+    assert not np.allclose(np.asarray(full), base, atol=1e-3)
+    sequential = forward(model.params, dataclasses.replace(
+        model.spec, config={**model.spec.config, "use_parallel_residual": False}), ids)
+    assert not np.allclose(np.asarray(sequential), base, atol=1e-3)
 
 
 def _tiny_spec(**overrides):
