@@ -404,7 +404,11 @@ def activation_grads(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.nd
 def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options: DecoderOptions, runs: tuple,
              dtype, keep: str | None):
     """Logits, or with `keep` ("hidden" / "attention") the `Activations` up to that much."""
-    w = jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), weights)
+    # layers are cast to `dtype` one at a time inside the scan, so a bf16 model never has a
+    # second, float32 copy of all its layers
+    cast = functools.partial(jax.tree.map, lambda a: jnp.asarray(a).astype(dtype))
+    w = {**cast({k: v for k, v in weights.items() if k != "layers"}),
+         "layers": tuple(jax.tree.map(jnp.asarray, g) for g in weights["layers"])}
     T = input_ids.shape[1]
     x = jnp.take(w["embed"]["tokens"], input_ids, axis=0)  # (B, T, E)
     if options.embed_scale is not None:
@@ -456,6 +460,7 @@ def _run_layers(x: jax.Array, stacked: Tree, taps: Taps | None, layers: range, o
 
     def body(h, layer):
         params, c, s, window, tap = layer
+        params = jax.tree.map(lambda a: a.astype(h.dtype), params)
         h, probs = _block(h, params, c, s, causal_mask(T, window), options, scale,
                           None if tap is None else tap.attention)
         if tap is not None:
