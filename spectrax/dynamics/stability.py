@@ -1,0 +1,336 @@
+"""Sharpness and the stability of gradient descent on rank-1 matrix factorization; warm-up.
+
+Problem (the talk's "rank-1 matrix factorization", 002_*.txt Fig. 3, as a full-batch GD problem):
+
+    L(u, v) = ½ ||u vᵀ − M||_F²,   u `(d1,)`, v `(d2,)`,   M = s a bᵀ `(d1, d2)` (a, b unit).
+
+Hessian, with R = u vᵀ − M:
+
+    H = [[ |v|² I_{d1},   R + u vᵀ  ],
+         [ (R + u vᵀ)ᵀ,   |u|² I_{d2} ]].
+
+Sharpness = λ_max(H). GD with step η is linearly stable at a minimum only if λ_max <= 2/η. The
+minima are u vᵀ = M: u = α a, v = (s/α) b. There H = JᵀJ (R = 0) has eigenvalues |u|² + |v|², |v|²
+(x d1−1), |u|² (x d2−1) and 0, so the sharpness of a minimum is |u|² + |v|². The rescaling
+symmetry (u, v) -> (λu, v/λ) has the charge C = |u|² − |v|², conserved by gradient flow and by GD
+up to η² (|R v|² − |Rᵀ u|²) per step, and on the minimum with charge C
+
+    |u|² |v|² = s²  =>  λ_min-manifold(C) = |u|² + |v|² = sqrt(C² + 4 s²)   (>= 2s, balanced C = 0).
+
+At initialization with i.i.d. N(0, σ²) entries, |u|² ≈ d1 σ², |v|² ≈ d2 σ² and |u||v| ≫ s for
+σ ≈ 1: in the span of (u, 0), (0, v) the Hessian is [[|v|², 2|u||v|], [2|u||v|, |u|²]] + O(s), so the
+sharpness starts near (|u|² + |v|²)/2 + sqrt(((|u|² − |v|²)/2)² + 4 |u|²|v|²) ≈ 3 d σ² (d1 = d2 = d),
+while GD ends on the minimum with its (nearly conserved) charge, sharpness sqrt(C² + 4 s²) ~ 2 σ² sqrt(d)
+(C has standard deviation 2 σ² sqrt(d)). The sharpness falls during training, by a factor ~ 1.5 sqrt(d):
+a constant η must satisfy the strict condition at the start, where the threshold is lowest. A
+warm-up (optax linear schedule from a small η) keeps η_t < 2/λ_max(t) while the product u vᵀ shrinks
+onto M and the sharpness falls; the peak η then only needs the minimum's condition. The
+opposite holds from a small initialization (σ → 0): the sharpness starts at s (the saddle at the
+origin, eigenvalues ±s) and rises to sqrt(C² + 4s²) ≈ 2s (progressive sharpening), so warm-up
+cannot help there. `experiments/stability_warmup.py` measures both the thresholds and the
+sharpness trajectories.
+
+Sharpness two ways: `sharpness_exact` (dense Hessian of the flattened parameters and `eigvalsh`,
+for small problems) and `power_iteration` on Hessian-vector products (forward-over-reverse). Power
+iteration finds the eigenvalue of largest magnitude, which need not be λ_max away from a minimum
+(near the origin λ = ±s have the same magnitude); so it runs twice: once on H for the spectral
+radius ρ, then on H + ρ I, whose dominant eigenvalue is λ_max + ρ. Both vectors are carried from
+step to step in training (warm start), so a few iterations per step track the sharpness.
+
+Power iteration's limits, measured (d = 6, against the dense Hessian at every step): cold, with
+400 iterations, it equals `sharpness_exact` to 1e-8 everywhere tested (init, saddle, imbalanced
+minimum). Warm-started with 5 iterations per phase and step it equals it at the start and at every
+fixed point (to 1e-9) and on >= 96% of the steps, but lags while the top eigenvector turns fast:
+up to 7% during a warm-up's catapult and up to 63% for ~10 steps while a small init escapes the
+saddle (more iterations shrink the lag slowly: 40 per phase still leave 21%, since the shift ρ
+makes the relative gap tiny when |λ_min| ~ λ_max). `experiments/stability_warmup.py` therefore
+plots trajectories from the dense Hessian and checks the tracked values at the end points.
+
+Findings (`experiments/stability_warmup.py`, d = 16, s = 1, 8 seeds, 5000 float64 GD steps,
+warm-up over 200 steps from 2% of the peak):
+
+- σ = 1: λ_0 = 31-62 (median 44.9; 3dσ² = 48). Constant η: the largest converging η per seed is
+  0.08-0.15 (median 0.12), 2.3-3.7x the linear bound 2/λ_0: GD survives a few steps with
+  η λ > 2 (a catapult: the loss spikes, |u||v| shrinks, the sharpness drops below 2/η). The first
+  seed diverges at η = 0.1, all of them from 0.2 on.
+- With the warm-up every seed converges up to η = 0.2 and the median seed up to 0.9 (0.2-1.0;
+  the outlier is the seed with C_0 = 26, i.e. sqrt(C_0² + 4s²) = 26): 7.5x the constant rate. The
+  limit is not set by the init but by the minimum reached; above 2/sqrt(C_0² + 4s²), GD at the
+  edge of stability shrinks |C| (the η² terms) until it lands on a minimum flatter than 2/η, up to
+  the hard bound η < 1/s of the balanced minimum (sharpness 2s).
+- σ = 0.01: λ_0 = s (the saddle), rising to 2s. Constant η converges up to 0.9 (at η = 1 = 1/s it
+  sits on the edge 2/η = 2s), warm-up up to 1.0: no gain. Warm-up helps where the sharpness falls
+  during training, not where it rises.
+- In float64, 27 of 704 runs converged during the warm-up to a minimum that the peak η makes
+  unstable and stayed there because the residual was below rounding ("unstable stall" in
+  `outcome`); in exact arithmetic they would leave it (as other runs visibly do: loss 1e-20 ->
+  catapult -> a flatter minimum).
+
+The talk's figure (SGD at η = 0.008, Kaiming init) credits SGD's noise for lowering the
+sharpness; with full-batch GD the fall measured here comes from the product u vᵀ shrinking onto
+M from a large balanced init. (A Kaiming init of this factorization, fan-in 1 for u, is strongly
+imbalanced, C ~ 2d, so GD's final sqrt(C² + 4s²) stays near the initial sharpness: that case was
+not run here.)
+
+GD runs are vmapped over a configuration axis (peak η, start fraction of the warm-up, seed) and
+stepped by `spectrax.dynamics.loop.run_steps`. A run that blows up (loss above `blowup` or not
+finite) is frozen and flagged: its later records are NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+__all__ = [
+    "Factors",
+    "StabilityRecord",
+    "StabilityState",
+    "hessian_vector_product",
+    "init_factors",
+    "init_state",
+    "initial_sharpness_estimate",
+    "loss_fn",
+    "make_step",
+    "make_target",
+    "minimum_sharpness",
+    "OUTCOMES",
+    "outcome",
+    "power_iteration",
+    "sharpness_exact",
+    "sharpness_power",
+    "warmup_schedule",
+]
+
+Loss = Callable[[Any], jax.Array]
+
+
+class Factors(NamedTuple):
+    """u `(d1,)`, v `(d2,)`: the model u vᵀ `(d1, d2)`."""
+
+    u: jax.Array
+    v: jax.Array
+
+
+class StabilityState(NamedTuple):
+    """Training state, every leaf with a leading config axis `(C, ...)`: params; optax state;
+    diverged `(C,)` bool; v_abs, v_top `(C, d1 + d2)` the power-iteration vectors (warm start)."""
+
+    params: Factors
+    opt_state: Any
+    diverged: jax.Array
+    v_abs: jax.Array
+    v_top: jax.Array
+
+
+class StabilityRecord(NamedTuple):
+    """Per step, before its update, per config `(C,)`: loss; sharpness λ_max(H); lr η_t;
+    charge |u|² − |v|²; norm2 |u|² + |v|² (the sharpness of a minimum with these norms). NaN
+    once a run has diverged."""
+
+    loss: jax.Array
+    sharpness: jax.Array
+    lr: jax.Array
+    charge: jax.Array
+    norm2: jax.Array
+
+
+# ----------------------------------------------------------------------------- problem
+
+
+def make_target(key: jax.Array, d1: int, d2: int, scale: float = 1.0, dtype=jnp.float32) -> jax.Array:
+    """M = scale · a bᵀ `(d1, d2)`, a and b uniform on the unit spheres (singular value `scale`)."""
+    if d1 < 1 or d2 < 1 or scale <= 0:
+        raise ValueError(f"need d1, d2 >= 1 and scale > 0 (got {d1}, {d2}, {scale})")
+    ka, kb = jax.random.split(key)
+    a = jax.random.normal(ka, (d1,), dtype)
+    b = jax.random.normal(kb, (d2,), dtype)
+    return jnp.asarray(scale, dtype) * jnp.outer(a / jnp.linalg.norm(a), b / jnp.linalg.norm(b))
+
+
+def init_factors(key: jax.Array, d1: int, d2: int, scale: float = 1.0, dtype=jnp.float32) -> Factors:
+    """u, v with i.i.d. N(0, scale²) entries."""
+    ku, kv = jax.random.split(key)
+    s = jnp.asarray(scale, dtype)
+    return Factors(s * jax.random.normal(ku, (d1,), dtype), s * jax.random.normal(kv, (d2,), dtype))
+
+
+def loss_fn(params: Factors, target: jax.Array) -> jax.Array:
+    """½ ||u vᵀ − M||_F² for u `(d1,)`, v `(d2,)`, M `(d1, d2)`."""
+    r = jnp.outer(params.u, params.v) - target
+    return 0.5 * jnp.sum(r * r)
+
+
+def minimum_sharpness(charge: jax.Array, s: jax.Array | float) -> jax.Array:
+    """sqrt(C² + 4 s²): the sharpness of the minimum u vᵀ = s a bᵀ with charge |u|² − |v|² = C."""
+    charge = jnp.asarray(charge)
+    return jnp.sqrt(charge * charge + 4 * jnp.asarray(s, charge.dtype) ** 2)
+
+
+def initial_sharpness_estimate(params: Factors) -> jax.Array:
+    """λ_max of the Hessian restricted to span{(u, 0), (0, v)} with M dropped (|u||v| ≫ s):
+    (p + q)/2 + sqrt(((p − q)/2)² + 4pq), p = |v|², q = |u|²."""
+    p, q = jnp.sum(params.v * params.v), jnp.sum(params.u * params.u)
+    return 0.5 * (p + q) + jnp.sqrt(0.25 * (p - q) ** 2 + 4 * p * q)
+
+
+# ----------------------------------------------------------------------------- sharpness
+
+
+def hessian_vector_product(loss: Loss, params: Any, vec: Any) -> Any:
+    """H(params) · vec for any pytree `params` (forward-over-reverse; no Hessian is formed)."""
+    return jax.jvp(jax.grad(loss), (params,), (vec,))[1]
+
+
+def sharpness_exact(loss: Loss, params: Any) -> jax.Array:
+    """λ_max of the dense Hessian of `loss` over the flattened `params` (n = #parameters; O(n²)
+    memory, for small problems and for checking `power_iteration`)."""
+    flat, unravel = ravel_pytree(params)
+    h = jax.hessian(lambda x: loss(unravel(x)))(flat)
+    return jnp.linalg.eigvalsh(0.5 * (h + h.T))[-1]
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x), jnp.finfo(x.dtype).tiny)
+
+
+def power_iteration(loss: Loss, params: Any, v_abs: jax.Array, v_top: jax.Array,
+                    num_iters: int = 20) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """λ_max(H) by shifted power iteration on Hessian-vector products.
+
+    v_abs, v_top `(n,)` start vectors over the flattened params (n = #parameters; any nonzero).
+    `num_iters` products on H give ρ ≈ max |λ| (from below); `num_iters` more on H + ρ I give its
+    dominant eigenvalue λ_max + ρ. Returns (λ_max, ρ, v_abs, v_top), the vectors to warm-start
+    the next call.
+    """
+    chex.assert_rank([v_abs, v_top], 1)
+    flat, unravel = ravel_pytree(params)
+    chex.assert_shape([v_abs, v_top], flat.shape)
+
+    def hv(x: jax.Array) -> jax.Array:
+        return ravel_pytree(hessian_vector_product(loss, params, unravel(x)))[0]
+
+    def radius(_, x):
+        return _normalize(hv(x))
+
+    v_abs = jax.lax.fori_loop(0, num_iters, radius, _normalize(v_abs))
+    rho = jnp.linalg.norm(hv(v_abs))
+
+    def shifted(_, x):
+        return _normalize(hv(x) + rho * x)
+
+    v_top = jax.lax.fori_loop(0, num_iters, shifted, _normalize(v_top))
+    return jnp.vdot(v_top, hv(v_top)), rho, v_abs, v_top
+
+
+def sharpness_power(loss: Loss, params: Any, key: jax.Array, num_iters: int = 100) -> jax.Array:
+    """λ_max(H) by `power_iteration` from random start vectors (`key`), cold."""
+    n = ravel_pytree(params)[0].shape[0]
+    dtype = ravel_pytree(params)[0].dtype
+    k1, k2 = jax.random.split(key)
+    return power_iteration(loss, params, jax.random.normal(k1, (n,), dtype), jax.random.normal(k2, (n,), dtype),
+                           num_iters)[0]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def warmup_schedule(peak: jax.Array | float, warmup_steps: int, start_fraction: jax.Array | float) -> optax.Schedule:
+    """η_t linear from `start_fraction · peak` to `peak` over `warmup_steps` steps, then `peak`
+    (optax.linear_schedule). `start_fraction = 1` is a constant rate; `peak` and `start_fraction`
+    may be traced (vmapped) arrays."""
+    if warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be >= 1 (got {warmup_steps})")
+    peak = jnp.asarray(peak)
+    base = optax.linear_schedule(init_value=peak * start_fraction, end_value=peak, transition_steps=warmup_steps)
+    # optax divides the int32 step count, which gives float32; count in the rate's dtype keeps
+    # float64 runs float64 (and strict dtype promotion happy)
+    return lambda count: base(jnp.asarray(count).astype(peak.dtype))
+
+
+def _optimizer(peak, warmup_steps, start_fraction) -> optax.GradientTransformation:
+    return optax.sgd(warmup_schedule(peak, warmup_steps, start_fraction))
+
+
+def init_state(params: Factors, target: jax.Array, peaks: jax.Array, start_fractions: jax.Array,
+               warmup_steps: int, key: jax.Array, *, power_iters: int = 200) -> StabilityState:
+    """The state of C vmapped GD runs. params: u `(C, d1)`, v `(C, d2)`; target M `(d1, d2)`;
+    peaks, start_fractions `(C,)`. The power-iteration vectors start from `key` and are converged
+    at the initial params by `power_iters` iterations, so the first recorded sharpness is exact."""
+    chex.assert_rank([params.u, params.v, target, peaks, start_fractions], [2, 2, 2, 1, 1])
+    c = peaks.shape[0]
+    chex.assert_shape([params.u, params.v], [(c, None), (c, None)])
+    chex.assert_shape(start_fractions, (c,))
+    opt_state = jax.vmap(lambda p, e, f: _optimizer(e, warmup_steps, f).init(p))(params, peaks, start_fractions)
+    n = params.u.shape[1] + params.v.shape[1]
+    k1, k2 = jax.random.split(key)
+    dtype = params.u.dtype
+    v_abs, v_top = jax.random.normal(k1, (c, n), dtype), jax.random.normal(k2, (c, n), dtype)
+    _, _, v_abs, v_top = jax.vmap(lambda p, a, b: power_iteration(lambda q: loss_fn(q, target), p, a, b,
+                                                                  power_iters))(params, v_abs, v_top)
+    return StabilityState(params, opt_state, jnp.zeros((c,), bool), v_abs, v_top)
+
+
+def make_step(target: jax.Array, peaks: jax.Array, start_fractions: jax.Array, warmup_steps: int, *,
+              method: str = "power", power_iters: int = 5, blowup: float = 1e8):
+    """`step(state, t) -> (state, StabilityRecord)` for `run_steps`: one full-batch GD step (optax
+    SGD with `warmup_schedule`) of each of C configs, vmapped. The sharpness is tracked by
+    `power_iters` warm-started power iterations per step (`method="power"`) or from the dense
+    Hessian (`"exact"`, small problems). target M `(d1, d2)`; peaks, start_fractions `(C,)`."""
+    chex.assert_rank([target, peaks, start_fractions], [2, 1, 1])
+    chex.assert_equal_shape([peaks, start_fractions])
+    if method not in ("power", "exact"):
+        raise ValueError(f"unknown sharpness method {method!r}; use 'power' or 'exact'")
+
+    def one(params, opt_state, diverged, v_abs, v_top, peak, frac, t):
+        def loss(p):
+            return loss_fn(p, target)
+
+        value, grad = jax.value_and_grad(loss)(params)
+        if method == "power":
+            sharp, _, v_abs_new, v_top_new = power_iteration(loss, params, v_abs, v_top, power_iters)
+        else:
+            sharp, v_abs_new, v_top_new = sharpness_exact(loss, params), v_abs, v_top
+        opt = _optimizer(peak, warmup_steps, frac)
+        lr = warmup_schedule(peak, warmup_steps, frac)(t)  # = the rate optax applies at step t
+        updates, opt_new = opt.update(grad, opt_state, params)
+        params_new = optax.apply_updates(params, updates)
+        bad = diverged | ~jnp.isfinite(value) | (value > blowup)
+        keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(bad, a, b), old, new)  # noqa: E731
+        nan = jnp.full((), jnp.nan, value.dtype)
+        uu, vv = jnp.sum(params.u * params.u), jnp.sum(params.v * params.v)
+        record = StabilityRecord(*(jnp.where(bad, nan, x) for x in (value, sharp, lr.astype(value.dtype), uu - vv,
+                                                                    uu + vv)))
+        state = (keep(params, params_new), keep(opt_state, opt_new), bad, keep(v_abs, v_abs_new),
+                 keep(v_top, v_top_new))
+        return state, record
+
+    def step(state: StabilityState, t: jax.Array) -> tuple[StabilityState, StabilityRecord]:
+        new, record = jax.vmap(one, in_axes=(0,) * 7 + (None,))(*state, peaks, start_fractions, t)
+        return StabilityState(*new), record
+
+    return step
+
+
+OUTCOMES = ("not converged", "converged", "diverged", "unstable stall")
+
+
+def outcome(record: StabilityRecord, *, tol: float = 1e-12, margin: float = 1e-3) -> jax.Array:
+    """Per config, from a trajectory (leaves `(T, C)`, NaN after divergence), an index into
+    `OUTCOMES`: 2 = diverged (a NaN); 1 = converged: final loss <= tol at a linearly stable
+    minimum, λ_max <= (2/η_final)(1 + margin); 3 = final loss <= tol at a minimum with
+    λ_max > 2/η_final: GD's map is unstable there, but the residual is so small that the updates
+    round away (a run that converged while a warm-up's η_t was still small and froze); in exact
+    arithmetic it would leave; 0 = none of these (still above tol after T steps)."""
+    chex.assert_rank([record.loss, record.sharpness, record.lr], 2)
+    diverged = jnp.any(jnp.isnan(record.loss), axis=0)
+    small = record.loss[-1] <= tol
+    stable = record.sharpness[-1] * record.lr[-1] <= 2 * (1 + margin)
+    code = jnp.where(small, jnp.where(stable, 1, 3), 0)
+    return jnp.where(diverged, 2, code).astype(jnp.int32)
