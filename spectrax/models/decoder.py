@@ -293,25 +293,42 @@ class Activations(NamedTuple):
       index `l + 1` the output of layer `l` (the last one before the final norm).
     attention: `(L, B, H, T, T)` attention probabilities per layer and query head (query t, key s),
       or None when not captured.
+    projections: None, or `{"q": (L, B, T, H, D), "k"/"v": (L, B, T, KV, D)}`: each layer's
+      projections `W x + b` of its normed input, before q/k norms and rotary.
     """
 
     logits: jax.Array
     hidden: jax.Array
     attention: jax.Array | None
+    projections: dict[str, jax.Array] | None = None
 
 
 class Taps(NamedTuple):
-    """Additive perturbations of the activations: `hidden (L + 1, B, T, E)`, `attention (L, B, H, T, T)` or None."""
+    """Additive perturbations of the activations, shaped like the matching `Activations` fields:
+    `hidden (L + 1, B, T, E)`, `attention (L, B, H, T, T)` or None, `projections` dict or None."""
 
     hidden: jax.Array
     attention: jax.Array | None
+    projections: dict[str, jax.Array] | None = None
 
 
-def zero_taps(spec: ModelSpec, batch: int, length: int, *, attention: bool = True, dtype: Any = jnp.float32) -> Taps:
+def zero_taps(spec: ModelSpec, batch: int, length: int, *, attention: bool = True, projections: bool = False,
+              dtype: Any = jnp.float32) -> Taps:
     """All-zero taps for a `(batch, length)` input: adding them changes nothing."""
-    L, E, H = spec.num_layers, spec.hidden_size, spec.num_heads
+    L, E, H, KV = spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads
     probs = jnp.zeros((L, batch, H, length, length), dtype) if attention else None
-    return Taps(jnp.zeros((L + 1, batch, length, E), dtype), probs)
+    proj = None
+    if projections:
+        D = _uniform_head_dim(spec)
+        proj = {name: jnp.zeros((L, batch, length, n, D), dtype) for name, n in (("q", H), ("k", KV), ("v", KV))}
+    return Taps(jnp.zeros((L + 1, batch, length, E), dtype), probs, proj)
+
+
+def _uniform_head_dim(spec: ModelSpec) -> int:
+    if len(set(spec.head_dims)) != 1:
+        raise UnsupportedCheckpointError(f"{spec.model_type}: capturing projections needs one head_dim for "
+                                         f"all layers, got {sorted(set(spec.head_dims))}")
+    return spec.head_dims[0]
 
 
 def _prepare(params: Tree, spec: ModelSpec, input_ids) -> tuple[Tree, DecoderOptions, tuple]:
@@ -354,82 +371,85 @@ def forward(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
 
 
 def capture(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *, attention: bool = True,
-            taps: Taps | None = None, dtype: Any = jnp.float32) -> Activations:
-    """Logits, the residual stream after every layer and (optionally) every attention map.
+            projections: bool = False, taps: Taps | None = None, dtype: Any = jnp.float32) -> Activations:
+    """Logits, the residual stream after every layer and (optionally) attention maps and projections.
 
     Args:
       params, spec, input_ids, dtype: as in `forward`.
       attention: also return the `(L, B, H, T, T)` attention probabilities (memory grows as T^2).
-      taps: optional `Taps` added to the activations (see `zero_taps`); `activation_grads`
-        differentiates through them.
+      projections: also return every layer's q/k/v projections (see `Activations`).
+      taps: optional `Taps` added to the activations (see `zero_taps`), with `attention` and
+        `projections` present exactly when captured; `activation_grads` differentiates through them.
     Returns:
-      `Activations(logits (B, T, V), hidden (L + 1, B, T, E), attention (L, B, H, T, T) or None)`.
+      `Activations(logits, hidden, attention or None, projections or None)`.
     """
     weights, options, runs = _prepare(params, spec, input_ids)
-    if taps is not None and (taps.attention is not None) != attention:
-        raise ValueError("taps.attention must be given exactly when attention=True")
-    return _forward(weights, input_ids, taps, options=options, runs=runs, dtype=jnp.dtype(dtype),
-                    keep="attention" if attention else "hidden")
+    if projections:
+        _uniform_head_dim(spec)
+    if taps is not None and ((taps.attention is not None) != attention or (taps.projections is not None) != projections):
+        raise ValueError("taps.attention / taps.projections must be given exactly when attention / projections "
+                         "are captured")
+    keep = ("hidden",) + (("probs",) if attention else ()) + (("q", "k", "v") if projections else ())
+    logits, kept = _forward(weights, input_ids, taps, options=options, runs=runs, dtype=jnp.dtype(dtype), keep=keep)
+    return Activations(logits, jnp.concatenate([kept["embedded"][None], kept["hidden"]]), kept.get("probs"),
+                       {name: kept[name] for name in ("q", "k", "v")} if projections else None)
 
 
 def activation_grads(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray,
-                     loss_fn: Callable[[jax.Array], jax.Array], *, attention: bool = True,
+                     loss_fn: Callable[[jax.Array], jax.Array], *, attention: bool = True, projections: bool = False,
                      dtype: Any = jnp.float32) -> tuple[jax.Array, Activations, Activations]:
     """A scalar loss of the logits, the activations, and the loss's gradients with respect to them.
 
     Args:
       params, spec, input_ids, dtype: as in `forward`.
       loss_fn: `(B, T, V)` logits -> scalar, e.g. next-token cross-entropy.
-      attention: also capture (and differentiate) the attention probabilities.
+      attention, projections: also capture (and differentiate) the attention probabilities and
+        the q/k/v projections.
     Returns:
       `(loss, activations, grads)`: `activations` as from `capture`; `grads` an `Activations` of
       the same shapes holding d loss / d logits, d loss / d hidden[l] (the gradient reaching the
-      residual stream after layer l-1, i.e. through everything downstream of it) and
-      d loss / d attention[l].
+      residual stream after layer l-1, through everything downstream of it), d loss / d attention[l]
+      and d loss / d projections.
     """
     B, T = np.shape(input_ids)
-    taps = zero_taps(spec, B, T, attention=attention, dtype=dtype)
+    taps = zero_taps(spec, B, T, attention=attention, projections=projections, dtype=dtype)
 
     def loss_of(taps_and_logits_tap):
         taps, logits_tap = taps_and_logits_tap
-        acts = capture(params, spec, input_ids, attention=attention, taps=taps, dtype=dtype)
+        acts = capture(params, spec, input_ids, attention=attention, projections=projections, taps=taps, dtype=dtype)
         return loss_fn(acts.logits + logits_tap), acts
 
     logits_tap = jnp.zeros((B, T, spec.vocab_size), dtype)
     (loss, acts), (tap_grads, logits_grad) = jax.value_and_grad(loss_of, has_aux=True)((taps, logits_tap))
-    return loss, acts, Activations(logits_grad, tap_grads.hidden, tap_grads.attention)
+    return loss, acts, Activations(logits_grad, tap_grads.hidden, tap_grads.attention, tap_grads.projections)
 
 
 @functools.partial(jax.jit, static_argnames=("options", "runs", "dtype", "keep"))
 def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options: DecoderOptions, runs: tuple,
-             dtype, keep: str | None):
-    """Logits, or with `keep` ("hidden" / "attention") the `Activations` up to that much."""
+             dtype, keep: tuple[str, ...] | None):
+    """Logits, or with `keep` (names among "hidden", "probs", "q", "k", "v") the `Activations`."""
     # layers are cast to `dtype` one at a time inside the scan, so a bf16 model never has a
     # second, float32 copy of all its layers
     cast = functools.partial(jax.tree.map, lambda a: jnp.asarray(a).astype(dtype))
     w = {**cast({k: v for k, v in weights.items() if k != "layers"}),
          "layers": tuple(jax.tree.map(jnp.asarray, g) for g in weights["layers"])}
     T = input_ids.shape[1]
-    x = jnp.take(w["embed"]["tokens"], input_ids, axis=0)  # (B, T, E)
-    if options.embed_scale is not None:
-        x = x * jnp.asarray(options.embed_scale, dtype)
-    if "positions" in w["embed"]:
-        x = x + w["embed"]["positions"][:T]
+    x = embedded = _embed(w, input_ids, options, dtype, taps)
     if taps is not None:
-        x = x + taps.hidden[0].astype(dtype)
-    hidden, probs = [x], []
+        taps = cast(taps)
+    outputs = []
     for group, start, stop, first_layer in runs:
         stacked = jax.tree.map(lambda a: a[start:stop], w["layers"][group])
         layer_taps = None
         if taps is not None:
             n = stop - start
-            layer_taps = Taps(taps.hidden[first_layer + 1:first_layer + 1 + n].astype(dtype),
-                              None if taps.attention is None else taps.attention[first_layer:first_layer + n].astype(dtype))
-        x, outputs = _run_layers(x, stacked, layer_taps, range(first_layer, first_layer + stop - start), options, T,
-                                 keep)
-        if keep is not None:
-            hidden.append(outputs[0])
-            probs.append(outputs[1])
+            layer_taps = {"hidden": taps.hidden[first_layer + 1:first_layer + 1 + n]}
+            if taps.attention is not None:
+                layer_taps["probs"] = taps.attention[first_layer:first_layer + n]
+            for name, tap in (taps.projections or {}).items():
+                layer_taps[name] = tap[first_layer:first_layer + n]
+        x, kept = _run_layers(x, stacked, layer_taps, range(first_layer, first_layer + stop - start), options, T, keep)
+        outputs.append(kept)
     if "final_norm" in w:
         x = _apply_norm(x, w["final_norm"], options)
     logits = jnp.einsum("bte,ve->btv", x, w["lm_head"]["weight"])
@@ -439,16 +459,29 @@ def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options:
         logits = options.final_softcap * jnp.tanh(logits / options.final_softcap)
     if keep is None:
         return logits
-    stream = jnp.concatenate([hidden[0][None], *hidden[1:]])
-    attention_maps = jnp.concatenate(probs) if keep == "attention" else None
-    return Activations(logits, stream, attention_maps)
+    stacked_outputs = {name: jnp.concatenate([o[name] for o in outputs]) for name in keep}
+    return logits, {"embedded": embedded, **stacked_outputs}
 
 
-def _run_layers(x: jax.Array, stacked: Tree, taps: Taps | None, layers: range, options: DecoderOptions, T: int,
-                keep: str | None):
+def _embed(weights: Tree, input_ids: jax.Array, options: DecoderOptions, dtype, taps: Taps | None) -> jax.Array:
+    """The residual stream entering layer 0, `(B, T, E)` (tap included)."""
+    embed = jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), weights["embed"])
+    x = jnp.take(embed["tokens"], input_ids, axis=0)
+    if options.embed_scale is not None:
+        x = x * jnp.asarray(options.embed_scale, dtype)
+    if "positions" in embed:
+        x = x + embed["positions"][:input_ids.shape[1]]
+    if taps is not None:
+        x = x + taps.hidden[0].astype(dtype)
+    return x
+
+
+def _run_layers(x: jax.Array, stacked: Tree, taps: dict[str, jax.Array] | None, layers: range,
+                options: DecoderOptions, T: int, keep: tuple[str, ...] | None):
     """`jax.lax.scan` of `_block` over `n` consecutive same-shaped layers; leaves of `stacked` are `(n, ...)`.
 
-    Returns `(x, outputs)`: outputs are None, or `(hidden (n, B, T, E), probs (n, B, H, T, T) or None)`.
+    Returns `(x, kept)`: kept is None, or `{name: (n, ...)}` for the names in `keep` ("hidden" is
+    each layer's output).
     """
     D = stacked["attn"]["q"].shape[2]
     rotary_dim = int(D * options.rotary_fraction)
@@ -461,13 +494,14 @@ def _run_layers(x: jax.Array, stacked: Tree, taps: Taps | None, layers: range, o
     def body(h, layer):
         params, c, s, window, tap = layer
         params = jax.tree.map(lambda a: a.astype(h.dtype), params)
-        h, probs = _block(h, params, c, s, causal_mask(T, window), options, scale,
-                          None if tap is None else tap.attention)
-        if tap is not None:
-            h = h + tap.hidden
+        tap = dict(tap or {})
+        hidden_tap = tap.pop("hidden", None)
+        h, internals = _block(h, params, c, s, causal_mask(T, window), options, scale, tap)
+        if hidden_tap is not None:
+            h = h + hidden_tap
         if keep is None:
             return h, None
-        return h, (h, probs if keep == "attention" else None)
+        return h, {name: h if name == "hidden" else internals[name] for name in keep}
 
     return jax.lax.scan(body, x, (stacked, cos, sin, windows, taps))
 
@@ -484,22 +518,22 @@ def _norm(x: jax.Array, norms: Mapping[str, Any], placement: str, options: Decod
 
 
 def _block(x: jax.Array, layer: Tree, cos, sin, mask, options: DecoderOptions, scale: float,
-           probs_tap: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """One decoder layer `(B, T, E) -> (B, T, E)`, with its attention probabilities `(B, H, T, T)`.
+           taps: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One decoder layer `(B, T, E) -> (B, T, E)`, with its attention internals (see `layers.attention`).
 
     Norms apply where the layer has them (pre: `attn_norm`/`mlp_norm`; post: `attn_post_norm`/
     `mlp_post_norm`); with `parallel_residual` the MLP reads the layer's input, not the attention's output.
     """
     norms = layer["norms"]
-    h, probs = attention(
+    h, internals = attention(
         _norm(x, norms, "attn_norm", options), layer["attn"], cos, sin, mask,
         scale=scale, eps=options.norm_eps, norm_offset=options.norm_offset,
-        qk_norm=options.qk_norm, softcap=options.attn_softcap, probs_tap=probs_tap,
+        qk_norm=options.qk_norm, softcap=options.attn_softcap, taps=taps,
     )
     h = _norm(h, norms, "attn_post_norm", options)
     mlp = gated_mlp if "gate" in layer["mlp"] else dense_mlp
     if options.parallel_residual:
-        return x + h + mlp(_norm(x, norms, "mlp_norm", options), layer["mlp"], options.activation), probs
+        return x + h + mlp(_norm(x, norms, "mlp_norm", options), layer["mlp"], options.activation), internals
     x = x + h
     h = mlp(_norm(x, norms, "mlp_norm", options), layer["mlp"], options.activation)
-    return x + _norm(h, norms, "mlp_post_norm", options), probs
+    return x + _norm(h, norms, "mlp_post_norm", options), internals

@@ -133,8 +133,8 @@ def attention(
     norm_offset: float = 0.0,
     qk_norm: str | None = None,
     softcap: float | None = None,
-    probs_tap: Array | None = None,
-) -> tuple[Array, Array]:
+    taps: Mapping[str, Array] | None = None,
+) -> tuple[Array, dict[str, Array]]:
     """Grouped-query self-attention of one layer from canonical per-head weights.
 
     Query head `h` reads key/value head `h // G`; K/V weights are never repeated.
@@ -148,12 +148,15 @@ def attention(
       mask: `(T, T)` boolean, True = attend.
       scale: softmax scale applied to `q . k`.
       softcap: if set, scores become `softcap * tanh(scores / softcap)` before masking.
-      probs_tap: optional `(B, H, T, S)` added to the attention probabilities before they weight
-        the values: zeros change nothing, and the gradient of a loss with respect to the tap is
-        its gradient with respect to the probabilities.
+      taps: optional additive perturbations, any of `q (B, T, H, D)`, `k`/`v (B, T, KV, D)` (added
+        to the projections after their biases, before q/k norms and rotary) and `probs (B, H, T, S)`
+        (added to the attention probabilities before they weight the values). Zeros change
+        nothing, and the gradient of a loss with respect to a tap is its gradient with respect to
+        the tapped activation.
     Returns:
-      `(out, probs)`: `out (B, T, E)` is `sum_h ctx_h @ o[h]` (+ `o_bias`); `probs (B, H, T, S)`
-      the attention probabilities per query head (tap included).
+      `(out, internals)`: `out (B, T, E)` is `sum_h ctx_h @ o[h]` (+ `o_bias`); `internals` holds
+      the projections `q`, `k`, `v` and the attention probabilities `probs (B, H, T, S)` per query
+      head, taps included.
     """
     chex.assert_rank(x, 3)
     H, D, E = attn["q"].shape
@@ -169,6 +172,9 @@ def attention(
         k = k + attn["k_bias"]
     if "v_bias" in attn:
         v = v + attn["v_bias"]
+    taps = taps or {}
+    q, k, v = (x + taps[name].reshape(x.shape) if name in taps else x for name, x in (("q", q), ("k", k), ("v", v)))
+    internals = {"q": q, "k": k, "v": v}
     if qk_norm == "head":
         q = rms_norm(q, attn["q_norm"], eps, norm_offset)
         k = rms_norm(k, attn["k_norm"], eps, norm_offset)
@@ -182,13 +188,13 @@ def attention(
         scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    if probs_tap is not None:
-        probs = probs + probs_tap.reshape(probs.shape)
+    if "probs" in taps:
+        probs = probs + taps["probs"].reshape(probs.shape)
     ctx = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
     out = _matmul(ctx.reshape(B, T, H * D), attn["o"].reshape(H * D, E))
     if "o_bias" in attn:
         out = out + attn["o_bias"]
-    return out, probs.reshape(B, H, T, T)
+    return out, {**internals, "probs": probs.reshape(B, H, T, T)}
 
 
 def gated_mlp(x: Array, mlp: Mapping[str, Array], activation: str) -> Array:

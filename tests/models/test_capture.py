@@ -56,6 +56,19 @@ def test_hidden_states_and_attention_match_transformers(name):
     np.testing.assert_allclose(np.asarray(acts.attention), ref["attentions"], atol=2e-6)
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt_neox", "qwen2"])
+def test_projections_match_transformers_layer0(name):
+    """Layer 0's q/k/v as transformers hands them to attention (the fixture's second pass, with
+    positions 0; layer 0's input does not depend on positions for rotary families)."""
+    ref = np.load(REFERENCES / f"{name}.npz")
+    model = sx.load(CHECKPOINTS / name)
+    acts = capture(model.params, model.spec, ref["input_ids"], attention=False, projections=True)
+    for field, key in (("q", "query"), ("k", "key"), ("v", "value")):
+        ours = np.asarray(acts.projections[field][0]).transpose(0, 2, 1, 3)  # (B, heads, T, D)
+        np.testing.assert_allclose(ours, ref[f"layer0.{key}"], atol=2e-5)
+    assert acts.attention is None
+
+
 def test_zero_taps_change_nothing_and_taps_act_where_they_are_put():
     model = sx.load(CHECKPOINTS / "gpt_neox")
     ids = np.array([[1, 5, 9, 2, 6]])
@@ -72,6 +85,8 @@ def test_zero_taps_change_nothing_and_taps_act_where_they_are_put():
     assert not np.allclose(np.asarray(moved.logits[:, 3:]), np.asarray(plain.logits[:, 3:]))
     with pytest.raises(ValueError, match="taps.attention"):
         capture(model.params, model.spec, ids, attention=False, taps=taps)
+    with pytest.raises(ValueError, match="taps.projections"):
+        capture(model.params, model.spec, ids, projections=True, taps=taps)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "qwen3"])
@@ -81,13 +96,15 @@ def test_activation_gradients_match_finite_differences(name):
     ids = jnp.asarray(np.random.default_rng(1).integers(0, 120, (2, 6)))
     loss_fn = next_token_loss(ids)
     with jax.enable_x64(True):
-        loss, acts, grads = activation_grads(model.params, model.spec, ids, loss_fn, dtype=jnp.float64)
+        loss, acts, grads = activation_grads(model.params, model.spec, ids, loss_fn, projections=True,
+                                             dtype=jnp.float64)
         np.testing.assert_allclose(float(loss), float(loss_fn(acts.logits)), rtol=1e-12)
-        taps = zero_taps(model.spec, 2, 6, dtype=jnp.float64)
+        taps = zero_taps(model.spec, 2, 6, projections=True, dtype=jnp.float64)
         rng = np.random.default_rng(2)
 
         def loss_at(t):
-            return float(loss_fn(capture(model.params, model.spec, ids, taps=t, dtype=jnp.float64).logits))
+            return float(loss_fn(capture(model.params, model.spec, ids, taps=t, projections=True,
+                                         dtype=jnp.float64).logits))
 
         eps = 1e-6
         for field in ("hidden", "attention"):
@@ -98,6 +115,15 @@ def test_activation_gradients_match_finite_differences(name):
                 minus = taps._replace(**{field: base.at[layer].add(-eps * d)})
                 fd = (loss_at(plus) - loss_at(minus)) / (2 * eps)
                 analytic = float(jnp.vdot(getattr(grads, field)[layer], d))
+                assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(fd)), (field, layer, fd, analytic)
+        for field in ("q", "k", "v"):
+            base = taps.projections[field]
+            for layer in range(base.shape[0]):
+                d = jnp.asarray(rng.standard_normal(base[layer].shape))
+                bumped = {**taps.projections, field: base.at[layer].add(eps * d)}
+                dipped = {**taps.projections, field: base.at[layer].add(-eps * d)}
+                fd = (loss_at(taps._replace(projections=bumped)) - loss_at(taps._replace(projections=dipped))) / (2 * eps)
+                analytic = float(jnp.vdot(grads.projections[field][layer], d))
                 assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(fd)), (field, layer, fd, analytic)
         # causal: the last position feeds no prediction of the loss, every earlier one does
         reach = np.abs(np.asarray(grads.hidden)).sum(-1)  # (L + 1, B, T)
