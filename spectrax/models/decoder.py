@@ -56,6 +56,7 @@ __all__ = [
     "DecoderOptions",
     "Taps",
     "activation_grads",
+    "apply_norm",
     "capture",
     "decoder_options",
     "forward",
@@ -451,7 +452,7 @@ def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options:
         x, kept = _run_layers(x, stacked, layer_taps, range(first_layer, first_layer + stop - start), options, T, keep)
         outputs.append(kept)
     if "final_norm" in w:
-        x = _apply_norm(x, w["final_norm"], options)
+        x = apply_norm(x, w["final_norm"], options)
     logits = jnp.einsum("bte,ve->btv", x, w["lm_head"]["weight"])
     if "bias" in w["lm_head"]:
         logits = logits + w["lm_head"]["bias"]
@@ -506,7 +507,8 @@ def _run_layers(x: jax.Array, stacked: Tree, taps: dict[str, jax.Array] | None, 
     return jax.lax.scan(body, x, (stacked, cos, sin, windows, taps))
 
 
-def _apply_norm(x: jax.Array, norm: Mapping[str, Any], options: DecoderOptions) -> jax.Array:
+def apply_norm(x: jax.Array, norm: Mapping[str, Any], options: DecoderOptions) -> jax.Array:
+    """The model's norm (`options.norm`) with the parameters `norm` (`scale`, and `bias` for LayerNorm)."""
     if options.norm == "layer":
         bias = norm["bias"] if "bias" in norm else jnp.zeros_like(norm["scale"])
         return layer_norm(x, norm["scale"], bias, options.norm_eps)
@@ -514,7 +516,7 @@ def _apply_norm(x: jax.Array, norm: Mapping[str, Any], options: DecoderOptions) 
 
 
 def _norm(x: jax.Array, norms: Mapping[str, Any], placement: str, options: DecoderOptions) -> jax.Array:
-    return _apply_norm(x, norms[placement], options) if placement in norms else x
+    return apply_norm(x, norms[placement], options) if placement in norms else x
 
 
 def _block(x: jax.Array, layer: Tree, cos, sin, mask, options: DecoderOptions, scale: float,

@@ -8,7 +8,7 @@ import pytest
 
 import spectrax as sx
 from spectrax.models import Taps, activation_grads, capture, decoder_options, forward, zero_taps
-from spectrax.models.decoder import _apply_norm
+from spectrax.models import apply_norm
 from tests.conftest import CHECKPOINTS, REFERENCES
 
 FAMILIES = ["llama", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3", "gpt2", "gpt_neox"]
@@ -32,7 +32,7 @@ def test_capture_agrees_with_forward(name):
     np.testing.assert_array_equal(np.asarray(acts.logits), np.asarray(forward(model.params, model.spec, ids)))
     # the last hidden state, normed and projected, is the logits
     options = decoder_options(model.spec)
-    head = _apply_norm(acts.hidden[-1], model.params["final_norm"], options) @ jnp.asarray(
+    head = apply_norm(acts.hidden[-1], model.params["final_norm"], options) @ jnp.asarray(
         model.params["lm_head"]["weight"], jnp.float32).T
     if options.final_softcap is not None:
         head = options.final_softcap * jnp.tanh(head / options.final_softcap)
@@ -51,7 +51,7 @@ def test_hidden_states_and_attention_match_transformers(name):
     acts = capture(model.params, model.spec, ref["input_ids"])
     # transformers' last hidden state is after the final norm; ours is the residual stream before it
     ours = np.array(acts.hidden)
-    ours[-1] = np.asarray(_apply_norm(acts.hidden[-1], model.params["final_norm"], decoder_options(model.spec)))
+    ours[-1] = np.asarray(apply_norm(acts.hidden[-1], model.params["final_norm"], decoder_options(model.spec)))
     np.testing.assert_allclose(ours, ref["hidden_states"], atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(acts.attention), ref["attentions"], atol=2e-6)
 
