@@ -4,9 +4,43 @@ Each module is one paper's toy (SPEC.md §5) and exposes the quantities its theo
 per-step trajectories, so a test can hold the theory against the run:
 
 - `scan_snap`: Scan and Snap's 1-layer (Y, Z) transformer on facts with common/distinct tokens;
-- `joma`: JoMA's attention + linear layer toy with its invariants, and the entropy toy.
+- `joma`: JoMA's attention + linear layer toy with its invariants, and the entropy toy;
+- `symmetry`: Noether charges of rescaling/rotation symmetries, their exact (S)GD recursion,
+  GD conservation and the SGD noise equilibrium;
+- `deep_linear`: balance and alignment of deep linear networks under SGD noise;
+- `stability`: sharpness of a rank-1 factorization during GD, and learning-rate warm-up;
+- `collapse`: weight-decay collapse of symmetric toy losses, thresholds and closed forms;
+- `representation`: H/G/Z alignment of a trained MLP's layers (canonical representations);
+- `modular`: CoGO modular addition and the Fourier analysis of its solutions;
+- `prime_gaps`: the prime-gap regression transformer and its attention's zero gradients;
+- `navigator`: the spectral line navigator on random graphs;
+- `loop`: the chunked `lax.scan` training loop with orbax checkpoints that the others run on.
 """
 
-from spectrax.dynamics import joma, scan_snap
+from spectrax.dynamics import (
+    collapse,
+    deep_linear,
+    joma,
+    loop,
+    modular,
+    navigator,
+    prime_gaps,
+    representation,
+    scan_snap,
+    stability,
+    symmetry,
+)
 
-__all__ = ["joma", "scan_snap"]
+__all__ = [
+    "collapse",
+    "deep_linear",
+    "joma",
+    "loop",
+    "modular",
+    "navigator",
+    "prime_gaps",
+    "representation",
+    "scan_snap",
+    "stability",
+    "symmetry",
+]

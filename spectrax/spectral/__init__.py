@@ -4,6 +4,7 @@ Every kernel takes arrays batched over leading axes such as `(layers, heads, hea
 upcasts bf16/f16 to float32 inside, and is jit-compiled once per shape. See docs/spectral.md.
 """
 
+from spectrax.spectral import alignment
 from spectrax.spectral.decompose import METHODS, SVDResult, singular_values, svd
 from spectrax.spectral.esd import (
     MPFit,
@@ -91,6 +92,7 @@ from spectrax.spectral.sharding import (
 )
 
 __all__ = [
+    "alignment",
     # decompose
     "METHODS",
     "SVDResult",
