@@ -8,11 +8,13 @@ over many) is the kernel's choice, made with one `jax.device_put` from host memo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from spectrax.io.adapters import ADAPTERS, DEFAULT_LM_HEAD, LM_HEADS, Tensors, layer_pattern
@@ -222,18 +224,25 @@ def _block(source: Source, layer_ids: list[int]) -> LayerBlock:
     return LayerBlock(tuple(layer_ids), stacked)
 
 
-def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> Model:
+def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None, device: bool = False) -> Model:
     """Read and convert a whole checkpoint.
 
     Args:
       path: a checkpoint directory (single file, or shards with `model.safetensors.index.json`).
       strict: refuse config options spectrax does not understand (see `parse_config`).
       tower: the root of the tower to read in a multimodal checkpoint (default: the language tower).
+      device: return jax arrays on the default device instead of host numpy arrays. Each layer is
+        written into its preallocated stacked array in place (a donated update), so the peak is
+        the model plus one layer, and `spectrax.models.forward` then uses the weights without
+        copying them (numpy leaves are copied to the device on every call).
     Returns:
       A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
     """
     source = open_source(path, strict=strict, tower=tower)
     tree, notes, unconverted = load_globals(source)
+    if device:
+        tree = jax.tree.map(jax.device_put, tree)
+    empty = (lambda n, x: jnp.zeros((n, *x.shape), x.dtype)) if device else (lambda n, x: np.empty((n, *x.shape), x.dtype))
     groups = []
     for layer_ids in source.layer_groups():
         # Preallocate the group's stacked arrays so peak memory is the model plus one layer.
@@ -241,12 +250,20 @@ def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = No
         for slot, i in enumerate(layer_ids):
             layer = _read_layer(source, i)
             if stacked is None:
-                stacked = jax.tree.map(lambda x: np.empty((len(layer_ids), *x.shape), x.dtype), layer)
-            jax.tree.map(lambda dst, src: dst.__setitem__(slot, src), stacked, layer)
+                stacked = jax.tree.map(functools.partial(empty, len(layer_ids)), layer)
+            if device:
+                stacked = jax.tree.map(lambda dst, src: _set_slot(dst, src, slot), stacked, layer)
+            else:
+                jax.tree.map(lambda dst, src: dst.__setitem__(slot, src), stacked, layer)
             del layer
         groups.append({"layer_ids": np.asarray(layer_ids, np.int32), **stacked})
     tree["layers"] = tuple(groups)
     return Model(source.spec, tree, _meta(source, notes, unconverted))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_slot(stacked: jax.Array, layer: jax.Array, slot: int) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), slot, 0)
 
 
 def _meta(source: Source, notes: list[str], unconverted: list[str]) -> dict[str, Any]:

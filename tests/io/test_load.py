@@ -70,3 +70,24 @@ def test_streaming_peak_memory_does_not_grow_with_layers(tmp_path):
     _, peak_load = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak_load > 10 * layer_bytes
+
+
+@pytest.mark.parametrize("name", ["llama_bf16", "gemma3_text", "gpt2"])
+def test_load_to_device_equals_host_load(name):
+    """`device=True` gives jax arrays with the same values and dtypes, and the same logits."""
+    from spectrax.models import forward
+
+    host = sx.load(CHECKPOINTS / name)
+    dev = sx.load(CHECKPOINTS / name, device=True)
+    flat_host, tree_host = jax.tree.flatten(host.params)
+    flat_dev, tree_dev = jax.tree.flatten(dev.params)
+    assert tree_host == tree_dev
+    for a, b in zip(flat_host, flat_dev):
+        if a.dtype == np.int32:  # layer_ids stay host ints: they fix the layer order
+            np.testing.assert_array_equal(a, b)
+            continue
+        assert isinstance(b, jax.Array) and b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(np.asarray(b), a)
+    ids = np.array([[1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(np.asarray(forward(dev.params, dev.spec, ids)),
+                                  np.asarray(forward(host.params, host.spec, ids)))
