@@ -1,5 +1,7 @@
 """Shared test setup: strict dtype promotion everywhere, and paths to the committed fixtures."""
 
+import csv
+import importlib
 import os
 import pathlib
 
@@ -46,3 +48,14 @@ def snapshot(directory: os.PathLike) -> dict[str, tuple[int, int, str]]:
             stat = path.stat()
             out[str(path)] = (stat.st_size, stat.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
     return out
+
+
+def experiment(name: str):
+    """The script module `experiments/<name>.py` (the repository root is on pytest's path)."""
+    return importlib.import_module(f"experiments.{name}")
+
+
+def csv_rows(path: os.PathLike) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts of strings."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,26 +1,10 @@
 """The activation scripts run end to end on the embedded model and on a fixture, and refuse bad input."""
 
-import csv
-import importlib
 import json
-import os
-import sys
 
 import numpy as np
 
-from tests.conftest import CHECKPOINTS
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-
-def script(name):
-    return importlib.import_module(f"experiments.{name}")
-
-
-def rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+from tests.conftest import experiment as script, csv_rows as rows, CHECKPOINTS
 
 
 def test_activation_spectra(tmp_path):

@@ -1,16 +1,12 @@
 """experiments/representation_alignment.py end to end at a small size: files, tables, the null
 columns, the theory's checks, checkpoint/resume, and refused arguments (exit status 2)."""
 
-import csv
-import importlib
 import json
 import os
-import sys
 
 import numpy as np
+from tests.conftest import experiment, csv_rows as rows
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 SMALL = ["--steps", "1200", "--record-every", "300", "--weight-decays", "0,0.02", "--seeds", "2", "--width", "8",
          "--depth", "1", "--d-in", "8", "--d-out", "8", "--teacher-width", "2", "--eval-size", "256",
@@ -18,12 +14,7 @@ SMALL = ["--steps", "1200", "--record-every", "300", "--weight-decays", "0,0.02"
 
 
 def script():
-    return importlib.import_module("experiments.representation_alignment")
-
-
-def rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return experiment("representation_alignment")
 
 
 def test_alignment_experiment_end_to_end(tmp_path):

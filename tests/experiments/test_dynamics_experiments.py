@@ -5,26 +5,12 @@ No `__init__.py` in this folder on purpose (see test_experiments.py): the script
 from the repository's own `experiments/` folder.
 """
 
-import csv
-import importlib
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-
-def script(name: str):
-    return importlib.import_module(f"experiments.{name}")
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+from tests.conftest import experiment as script, csv_rows as read_csv
 
 
 def test_fig4_writes_metrics_and_plots(tmp_path):

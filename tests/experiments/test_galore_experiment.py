@@ -10,13 +10,10 @@ import csv
 import importlib
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 TINY = ["--steps", "30", "--chunk", "15", "--seeds", "2", "--ranks", "4", "--vocab", "16", "--embed", "8",
         "--hidden", "32", "--batch", "8", "--length", "10", "--quiet"]

@@ -5,26 +5,16 @@ No `__init__.py` in this folder on purpose: the script is imported from the repo
 `experiments/` folder.
 """
 
-import csv
-import importlib
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
+from tests.conftest import experiment, csv_rows as read_csv
 
 
 def script():
-    return importlib.import_module("experiments.modular_addition")
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return experiment("modular_addition")
 
 
 SMALL = ["--d", "23", "--seeds", "1", "--epochs", "200", "--hidden", "256", "--wd-sweep", "0,5e-5", "--quiet"]

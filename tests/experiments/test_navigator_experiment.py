@@ -6,25 +6,15 @@ No `__init__.py` in this folder on purpose: the script is imported from the repo
 `experiments/` folder.
 """
 
-import csv
-import importlib
 import json
 import os
-import sys
 
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
+from tests.conftest import experiment, csv_rows as read_csv
 
 
 def script():
-    return importlib.import_module("experiments.spectral_navigator")
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return experiment("spectral_navigator")
 
 
 def test_spectral_navigator_end_to_end(tmp_path):

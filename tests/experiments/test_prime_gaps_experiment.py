@@ -6,28 +6,19 @@ checkpoint folders are claimed, and user errors exit with status 2.
 No `__init__.py` here (see test_experiments.py): the script is imported from `experiments/`.
 """
 
-import csv
-import importlib
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 from spectrax.dynamics.loop import saved_settings  # noqa: E402
+from tests.conftest import experiment, csv_rows as read_csv
 
 
 def script():
-    return importlib.import_module("experiments.prime_gaps")
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return experiment("prime_gaps")
 
 
 TINY = ["--primes", "400", "--layers", "2", "--width", "16", "--heads", "2", "--mlp", "16", "--encoding", "sinusoidal", "--window", "4", "--steps", "24",

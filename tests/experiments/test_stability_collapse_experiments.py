@@ -4,25 +4,11 @@ sizes, write their tables, metrics and figures, hold the theory, and refuse an e
 No `__init__.py` in this folder on purpose: the scripts are imported from `experiments/`.
 """
 
-import csv
-import importlib
 import json
 import os
-import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-
-def script(name: str):
-    return importlib.import_module(f"experiments.{name}")
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+from tests.conftest import experiment as script, csv_rows as read_csv
 
 
 def test_stability_warmup_small(tmp_path):

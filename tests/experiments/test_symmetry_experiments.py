@@ -1,26 +1,12 @@
 """The symmetry experiment scripts run end to end at small sizes, write metrics, tables and figures,
 report what the theory predicts, resume from --checkpoint, and refuse an existing --out."""
 
-import csv
-import importlib
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-
-def script(name: str):
-    return importlib.import_module(f"experiments.{name}")
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+from tests.conftest import experiment as script, csv_rows as read_csv
 
 
 def test_noether_charge(tmp_path):
