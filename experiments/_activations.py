@@ -15,6 +15,7 @@ import numpy as np
 
 import spectrax as sx
 from spectrax.data import TINY_LLAMA
+from spectrax.models import apply_norm, decoder_options
 
 __all__ = ["add_input_options", "attention_inputs", "layer_params", "load_inputs", "next_token_loss"]
 
@@ -67,8 +68,6 @@ def layer_params(model: sx.Model, layer: int) -> dict:
 
 def attention_inputs(model: sx.Model, hidden: jax.Array, layer: int) -> tuple[np.ndarray, dict]:
     """`(B, T, E)` normed residual stream entering `layer`'s attention, and that layer's params."""
-    from spectrax.models import apply_norm, decoder_options
-
     params = layer_params(model, layer)
     x = hidden[layer]
     if "attn_norm" in params["norms"]:

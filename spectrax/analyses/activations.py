@@ -22,7 +22,7 @@ beside its null:
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import chex
@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
-from spectrax.analyses.esd import matrix_esd_rows
 from spectrax.analyses.kernel import ffn_alignment_null
-from spectrax.analyses.rank import matrix_rank_rows
+from spectrax.analyses.pipeline import matrix_table
 from spectrax.spectral import alignment as al
 
 __all__ = [
@@ -56,14 +55,6 @@ def centered_samples(hidden: jax.Array | np.ndarray) -> np.ndarray:
     return x - x.mean(axis=1, keepdims=True)
 
 
-def _rows_to_table(rows: Mapping[str, Mapping[str, Any]], names: Sequence[str], extra: Mapping[str, Sequence]) -> Table:
-    columns = list(next(iter(rows.values())))
-    table: Table = {k: np.asarray(v) for k, v in extra.items()}
-    for c in columns:
-        table[c] = np.asarray([np.asarray(rows[n][c], np.float64) for n in names])
-    return table
-
-
 def hidden_state_rows(hidden: jax.Array | np.ndarray, key: jax.Array, *, num_draws: int = 16,
                       shuffle_draws: int = 0) -> Table:
     """Spectrum statistics of the centered residual stream of every layer, each with its null.
@@ -77,15 +68,11 @@ def hidden_state_rows(hidden: jax.Array | np.ndarray, key: jax.Array, *, num_dra
       statistic of `analyses.rank` and `analyses.esd` with `_null_mean`, `_null_std`, `_z`, `_pct`.
     """
     x = centered_samples(hidden)
-    names = [f"stream{i}" for i in range(x.shape[0])]
-    matrices = dict(zip(names, x))
-    k_rank, k_esd = jax.random.split(key)
-    rank = matrix_rank_rows(matrices, k_rank, num_draws=num_draws)
-    esd = matrix_esd_rows(matrices, k_esd, num_draws=num_draws, shuffle_draws=shuffle_draws)
-    rows = {n: {**rank[n], **{c: v for c, v in esd[n].items() if c not in rank[n]}} for n in names}
-    extra = {"stream": np.arange(x.shape[0]), "samples": np.full(x.shape[0], x.shape[1]),
-             "hidden": np.full(x.shape[0], x.shape[2])}
-    return _rows_to_table(rows, names, extra)
+    matrices = {f"stream{i}": m for i, m in enumerate(x)}
+    table = matrix_table(matrices, dict(zip(("rank", "esd"), jax.random.split(key))), num_draws=num_draws,
+                         shuffle_draws=shuffle_draws)
+    return {"stream": np.arange(x.shape[0]), "samples": table.pop("rows"), "hidden": table.pop("cols"),
+            **{c: v for c, v in table.items() if c != "matrix"}}
 
 
 @jax.jit

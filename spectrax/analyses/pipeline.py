@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -28,7 +28,8 @@ from spectrax.io.load import Source, open_source, stream_layers
 from spectrax.report.output import RunFolder
 from spectrax.report.tables import concat
 
-__all__ = ["ANALYSES", "Options", "Tables", "check_analyses", "collect", "parse_layers", "layer_results", "global_results"]
+__all__ = ["ANALYSES", "Options", "Tables", "check_analyses", "collect", "parse_layers", "layer_results", "global_results",
+           "matrix_table"]
 
 ANALYSES = ("laws", "rank", "kernel", "esd")
 _PER_HEAD = ("laws", "kernel")
@@ -88,31 +89,29 @@ def _key(options: Options, analysis: str, slot: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(options.seed), ANALYSES.index(analysis)), slot)
 
 
-def _merge_matrix_tables(tables: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Side-by-side columns of per-matrix tables over the same matrices; the first wins a name."""
+def matrix_table(matrices: dict[str, np.ndarray], keys: Mapping[str, jax.Array], *, num_draws: int,
+                 shuffle_draws: int = 0) -> dict[str, np.ndarray] | None:
+    """Rank and/or esd columns side by side for named 2-D matrices (`matrix`, `rows`, `cols`, then
+    each statistic with its null columns); `keys` maps "rank"/"esd" to the PRNG key of each analysis
+    to run. Where both report a statistic (`stable_rank`), rank's column is kept."""
+    shapes = {name: tuple(w.shape) for name, w in matrices.items()}
     merged: dict[str, np.ndarray] = {}
-    for table in tables:
-        assert list(table["matrix"]) == list(tables[0]["matrix"])
-        merged.update({c: v for c, v in table.items() if c not in merged})
-    return merged
+    if "rank" in keys:
+        merged.update(matrix_columns(matrix_rank_rows(matrices, keys["rank"], num_draws=num_draws), shapes))
+    if "esd" in keys:
+        rows = matrix_esd_rows(matrices, keys["esd"], num_draws=num_draws, shuffle_draws=shuffle_draws)
+        merged.update({c: v for c, v in matrix_columns(rows, shapes).items() if c not in merged})
+    return merged or None
 
 
 def _matrix_table(matrices: dict[str, np.ndarray], slot: int, analyses: Sequence[str],
                   options: Options) -> dict[str, np.ndarray] | None:
-    """Rank and esd columns side by side for named matrices, each cropped once (`options.crop`);
-    `slot` is the layer (or the embedding's slot) in the random keys."""
+    """`matrix_table` of the chosen analyses, each matrix cropped once (`options.crop`); `slot` is
+    the layer (or the embedding's slot) in the random keys."""
     if options.crop is not None:
         matrices = {name: w[: options.crop, : options.crop] for name, w in matrices.items()}
-    shapes = {name: tuple(w.shape) for name, w in matrices.items()}
-    tables = []
-    if "rank" in analyses:
-        rows = matrix_rank_rows(matrices, _key(options, "rank", slot), num_draws=options.num_draws)
-        tables.append(matrix_columns(rows, shapes))
-    if "esd" in analyses:
-        rows = matrix_esd_rows(matrices, _key(options, "esd", slot), num_draws=options.num_draws,
-                               shuffle_draws=options.shuffle_draws)
-        tables.append(matrix_columns(rows, shapes))
-    return _merge_matrix_tables(tables) if tables else None
+    keys = {a: _key(options, a, slot) for a in ("rank", "esd") if a in analyses}
+    return matrix_table(matrices, keys, num_draws=options.num_draws, shuffle_draws=options.shuffle_draws)
 
 
 def layer_results(params: dict, layer: int, analyses: Sequence[str], options: Options) -> dict[str, dict[str, np.ndarray]]:

@@ -25,18 +25,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from spectrax.io.orbax import abstract_like
+
 __all__ = ["run_steps", "saved_settings"]
 
 Step = Callable[[Any, jax.Array], tuple[Any, Any]]
 _SETTINGS = "spectrax_loop.json"
-
-
-def _abstract(tree: Any, lead: int | None = None) -> Any:
-    def leaf(x: Any) -> jax.ShapeDtypeStruct:
-        shape = tuple(np.shape(x)) if lead is None else (lead, *np.shape(x))
-        return jax.ShapeDtypeStruct(shape, np.result_type(x))
-
-    return jax.tree.map(leaf, tree)
 
 
 def saved_settings(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -79,7 +73,9 @@ def run_steps(step: Step, state: Any, num_steps: int, *, chunk: int = 1000,
         raise ValueError(f"num_steps and chunk must be >= 1 (got {num_steps}, {chunk})")
     scan = jax.jit(lambda s, ts: jax.lax.scan(step, s, ts))
     record_shape = jax.eval_shape(step, state, jnp.int32(0))[1]
-    done, pieces = 0, []
+    # one preallocated host buffer per record leaf: chunks are written in place, saves take a view
+    trajectory = jax.tree.map(lambda r: np.empty((num_steps, *r.shape), r.dtype), record_shape)
+    done = 0
     manager = None
     if directory is not None:
         directory = os.path.abspath(os.fspath(directory))
@@ -88,26 +84,26 @@ def run_steps(step: Step, state: Any, num_steps: int, *, chunk: int = 1000,
                                         options=ocp.CheckpointManagerOptions(max_to_keep=2))
         latest = manager.latest_step()
         if latest is not None:
-            target = {"state": _abstract(state), "trajectory": _abstract(record_shape, latest)}
+            steps_done = jax.tree.map(lambda r: jax.ShapeDtypeStruct((latest, *r.shape), r.dtype), record_shape)
+            target = {"state": abstract_like(state), "trajectory": steps_done}
             saved = manager.restore(latest, args=ocp.args.StandardRestore(target))
             state, done = saved["state"], int(latest)
-            pieces.append(jax.tree.map(np.asarray, saved["trajectory"]))
+            jax.tree.map(lambda dst, src: dst.__setitem__(slice(0, done), np.asarray(src)), trajectory,
+                         saved["trajectory"])
     bar = tqdm(total=num_steps, initial=done, desc=progress, disable=progress is None, unit="step")
     try:
         while done < num_steps:
             n = min(chunk, num_steps - done)
             state, records = scan(state, jnp.arange(done, done + n, dtype=jnp.int32))
-            pieces.append(jax.tree.map(np.asarray, records))
+            jax.tree.map(lambda dst, src: dst.__setitem__(slice(done, done + n), np.asarray(src)), trajectory, records)
             done += n
             bar.update(n)
             if manager is not None:
-                trajectory = jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
-                pieces = [trajectory]
-                manager.save(done, args=ocp.args.StandardSave({"state": state, "trajectory": trajectory}))
+                so_far = jax.tree.map(lambda a: a[:done], trajectory)
+                manager.save(done, args=ocp.args.StandardSave({"state": state, "trajectory": so_far}))
                 manager.wait_until_finished()
     finally:
         bar.close()
         if manager is not None:
             manager.close()
-    trajectory = jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
     return state, trajectory

@@ -66,6 +66,7 @@ import numpy as np
 import optax
 
 from spectrax import spectral as sp
+from spectrax.models.layers import attention, dense_mlp, layer_norm
 
 __all__ = [
     "ATTENTION_QK",
@@ -283,24 +284,21 @@ def _embed(params, x, cfg: Config):
     return x[..., None] * e["w_in"] + e["b_in"] + pos
 
 
-def _layer_norm(x, scale, bias):
-    mu = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
-    return (x - mu) * jax.lax.rsqrt(var + _LN_EPS) * scale + bias
+_ATTENTION = ("q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias")
 
 
 def _block(x, layer):
-    """One pre-LN encoder layer on `(B, T, E)`; returns it and the attention `(B, H, T, T)`."""
-    h = _layer_norm(x, layer["ln1_scale"], layer["ln1_bias"])
-    q = jnp.einsum("bte,hde->bhtd", h, layer["q"]) + layer["q_bias"][:, None, :]
-    k = jnp.einsum("bte,hde->bhtd", h, layer["k"]) + layer["k_bias"][:, None, :]
-    v = jnp.einsum("bte,hde->bhtd", h, layer["v"]) + layer["v_bias"][:, None, :]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    attn = jax.nn.softmax(jnp.einsum("bhtd,bhsd->bhts", q, k) * scale, axis=-1)
-    x = x + jnp.einsum("bhts,bhsd,hde->bte", attn, v, layer["o"]) + layer["o_bias"]
-    h = _layer_norm(x, layer["ln2_scale"], layer["ln2_bias"])
-    h = jax.nn.gelu(jnp.einsum("bte,fe->btf", h, layer["up"]) + layer["up_bias"], approximate=False)
-    return x + jnp.einsum("btf,ef->bte", h, layer["down"]) + layer["down_bias"], attn
+    """One pre-LN encoder layer on `(B, T, E)` (spectrax.models' blocks, no mask, no rotary);
+    returns it and the attention `(B, H, T, T)`."""
+    T, D = x.shape[1], layer["q"].shape[1]
+    no_rotary = jnp.zeros((T, 0), x.dtype)
+    h = layer_norm(x, layer["ln1_scale"], layer["ln1_bias"], _LN_EPS)
+    out, internals = attention(h, {name: layer[name] for name in _ATTENTION}, no_rotary, no_rotary,
+                               jnp.ones((T, T), bool), scale=D**-0.5, eps=_LN_EPS)
+    x = x + out
+    h = layer_norm(x, layer["ln2_scale"], layer["ln2_bias"], _LN_EPS)
+    mlp = {name: layer[name] for name in ("up", "up_bias", "down", "down_bias")}
+    return x + dense_mlp(h, mlp, "gelu"), internals["probs"]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -324,10 +322,15 @@ def loss_fn(params: dict[str, Any], x: jax.Array, y: jax.Array, cfg: Config) -> 
     return jnp.mean(jnp.square(apply(params, x, cfg)[0] - y))
 
 
+def _row_entropy(attn: jax.Array) -> jax.Array:
+    """Entropy in nats of each attention row: `(..., T)` -> `(...)`."""
+    return -jnp.sum(attn * jnp.log(jnp.where(attn > 0, attn, 1.0)), axis=-1)
+
+
 def attention_entropy(attn: jax.Array) -> jax.Array:
     """Mean (over layers, batch, heads, queries) entropy in nats of `(L, B, H, T, T)` attention;
     ln T is uniform attention, 0 a single key (always the case at T = 1)."""
-    return jnp.mean(-jnp.sum(attn * jnp.log(jnp.where(attn > 0, attn, 1.0)), axis=-1))
+    return jnp.mean(_row_entropy(attn))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -342,8 +345,7 @@ def gradient_magnitudes(params: dict[str, Any], x: jax.Array, y: jax.Array, cfg:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _batch_eval(params, target, idx, cfg):
     pred, attn = apply(params, _inputs(target, idx, cfg), cfg)
-    entropy = -jnp.sum(attn * jnp.log(jnp.where(attn > 0, attn, 1.0)), axis=-1)  # (L, B, H, T)
-    return jnp.square(pred - target[idx]), jnp.mean(entropy, axis=(0, 2, 3))
+    return jnp.square(pred - target[idx]), jnp.mean(_row_entropy(attn), axis=(0, 2, 3))  # (B,) per sample
 
 
 def evaluate(params: dict[str, Any], data: Data, idx: jax.Array, cfg: Config, *,

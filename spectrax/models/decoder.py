@@ -392,7 +392,7 @@ def capture(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
                          "are captured")
     keep = ("hidden",) + (("probs",) if attention else ()) + (("q", "k", "v") if projections else ())
     logits, kept = _forward(weights, input_ids, taps, options=options, runs=runs, dtype=jnp.dtype(dtype), keep=keep)
-    return Activations(logits, jnp.concatenate([kept["embedded"][None], kept["hidden"]]), kept.get("probs"),
+    return Activations(logits, kept["hidden"], kept.get("probs"),
                        {name: kept[name] for name in ("q", "k", "v")} if projections else None)
 
 
@@ -428,16 +428,17 @@ def activation_grads(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.nd
 @functools.partial(jax.jit, static_argnames=("options", "runs", "dtype", "keep"))
 def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options: DecoderOptions, runs: tuple,
              dtype, keep: tuple[str, ...] | None):
-    """Logits, or with `keep` (names among "hidden", "probs", "q", "k", "v") the `Activations`."""
+    """Logits, or with `keep` (names among "hidden", "probs", "q", "k", "v") `(logits, {name: (L, ...)})`;
+    "hidden" then also holds the embedding output at index 0, `(L + 1, B, T, E)`."""
     # layers are cast to `dtype` one at a time inside the scan, so a bf16 model never has a
     # second, float32 copy of all its layers
     cast = functools.partial(jax.tree.map, lambda a: jnp.asarray(a).astype(dtype))
     w = {**cast({k: v for k, v in weights.items() if k != "layers"}),
          "layers": tuple(jax.tree.map(jnp.asarray, g) for g in weights["layers"])}
     T = input_ids.shape[1]
-    x = embedded = _embed(w, input_ids, options, dtype, taps)
     if taps is not None:
         taps = cast(taps)
+    x = embedded = _embed(w["embed"], input_ids, options, taps)
     outputs = []
     for group, start, stop, first_layer in runs:
         stacked = jax.tree.map(lambda a: a[start:stop], w["layers"][group])
@@ -461,19 +462,19 @@ def _forward(weights: Tree, input_ids: jax.Array, taps: Taps | None, *, options:
     if keep is None:
         return logits
     stacked_outputs = {name: jnp.concatenate([o[name] for o in outputs]) for name in keep}
-    return logits, {"embedded": embedded, **stacked_outputs}
+    stacked_outputs["hidden"] = jnp.concatenate([embedded[None], stacked_outputs["hidden"]])
+    return logits, stacked_outputs
 
 
-def _embed(weights: Tree, input_ids: jax.Array, options: DecoderOptions, dtype, taps: Taps | None) -> jax.Array:
-    """The residual stream entering layer 0, `(B, T, E)` (tap included)."""
-    embed = jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), weights["embed"])
+def _embed(embed: Tree, input_ids: jax.Array, options: DecoderOptions, taps: Taps | None) -> jax.Array:
+    """The residual stream entering layer 0, `(B, T, E)` (tap included), from compute-dtype weights."""
     x = jnp.take(embed["tokens"], input_ids, axis=0)
     if options.embed_scale is not None:
-        x = x * jnp.asarray(options.embed_scale, dtype)
+        x = x * jnp.asarray(options.embed_scale, x.dtype)
     if "positions" in embed:
         x = x + embed["positions"][:input_ids.shape[1]]
     if taps is not None:
-        x = x + taps.hidden[0].astype(dtype)
+        x = x + taps.hidden[0]
     return x
 
 
