@@ -46,10 +46,10 @@ def _columns(observed: dict, nulls: dict) -> dict[str, np.ndarray]:
 def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
     """Statistics for a block of layers.
 
-    Each matrix is decomposed once. Spectrum statistics get a Monte Carlo null drawn directly in
-    singular values (`gaussian_spectrum_null`: shape- and scale-matched Gaussian matrices, exact
-    in law, far cheaper than drawing whole matrices); singular-vector statistics get their exact
-    nulls.
+    Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
+    Spectrum statistics get a Monte Carlo null drawn directly in singular values (`gaussian_spectrum_draws`: shape- and scale-matched Gaussian matrices, exact
+    in law, far cheaper than drawing whole matrices), one set of draws per matrix shared by all
+    its statistics; singular-vector statistics get their exact nulls.
 
     Args:
       attn: canonical attention of the block: `q (n, H, D, E)`, `k`, `v (n, KV, D, E)`.
@@ -62,9 +62,14 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
     chex.assert_rank([q, k, v], 4)
     n, H, D, E = q.shape
     kv_of = sp.kv_head_index(H, k.shape[1])
-    decomposed = {m: sp.svd(x) for m, x in (("q", q), ("k", k), ("v", v))}
+    # Heads split over the local devices: jaxlib's CPU QR decomposes one matrix at a time on one
+    # core, so with one CPU device per core (as the command line sets up) QRs run in parallel.
+    by_heads = functools.partial(sp.sharded, axis=1)
+    decomposed = {m: by_heads(sp.svd)(x) for m, x in (("q", q), ("k", k), ("v", v))}
     exact = sp.exact_pair_nulls((D, E))
-    keys = iter(jax.random.split(key, 6))
+    # One set of Gaussian stand-in spectra per matrix serves all six nulls (each null is still
+    # exact in law; the q draws are shared by the qk, qv and q nulls).
+    draws = dict(zip(MATRICES, sp.gaussian_spectrum_draws(key, q, k, v, num_draws=num_draws)))
     cols: dict[str, np.ndarray] = {}
 
     def add(tag: str, columns: dict[str, np.ndarray], per_kv_head: bool) -> None:
@@ -74,11 +79,11 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
         pair_spectra = sp.spectra_pair_statistics if per_kv else _GQA_SPECTRA
         pair_vectors = _vector_pair_statistics if per_kv else _GQA_VECTORS
         observed = {**pair_spectra(decomposed[a].s, decomposed[b].s), **pair_vectors(decomposed[a], decomposed[b])}
-        null = sp.split_null(sp.gaussian_spectrum_null(next(keys), pair_spectra, attn[a], attn[b], num_draws=num_draws))
+        null = sp.split_null(sp.null_from_draws(pair_spectra, draws[a], draws[b]))
         add(tag, _columns(observed, {**null, **exact}), per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
-        null = sp.split_null(sp.gaussian_spectrum_null(next(keys), _spectrum_statistics, attn[m], num_draws=num_draws))
+        null = sp.split_null(sp.null_from_draws(_spectrum_statistics, draws[m]))
         add(m, _columns(observed, null), m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)

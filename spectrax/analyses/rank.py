@@ -39,20 +39,22 @@ def rank_statistics(s: jax.Array, key: jax.Array, shape: tuple[int, int]) -> dic
 
     `key` draws the Gaussian reference sample of `ks_gauss`. Returns `{name: (...)}`.
     """
+    return _statistics(s, _reference(key, shape, s.dtype), shape=shape)
+
+
+def _reference(key, shape, dtype):
+    """The pooled `ks_gauss` reference: mean-normalized spectra of Gaussian `shape` matrices, flat."""
+    reference = sp.gaussian_singular_values(key, (_REFERENCE_DRAWS, *shape), dtype)
+    return (reference / jnp.mean(reference, axis=-1, keepdims=True)).reshape(-1)
+
+
+def _statistics(s, reference, *, shape):
     stats = sp.singular_value_statistics(s)
-    reference = sp.gaussian_singular_values(key, (_REFERENCE_DRAWS, *shape), s.dtype)
-    reference = (reference / jnp.mean(reference, axis=-1, keepdims=True)).reshape(-1)
     return {
         **{name: stats[name] for name in ("erank", "erank_squared", "max_mean", "stable_rank", "sigma_max")},
         "ks_mp": sp.ks_mp(s, shape),
         "ks_gauss": sp.ks_two_sample(s / jnp.mean(s, axis=-1, keepdims=True), reference),
     }
-
-
-def _null_statistics(s, *, shape):
-    # Inside a null draw the Gaussian reference uses a fixed key: its randomness is already
-    # averaged over by the draws, and a fixed key keeps stat_fn a function of the spectrum only.
-    return rank_statistics(s, jax.random.key(0), shape)
 
 
 def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *,
@@ -73,9 +75,16 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *,
     for i, (shape, names) in enumerate(sorted(by_shape.items())):
         k_ref, k_null = jax.random.split(jax.random.fold_in(key, i))
         batch = np.stack([np.asarray(matrices[n]) for n in names])
-        observed = rank_statistics(sp.singular_values(batch), k_ref, shape)
-        stat_fn = functools.partial(_null_statistics, shape=shape)
-        null = sp.split_null(sp.gaussian_spectrum_null(k_null, stat_fn, batch, num_draws=num_draws))
+        s = sp.singular_values(batch)
+        observed = rank_statistics(s, k_ref, shape)
+        # The draws share one fixed reference sample (its randomness is already averaged over by
+        # the draws), computed once here: drawn inside each draw it cost four more Gaussian
+        # spectra, i.e. four (k, k) SVDs, per draw.
+        reference = _reference(jax.random.key(0), shape, s.dtype)
+        draws = sp.gaussian_spectrum_draws(k_null, batch, num_draws=num_draws)
+        fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
+        stat_fn = functools.partial(_statistics, shape=shape)
+        null = sp.split_null(sp.null_from_draws(stat_fn, *draws, fixed))
         columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}

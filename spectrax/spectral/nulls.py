@@ -16,7 +16,9 @@ each real matrix. Every (layer, head)
 matrix gets its own draws, all heads and all draws run inside one jit-compiled call
 (`jax.lax.map` over draws, `batch_size` draws at a time to bound memory), and the result is a
 `NullSummary` of per-statistic mean, std and the draws themselves, from which `zscore`,
-`percentile` and `null_columns` derive table columns.
+`percentile` and `null_columns` derive table columns. `gaussian_spectrum_draws` and
+`null_from_draws` split the spectrum null in two, so several statistics of the same matrices
+share one set of draws.
 
 The draws depend only on the key and `num_draws`, not on `batch_size`.
 """
@@ -162,27 +164,42 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32) -> jax.Array:
     return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size", "spectra"),
-)
-def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size, spectra=False):
+def _scaled(g, scale, spectra):
+    """A standard draw `g` at the template's RMS `scale (..., 1, 1)` (None: unit variance)."""
+    if scale is None:
+        return g
+    return g * scale[..., 0] if spectra else g * scale
+
+
+@functools.partial(jax.jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size"))
+def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
     scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
 
     def draw(k):
         ks = jax.random.split(k, len(shapes))
-        args = []
-        for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales):
-            if spectra:
-                g = gaussian_singular_values(ki, shape, dtype)
-                args.append(g if scale is None else g * scale[..., 0])
-            else:
-                g = jax.random.normal(ki, shape, dtype)
-                args.append(g if scale is None else g * scale)
-        return stat_fn(*args)
+        return stat_fn(*[_scaled(jax.random.normal(ki, shape, dtype), scale, False)
+                         for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales)])
 
     keys = jax.random.split(key, num_draws)
     return _summarize(jax.lax.map(draw, keys, batch_size=batch_size or num_draws))
+
+
+@functools.partial(jax.jit, static_argnames=("shapes", "dtypes", "num_draws", "batch_size"))
+def _spectrum_draws(key, refs, shapes, dtypes, num_draws, batch_size):
+    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
+
+    def draw(k):
+        ks = jax.random.split(k, len(shapes))
+        return tuple(_scaled(gaussian_singular_values(ki, shape, dtype), scale, True)
+                     for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales))
+
+    keys = jax.random.split(key, num_draws)
+    return jax.lax.map(draw, keys, batch_size=batch_size or num_draws)
+
+
+@functools.partial(jax.jit, static_argnames=("stat_fn", "batch_size"))
+def _null_of_draws(draws, stat_fn, batch_size):
+    return _summarize(jax.lax.map(lambda d: stat_fn(*d), draws, batch_size=batch_size or draws[0].shape[0]))
 
 
 def gaussian_null(
@@ -214,7 +231,10 @@ def gaussian_null(
       `NullSummary(mean, std, draws)` with `stat_fn`'s output structure; `draws` leaves are
       `(num_draws, ...)`.
     """
-    return _gaussian(key, stat_fn, templates, num_draws, batch_size, match_scale, spectra=False)
+    _check_draws(num_draws, batch_size)
+    refs, shapes, dtypes = _templates(templates, match_scale)
+    return _gaussian_null(key, refs, stat_fn=_StaticFn(stat_fn), shapes=shapes, dtypes=dtypes,
+                          num_draws=num_draws, batch_size=batch_size)
 
 
 def gaussian_spectrum_null(
@@ -232,13 +252,48 @@ def gaussian_spectrum_null(
     exactly in law by `gaussian_singular_values` (Bartlett): for a `(128, 5120)` head that is ~40x
     fewer random numbers and no large QR, so a draw costs far less than a real pass. Use it for
     Pearson, SSR, alpha, sigma_max, condition number, effective rank, max/mean, stable rank, and
-    MP/KS statistics; statistics of singular vectors need `gaussian_null`.
+    MP/KS statistics; statistics of singular vectors need `gaussian_null`. Equal to
+    `null_from_draws(stat_fn, *gaussian_spectrum_draws(key, *templates, ...))`; several statistics
+    of the same matrices can share one set of draws that way.
     """
-    return _gaussian(key, stat_fn, templates, num_draws, batch_size, match_scale, spectra=True)
+    draws = gaussian_spectrum_draws(key, *templates, num_draws=num_draws, batch_size=batch_size,
+                                    match_scale=match_scale)
+    return null_from_draws(stat_fn, *draws, batch_size=batch_size)
 
 
-def _gaussian(key, stat_fn, templates, num_draws, batch_size, match_scale, spectra):
+def gaussian_spectrum_draws(
+    key,
+    *templates,
+    num_draws: int = 32,
+    batch_size: int | None = 1,
+    match_scale: bool = True,
+) -> tuple[jax.Array, ...]:
+    """Singular values of `num_draws` independent shape-matched Gaussian stand-ins per template.
+
+    Args:
+      key, num_draws, match_scale: as in `gaussian_null`.
+      *templates: real arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s; every matrix gets its own
+        draws.
+      batch_size: draws generated at once (each holds a `(..., k, k)` Bartlett factor).
+
+    Returns:
+      one `(num_draws, ..., min(m, n))` array per template, descending along the last axis.
+    """
     _check_draws(num_draws, batch_size)
+    refs, shapes, dtypes = _templates(templates, match_scale)
+    return _spectrum_draws(key, refs, shapes=shapes, dtypes=dtypes, num_draws=num_draws, batch_size=batch_size)
+
+
+def null_from_draws(stat_fn: Callable[..., Any], *draws, batch_size: int | None = None) -> NullSummary:
+    """`NullSummary` of `stat_fn` evaluated on each draw: `draws` are `(num_draws, ...)` arrays, one
+    per `stat_fn` argument (e.g. from `gaussian_spectrum_draws`); `batch_size` draws at a time."""
+    _check_draws(draws[0].shape[0], batch_size)
+    return _null_of_draws(tuple(draws), stat_fn=_StaticFn(stat_fn), batch_size=batch_size)
+
+
+def _templates(templates, match_scale):
+    """(refs, shapes, dtypes) of Monte Carlo templates; a ref is the real array whose RMS a draw
+    takes, None for `ShapeDtypeStruct`s or without `match_scale`."""
     shapes, dtypes, refs = [], [], []
     for t in templates:
         if not isinstance(t, jax.ShapeDtypeStruct):
@@ -250,16 +305,7 @@ def _gaussian(key, stat_fn, templates, num_draws, batch_size, match_scale, spect
         dtypes.append(np.dtype(dtype))
         real = match_scale and not isinstance(t, jax.ShapeDtypeStruct)
         refs.append(t if real else None)
-    return _gaussian_null(
-        key,
-        tuple(refs),
-        stat_fn=_StaticFn(stat_fn),
-        shapes=tuple(shapes),
-        dtypes=tuple(dtypes),
-        num_draws=num_draws,
-        batch_size=batch_size,
-        spectra=spectra,
-    )
+    return tuple(refs), tuple(shapes), tuple(dtypes)
 
 
 def shuffle_entries(key, x) -> jax.Array:

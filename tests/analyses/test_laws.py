@@ -79,8 +79,46 @@ def test_streaming_over_layers_compiles_each_kernel_once_per_shape():
     from spectrax.data import TINY_LLAMA
     from spectrax.spectral import nulls
 
-    kernels = (sp.svd, nulls._gaussian_null)
+    kernels = (sp.svd, nulls._spectrum_draws, nulls._null_of_draws)
     laws_table(TINY_LLAMA, layers=[0])
     before = [k._cache_size() for k in kernels]
     laws_table(TINY_LLAMA)  # all 4 layers, same shapes
     assert [k._cache_size() for k in kernels] == before
+
+
+_LAWS_ON_DEVICES = r"""
+import sys
+import jax
+import numpy as np
+from spectrax.analyses.laws import head_laws
+assert jax.local_device_count() == 4, jax.devices()
+attn = dict(np.load(sys.argv[1]))
+np.savez(sys.argv[2], **head_laws(attn, jax.random.key(5), num_draws=4))
+"""
+
+
+def test_heads_split_over_four_cpu_devices_give_the_one_device_table(tmp_path):
+    """6 query / 2 KV heads (padded to 8 / 4) on 4 emulated CPU devices: the same table, draws
+    included, as on one device; the command line sets up one CPU device per core."""
+    import os
+    import subprocess
+    import sys
+
+    import jax
+
+    from spectrax.spectral import sharding
+
+    rng = np.random.default_rng(8)
+    attn = {m: rng.standard_normal((1, n, 8, 48)).astype(np.float32) for m, n in (("q", 6), ("k", 2), ("v", 2))}
+    np.savez(tmp_path / "attn.npz", **attn)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = sharding.cpu_devices_env(4)
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", _LAWS_ON_DEVICES, str(tmp_path / "attn.npz"), str(tmp_path / "out.npz")],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    four = np.load(tmp_path / "out.npz")
+    one = head_laws(attn, jax.random.key(5), num_draws=4)
+    assert set(four.files) == set(one)
+    for name, value in one.items():
+        np.testing.assert_allclose(four[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
