@@ -4,7 +4,8 @@ For each depth, writes a Llama-format checkpoint with real per-layer shapes (def
 E=5120, H=40, KV=8, D=128, F=13824; one layer per shard), then in a fresh process per mode:
 `stream` reads every layer (`spectrax.stream_layers`), `load` loads the whole model
 (`spectrax.load`), `analyze` runs `spectrax.analyses.analyze` (default `--analyses laws`, 16 null
-draws) end to end into a scratch folder. Reports wall time, read bandwidth and peak RSS of each,
+draws) end to end into a scratch folder on one CPU device, `analyze-cores` the same with one CPU
+device per core, as the command line runs it. Reports wall time, read bandwidth and peak RSS of each,
 so "time linear, memory flat in depth" can be read off.
 
     python benchmarks/bench_loading.py --layers 2 4 8 [--shape 14b|8b|small] [--modes stream load analyze]
@@ -35,9 +36,12 @@ import spectrax as sx
 path, mode = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 checksum = 0.0
-if mode == "analyze":
+if mode.startswith("analyze"):
     import tempfile
     from spectrax.analyses import analyze
+    if mode == "analyze-cores":   # as the command line runs: one CPU device per core
+        from spectrax.cli import use_every_core
+        use_every_core()
     with tempfile.TemporaryDirectory() as scratch:
         analyze(path, scratch + "/out", analyses=sys.argv[3].split(","), progress=False)
 elif mode == "stream":
@@ -86,7 +90,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="14b")
     parser.add_argument("--dir", default=None, help="scratch folder for generated checkpoints")
-    parser.add_argument("--modes", nargs="+", choices=["stream", "load", "analyze"], default=["stream", "load", "analyze"])
+    parser.add_argument("--modes", nargs="+", choices=["stream", "load", "analyze", "analyze-cores"],
+                        default=["stream", "load", "analyze"])
     parser.add_argument("--analyses", default="laws", help="analyses of the analyze mode (default laws)")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args()

@@ -8,7 +8,8 @@
    2ED^2 - 2D^3/3, plus an SVD of the D x D factor, ~22 D^3 as LAPACK's bidiagonalization + QR
    iteration; Gram: the D x D Gram matrix, 2 D^2 E, plus a symmetric eigendecomposition, ~9 D^3),
    the time that many flops takes at the measured batched-matmul rate (the floor), and the
-   measured time as a multiple of that floor.
+   measured time as a multiple of that floor; the float32 kernels again with one CPU device per
+   core and the heads split over them (jaxlib's CPU QR uses one core per call).
 3. `stream_layers` over a generated bf16 checkpoint vs reading its files raw: the fraction of the
    raw read bandwidth the loader reaches (its extra work: bf16 decoding, reshaping to heads).
 
@@ -26,6 +27,7 @@ import spectrax  # noqa: E402,F401  (thread settings before JAX starts)
 import argparse  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -83,6 +85,40 @@ def kernel_vs_floor(quick: bool, repeats: int, best_gflops: float, jit_gflops: f
         rows.append({"kernel": f"singular_values('{method}') {jnp.dtype(dtype).name}", "heads": heads,
                      "gflop": flops / 1e9, "seconds": seconds, "floor_seconds": floor, "times_floor": seconds / floor,
                      "times_jit_matmul_floor": seconds * jit_gflops * 1e9 / flops})
+    return rows
+
+
+_EVERY_CORE = r"""
+import json, sys
+import jax
+import numpy as np
+import spectrax.spectral as sxs
+from bench_kernels import make_heads, timed
+heads, repeats = int(sys.argv[1]), int(sys.argv[2])
+x, _ = sxs.shard_batch(make_heads(np.random.default_rng(1), heads, 128, 5120))
+out = {m: timed(lambda: sxs.singular_values(x, method=m), repeats)[0] for m in ("qr", "gram")}
+print(json.dumps({"devices": jax.local_device_count(), **out}))
+"""
+
+
+def kernel_on_every_core(quick: bool, repeats: int, best_gflops: float) -> list[dict]:
+    """The f32 kernels again in a child process with one CPU device per core, the heads split over
+    them (`shard_batch`): jaxlib's CPU QR runs one matrix at a time on one core, so one device
+    uses one core for the QR however many the machine has."""
+    heads = 24 if quick else 96
+    env = sxs.cpu_devices_env(os.cpu_count() or 1)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _EVERY_CORE, str(heads), str(repeats)], env=env, cwd=here,
+                         capture_output=True, text=True, check=True, timeout=1200)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = []
+    for method in ("qr", "gram"):
+        flops = svd_flops(method, heads, 128, 5120)
+        floor = flops / (best_gflops * 1e9)
+        rows.append({"kernel": f"singular_values('{method}') float32, heads over {result['devices']} CPU devices",
+                     "heads": heads, "gflop": flops / 1e9, "seconds": result[method], "floor_seconds": floor,
+                     "times_floor": result[method] / floor, "times_jit_matmul_floor": float("nan")})
     return rows
 
 
@@ -153,6 +189,8 @@ def main(argv=None) -> dict:
     jit = max(r["gflops"] for r in report["matmul"] if r["product"].startswith("batched") and r["library"] == "jax jit")
     report["floor_rate_gflops"], report["jit_batched_rate_gflops"] = best, jit
     report["kernels"] = kernel_vs_floor(args.quick, repeats, best, jit)
+    if (os.cpu_count() or 1) > 1:
+        report["kernels"] += kernel_on_every_core(args.quick, repeats, best)
     print(f"\nfloor: {best:.1f} GFLOP/s (best f32 matmul measured); jit head-shaped matmul {jit:.1f} GFLOP/s\n")
     print("| kernel | heads | GFLOP | s | floor s | x floor | x jit-matmul floor |\n|---|---:|---:|---:|---:|---:|---:|")
     for r in report["kernels"]:

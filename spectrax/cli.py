@@ -154,8 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_every_core() -> None:
+    """One JAX CPU device per core, unless the user chose a device count or JAX already started.
+
+    jaxlib's CPU QR/SVD kernels decompose one matrix at a time on one core; the analyses split
+    their heads over the local devices, so one device per core puts every core to work (on a GPU
+    or TPU machine the CPU devices are not used for the analyses).
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except RuntimeError:  # backends already initialized (main called inside a running program)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_every_core()
     try:
         return args.run(args)
     except (CheckpointError, FileExistsError, ValueError) as e:
