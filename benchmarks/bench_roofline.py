@@ -170,6 +170,10 @@ def loader_vs_raw(directory: str, quick: bool, repeats: int) -> dict:
             "fraction_of_raw": raw_s / stream_s}
 
 
+def _times(x: float) -> str:
+    return "n/a" if x != x else f"{x:.1f}x"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller products and a quarter of the heads")
@@ -195,7 +199,7 @@ def main(argv=None) -> dict:
     print("| kernel | heads | GFLOP | s | floor s | x floor | x jit-matmul floor |\n|---|---:|---:|---:|---:|---:|---:|")
     for r in report["kernels"]:
         print(f"| {r['kernel']} | {r['heads']} | {r['gflop']:.1f} | {r['seconds']:.3f} | {r['floor_seconds']:.3f} | "
-              f"{r['times_floor']:.1f}x | {r['times_jit_matmul_floor']:.1f}x |")
+              f"{r['times_floor']:.1f}x | {_times(r['times_jit_matmul_floor'])} |")
     directory = tempfile.mkdtemp(prefix="spectrax-roofline-")
     try:
         report["read"] = read_bandwidth(directory, (256 if args.quick else 1024) << 20, repeats)
