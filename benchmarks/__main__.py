@@ -82,7 +82,8 @@ def summarize(out: str) -> str:
                          f"{report['jit_batched_rate_gflops']:.1f})")
             for r in report["kernels"]:
                 lines.append(f"- {r['kernel']}: {r['times_floor']:.1f}x the matmul floor for its flops "
-                             f"({r['times_jit_matmul_floor']:.1f}x at jit's matmul rate)")
+                             f"({r['times_jit_matmul_floor']:.1f}x at jit's matmul rate), "
+                             f"{r['times_householder_floor']:.1f}x the floor for Householder's flops")
             lines.append(f"- loader: {report['loader']['fraction_of_raw']:.0%} of raw read bandwidth "
                          f"({report['loader']['stream_gb_per_s']:.2f} vs {report['loader']['raw_gb_per_s']:.2f} GB/s)")
         elif name == "dynamics.json":

@@ -6,10 +6,13 @@
 2. `singular_values(method=...)` on every head of one layer (default Qwen2.5-14B: 96 heads of
    128 x 5120): the flops each method must do (QR-first: Householder QR of the E x D transpose,
    2ED^2 - 2D^3/3, plus an SVD of the D x D factor, ~22 D^3 as LAPACK's bidiagonalization + QR
-   iteration; Gram: the D x D Gram matrix, 2 D^2 E, plus a symmetric eigendecomposition, ~9 D^3),
-   the time that many flops takes at the measured batched-matmul rate (the floor), and the
-   measured time as a multiple of that floor; the float32 kernels again with one CPU device per
-   core and the heads split over them (jaxlib's CPU QR uses one core per call).
+   iteration; CholeskyQR2: three E x D x D products, 6ED^2, two Cholesky factorizations, a
+   triangular inverse and product, ~3 D^3, and the same SVD; Gram: the D x D Gram matrix, 2 D^2 E,
+   plus a symmetric eigendecomposition, ~9 D^3), the time that many flops takes at the measured
+   matmul rate (the floor), and the measured time as a multiple of that floor and of the floor of
+   the Householder route's flops (the same yardstick for every method: a method that does more
+   flops at a higher rate is only faster if this column drops); the float32 kernels again with
+   one CPU device per core and the heads split over them (jaxlib's CPU QR uses one core per call).
 3. `stream_layers` over a generated bf16 checkpoint vs reading its files raw: the fraction of the
    raw read bandwidth the loader reaches (its extra work: bf16 decoding, reshaping to heads).
 
@@ -65,9 +68,19 @@ def svd_flops(method: str, heads: int, d: int, e: int) -> float:
     """Floating-point operations `singular_values(method)` needs for `heads` matrices of d x e."""
     if method == "qr":
         return heads * (2.0 * e * d * d - 2.0 * d**3 / 3 + 22.0 * d**3)
+    if method == "cholqr":
+        return heads * (6.0 * e * d * d + 3.0 * d**3 + 22.0 * d**3)
     if method == "gram":
         return heads * (2.0 * d * d * e + 9.0 * d**3)
     raise ValueError(method)
+
+
+def _floor_row(kernel: str, heads: int, method: str, seconds: float, best_gflops: float) -> dict:
+    flops = svd_flops(method, heads, 128, 5120)
+    floor = flops / (best_gflops * 1e9)
+    householder_floor = svd_flops("qr", heads, 128, 5120) / (best_gflops * 1e9)
+    return {"kernel": kernel, "heads": heads, "gflop": flops / 1e9, "seconds": seconds, "floor_seconds": floor,
+            "times_floor": seconds / floor, "times_householder_floor": seconds / householder_floor}
 
 
 def kernel_vs_floor(quick: bool, repeats: int, best_gflops: float, jit_gflops: float) -> list[dict]:
@@ -75,16 +88,14 @@ def kernel_vs_floor(quick: bool, repeats: int, best_gflops: float, jit_gflops: f
     heads = 24 if quick else 96
     x = jnp.asarray(make_heads(rng, heads, 128, 5120))
     rows = []
-    for method, dtype in (("qr", jnp.float32), ("gram", jnp.float32), ("gram", jnp.float64)):
+    for method, dtype in (("qr", jnp.float32), ("cholqr", jnp.float32), ("gram", jnp.float32),
+                          ("gram", jnp.float64)):
         if dtype == jnp.float64 and not jax.config.jax_enable_x64:
             continue
         xd = x.astype(dtype)
         seconds, _ = timed(lambda: sxs.singular_values(xd, method=method).block_until_ready(), repeats)
-        flops = svd_flops(method, heads, 128, 5120)
-        floor = flops / (best_gflops * 1e9)
-        rows.append({"kernel": f"singular_values('{method}') {jnp.dtype(dtype).name}", "heads": heads,
-                     "gflop": flops / 1e9, "seconds": seconds, "floor_seconds": floor, "times_floor": seconds / floor,
-                     "times_jit_matmul_floor": seconds * jit_gflops * 1e9 / flops})
+        row = _floor_row(f"singular_values('{method}') {jnp.dtype(dtype).name}", heads, method, seconds, best_gflops)
+        rows.append({**row, "times_jit_matmul_floor": seconds * jit_gflops * 1e9 / (row["gflop"] * 1e9)})
     return rows
 
 
@@ -96,7 +107,7 @@ import spectrax.spectral as sxs
 from bench_kernels import make_heads, timed
 heads, repeats = int(sys.argv[1]), int(sys.argv[2])
 x, _ = sxs.shard_batch(make_heads(np.random.default_rng(1), heads, 128, 5120))
-out = {m: timed(lambda: sxs.singular_values(x, method=m), repeats)[0] for m in ("qr", "gram")}
+out = {m: timed(lambda: sxs.singular_values(x, method=m), repeats)[0] for m in ("qr", "cholqr", "gram")}
 print(json.dumps({"devices": jax.local_device_count(), **out}))
 """
 
@@ -112,14 +123,9 @@ def kernel_on_every_core(quick: bool, repeats: int, best_gflops: float) -> list[
     out = subprocess.run([sys.executable, "-c", _EVERY_CORE, str(heads), str(repeats)], env=env, cwd=here,
                          capture_output=True, text=True, check=True, timeout=1200)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    rows = []
-    for method in ("qr", "gram"):
-        flops = svd_flops(method, heads, 128, 5120)
-        floor = flops / (best_gflops * 1e9)
-        rows.append({"kernel": f"singular_values('{method}') float32, heads over {result['devices']} CPU devices",
-                     "heads": heads, "gflop": flops / 1e9, "seconds": result[method], "floor_seconds": floor,
-                     "times_floor": result[method] / floor, "times_jit_matmul_floor": float("nan")})
-    return rows
+    return [{**_floor_row(f"singular_values('{m}') float32, heads over {result['devices']} CPU devices",
+                          heads, m, result[m], best_gflops), "times_jit_matmul_floor": float("nan")}
+            for m in ("qr", "cholqr", "gram")]
 
 
 def read_bandwidth(directory: str, size_bytes: int, repeats: int) -> dict:
@@ -196,10 +202,11 @@ def main(argv=None) -> dict:
     if (os.cpu_count() or 1) > 1:
         report["kernels"] += kernel_on_every_core(args.quick, repeats, best)
     print(f"\nfloor: {best:.1f} GFLOP/s (best f32 matmul measured); jit head-shaped matmul {jit:.1f} GFLOP/s\n")
-    print("| kernel | heads | GFLOP | s | floor s | x floor | x jit-matmul floor |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("| kernel | heads | GFLOP | s | floor s | x floor | x jit-matmul floor | x floor of Householder's flops |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in report["kernels"]:
         print(f"| {r['kernel']} | {r['heads']} | {r['gflop']:.1f} | {r['seconds']:.3f} | {r['floor_seconds']:.3f} | "
-              f"{r['times_floor']:.1f}x | {_times(r['times_jit_matmul_floor'])} |")
+              f"{r['times_floor']:.1f}x | {_times(r['times_jit_matmul_floor'])} | {r['times_householder_floor']:.1f}x |")
     directory = tempfile.mkdtemp(prefix="spectrax-roofline-")
     try:
         report["read"] = read_bandwidth(directory, (256 if args.quick else 1024) << 20, repeats)

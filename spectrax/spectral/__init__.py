@@ -5,7 +5,7 @@ upcasts bf16/f16 to float32 inside, and is jit-compiled once per shape. See docs
 """
 
 from spectrax.spectral import alignment
-from spectrax.spectral.decompose import METHODS, SVDResult, singular_values, svd
+from spectrax.spectral.decompose import LQ, METHODS, SVDResult, lq, singular_values, svd
 from spectrax.spectral.esd import (
     MPFit,
     PowerLawFit,
@@ -96,8 +96,10 @@ from spectrax.spectral.sharding import (
 __all__ = [
     "alignment",
     # decompose
+    "LQ",
     "METHODS",
     "SVDResult",
+    "lq",
     "singular_values",
     "svd",
     # factored kernels and GQA pairing

@@ -1,13 +1,14 @@
 """Spectra of low-rank products `A^T B` without forming them: QK kernels and OV circuits.
 
-For `a (..., D, M)` and `b (..., D, N)` the product `A^T B` is `(M, N)` with rank <= D. With thin
-QR factors `a^T = Q_a R_a` and `b^T = Q_b R_b`,
+For `a (..., D, M)` and `b (..., D, N)` the product `A^T B` is `(M, N)` with rank <= D. With the
+rows factored as `a = L_a Q_a` and `b = L_b Q_b` (`decompose.lq`: CholeskyQR2, or Householder QR
+where that cannot be used; `Q` with orthonormal rows),
 
-    A^T B = Q_a (R_a R_b^T) Q_b^T,
+    A^T B = Q_a^T (L_a^T L_b) Q_b,
 
-so the SVD of the small core `R_a R_b^T = U_c S V_c^T` gives the singular values `S` of the product
-and its singular vectors `Q_a U_c` (left, the `a` side) and `Q_b V_c` (right, the `b` side). Cost is
-two QRs of `(M, D)`/`(N, D)` matrices and one `(D, D)` SVD; nothing `M x N` is ever built.
+so the SVD of the small core `L_a^T L_b = U_c S V_c^T` gives the singular values `S` of the product
+and its singular vectors `Q_a^T U_c` (left, the `a` side) and `Q_b^T V_c` (right, the `b` side).
+Cost is two `(D, M)`/`(D, N)` factorizations and one `(D, D)` SVD; nothing `M x N` is ever built.
 
 - QK kernel of query head h: `K_h = W_Q,h^T W_K,g`, `(E, E)`; bilinear form of the attention logit
   `x_query^T K_h x_key`, so left vectors live on the query side and right vectors on the key side.
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from spectrax.spectral._util import check_min_rank, common_float, swap_last
-from spectrax.spectral.decompose import SVDResult, fix_signs, matmul
+from spectrax.spectral.decompose import LQ, SVDResult, fix_signs, lq, matmul
 from spectrax.spectral.gqa import gqa_pair
 
 
@@ -57,18 +58,18 @@ class OVCircuitSVD(NamedTuple):
 
 
 
-def _prepare(a, b):
+def _factors(a, b) -> tuple[LQ, LQ]:
     a, b = common_float(a, b)
     check_min_rank(a, 2, "a")
     check_min_rank(b, 2, "b")
     if a.shape[-2] != b.shape[-2]:
         raise ValueError(f"a {a.shape} and b {b.shape} must share the contracted axis -2")
-    ok_a = jnp.all(jnp.isfinite(a), axis=(-2, -1))
-    ok_b = jnp.all(jnp.isfinite(b), axis=(-2, -1))
-    zero = jnp.zeros((), a.dtype)
-    a = jnp.where(ok_a[..., None, None], a, zero)
-    b = jnp.where(ok_b[..., None, None], b, zero)
-    return a, b, jnp.logical_and(ok_a, ok_b)
+    return lq(a), lq(b)
+
+
+def _core(fa: LQ, fb: LQ):
+    """`(L_a^T L_b, ok)`, the core zeroed where either input holds NaN/Inf (its L is zero then)."""
+    return matmul(swap_last(fa.l), fb.l), jnp.logical_and(fa.ok, fb.ok)
 
 
 def _nan_where(ok, x, core_ndim):
@@ -87,11 +88,8 @@ def factored_singular_values(a, b) -> jax.Array:
       `(..., min(D, M, N))` descending (the product has rank <= D); NaN where an input holds
       NaN/Inf.
     """
-    a, b, ok = _prepare(a, b)
-    ra = jnp.linalg.qr(swap_last(a), mode="r")
-    rb = jnp.linalg.qr(swap_last(b), mode="r")
-    s = jnp.linalg.svd(matmul(ra, swap_last(rb)), full_matrices=False, compute_uv=False)
-    return _nan_where(ok, s, 1)
+    core, ok = _core(*_factors(a, b))
+    return _nan_where(ok, jnp.linalg.svd(core, full_matrices=False, compute_uv=False), 1)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))
@@ -108,15 +106,15 @@ def factored_svd(a, b, top_k: int | None = None) -> SVDResult:
       (all of them, descending) and `k = top_k or r` vectors: `u` on the `a` side (left), `v` on
       the `b` side (right); signed so the largest-|entry| of each `u` column is positive.
     """
-    a, b, ok = _prepare(a, b)
-    qa, ra = jnp.linalg.qr(swap_last(a))
-    qb, rb = jnp.linalg.qr(swap_last(b))
-    uc, s, vch = jnp.linalg.svd(matmul(ra, swap_last(rb)), full_matrices=False)
+    fa, fb = _factors(a, b)
+    core, ok = _core(fa, fb)
+    uc, s, vch = jnp.linalg.svd(core, full_matrices=False)
     k = s.shape[-1] if top_k is None else top_k
     if not 0 < k <= s.shape[-1]:
         raise ValueError(f"top_k={top_k} must be in [1, {s.shape[-1]}]")
-    left = matmul(qa, uc[..., :k])
-    right = matmul(qb, swap_last(vch)[..., :k])
+    # Q^T m = q1^T (t^T m): the (D, D) product first, then one pass over the long side
+    left = matmul(swap_last(fa.q1), matmul(swap_last(fa.t), uc[..., :k]))
+    right = matmul(swap_last(fb.q1), matmul(swap_last(fb.t), swap_last(vch)[..., :k]))
     left, right = fix_signs(left, right)
     return SVDResult(_nan_where(ok, left, 2), _nan_where(ok, s, 1), _nan_where(ok, right, 2))
 

@@ -46,7 +46,7 @@ def spectra_pair_statistics(sa, sb) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
-def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "qr") -> dict:
+def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "cholqr") -> dict:
     """SPEC §1 pair statistics of matrices `a` and `b`, `(..., D, E)`, leading axes broadcasting.
 
     Returns `{name: (...)}` for `PAIR_STATISTICS`: Pearson and SSR of the spectra, the scale fit
@@ -67,7 +67,7 @@ def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "qr") ->
 
 
 @functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
-def gqa_pair_statistics(q, kv, grassmann_k: int | None = None, method: str = "qr") -> dict:
+def gqa_pair_statistics(q, kv, grassmann_k: int | None = None, method: str = "cholqr") -> dict:
     """`pair_statistics` of every query head h with its KV head `g = h // (H // KV)`.
 
     q: `(..., H, D, E)`; kv: `(..., KV, D, E)`, e.g. `(layers, heads, head_dim, hidden)`. Each KV
@@ -98,7 +98,7 @@ def singular_value_statistics(s) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def spectrum_statistics(w, method: str = "qr") -> dict:
+def spectrum_statistics(w, method: str = "cholqr") -> dict:
     """`singular_value_statistics` of the matrices `w (..., m, n)`."""
     return singular_value_statistics(singular_values(w, method=method))
 

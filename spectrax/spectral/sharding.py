@@ -8,8 +8,9 @@ partitioner) and returns host numpy arrays in the original order:
     stats = sharded(gqa_pair_statistics)(q, k)
     null = sharded(gaussian_null)(key, gqa_pair_statistics, q, k, num_draws=32)
 
-The batch is zero-padded to a multiple of the device count and the padding stripped from the
-results (a zero matrix is a defined input: zero singular values, NaN statistics). The jaxlib CPU
+The batch is padded to a multiple of the device count with copies of its last entry (so padding
+costs what a real matrix costs and never sends a batch down a slow path, as a zero matrix would
+CholeskyQR's) and the padding stripped from the results. The jaxlib CPU
 and GPU linear-algebra custom calls (QR, SVD, eigh) are partitioned along their batch axes, so each
 device decomposes only its own matrices, with no collective. Random draws are generated per shard
 with the same values as on one device (`jax_threefry_partitionable`, the default since JAX 0.5),
@@ -86,20 +87,22 @@ def padded_size(size: int, num_shards: int) -> int:
 
 
 def pad_batch(x, size: int, axis: int = 0):
-    """`x` zero-padded at the end of `axis` to `size` (returned unchanged if already that size).
+    """`x` padded at the end of `axis` to `size` with copies of its last entry (zeros if empty).
 
-    numpy inputs are padded on the host (numpy out), others with `jnp` (jax out).
+    Returned unchanged if already that size. numpy inputs are padded on the host (numpy out),
+    others with `jnp` (jax out).
     """
     n = x.shape[axis]
     if n == size:
         return x
     if n > size:
         raise ValueError(f"axis {axis} has {n} entries, more than the padded size {size}")
-    shape = list(x.shape)
-    shape[axis] = size - n
-    if isinstance(x, np.ndarray):
-        return np.concatenate([x, np.zeros(shape, x.dtype)], axis=axis)
-    return jnp.concatenate([x, jnp.zeros(shape, x.dtype)], axis=axis)
+    xp = np if isinstance(x, np.ndarray) else jnp
+    if n == 0:
+        shape = list(x.shape)
+        shape[axis] = size
+        return xp.zeros(shape, x.dtype)
+    return xp.concatenate([x, xp.repeat(xp.take(x, xp.asarray([n - 1]), axis=axis), size - n, axis=axis)], axis=axis)
 
 
 def _batch_sharding(mesh: Mesh, ndim: int, axis: int) -> NamedSharding:
@@ -109,7 +112,7 @@ def _batch_sharding(mesh: Mesh, ndim: int, axis: int) -> NamedSharding:
 
 
 def shard_batch(x, mesh: Mesh | None = None, axis: int = 0) -> tuple[jax.Array, int]:
-    """Places `x` on `mesh` with `axis` split evenly over the devices, zero-padded if needed.
+    """Places `x` on `mesh` with `axis` split evenly over the devices, padded (`pad_batch`) if needed.
 
     Args:
       x: array `(..., n, ...)` with the batch (e.g. layer) axis at `axis`, numpy or jax.

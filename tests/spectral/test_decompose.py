@@ -66,7 +66,7 @@ def test_sign_convention_is_deterministic_across_methods():
     # so the vectors agree entry by entry, not just up to sign, with numpy's (sign-fixed) ones
     nu, ns, nvh = np.linalg.svd(x.astype(np.float64), full_matrices=False)
     sign = np.sign(np.take_along_axis(nu, np.argmax(np.abs(nu), axis=-2)[..., None, :], axis=-2))
-    for method in ("qr", "gram"):
+    for method in ("qr", "cholqr", "gram"):
         out = svd(x, method=method)
         np.testing.assert_allclose(out.u, nu * sign, atol=1e-4)
         np.testing.assert_allclose(out.v, np.swapaxes(nvh, -1, -2) * sign, atol=1e-4)
@@ -104,6 +104,65 @@ def test_ill_conditioned_qr_accurate_gram_documented_failure():
         s64 = np.asarray(singular_values(jnp.asarray(x, jnp.float64), method="gram"))
         assert s64.dtype == np.float64
         np.testing.assert_allclose(s64, _ref_sv(x), rtol=1e-7)
+
+
+@pytest.mark.parametrize("cond, fast", [(1.0, True), (1e2, True), (2e3, True), (1e5, False)])
+def test_cholqr_is_as_accurate_as_qr_on_both_of_its_paths(cond, fast):
+    """CholeskyQR2 (the default) keeps Householder QR's O(eps * sigma_max) error where it runs, and
+    hands the batch to Householder QR where its Cholesky factorization would break down."""
+    rng = np.random.default_rng(int(cond))
+    x = _ill_conditioned(rng, 3, 32, 700, cond).astype(np.float32)
+    good = np.asarray(decompose._cholesky_lq(jnp.asarray(x))[3])
+    assert np.all(good) == fast and (fast or not np.any(good))
+    ref = _ref_sv(x)
+    qr_err = np.max(np.abs(np.asarray(singular_values(x, method="qr"), np.float64) - ref))
+    for y in (x, np.swapaxes(x, -1, -2)):   # wide and tall
+        s = np.asarray(singular_values(y, method="cholqr"), np.float64)
+        err = np.max(np.abs(s - ref))
+        assert err < 8 * EPS32 * ref[..., 0].max()
+        assert err < 4 * qr_err + EPS32 * ref[..., 0].max()
+        out = svd(y, method="cholqr")
+        np.testing.assert_allclose(out.s, s, rtol=0, atol=16 * EPS32 * ref[..., 0].max())
+        recon = np.einsum("...ik,...k,...jk->...ij", out.u, out.s, out.v)
+        np.testing.assert_allclose(recon, y, atol=2e-5)
+        np.testing.assert_allclose(np.einsum("...ik,...il->...kl", out.v, out.v),
+                                   np.broadcast_to(np.eye(32), (3, 32, 32)), atol=2e-5)
+
+
+def test_cholqr_under_vmap_and_map_falls_back_only_where_needed():
+    """A vmapped or lax.mapped call decomposes the same matrices as the plain call: one
+    ill-conditioned slice sends its batch to Householder QR, and the answer does not change."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 3, 16, 200)).astype(np.float32)
+    x[2, 1] = _ill_conditioned(rng, 1, 16, 200, 1e6)[0]
+    plain = np.asarray(singular_values(x))
+    np.testing.assert_allclose(jax.vmap(singular_values)(x), plain, rtol=1e-6)
+    np.testing.assert_allclose(singular_values(x, batch_size=5), plain, rtol=1e-6)
+    vectors = jax.vmap(svd)(x)
+    np.testing.assert_allclose(vectors.s, plain, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(vectors.u), np.abs(svd(x).u), atol=1e-4)
+    np.testing.assert_allclose(plain, _ref_sv(x), atol=8 * EPS32 * np.abs(plain).max())
+
+
+@pytest.mark.parametrize("method, shape, cond", [("cholqr", (3, 12, 90), 10.0), ("cholqr", (3, 12, 90), 1e6),
+                                                   ("qr", (3, 12, 90), 10.0), ("cholqr", (2, 30, 9), 10.0)])
+def test_lq_factors_the_rows(method, shape, cond):
+    """a = l @ t @ q1 with l lower-triangular and t @ q1 orthonormal rows, on CholeskyQR2's fast
+    path, its Householder fallback (cond 1e6), Householder itself, and a tall input."""
+    rng = np.random.default_rng(13)
+    a = _ill_conditioned(rng, *shape, cond).astype(np.float32)
+    f = decompose.lq(a, method=method)
+    l, t, q1 = (np.asarray(y, np.float64) for y in (f.l, f.t, f.q1))
+    r = min(shape[-2:])
+    assert l.shape == shape[:-1] + (r,) and q1.shape == (shape[0], r, shape[-1]) and np.all(f.ok)
+    np.testing.assert_array_equal(np.triu(l, 1), 0.0)
+    q = t @ q1
+    np.testing.assert_allclose(q @ np.swapaxes(q, -1, -2), np.broadcast_to(np.eye(r), (shape[0], r, r)), atol=1e-5)
+    np.testing.assert_allclose(l @ q, a, atol=1e-5 * np.abs(a).max())
+    bad = a.copy()
+    bad[1, 0, 0] = np.nan
+    g = decompose.lq(bad, method=method)
+    assert list(np.asarray(g.ok)) == [True, False, True][: shape[0]] and not np.asarray(g.l)[1].any()
 
 
 def test_orthogonal_invariance():

@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from spectrax.spectral import factored
+from spectrax.spectral import decompose, factored
 from spectrax.spectral.factored import (
     factored_singular_values,
     factored_svd,
@@ -48,6 +48,23 @@ def test_factored_spectrum_matches_explicit_product(d, m, n):
     # u^T (A^T B) v = diag(s): the pairing of left and right vectors (and their signs) is right
     core = np.einsum("bmk,bmn,bnl->bkl", out.u, prod, out.v)
     np.testing.assert_allclose(core, np.einsum("bk,kl->bkl", out.s[:, :k], np.eye(k)), atol=1e-4 * ref.max())
+
+
+def test_ill_conditioned_factors_take_the_householder_path_and_stay_accurate():
+    """cond(a) 1e6 breaks CholeskyQR2's Cholesky (float32): its batch is factored by Householder QR."""
+    rng = np.random.default_rng(12)
+    u = np.linalg.qr(rng.standard_normal((2, 8, 8)))[0]
+    v = np.linalg.qr(rng.standard_normal((2, 60, 8)))[0]
+    a = np.einsum("bik,k,bjk->bij", u, np.logspace(0, -6, 8), v).astype(np.float32)
+    b = rng.standard_normal((2, 8, 50)).astype(np.float32)
+    assert not np.any(np.asarray(decompose._cholesky_lq(jnp.asarray(a))[3]))  # no fast path here
+    prod = np.swapaxes(a.astype(np.float64), -1, -2) @ b.astype(np.float64)
+    ref = np.linalg.svd(prod, compute_uv=False)[..., :8]
+    s = np.asarray(factored_singular_values(a, b), np.float64)
+    assert np.max(np.abs(s - ref)) < 32 * np.finfo(np.float32).eps * ref.max()
+    out = factored_svd(a, b)
+    core = np.einsum("bmk,bmn,bnl->bkl", out.u, prod, out.v)
+    np.testing.assert_allclose(core, np.einsum("bk,kl->bkl", out.s, np.eye(8)), atol=1e-4 * ref.max())
 
 
 def test_qk_kernel_pairs_each_query_head_with_its_kv_head():

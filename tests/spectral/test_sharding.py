@@ -78,7 +78,7 @@ ks, _ = sh.shard_batch(k)
 assert n == 6 and qs.shape == (8, 4, 16, 96)
 assert sorted(s.device.id for s in qs.addressable_shards) == [0, 1, 2, 3]
 assert all(s.data.shape == (2, 4, 16, 96) for s in qs.addressable_shards)
-np.testing.assert_array_equal(np.asarray(qs)[6:], 0)
+np.testing.assert_array_equal(np.asarray(qs)[6:], q[[5, 5]])   # padded with copies of the last layer
 for fn, args in ((sxs.singular_values, (qs,)), (sxs.gqa_pair_statistics, (qs, ks))):
     out = fn(*args)
     for leaf in jax.tree.leaves(out):
@@ -205,7 +205,10 @@ def test_single_device_helpers():
     assert sharding.padded_size(5, 4) == 8 and sharding.padded_size(8, 4) == 8
     assert sharding.padded_size(0, 2) == 2
     padded = sharding.pad_batch(x, 7, axis=0)
-    assert padded.shape == (7, 3, 2) and not padded[5:].any()
+    assert padded.shape == (7, 3, 2)
+    np.testing.assert_array_equal(padded[:5], x)
+    np.testing.assert_array_equal(padded[5:], x[[4, 4]])
+    assert sharding.pad_batch(x[:0], 2).shape == (2, 3, 2) and not sharding.pad_batch(x[:0], 2).any()
     assert sharding.pad_batch(x, 5) is x
     assert sharding.pad_batch(jax.numpy.asarray(x), 4, axis=1).shape == (5, 4, 2)
 
