@@ -152,6 +152,10 @@ class _Lazy(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         return read_tensor(self._named[name])
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default tries __getitem__, i.e. reads the tensor just to test for its name
+        return name in self._named
+
     def __iter__(self):
         return iter(self._named)
 

@@ -1,6 +1,7 @@
 """Streaming yields exactly what `load` does, with memory that does not grow with depth."""
 
 import gc
+import importlib
 import tracemalloc
 
 import jax
@@ -25,6 +26,23 @@ def test_stream_equals_load(name, block_size):
                          block.params, {k: v for k, v in group.items() if k != "layer_ids"})
             seen.append(layer)
     assert seen == list(range(model.spec.num_layers))
+
+
+@pytest.mark.parametrize("name", ["llama_sharded", "gpt_neox_bf16", "bert"])
+def test_every_tensor_is_read_once(name, monkeypatch):
+    """Loading reads each stored tensor exactly once (a membership test once read it too)."""
+    load_module = importlib.import_module("spectrax.io.load")  # the package exports load()
+    reads = []
+    real = load_module.read_tensor
+    monkeypatch.setattr(load_module, "read_tensor", lambda info: reads.append(info.name) or real(info))
+    source = sx.open_source(CHECKPOINTS / name)
+    for _ in sx.stream_layers(source):
+        pass
+    load_module.load_globals(source)
+    assert len(reads) == len(set(reads)) > 0
+    stored = {i.name for layer in source.layout.layers for i in layer.values()}
+    stored |= {i.name for i in source.layout.globals.values()}
+    assert set(reads) <= stored
 
 
 def test_stream_selected_layers():
