@@ -62,8 +62,8 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
     chex.assert_rank([q, k, v], 4)
     n, H, D, E = q.shape
     kv_of = sp.kv_head_index(H, k.shape[1])
-    # Heads split over the local devices: jaxlib's CPU QR decomposes one matrix at a time on one
-    # core, so with one CPU device per core (as the command line sets up) QRs run in parallel.
+    # Heads split over the local devices: on accelerators and hosts with several, and for the
+    # Householder fallback (jaxlib's CPU QR uses one core per matrix) with one CPU device per core.
     by_heads = functools.partial(sp.sharded, axis=1)
     decomposed = {m: by_heads(sp.svd)(x) for m, x in (("q", q), ("k", k), ("v", v))}
     exact = sp.exact_pair_nulls((D, E))
