@@ -111,8 +111,8 @@ class LQ(NamedTuple):
     """The rows of `a (..., k, n)` as `a = l @ q`, `q = t @ q1` with orthonormal rows.
 
     l: `(..., k, r)` lower-triangular factor, `r = min(k, n)` (zero where `ok` is False).
-    t: `(..., r, r)` and q1: `(..., r, n)`, `None` from `lq_triangle`. `q` is kept as two factors
-      because CholeskyQR2 never needs to form it: `q^T m = q1^T (t^T m)`.
+    t: `(..., r, r)` and q1: `(..., r, n)`; `None` inside the kernels that need only `l`. `q` is
+      kept as two factors because CholeskyQR2 never needs to form it: `q^T m = q1^T (t^T m)`.
     ok: `(...)` False where `a` holds NaN/Inf.
     """
 
@@ -181,6 +181,7 @@ def _lq(a, method: str, vectors: bool) -> LQ:
     return _householder_lq(a, vectors)
 
 
+@functools.partial(jax.jit, static_argnames=("method",))
 def lq(a, method: str = "cholqr") -> LQ:
     """The rows of `a (..., k, n)` as `a = l @ q`: `LQ(l, t, q1, ok)` with `q = t @ q1`.
 
