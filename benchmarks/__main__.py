@@ -13,7 +13,7 @@ JSON into DIR; `DIR/summary.md` collects the headline figures with the machine a
 - dynamics: the Scan-and-Snap Fig. 6 grid as one vmapped call vs a loop over configurations, and
   one configuration's jitted loop vs the same update in numpy (`bench_dynamics.py`).
 
-`--quick` (CI-sized, 104 s on the idle 2-core machine of RESULTS.md): a quarter of the 14B heads
+`--quick` (CI-sized, under two minutes on the idle 2-core machine of RESULTS.md): an eighth of the 14B heads
 without the explicit E x E route or nulls, GPT-2 with both, 2- and 4-layer small checkpoints,
 smaller roofline products, an 8-configuration dynamics grid. The full suite
 takes ~30-60 minutes and ~10 GB of scratch disk. Figures are recorded in benchmarks/RESULTS.md.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -81,9 +82,10 @@ def summarize(out: str) -> str:
             lines.append(f"- matmul floor {report['floor_rate_gflops']:.1f} GFLOP/s (jit head-shaped "
                          f"{report['jit_batched_rate_gflops']:.1f})")
             for r in report["kernels"]:
-                lines.append(f"- {r['kernel']}: {r['times_floor']:.1f}x the matmul floor for its flops "
-                             f"({r['times_jit_matmul_floor']:.1f}x at jit's matmul rate), "
-                             f"{r['times_householder_floor']:.1f}x the floor for Householder's flops")
+                at_jit = r["times_jit_matmul_floor"]
+                lines.append(f"- {r['kernel']}: {r['times_floor']:.1f}x the matmul floor for its flops, "
+                             + ("" if math.isnan(at_jit) else f"{at_jit:.1f}x at jit's matmul rate, ")
+                             + f"{r['times_householder_floor']:.1f}x the floor for Householder's flops")
             lines.append(f"- loader: {report['loader']['fraction_of_raw']:.0%} of raw read bandwidth "
                          f"({report['loader']['stream_gb_per_s']:.2f} vs {report['loader']['raw_gb_per_s']:.2f} GB/s)")
         elif name == "dynamics.json":
@@ -111,11 +113,14 @@ def main(argv=None) -> int:
         parser.error(f"output folder {out} already exists")
     os.makedirs(out)
     started = time.perf_counter()
+    seconds = {}
     for part in parts:
+        part_started = time.perf_counter()
         for command in _commands(args.quick, out)[part]:
             print(f"\n# {part}: {' '.join(os.path.basename(c) for c in command[1:])}", flush=True)
             subprocess.run(command, check=True)
-    text = summarize(out)
+        seconds[part] = time.perf_counter() - part_started
+    text = summarize(out) + "\nWall time per part: " + ", ".join(f"{p} {s:.0f} s" for p, s in seconds.items()) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
     print("\n" + text + f"\n{time.perf_counter() - started:.0f} s; results in {out}")

@@ -76,10 +76,10 @@ def make_heads(rng, n: int, d: int, e: int, cond: float = COND) -> np.ndarray:
 
 
 def make_layer(name: str, quick: bool, seed: int = 0) -> dict[str, np.ndarray]:
-    """One layer's q, k, v, o `(heads, D, E)`; `quick` keeps a quarter of the heads."""
+    """One layer's q, k, v, o `(heads, D, E)`; `quick` keeps an eighth of the heads."""
     shape = SHAPES[name]
     rng = np.random.default_rng(seed)
-    frac = 0.25 if quick else 1.0
+    frac = 0.125 if quick else 1.0
     h, kv = max(1, round(shape["H"] * frac)), max(1, round(shape["KV"] * frac))
     while h % kv:
         kv -= 1
@@ -326,7 +326,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a quarter of the heads, 2 repeats, 8 null draws, 1 explicit head")
+                        help="an eighth of the heads, 2 repeats, 8 null draws, 1 explicit head")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["14b", "8b", "gpt2"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 3)")
     parser.add_argument("--draws", type=int, default=None, help="null draws (default 32)")
