@@ -13,8 +13,8 @@ import os as _os
 # their sub-tasks wait in that same pool, so a program with as many decompositions in flight as
 # pool threads (2 on a 2-core machine) deadlocks. NPROC sizes that pool when JAX first starts its
 # CPU backend; a pool larger than the decompositions in flight avoids the hang (4x the cores: the
-# command line runs one CPU device per core, each with its own decompositions in flight). A value already
-# set wins; importing spectrax after JAX has started its backend leaves the pool as it is.
+# command line runs one CPU device per core, each with its own decompositions in flight). A value
+# already set wins; importing spectrax after JAX has started its backend leaves the pool as it is.
 _os.environ.setdefault("NPROC", str(max(8, 4 * (_os.cpu_count() or 1))))
 # With that larger pool, multithreaded OpenBLAS inside each LAPACK call oversubscribes the cores
 # (measured 2.5-16x slower on a 2-core machine, benchmarks/RESULTS.md); one BLAS thread per call.

@@ -157,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 def use_every_core() -> None:
     """One JAX CPU device per core, unless the user chose a device count or JAX already started.
 
-    jaxlib's CPU QR/SVD kernels decompose one matrix at a time on one core; the analyses split
-    their heads over the local devices, so one device per core puts every core to work (on a GPU
-    or TPU machine the CPU devices are not used for the analyses).
+    The default kernel (CholeskyQR2) is matrix products that use every core anyway; its
+    Householder fallback and the Householder/SVD kernels are jaxlib LAPACK calls that decompose
+    one matrix at a time on one core, and the per-head analyses split their heads over the local
+    devices, so one device per core keeps every core busy on those too (on a GPU or TPU machine
+    the CPU devices are not used for the analyses).
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return

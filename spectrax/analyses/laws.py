@@ -47,9 +47,10 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
     """Statistics for a block of layers.
 
     Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
-    Spectrum statistics get a Monte Carlo null drawn directly in singular values (`gaussian_spectrum_draws`: shape- and scale-matched Gaussian matrices, exact
-    in law, far cheaper than drawing whole matrices), one set of draws per matrix shared by all
-    its statistics; singular-vector statistics get their exact nulls.
+    Spectrum statistics get a Monte Carlo null drawn directly in singular values
+    (`gaussian_spectrum_draws`: shape- and scale-matched Gaussian matrices, exact in law, far
+    cheaper than drawing whole matrices), one set of draws per matrix shared by all its
+    statistics; singular-vector statistics get their exact nulls.
 
     Args:
       attn: canonical attention of the block: `q (n, H, D, E)`, `k`, `v (n, KV, D, E)`.

@@ -128,8 +128,8 @@ def _householder_lq(a, vectors: bool) -> LQ:
     if not vectors:
         return LQ(swap_last(jnp.linalg.qr(tall, mode="r")), None, None, ok)
     q, r = jnp.linalg.qr(tall)
-    eye = jnp.broadcast_to(jnp.eye(r.shape[-2], dtype=r.dtype), r.shape[:-1] + r.shape[-2:-1])
-    return LQ(swap_last(r), eye, swap_last(q), ok)
+    k = r.shape[-2]
+    return LQ(swap_last(r), jnp.broadcast_to(jnp.eye(k, dtype=r.dtype), r.shape[:-2] + (k, k)), swap_last(q), ok)
 
 
 def _cholesky_lq(a):
@@ -144,8 +144,7 @@ def _cholesky_lq(a):
     q1 = matmul(_lower_inverse(l1), a)
     g2 = _gram(q1)
     l2 = jnp.linalg.cholesky(g2)
-    eye = jnp.eye(a.shape[-2], dtype=a.dtype)
-    deviation = jnp.sqrt(jnp.sum(jnp.square(g2 - eye), axis=(-2, -1)))
+    deviation = jnp.linalg.norm(g2 - jnp.eye(a.shape[-2], dtype=a.dtype), axis=(-2, -1))  # Frobenius
     factored = jnp.all(jnp.isfinite(l1) & jnp.isfinite(l2), axis=(-2, -1))
     return l1, l2, q1, factored & (deviation <= 0.5)
 

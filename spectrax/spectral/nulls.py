@@ -164,37 +164,35 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32) -> jax.Array:
     return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
 
 
-def _scaled(g, scale, spectra):
-    """A standard draw `g` at the template's RMS `scale (..., 1, 1)` (None: unit variance)."""
+def _scaled(g, scale):
+    """A standard draw `g (..., *core)` at its template's RMS `scale (..., 1, 1)` (None: unit variance)."""
     if scale is None:
         return g
-    return g * scale[..., 0] if spectra else g * scale
+    return g * scale.reshape(scale.shape[:-2] + (1,) * (g.ndim - scale.ndim + 2))
+
+
+def _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, sample, then):
+    """`then(*draws)` for `num_draws` keys, one scaled `sample(key, shape, dtype)` per template,
+    `batch_size` keys at a time (`jax.lax.map`)."""
+    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
+
+    def draw(k):
+        ks = jax.random.split(k, len(shapes))
+        return then(*[_scaled(sample(ki, shape, dtype), scale)
+                      for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales)])
+
+    return jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws)
 
 
 @functools.partial(jax.jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size"))
 def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
-    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
-
-    def draw(k):
-        ks = jax.random.split(k, len(shapes))
-        return stat_fn(*[_scaled(jax.random.normal(ki, shape, dtype), scale, False)
-                         for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales)])
-
-    keys = jax.random.split(key, num_draws)
-    return _summarize(jax.lax.map(draw, keys, batch_size=batch_size or num_draws))
+    return _summarize(_mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, jax.random.normal, stat_fn))
 
 
 @functools.partial(jax.jit, static_argnames=("shapes", "dtypes", "num_draws", "batch_size"))
 def _spectrum_draws(key, refs, shapes, dtypes, num_draws, batch_size):
-    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
-
-    def draw(k):
-        ks = jax.random.split(k, len(shapes))
-        return tuple(_scaled(gaussian_singular_values(ki, shape, dtype), scale, True)
-                     for ki, shape, dtype, scale in zip(ks, shapes, dtypes, scales))
-
-    keys = jax.random.split(key, num_draws)
-    return jax.lax.map(draw, keys, batch_size=batch_size or num_draws)
+    return _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, gaussian_singular_values,
+                         lambda *spectra: spectra)
 
 
 @functools.partial(jax.jit, static_argnames=("stat_fn", "batch_size"))

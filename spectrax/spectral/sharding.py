@@ -102,7 +102,8 @@ def pad_batch(x, size: int, axis: int = 0):
         shape = list(x.shape)
         shape[axis] = size
         return xp.zeros(shape, x.dtype)
-    return xp.concatenate([x, xp.repeat(xp.take(x, xp.asarray([n - 1]), axis=axis), size - n, axis=axis)], axis=axis)
+    last = xp.take(x, xp.asarray([n - 1]), axis=axis)
+    return xp.concatenate([x] + [last] * (size - n), axis=axis)
 
 
 def _batch_sharding(mesh: Mesh, ndim: int, axis: int) -> NamedSharding:
