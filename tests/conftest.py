@@ -1,13 +1,20 @@
-"""Shared test setup: strict dtype promotion everywhere, and paths to the committed fixtures."""
+"""Shared test setup: strict dtype promotion everywhere, a compilation cache for the run, and paths
+to the committed fixtures."""
 
 import csv
 import importlib
 import os
 import pathlib
+import tempfile
 
-import spectrax  # noqa: F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
-import jax
-import pytest
+# A hit in the compilation cache logs a harmless CPU-feature mismatch at error level from C++
+# ("+prefer-no-gather is not supported on the host machine": a tuning flag, not an instruction set).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+import spectrax  # noqa: E402,F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
@@ -20,17 +27,44 @@ def fixture_names() -> list[str]:
     return sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir())
 
 
+def pytest_configure(config):
+    """Keep every compiled program of the run on disk (JAX's persistent compilation cache).
+
+    Most of the suite's time is XLA compiling: the same kernels at the same shapes are compiled by
+    many modules, and again after `_release_compiled_programs` drops them from memory. The cache
+    lives in pytest's cache folder (`.pytest_cache/d/jax-compilation-cache`), so a second run of the
+    suite compiles almost nothing; with `-p no:cacheprovider` it lives in a folder for this run.
+    """
+    cache = config.cache.mkdir("jax-compilation-cache") if getattr(config, "cache", None) else None
+    if cache is None:
+        cache = tempfile.mkdtemp(prefix="spectrax-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def _memory_maps() -> tuple[int, int] | None:
+    """(memory mappings this process holds, the kernel's limit), or None off Linux."""
+    try:
+        with open("/proc/self/maps", "rb") as maps, open("/proc/sys/vm/max_map_count") as limit:
+            return sum(1 for _ in maps), int(limit.read())
+    except OSError:
+        return None
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop JAX's compiled programs after each test module.
+    """Drop JAX's compiled programs after a test module once they hold a quarter of the memory maps.
 
     Every XLA CPU executable keeps memory mappings; one pytest process compiling the whole suite's
     kernels passed Linux's default `vm.max_map_count` (65530) and LLVM crashed inside a later
-    compile. Tests that count compilations do so within one module, so clearing between modules
-    keeps them meaningful.
+    compile. Programs a later module needs again come back from the compilation cache. Off Linux
+    (no map count to read) every module clears. Tests that count compilations compare counts
+    within one test, so what earlier modules compiled does not change them.
     """
     yield
-    jax.clear_caches()
+    maps = _memory_maps()
+    if maps is None or maps[0] > maps[1] // 4:
+        jax.clear_caches()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ into the checkpoint; its tables equal the kernels computed directly."""
 import csv
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ def gpt2_result(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_result_folder_contents(gpt2_result):
     out = gpt2_result
     files = set(os.listdir(out))
@@ -45,9 +47,9 @@ def test_result_folder_contents(gpt2_result):
                    "ssr_qk", "cos_u_qk", "cos_u_qk_null_mean", "grassmann_kv", "sigma_max_q", "cond_v",
                    "kernel_erank", "kernel_erank_null_mean", "ffn_alignment", "ffn_alignment_null_std"):
         assert column in rows[0]
-    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    summary = json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())
     assert summary["spec"]["model_type"] == "gpt2" and summary["laws"]["nonfinite_heads"] == []
-    report = open(os.path.join(out, "report.md")).read()
+    report = pathlib.Path(os.path.join(out, "report.md")).read_text()
     for title in ("## Per-head statistics (laws)", "## Whole-matrix statistics (rank)", "## QK-kernel subspaces (kernel)",
                   "## Empirical spectral densities (esd)", "## Files"):
         assert title in report
@@ -57,6 +59,7 @@ def test_result_folder_contents(gpt2_result):
     assert summary["rank"]["attn.q"]["erank"]["mean"] > 0
 
 
+@pytest.mark.slow
 def test_tables_equal_kernels_and_aggregations_equal_hand_computation(gpt2_result):
     heads = _rows(os.path.join(gpt2_result, "heads.csv"))
     model = sx.load(CHECKPOINTS / "gpt2_bf16")
@@ -81,6 +84,7 @@ def test_tables_equal_kernels_and_aggregations_equal_hand_computation(gpt2_resul
     assert float(precision["bfloat16"]["L_quant"]) == 3 * 2**14
 
 
+@pytest.mark.slow
 def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch):
     path = CHECKPOINTS / "llama"
     reference = analyze(path, tmp_path / "fresh", num_draws=4, shuffle_draws=2, progress=False)
@@ -101,9 +105,9 @@ def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch
     with pytest.raises(FileExistsError, match="differing in: num_draws"):
         analyze(path, tmp_path / "resumed", num_draws=5, shuffle_draws=2, progress=False)
     out = analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)
-    assert json.loads(open(os.path.join(out, "summary.json")).read())["resumed_parts"] == 2  # globals + layer 0
+    assert json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())["resumed_parts"] == 2  # globals + layer 0
     for table in ("heads.csv", "matrices.csv", "layers.csv"):
-        assert open(os.path.join(out, table)).read() == open(os.path.join(reference, table)).read()
+        assert pathlib.Path(os.path.join(out, table)).read_text() == pathlib.Path(os.path.join(reference, table)).read_text()
     assert not (tmp_path / ".resumed.partial").exists()
 
 
@@ -122,10 +126,11 @@ def test_rank_only_with_crop(tmp_path):
     assert not os.path.exists(os.path.join(out, "heads.csv"))
     rows = _rows(os.path.join(out, "matrices.csv"))
     assert all(int(r["rows"]) <= 32 and int(r["cols"]) <= 32 for r in rows)
-    assert "top-left 32x32" in open(os.path.join(out, "report.md")).read()
+    assert "top-left 32x32" in pathlib.Path(os.path.join(out, "report.md")).read_text()
     assert sorted(os.listdir(tmp_path)) == ["res"]
 
 
+@pytest.mark.slow
 def test_an_analysis_gives_the_same_numbers_alone_or_with_others(tmp_path, gpt2_result):
     alone = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws"], num_draws=4, progress=False)
     together = {r["layer"] + "/" + r["head"]: r for r in _rows(os.path.join(gpt2_result, "heads.csv"))}
@@ -146,6 +151,7 @@ def test_unknown_analysis_leaves_no_folder(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_analyze_without_path_uses_embedded_checkpoint(tmp_path, capsys):
     assert main(["analyze", "--out", str(tmp_path / "r"), "--null-draws", "4", "--shuffle-draws", "2"]) == 0
     printed = capsys.readouterr().out

@@ -4,6 +4,7 @@ and only where, it was perturbed."""
 import csv
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -34,6 +35,7 @@ def _perturbed_copy(tmp_path):
     return copy
 
 
+@pytest.mark.slow
 def test_a_checkpoint_compared_with_itself_differs_by_zero(tmp_path):
     before = snapshot(CHECKPOINTS / "llama")
     out = compare(CHECKPOINTS / "llama", CHECKPOINTS / "llama", tmp_path / "cmp", num_draws=4, progress=False)
@@ -46,6 +48,7 @@ def test_a_checkpoint_compared_with_itself_differs_by_zero(tmp_path):
     assert os.path.exists(os.path.join(out, "a", "heads.csv"))
 
 
+@pytest.mark.slow
 def test_perturbed_layer_is_found_and_only_it(tmp_path):
     tuned = _perturbed_copy(tmp_path)
     out = compare(CHECKPOINTS / "llama", tuned, tmp_path / "cmp", num_draws=8, progress=False)
@@ -58,12 +61,12 @@ def test_perturbed_layer_is_found_and_only_it(tmp_path):
     changed = {key for key, r in matrices.items() if float(r["erank_diff"]) != 0}
     assert changed == {("1", "attn.q")}
     assert float(matrices[("1", "attn.q")]["erank_diff_z"]) < -2  # a spike lowers the effective rank
-    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    summary = json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())
     assert summary["labels"] == ["llama", "llama_tuned"]
     assert summary["matrices"]["erank"]["count"] == 1
     groups = _rows(os.path.join(out, "groups_diff.csv"))
     assert float(groups[0]["ssr_qk_relative_change"]) == 0 and float(groups[1]["ssr_qk_relative_change"]) != 0
-    assert "Comparison: llama vs llama_tuned" in open(os.path.join(out, "report.md")).read()
+    assert "Comparison: llama vs llama_tuned" in pathlib.Path(os.path.join(out, "report.md")).read_text()
     assert os.path.getsize(os.path.join(out, "plots", "compare_ssr_qk.png")) > 5000
 
 
@@ -83,6 +86,7 @@ def test_difference_table_needs_aligned_rows():
         difference_table(a, {**b, "layer": np.array([0, 2])})
 
 
+@pytest.mark.slow
 def test_cli_compare(tmp_path, capsys):
     assert main(["compare", str(CHECKPOINTS / "gpt2"), str(CHECKPOINTS / "gpt2"), "--out", str(tmp_path / "c"),
                  "--null-draws", "2", "--analyses", "laws"]) == 0

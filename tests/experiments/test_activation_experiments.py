@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from tests.conftest import experiment as script, csv_rows as rows, CHECKPOINTS
 
 
+@pytest.mark.slow
 def test_activation_spectra(tmp_path):
     out = tmp_path / "spectra"
     assert script("activation_spectra").main(["--out", str(out), "--batch", "8", "--length", "16",
@@ -19,6 +21,7 @@ def test_activation_spectra(tmp_path):
     assert script("activation_spectra").main(["--out", str(out), "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_subspace_energy_given_pairs(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 120, (6, 9))
@@ -39,6 +42,7 @@ def test_subspace_energy_given_pairs(tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_activation_alignment(tmp_path):
     out = tmp_path / "align"
     assert script("activation_alignment").main([str(CHECKPOINTS / "qwen3"), "--out", str(out), "--batch", "4",

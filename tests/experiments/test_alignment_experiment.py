@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from tests.conftest import experiment, csv_rows as rows
 
 
@@ -17,6 +18,7 @@ def script():
     return experiment("representation_alignment")
 
 
+@pytest.mark.slow
 def test_alignment_experiment_end_to_end(tmp_path):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     assert script().main(["--out", str(out), "--checkpoint", str(ckpt), *SMALL]) == 0

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import experiment as script, csv_rows as read_csv
 
 
+@pytest.mark.slow
 def test_fig4_writes_metrics_and_plots(tmp_path):
     out = tmp_path / "fig4"
     assert script("scan_snap_fig4").main(["--out", str(out), "--steps", "40", "--quiet"]) == 0
@@ -27,6 +28,7 @@ def test_fig4_writes_metrics_and_plots(tmp_path):
     assert script("scan_snap_fig4").main(["--out", str(out), "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_fig6_grid_table(tmp_path):
     out = tmp_path / "fig6"
     assert script("scan_snap_fig6").main(["--out", str(out), "--quick", "--seeds", "2", "--steps", "25",
@@ -41,6 +43,7 @@ def test_fig6_grid_table(tmp_path):
     assert script("scan_snap_fig6").main(["--out", str(tmp_path / "x"), "--seeds", "1"]) == 2
 
 
+@pytest.mark.slow
 def test_snap_growth_slows(tmp_path):
     out = tmp_path / "snap"
     assert script("scan_snap_snap").main(["--out", str(out), "--steps", "2000", "--quiet"]) == 0
@@ -54,6 +57,7 @@ def test_snap_growth_slows(tmp_path):
     assert (out / "snap.png").exists() and (out / "trajectory.csv").exists()
 
 
+@pytest.mark.slow
 def test_joma_invariants(tmp_path):
     out = tmp_path / "joma"
     assert script("joma_invariants").main(["--out", str(out), "--seeds", "1", "--steps", "1000", "--quiet"]) == 0
@@ -72,6 +76,7 @@ def test_joma_invariants(tmp_path):
     assert script("joma_invariants").main(["--out", str(tmp_path / "y"), "--steps", "50", "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_joma_entropy(tmp_path):
     out = tmp_path / "entropy"
     assert script("joma_entropy").main(["--out", str(out), "--steps", "3000", "--quiet"]) == 0

@@ -80,6 +80,7 @@ def same(ckpts, results):
     return out, text
 
 
+@pytest.mark.slow
 def test_five_laws_table_equals_the_library(ckpts, results, heads_g1, same):
     out = results / "five"
     text = _run(five_laws_table, [ckpts["g1"], ckpts["g2"], "--out", str(out), *OPTIONS])
@@ -108,6 +109,7 @@ def test_five_laws_table_equals_the_library(ckpts, results, heads_g1, same):
     assert (out / "g2" / "heads.csv").is_file()
 
 
+@pytest.mark.slow
 def test_base_vs_tuned_on_one_checkpoint_shows_no_change(same):
     out, text = same
     table = _common.read_csv(out / "ssr_groups.csv")
@@ -125,6 +127,7 @@ def test_base_vs_tuned_on_one_checkpoint_shows_no_change(same):
     assert "+0.00%" in text and "within null spread" in text and "beyond null" not in text.split("σ =")[0]
 
 
+@pytest.mark.slow
 def test_base_vs_tuned_band_is_the_documented_criterion(ckpts, results):
     out = results / "diff"
     _run(base_vs_tuned_ssr, [ckpts["g1"], ckpts["g2"], "--out", str(out), "--groups", "2", *OPTIONS])
@@ -150,6 +153,7 @@ def test_base_vs_tuned_band_is_the_documented_criterion(ckpts, results):
         assert table["paired_z"][i] == pytest.approx(diff / (np.std(units, ddof=1) / np.sqrt(n_eff)), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_singular_vector_table_uses_the_exact_baseline(ckpts, results, heads_g1):
     out = results / "vectors"
     text = _run(singular_vector_tables, [ckpts["g1"], "--out", str(out), *OPTIONS])
@@ -176,6 +180,7 @@ def test_singular_vector_table_uses_the_exact_baseline(ckpts, results, heads_g1)
     assert groups == ["0-0", "1-1", "2-2", "3-3"]
 
 
+@pytest.mark.slow
 def test_kernel_bottleneck_equals_kernel_summary(ckpts, results, heads_g1):
     out = results / "kernel"
     text = _run(kernel_bottleneck, [ckpts["g1"], "--out", str(out), "--top-k", "4", *OPTIONS])
@@ -202,6 +207,7 @@ def test_kernel_bottleneck_equals_kernel_summary(ckpts, results, heads_g1):
     np.testing.assert_allclose(similarity["similarity"][:: 5], 1.0, rtol=1e-5)  # the diagonal
 
 
+@pytest.mark.slow
 def test_lm_rank_table_equals_rank_tables_and_shows_the_scale_artefact(ckpts, results):
     out = results / "rank"
     text = _run(lm_rank_table, [ckpts["g1"], "--out", str(out), "--crop", "16", *OPTIONS])
@@ -270,6 +276,7 @@ def test_help_names_the_source(module, capsys):
     assert "--out" in text and "Source: seeds 00" in text and "What spectrax" in text
 
 
+@pytest.mark.slow
 def test_a_script_runs_standalone_from_anywhere():
     path = os.path.join(REPO, "experiments", "five_laws_table.py")
     done = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, cwd="/", timeout=120)

@@ -13,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 
 TINY = ["--steps", "30", "--chunk", "15", "--seeds", "2", "--ranks", "4", "--vocab", "16", "--embed", "8",
@@ -28,6 +29,7 @@ def rows(path):
         return {r["run"]: r for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_galore_lm_end_to_end_and_resume(tmp_path):
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
     assert galore_lm().main(["--out", str(out), "--checkpoint", str(ckpt), *TINY]) == 0

@@ -20,6 +20,7 @@ def script():
 SMALL = ["--d", "23", "--seeds", "1", "--epochs", "200", "--hidden", "256", "--wd-sweep", "0,5e-5", "--quiet"]
 
 
+@pytest.mark.slow
 def test_small_run_writes_everything_and_resumes(tmp_path):
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
     assert script().main(["--out", str(out), "--checkpoint", str(ckpt), *SMALL]) == 0

@@ -10,6 +10,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from tests.conftest import experiment, csv_rows as read_csv
 
 
@@ -17,6 +18,7 @@ def script():
     return experiment("spectral_navigator")
 
 
+@pytest.mark.slow
 def test_spectral_navigator_end_to_end(tmp_path):
     out, ckpt = tmp_path / "nav", tmp_path / "ckpt"
     args = ["--graphs", "30", "--min-nodes", "4", "--max-nodes", "8", "--batch", "8", "--chunk", "2", "--quiet"]

@@ -11,6 +11,7 @@ import math
 import os
 
 import numpy as np
+import pytest
 
 
 from spectrax.dynamics.loop import saved_settings  # noqa: E402
@@ -26,6 +27,7 @@ TINY = ["--primes", "400", "--layers", "2", "--width", "16", "--heads", "2", "--
         "--weight-decay", "0.05"]
 
 
+@pytest.mark.slow
 def test_prime_gaps_end_to_end(tmp_path):
     out, ckpt = tmp_path / "pg", tmp_path / "ckpt"
     assert script().main(["--out", str(out), "--checkpoint", str(ckpt), "--quiet", *TINY]) == 0

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import experiment as script, csv_rows as read_csv
 
 
+@pytest.mark.slow
 def test_stability_warmup_small(tmp_path):
     out, ckpt = tmp_path / "stab", tmp_path / "ckpt"
     argv = ["--out", str(out), "--checkpoint", str(ckpt), "--d", "6", "--steps", "800", "--seeds", "2",
@@ -42,6 +43,7 @@ def test_stability_warmup_small(tmp_path):
     assert script("stability_warmup").main(["--out", str(tmp_path / "x"), "--etas", "0.1,-1", "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_symmetry_collapse_small(tmp_path):
     out = tmp_path / "collapse"
     argv = ["--out", str(out), "--checkpoint", str(tmp_path / "ckpt"), "--steps", "6000", "--gammas", "13",

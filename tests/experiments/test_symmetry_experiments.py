@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import experiment as script, csv_rows as read_csv
 
 
+@pytest.mark.slow
 def test_noether_charge(tmp_path):
     out = tmp_path / "noether"
     args = ["--steps", "3000", "--factor-steps", "400", "--drift-steps", "8000", "--quiet"]
@@ -28,6 +29,7 @@ def test_noether_charge(tmp_path):
     assert script("noether_charge").main(["--out", str(out), "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_deep_linear_balance_and_checkpoint_resume(tmp_path):
     args = ["--steps", "1000", "--dim", "3", "--layers", "3", "--lr", "0.005", "--quiet"]
     ckpt = tmp_path / "ckpt"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -12,11 +13,11 @@ from spectrax.report.output import atomic_output_dir, run_folder
 def test_atomic_folder_appears_only_on_success(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_output_dir(tmp_path / "out") as tmp:
-            open(os.path.join(tmp, "a.txt"), "w").write("x")
+            pathlib.Path(os.path.join(tmp, "a.txt")).write_text("x")
             raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
     with atomic_output_dir(tmp_path / "out") as tmp:
-        open(os.path.join(tmp, "a.txt"), "w").write("x")
+        pathlib.Path(os.path.join(tmp, "a.txt")).write_text("x")
     assert os.listdir(tmp_path / "out") == ["a.txt"]
 
 
@@ -34,7 +35,7 @@ def test_existing_folder_refused_unless_forced_and_replaced_only_on_success(tmp_
     assert (out / "old.txt").read_text() == "old"  # a failed forced run leaves the old result alone
     with run_folder(out, settings={"a": 1}, force=True) as folder:
         assert folder.resumed == ("p",)
-        open(os.path.join(folder.path, "new.txt"), "w").write("new")
+        pathlib.Path(os.path.join(folder.path, "new.txt")).write_text("new")
     assert sorted(os.listdir(out)) == ["new.txt"]
     assert [p for p in os.listdir(tmp_path) if p != "out"] == []
 
