@@ -25,7 +25,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import spectrax  # noqa: E402,F401  (thread settings before JAX starts)
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -38,6 +37,23 @@ import numpy as np  # noqa: E402
 
 from bench_kernels import machine, timed  # noqa: E402
 from spectrax.dynamics import scan_snap as ss  # noqa: E402
+
+__all__ = [
+    "GRID",
+    "K",
+    "QUICK_GRID",
+    "check_numpy_gradient",
+    "configurations",
+    "grouped_grid",
+    "jax_one_config",
+    "looped_grid",
+    "main",
+    "numpy_batch",
+    "numpy_loss_grad",
+    "numpy_one_config",
+    "numpy_run",
+    "numpy_task",
+]
 
 GRID = {"num_last": (1, 3, 5, 10), "lr_z": (0.5, 1.0, 2.0, 3.0), "ratio": (1.0, 2.0, 5.0, 10.0)}
 QUICK_GRID = {"num_last": (1, 3), "lr_z": (0.5, 3.0), "ratio": (1.0, 10.0)}
@@ -216,4 +232,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     main()

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+__all__ = ["SHAPES", "main", "run"]
+
 SHAPES = {
     "14b": dict(hidden_size=5120, num_heads=40, num_kv_heads=8, head_dim=128, intermediate_size=13824),
     "8b": dict(hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128, intermediate_size=14336),
@@ -34,14 +36,16 @@ import json, sys, time
 import numpy as np
 import spectrax as sx
 path, mode = sys.argv[1], sys.argv[2]
+if mode == "analyze-cores":   # as the command line runs: one CPU device per core
+    from spectrax.cli import use_every_core
+    use_every_core()
+else:
+    sx.configure_cpu()
 start = time.perf_counter()
 checksum = 0.0
 if mode.startswith("analyze"):
     import tempfile
     from spectrax.analyses import analyze
-    if mode == "analyze-cores":   # as the command line runs: one CPU device per core
-        from spectrax.cli import use_every_core
-        use_every_core()
     with tempfile.TemporaryDirectory() as scratch:
         analyze(path, scratch + "/out", analyses=sys.argv[3].split(","), progress=False)
 elif mode == "stream":

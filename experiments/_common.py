@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-import spectrax  # noqa: F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
 from spectrax.analyses.pipeline import parse_layers
 from spectrax.io import CheckpointError
 from spectrax.report.output import atomic_output_dir, check_output_path

@@ -23,19 +23,15 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402
 from experiments._activations import add_input_options, attention_inputs, load_inputs, next_token_loss  # noqa: E402
 
 import jax  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.analyses.activations import projection_alignment_rows, projection_inputs  # noqa: E402
 from spectrax.models import activation_grads  # noqa: E402
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from spectrax.spectral.alignment import ALIGNMENTS, LABELS  # noqa: E402
 
 __all__ = ["main"]
@@ -83,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _plot(table, path: str) -> None:
     rows = [f"L{layer} {p}" for layer, p in zip(table["layer"], table["projection"])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(rows) + 2))
+    fig, axes = subplots(1, 2, figsize=(11, 0.3 * len(rows) + 2))
     value = np.stack([table[a] for a in ALIGNMENTS], axis=1)
     z = np.stack([table[f"{a}_z"] for a in ALIGNMENTS], axis=1)
     for ax, grid, title, cmap, lim in ((axes[0], value, "alignment (Pearson of entries)", "viridis", (-1, 1)),
@@ -100,4 +96,7 @@ def _plot(table, path: str) -> None:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402
 from experiments._activations import add_input_options, load_inputs  # noqa: E402
 
 import jax  # noqa: E402
@@ -74,4 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -34,16 +34,13 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import deep_linear as dl  # noqa: E402
 from spectrax.dynamics import symmetry as sy  # noqa: E402
@@ -157,9 +154,9 @@ def _run(steps, lr, dim, layers, noise_std, seed, checkpoint, progress):
 
 def _plots(folder, series, metrics) -> None:
     t = series["step"]
-    colors = plt.get_cmap("tab10")(np.arange(10))
+    colors = matplotlib.colormaps["tab10"](np.arange(10))
     styles = ["-", "--", ":"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(13, 4.8), sharey=True)
     for ax, (name, s) in zip(axes, series["settings"].items()):
         num_layers = s["sgd"].shape[2]
         for r in range(s["sgd"].shape[1]):
@@ -182,7 +179,7 @@ def _plots(folder, series, metrics) -> None:
     fig.suptitle("Deep linear net under SGD: layer norms balance from unbalanced starts")
     save_figure(fig, os.path.join(folder, "layer_norms.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots(1, 2, figsize=(12, 4.2))
     for name, s in series["settings"].items():
         color = colors[0] if name == "isotropic" else colors[3]
         axes[0].plot(t, s["mis_sgd"].mean(axis=(1, 2)), color=color, label=f"SGD, {name}")
@@ -228,4 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

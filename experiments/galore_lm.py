@@ -43,7 +43,7 @@ from typing import NamedTuple
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import fmt, markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
@@ -51,9 +51,6 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics.loop import run_steps  # noqa: E402
 from spectrax.optim import galore as galore_tx  # noqa: E402
@@ -311,11 +308,11 @@ def run(out: str, args) -> dict:
 
 def _plots(folder: str, results: dict, args) -> None:
     names = list(results)
-    cmap = plt.get_cmap("plasma")(np.linspace(0.1, 0.8, max(1, len(names) - 1)))
+    cmap = matplotlib.colormaps["plasma"](np.linspace(0.1, 0.8, max(1, len(names) - 1)))
     colors = {"adam": "k", **dict(zip(names[1:], cmap))}
     label = lambda n: "full Adam" if n == "adam" else f"GaLore-Adam r = {results[n]['rank']}"  # noqa: E731
     t = np.arange(1, args.steps + 1)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4))
     window = max(1, args.steps // 100)
     floor_curve = smooth(np.mean(results["adam"]["traj"]["floor"], axis=1), window)
     for n in names:
@@ -336,7 +333,7 @@ def _plots(folder: str, results: dict, args) -> None:
     ax2.legend(fontsize=8)
     save_figure(fig, os.path.join(folder, "loss.png"))
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     y = np.arange(len(names))[::-1]
     projected = ", ".join(_projected(args))
     parts = [("other_moments", "Adam moments of the other parameters (full size)", "0.75"),
@@ -401,4 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -23,16 +23,15 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
+import matplotlib.colors  # noqa: E402
+import matplotlib.cm  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import joma  # noqa: E402
 
@@ -70,14 +69,14 @@ def run(out: str, *, steps: int = 5000, seed: int = 0, lr: float = 0.02, tempera
 
 
 def _plot(path, vs, hs, mu, i) -> None:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 3.8))
     steps = len(hs)
-    cmap = plt.get_cmap("rainbow")
+    cmap = matplotlib.colormaps["rainbow"]
     every = max(1, steps // 50)
     for t in range(0, steps, every):
         a.plot(vs[t], color=cmap(t / steps), linewidth=0.8)
     a.plot(mu, "k--", linewidth=1.5, label="target μ")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, steps))
+    sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, steps))
     fig.colorbar(sm, ax=a, label="step")
     a.set(xlabel="sorted index of v components", ylabel="v", title="v(t) (colour = step) and target μ")
     a.legend(fontsize=7)
@@ -109,4 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

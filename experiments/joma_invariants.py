@@ -36,15 +36,11 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import fmt, markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import joma  # noqa: E402
 
@@ -145,7 +141,7 @@ def _check(runs: list) -> dict:
 
 
 def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = subplots(figsize=(6.5, 4))
     styles = {"softmax": "tab:red", "exp": "tab:green", "linear": "tab:blue"}
     for label, nc in curves.items():
         kind, x = label.split("/")
@@ -159,7 +155,7 @@ def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:
     save_figure(fig, os.path.join(folder, "nc.png"))
 
     task, traj = keep["softmax/gaussian"]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, (a, b, c) = subplots(1, 3, figsize=(13, 3.8))
     im = a.imshow(np.asarray(task.x), aspect="auto", cmap="viridis")
     a.set(xlabel="class k", ylabel="contextual token l (distinct 0-9, common 10-19)", title="X (Gaussian variant)")
     fig.colorbar(im, ax=a)
@@ -178,7 +174,7 @@ def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:
     c.legend(fontsize=6, ncol=2)
     save_figure(fig, os.path.join(folder, "logits.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = subplots(figsize=(6, 3.8))
     for l in range(4):
         ax.plot(traj.v[:, l, 0], label=f"component {l}")
     ax.axhline(0, color="k", linewidth=0.5)
@@ -210,4 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

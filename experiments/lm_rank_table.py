@@ -51,7 +51,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 # isort: off
-import spectrax  # noqa: E402, F401  (first: it sizes JAX's CPU thread pool before JAX starts)
 import jax  # noqa: E402
 # isort: on
 from experiments._common import (  # noqa: E402
@@ -232,4 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

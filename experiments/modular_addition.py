@@ -46,16 +46,13 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import matplotlib  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import modular as mod  # noqa: E402
 
@@ -199,8 +196,8 @@ def run(out: str, *, d: int = 23, seeds: int = 5, epochs: int = 10_000, wd: floa
 
 def _plots(folder, traj, seeds, wds, runs, hist, d, epochs, wd, reduction) -> None:
     t = np.arange(1, epochs + 1)
-    colors = plt.get_cmap("tab10")(np.arange(seeds) % 10)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = matplotlib.colormaps["tab10"](np.arange(seeds) % 10)
+    fig, (ax, bx) = subplots(1, 2, figsize=(10, 3.8))
     for s in range(seeds):
         ax.plot(t, traj.train_acc[:, s], color=colors[s], linestyle="--", linewidth=1)
         ax.plot(t, traj.test_acc[:, s], color=colors[s], linewidth=1.2, label=f"seed {s}")
@@ -220,7 +217,7 @@ def _plots(folder, traj, seeds, wds, runs, hist, d, epochs, wd, reduction) -> No
     bx.legend(fontsize=7)
     save_figure(fig, os.path.join(folder, "accuracy.png"))
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (ax, bx) = subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     for s in range(seeds):
         ax.plot(t, traj.r_sum[:, s], color=colors[s], linewidth=1, label=f"seed {s}")
     ax.axhline(d - 1, color="k", linestyle="--", linewidth=1, label=f"d - 1 = {d - 1} (exact solution)")
@@ -242,7 +239,7 @@ def _plots(folder, traj, seeds, wds, runs, hist, d, epochs, wd, reduction) -> No
     bx.legend(fontsize=7)
     save_figure(fig, os.path.join(folder, "r_sum.png"))
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = subplots(figsize=(5.5, 3.6))
     orders = np.arange(len(hist))
     bars = ax.bar(orders, hist, color=["tab:orange" if o in (4, 6) else "tab:blue" for o in orders])
     ax.bar_label(bars, labels=[str(n) if n else "" for n in hist], fontsize=7)
@@ -254,7 +251,7 @@ def _plots(folder, traj, seeds, wds, runs, hist, d, epochs, wd, reduction) -> No
     a = runs[0][0]
     units = np.flatnonzero(a["is_active"])
     units = units[np.lexsort((-a["abs_a"][a["dominant"][units], units], a["dominant"][units]))]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.12 * len(units) + 2), 4.2))
+    fig, ax = subplots(figsize=(max(5.0, 0.12 * len(units) + 2), 4.2))
     im = ax.imshow(a["abs_a"][:, units], aspect="auto", cmap="magma", interpolation="nearest")
     ax.set(xlabel=f"active hidden unit (sorted by dominant frequency; {len(units)} of {a['abs_a'].shape[1]})",
            ylabel="frequency k", title=f"|A[k, j]| of seed 0 (d = {d}; rows k and d - k mirror)")
@@ -265,7 +262,7 @@ def _plots(folder, traj, seeds, wds, runs, hist, d, epochs, wd, reduction) -> No
     if len(wds) > 1:
         order_wds = sorted(wds)
         hist_all = mod.order_histogram(np.stack([r["orders"] for group in runs for r in group]), len(hist) - 1)
-        fig, axes = plt.subplots(1, len(order_wds), figsize=(3.2 * len(order_wds), 3.3), sharey=True)
+        fig, axes = subplots(1, len(order_wds), figsize=(3.2 * len(order_wds), 3.3), sharey=True)
         for ax, w in zip(np.atleast_1d(axes), order_wds):
             i = wds.index(w)
             acc = float(traj.test_acc[-1, i * seeds:(i + 1) * seeds].mean())
@@ -317,4 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -34,16 +34,13 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import symmetry as sy  # noqa: E402
 
@@ -202,8 +199,8 @@ def _summary(metrics: dict, out: str) -> None:
 
 
 def _plots(folder, t_scalar, runs, c0, factor, t_factor, fruns, predicted, lrs, drift_short, drift_long) -> None:
-    colors = plt.get_cmap("tab10")(np.arange(10))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = matplotlib.colormaps["tab10"](np.arange(10))
+    fig, axes = subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
     for r in range(len(c0)):
         ax.plot(t_scalar, runs["gd"].charge[:, r], color=colors[r], linestyle="--", linewidth=1.5)
@@ -232,7 +229,7 @@ def _plots(folder, t_scalar, runs, c0, factor, t_factor, fruns, predicted, lrs, 
     fig.suptitle("Noether charges under GD vs SGD (colours = initializations)")
     save_figure(fig, os.path.join(folder, "charges.png"))
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = subplots(figsize=(5.5, 4.2))
     for name, drift, marker in (("after 5 steps", drift_short, "o"), ("to convergence", drift_long, "s")):
         mean = drift.mean(axis=1)
         ax.loglog(lrs, mean, marker=marker, linestyle="-", label=f"GD drift {name}")
@@ -276,4 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -38,16 +38,12 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.analyses.rank import matrix_rank_rows  # noqa: E402
 from spectrax.dynamics import prime_gaps as pg  # noqa: E402
@@ -234,7 +230,7 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _plots(folder: str, runs: list[dict], rank: dict, data: pg.Data, trend: dict) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
     # baselines on the same random held-out gaps the in-loop test MSE uses (make_step's probe)
     probe = np.asarray(data.test)[:PROBE]
     z = np.asarray(data.target, np.float64)[probe]
@@ -258,7 +254,7 @@ def _plots(folder: str, runs: list[dict], rank: dict, data: pg.Data, trend: dict
     axes[0].set_ylabel("MSE of z-scored gap")
     save_figure(fig, os.path.join(folder, "loss.png"))
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = subplots(1, 3, figsize=(15, 4))
     for ax, r in zip(axes[:2], runs):
         ex = r["traj"]["excess"]
         steps = np.arange(1, len(ex["q"]) + 1)
@@ -279,7 +275,7 @@ def _plots(folder: str, runs: list[dict], rank: dict, data: pg.Data, trend: dict
     save_figure(fig, os.path.join(folder, "excess.png"))
 
     stats = (("erank", "effective rank"), ("stable_rank", "stable rank"), ("max_mean", "s₁ / mean(s)"))
-    fig, axes = plt.subplots(len(stats), len(runs), figsize=(6.5 * len(runs), 3.2 * len(stats)), squeeze=False)
+    fig, axes = subplots(len(stats), len(runs), figsize=(6.5 * len(runs), 3.2 * len(stats)), squeeze=False)
     for j, r in enumerate(runs):
         sel = np.flatnonzero(rank["variant"] == r["name"])
         names = [str(n) for n in rank["matrix"][sel]]
@@ -374,4 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

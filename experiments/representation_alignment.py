@@ -55,16 +55,14 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
+import matplotlib.lines  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import representation as rp  # noqa: E402
 from spectrax.dynamics.loop import run_steps  # noqa: E402
@@ -250,11 +248,11 @@ def _checks(summary: dict, weight_decays) -> dict:
 
 
 def _colors(n):
-    return plt.get_cmap("viridis")(np.linspace(0.0, 0.85, n))
+    return matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, n))
 
 
 def _plot_alignments(folder, sgd_step, align, mean, std, null_rec, weight_decays, seeds, layer, dims) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True, sharey=True)
+    fig, axes = subplots(2, 3, figsize=(13, 7), sharex=True, sharey=True)
     colors = _colors(len(weight_decays))
     for ax, n in zip(axes.ravel(), al.ALIGNMENTS):
         for i, (w, col) in enumerate(zip(weight_decays, colors)):
@@ -274,18 +272,17 @@ def _plot_alignments(folder, sgd_step, align, mean, std, null_rec, weight_decays
     for ax in axes[:, 0]:
         ax.set_ylabel("alignment (Pearson of entries)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], color="0.4", linestyle=":"))
+    handles.append(matplotlib.lines.Line2D([], [], color="0.4", linestyle=":"))
     labels.append("random-basis null (mean ± 2 std, same colour)")
     fig.suptitle(f"Six alignments of layer {layer} ({dims[layer]} -> {dims[layer + 1]}), mean ± std over {seeds} seeds")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     fig.savefig(os.path.join(folder, "alignments.png"), dpi=120)
-    plt.close(fig)
 
 
 def _plot_spectra(folder, lam_h, lam_g, final, weight_decays, seeds, layer, top_k) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = subplots(figsize=(6.5, 5))
     colors = _colors(len(weight_decays))
     alpha = np.asarray(final["rank_alpha_hg_b"])
     for i, (w, col) in enumerate(zip(weight_decays, colors)):
@@ -318,7 +315,7 @@ def _plot_spectra(folder, lam_h, lam_g, final, weight_decays, seeds, layer, top_
 
 def _plot_layers(folder, finals, weight_decays, seeds, dims) -> None:
     num_layers = len(finals)
-    fig, axes = plt.subplots(1, num_layers, figsize=(4.2 * num_layers, 3.8), sharey=True)
+    fig, axes = subplots(1, num_layers, figsize=(4.2 * num_layers, 3.8), sharey=True)
     axes = np.atleast_1d(axes)
     colors = _colors(len(weight_decays))
     x = np.arange(len(al.ALIGNMENTS))
@@ -403,4 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -27,15 +27,12 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import scan_snap as ss  # noqa: E402
 
@@ -103,15 +100,15 @@ def run(out: str, *, steps: int = 100, seed: int = 0, num_last: int = 2, next_pe
 
 def _plots(folder: str, traj, task, m: int) -> None:
     t = np.arange(len(traj.loss))
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ax.semilogy(t, traj.loss, label="batch loss")
     ax.axhline(np.log(m), color="k", linestyle="--", linewidth=0.8, label=f"ln M = {np.log(m):.3f}")
     ax.set(xlabel="iteration", ylabel="cross-entropy (log scale)", title="Scan and Snap Fig. 4: loss")
     ax.legend()
     save_figure(fig, os.path.join(folder, "loss.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 1, traj.z_distinct.shape[1]))
+    fig, ax = subplots(figsize=(6, 4))
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 1, traj.z_distinct.shape[1]))
     probs = np.asarray(task.probs[0])[np.asarray(task.distinct[0])]
     for r in range(traj.z_distinct.shape[1]):
         ax.plot(t, traj.z_distinct[:, r], color=colors[r], label=f"distinct, P(l|n)={probs[r]:.3f}")
@@ -129,7 +126,7 @@ def _plots(folder: str, traj, task, m: int) -> None:
     rows = np.asarray(traj.z_rows)[show, 0][:, support]
     c = p * np.exp(rows - rows.max(axis=1, keepdims=True))
     c /= c.sum(axis=1, keepdims=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     im = ax.imshow(c, aspect="auto", cmap="viridis")
     ax.axvline(len(task.common) - 0.5, color="w", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(show)), [f"iter {i}" for i in show])
@@ -165,4 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

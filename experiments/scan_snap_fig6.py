@@ -34,15 +34,11 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import fmt, markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import scan_snap as ss  # noqa: E402
 
@@ -133,7 +129,7 @@ def run(out: str, *, seeds: int = 10, steps: int = 100, seed: int = 0, quick: bo
 
 def _plot(path: str, table: dict, grid: dict, seeds: int, steps: int) -> None:
     lasts = grid["num_last"]
-    fig, axes = plt.subplots(1, len(lasts), figsize=(3.2 * len(lasts), 3.2), sharey=True)
+    fig, axes = subplots(1, len(lasts), figsize=(3.2 * len(lasts), 3.2), sharey=True)
     for ax, n in zip(np.atleast_1d(axes), lasts):
         for lr in grid["lr_z"]:
             sel = (table["num_last"] == n) & (table["lr_z"] == lr)
@@ -174,4 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

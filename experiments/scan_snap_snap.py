@@ -26,15 +26,12 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import scan_snap as ss  # noqa: E402
 
@@ -94,8 +91,8 @@ def run(out: str, *, steps: int = 20000, seed: int = 0, lr_z: float = 1.0, ratio
 
 def _plot(path, z_distinct, common, decades, lr_z, ratio) -> None:
     t = np.arange(1, len(common))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 1, z_distinct.shape[1]))
+    fig, (a, b) = subplots(1, 2, figsize=(10, 3.8))
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 1, z_distinct.shape[1]))
     for r in range(z_distinct.shape[1]):
         a.plot(t, z_distinct[1:, r], color=colors[r], label="distinct, top P(l|n)" if r == z_distinct.shape[1] - 1
                else ("distinct, lowest P(l|n)" if r == 0 else None))
@@ -134,4 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -36,16 +36,12 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
-from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
+from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import navigator as nv  # noqa: E402
 from spectrax.dynamics.loop import run_steps  # noqa: E402
@@ -227,7 +223,7 @@ def _print_summary(out, metrics, by_distance, by_nodes, variant_table) -> None:
 
 
 def _plot_fraction(folder: str, by_distance: dict, by_nodes: dict, name: str, p: float) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col", gridspec_kw={"height_ratios": [3, 2]})
+    fig, axes = subplots(2, 2, figsize=(11, 7.5), sharex="col", gridspec_kw={"height_ratios": [3, 2]})
     for col, (table, xlabel) in enumerate(((by_distance, "shortest-path distance d(s, t)"),
                                            (by_nodes, "graph size n (nodes)"))):
         x = table["key"].astype(float)
@@ -267,7 +263,7 @@ def _plot_variants(folder: str, names: list[str], overall: list[dict]) -> None:
     fail = np.array([o["nav_failures"][0] / o["n_queries"][0] for o in overall])
     order = np.argsort(frac)
     y = np.arange(len(names))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.4 * len(names) + 1.8), sharey=True,
+    fig, (left, right) = subplots(1, 2, figsize=(10, 0.4 * len(names) + 1.8), sharey=True,
                                       gridspec_kw={"width_ratios": [3, 2]})
     left.errorbar(frac[order], y, xerr=[frac[order] - lo[order], hi[order] - frac[order]], fmt="o", color="C0",
                   capsize=3, label="optimal, Wilson 95% CI")
@@ -319,4 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -42,16 +42,13 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import stability as st  # noqa: E402
 from spectrax.dynamics.loop import run_steps  # noqa: E402
@@ -261,7 +258,7 @@ def _plot_showcase(folder: str, traj, exact, pair, eta: float, warmup_steps: int
     loss, power, lr = (np.asarray(x)[:, pair] for x in (traj.loss, traj.sharpness, traj.lr))
     sharp = np.asarray(exact.sharpness)
     charge = np.asarray(traj.charge)[:, pair[1]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(12, 4.5))
     colors = ("tab:red", "tab:blue")
     for j, label in enumerate(("constant η", f"warm-up ({warmup_steps} steps)")):
         ax1.semilogy(t, loss[:, j], color=colors[j], label=label)
@@ -290,7 +287,7 @@ def _plot_showcase(folder: str, traj, exact, pair, eta: float, warmup_steps: int
 
 
 def _plot_sweep(folder, runs, sweep, init_scales, etas, limits) -> None:
-    fig, axes = plt.subplots(1, len(init_scales) + 1, figsize=(5 * (len(init_scales) + 1), 4))
+    fig, axes = subplots(1, len(init_scales) + 1, figsize=(5 * (len(init_scales) + 1), 4))
     n = np.asarray(sweep["converged"]) + np.asarray(sweep["diverged"]) + np.asarray(sweep["not_converged"]) + \
         np.asarray(sweep["unstable_stall"])
     styles = {"constant": ("tab:red", "o"), "warmup": ("tab:blue", "s")}
@@ -330,8 +327,8 @@ def _plot_paths(folder, paths, init_scales, seeds, eta) -> None:
     """Sharpness (dense Hessian) vs step at one constant η, every seed of every init: falls or rises."""
     sharp, charge = np.asarray(paths.sharpness), np.asarray(paths.charge)
     t = np.arange(sharp.shape[0])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colors = plt.get_cmap("tab10")
+    fig, ax = subplots(figsize=(6.5, 4.2))
+    colors = matplotlib.colormaps["tab10"]
     for i, scale in enumerate(init_scales):
         for j in range(seeds):
             c = i * seeds + j
@@ -351,7 +348,7 @@ def _plot_paths(folder, paths, init_scales, seeds, eta) -> None:
 
 def _plot_seeds(folder, per_seed, etas) -> None:
     """Per seed, the largest converging η against the sharpness predictions (y = x: the prediction)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = subplots(figsize=(5.5, 4.5))
     markers = "o^v<>"
     for n, scale in enumerate(np.unique(per_seed["init_scale"])[::-1]):
         sel = per_seed["init_scale"] == scale
@@ -419,4 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -26,20 +26,17 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402  (imports spectrax first)
+from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402
 from experiments._activations import add_input_options, layer_params, load_inputs  # noqa: E402
 
 import jax  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 import spectrax as sx  # noqa: E402
 from spectrax.analyses.activations import subspace_energy_rows  # noqa: E402
 from spectrax.models import capture  # noqa: E402
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from spectrax.spectral import qk_kernel_svd  # noqa: E402
 
 __all__ = ["main", "paired_deltas"]
@@ -119,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plot(table, path: str, layer: int) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = subplots(figsize=(7, 3.8))
     names = list(dict.fromkeys(table["deltas"]))
     bases = list(dict.fromkeys(table["basis"]))
     width = 0.8 / len(names)
@@ -136,4 +133,7 @@ def _plot(table, path: str, layer: int) -> None:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

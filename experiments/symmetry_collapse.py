@@ -33,16 +33,12 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from spectrax.report.plots import save_figure  # noqa: E402
+from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from experiments._common import markdown, output_folder, run_main, write_table  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from spectrax.dynamics import collapse as co  # noqa: E402
 from spectrax.dynamics.loop import run_steps  # noqa: E402
@@ -169,7 +165,7 @@ def run(out: str, *, n: int = 1000, slope: float = 1.0, noise: float = 0.5, gamm
 
 
 def _plot(folder, m, gammas, order, thresholds, balance, rows, steps) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = subplots(2, 2, figsize=(11, 8))
     labels = {"product": ("|u w|", "L = E[(u w x − y)²] + γ(u² + w²)", "γ_c = |E[xy]|"),
               "square": ("w²", "L = E[(w² x − y)²] + γ w² (the talk's)", "γ_c = 2 E[xy]")}
     fine = np.linspace(gammas[0], gammas[-1], 600)
@@ -245,4 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

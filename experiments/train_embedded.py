@@ -38,6 +38,8 @@ import spectrax as sx  # noqa: E402
 from spectrax.io.config import parse_config  # noqa: E402
 from spectrax.models import forward, init_llama, merge_layer_ids, save_hf_checkpoint, split_layer_ids  # noqa: E402
 
+__all__ = ["CONFIG", "COPY_LENGTH", "DEFAULT_OUT", "copy_batch", "copy_loss", "main", "train", "training_md"]
+
 DEFAULT_OUT = REPO / "spectrax" / "data" / "tiny-llama"
 
 VOCAB, BOS, SEP, FIRST_CONTENT = 64, 0, 1, 2
@@ -200,4 +202,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import spectrax
+
+    spectrax.configure_cpu()
     sys.exit(main())

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from spectrax.analyses.pipeline import ANALYSES, parse_layers
+from spectrax.backend import configure_cpu
 from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
@@ -155,21 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def use_every_core() -> None:
-    """One JAX CPU device per core, unless the user chose a device count or JAX already started.
+    """`configure_cpu` with one JAX CPU device per core, unless the user chose a device count.
 
     The default kernel (CholeskyQR2) is matrix products that use every core anyway; its
     Householder fallback and the Householder/SVD kernels are jaxlib LAPACK calls that decompose
     one matrix at a time on one core, and the per-head analyses split their heads over the local
     devices, so one device per core keeps every core busy on those too (on a GPU or TPU machine
-    the CPU devices are not used for the analyses).
+    the CPU devices are not used for the analyses). Nothing changes when JAX has already started
+    (`main` called inside a running program: tests, a notebook).
     """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return
-    import jax
-
+    chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     try:
-        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
-    except RuntimeError:  # backends already initialized (main called inside a running program)
+        configure_cpu(None if chosen else os.cpu_count() or 1)
+    except RuntimeError:
         pass
 
 

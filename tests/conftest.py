@@ -14,8 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-import spectrax  # noqa: E402,F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
+import spectrax  # noqa: E402
 
+spectrax.configure_cpu()  # what the command line and scripts do: XLA's pool sized for batched decompositions
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"

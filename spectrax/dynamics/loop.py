@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from spectrax.io.orbax import abstract_like
@@ -78,6 +77,8 @@ def run_steps(step: Step, state: Any, num_steps: int, *, chunk: int = 1000,
     done = 0
     manager = None
     if directory is not None:
+        import orbax.checkpoint as ocp  # heavy, and only needed for checkpointed runs
+
         directory = os.path.abspath(os.fspath(directory))
         _claim(directory, {"num_steps": num_steps, "chunk": chunk, **dict(settings or {})})
         manager = ocp.CheckpointManager(os.path.join(directory, "steps"),

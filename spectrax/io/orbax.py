@@ -8,7 +8,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 __all__ = ["save_params", "restore_params", "abstract_like"]
 
@@ -30,6 +29,8 @@ def save_params(directory: str | os.PathLike, params: Any, meta: dict[str, Any] 
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory):
         raise FileExistsError(f"{directory} already exists; choose a new directory")
+    import orbax.checkpoint as ocp  # heavy (tensorstore, asyncio machinery): loaded when first used
+
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory, params)
         checkpointer.wait_until_finished()
@@ -47,6 +48,8 @@ def restore_params(directory: str | os.PathLike, target: Any) -> tuple[Any, dict
     keeps weights on the host). Returns `(params, meta)`.
     """
     directory = os.path.abspath(os.fspath(directory))
+    import orbax.checkpoint as ocp
+
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(directory, abstract_like(target))
     meta_path = os.path.join(directory, _META)

@@ -8,25 +8,31 @@ import os
 import matplotlib
 import matplotlib.colors
 import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from spectrax import spectral as sp
+from spectrax.report.tables import Table
 
-from spectrax import spectral as sp  # noqa: E402
-from spectrax.report.tables import Table  # noqa: E402
-
-__all__ = ["save_figure", "head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap", "spectrum_vs_mp", "compare_trend"]
+__all__ = ["subplots", "save_figure", "head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap",
+           "spectrum_vs_mp", "compare_trend"]
 
 # z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
 
 
-def save_figure(fig, path: str | os.PathLike) -> None:
-    """Lay out, write (120 dpi) and close a figure."""
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs):
+    """`(figure, axes)` like `pyplot.subplots`, without pyplot: a `Figure` no backend or global
+    figure list knows about (so it never switches the user's backend, opens a window or leaks);
+    `kwargs` go to `Figure.subplots` (sharex, squeeze, height_ratios, gridspec_kw, ...)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
+    """Lay out and write (120 dpi) a figure; nothing holds it afterwards."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _z_norm(grid: np.ndarray) -> matplotlib.colors.Normalize:
@@ -58,7 +64,7 @@ def head_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: s
     """Layer x head heatmap of `column`; a z-score column gets a symmetric diverging scale."""
     grid = _grid(table, column)
     ids = np.unique(np.asarray(table["layer"]))
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * grid.shape[1] + 2), max(3, 0.3 * grid.shape[0] + 1.5)))
+    fig, ax = subplots(figsize=(max(4, 0.35 * grid.shape[1] + 2), max(3, 0.3 * grid.shape[0] + 1.5)))
     if column.endswith("_z"):
         im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, norm=_z_norm(grid), interpolation="nearest")
         _z_colorbar(fig, im, ax, column)
@@ -78,7 +84,7 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str 
     ids = np.unique(layers)
     per_layer = lambda c: np.array([np.nanmean(np.asarray(table[c], float)[layers == i]) for i in ids])
     observed, null_mean, null_std = per_layer(stat), per_layer(f"{stat}_null_mean"), per_layer(f"{stat}_null_std")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     ax.fill_between(ids, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.8", label="random null ±2σ")
     ax.plot(ids, null_mean, color="0.4", lw=1, ls="--", label="random null mean")
     ax.plot(ids, observed, "o-", color="C3", label=f"{stat} (mean over heads)")
@@ -98,7 +104,7 @@ def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title:
     grid = np.full((len(ids), len(names)), np.nan)
     for layer, name, value in zip(layers, table["matrix"], np.asarray(table[column], float)):
         grid[np.searchsorted(ids, layer), names.index(name)] = value
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), max(3, 0.3 * len(ids) + 1.5)))
+    fig, ax = subplots(figsize=(max(5, 0.7 * len(names) + 2), max(3, 0.3 * len(ids) + 1.5)))
     im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, norm=_z_norm(grid), interpolation="nearest")
     _z_colorbar(fig, im, ax, column)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
@@ -116,7 +122,7 @@ def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.Pa
     grid = np.array(matrix, float)
     np.fill_diagonal(grid, np.nan)
     top = max(float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0, 2 * chance, 0.05)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = subplots(figsize=(6.5, 5.5))
     im = ax.imshow(grid, cmap=matplotlib.colormaps["magma"].with_extremes(bad="0.85"), vmin=0, vmax=top,
                    interpolation="nearest")
     bar = fig.colorbar(im, ax=ax, label="Grassmann similarity (diagonal = 1, masked)")
@@ -147,7 +153,7 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
     ratio, sigma2, edge = sp.aspect_ratio(shape), float(fit.sigma2), float(fit.lambda_plus)
     lo_edge = float(sp.mp_edges(ratio, sigma2)[0])
     positive = lam[lam > 0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.9))
+    fig, (left, right) = subplots(1, 2, figsize=(10.5, 3.9))
     if positive.size:
         y = np.log10(positive)
         left.hist(y, bins=min(60, max(12, y.size // 4)), density=True, color="C0", alpha=0.6, label="eigenvalues s²/N")
@@ -178,7 +184,7 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, lab
     """Per-layer means of `stat` for two checkpoints over the null band (top) and their
     difference b - a against ±2 standard deviations of the difference of two null draws (bottom)."""
     layers = np.asarray(a["layer"], float)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2))
+    fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2))
     null_mean = np.asarray(a[f"{stat}_null_mean"], float)
     null_std = np.asarray(a[f"{stat}_null_std"], float)
     top.fill_between(layers, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.85", label="random null ±2σ")

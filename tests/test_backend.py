@@ -1,0 +1,70 @@
+"""Importing spectrax changes nothing in the process; `configure_cpu` is the one explicit switch.
+
+Each check runs in a fresh interpreter: this test process has long since started JAX."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import spectrax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_import_leaves_environment_backend_and_jax_alone():
+    _python("""
+import os, sys
+import jax, matplotlib           # what these two do on import is theirs, not spectrax's
+matplotlib.use("svg")            # a user's choice of backend (a notebook's inline backend, say)
+before = dict(os.environ)
+import spectrax, spectrax.analyses, spectrax.cli, spectrax.dynamics, spectrax.models, spectrax.optim
+import spectrax.report.output, spectrax.report.plots, spectrax.report.sections, spectrax.spectral
+changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
+assert not changed, changed
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+assert not [m for m in sys.modules if m.startswith("orbax")], "orbax imported eagerly"
+jax.config.update("jax_num_cpu_devices", 2)   # raises if importing spectrax had started a backend
+""")
+
+
+def test_configure_cpu_sets_pool_blas_and_devices_before_jax_starts():
+    env = {k: v for k, v in os.environ.items() if k not in ("NPROC", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")}
+    out = _python("""
+import os
+import jax, jax.numpy as jnp
+import spectrax
+spectrax.configure_cpu(num_devices=3)
+print(os.environ["NPROC"], os.environ["OPENBLAS_NUM_THREADS"], jax.device_count())
+jnp.ones(2).block_until_ready()
+try:
+    spectrax.configure_cpu()
+except RuntimeError as err:
+    print("refused:", err)
+""", env=env).stdout.split("\n")
+    assert out[0] == f"{max(8, 4 * (os.cpu_count() or 1))} 1 3"
+    assert out[1].startswith("refused: configure_cpu must be called before JAX starts")
+
+
+def test_configure_cpu_keeps_the_users_settings_and_refuses_zero_devices():
+    env = {**os.environ, "NPROC": "5", "OPENBLAS_NUM_THREADS": "2"}
+    out = _python("import os, spectrax; spectrax.configure_cpu(); print(os.environ['NPROC'], os.environ['OPENBLAS_NUM_THREADS'])",
+                  env=env)
+    assert out.stdout.split() == ["5", "2"]
+    with pytest.raises(ValueError, match="num_devices"):
+        spectrax.configure_cpu(num_devices=0)
+
+
+def test_configure_cpu_after_jax_started_raises():
+    jax.numpy.ones(1).block_until_ready()  # this process's backend is running from here on
+    with pytest.raises(RuntimeError, match="before JAX starts"):
+        spectrax.configure_cpu()
