@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+__all__ = ["PARTS", "main", "summarize"]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = ("kernels", "scaling", "roofline", "dynamics")
 

@@ -55,6 +55,25 @@ import numpy as np  # noqa: E402
 
 import spectrax.spectral as sxs  # noqa: E402
 
+__all__ = [
+    "COND",
+    "QK_SHAPES",
+    "SHAPES",
+    "all_heads",
+    "bench_nulls",
+    "bench_qk",
+    "bench_singular_values",
+    "errors",
+    "machine",
+    "main",
+    "make_heads",
+    "make_layer",
+    "numpy_child_rows",
+    "numpy_rows",
+    "row",
+    "timed",
+]
+
 SHAPES = {
     "14b": dict(name="Qwen2.5-14B", E=5120, H=40, KV=8, D=128),
     "8b": dict(name="Llama-3-8B", E=4096, H=32, KV=8, D=128),

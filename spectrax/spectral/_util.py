@@ -5,6 +5,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "as_float",
+    "check_min_rank",
+    "common_float",
+    "finfo_eps",
+    "swap_last",
+]
+
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 

@@ -30,6 +30,17 @@ from spectrax.spectral._util import as_float, check_min_rank
 from spectrax.spectral.decompose import singular_values
 from spectrax.spectral.marchenko_pastur import aspect_ratio, fit_mp_scale, mp_cdf, mp_edges
 
+__all__ = [
+    "MPFit",
+    "PowerLawFit",
+    "eigenvalues",
+    "ks_gaussian",
+    "ks_mp",
+    "ks_two_sample",
+    "mp_fit",
+    "powerlaw_fit",
+]
+
 
 def _shape2(shape) -> tuple[int, int]:
     shape = tuple(int(d) for d in shape)

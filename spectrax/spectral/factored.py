@@ -30,6 +30,16 @@ from spectrax.spectral._util import check_min_rank, common_float, swap_last
 from spectrax.spectral.decompose import LQ, SVDResult, fix_signs, lq, matmul
 from spectrax.spectral.gqa import gqa_pair
 
+__all__ = [
+    "OVCircuitSVD",
+    "QKKernelSVD",
+    "factored_singular_values",
+    "factored_svd",
+    "ov_circuit_svd",
+    "qk_kernel_singular_values",
+    "qk_kernel_svd",
+]
+
 
 class QKKernelSVD(NamedTuple):
     """Top singular triplets of the QK kernels `W_Q,h^T W_K,g`.

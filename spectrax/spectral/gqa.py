@@ -15,6 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "gqa_pair",
+    "group_size",
+    "kv_head_index",
+]
+
 
 def kv_head_index(num_heads: int, num_kv_heads: int) -> np.ndarray:
     """`(H,)` integer array: the KV head of each query head, `h // (H // KV)`."""

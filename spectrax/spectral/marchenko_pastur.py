@@ -25,6 +25,16 @@ import jax.numpy as jnp
 
 from spectrax.spectral._util import as_float
 
+__all__ = [
+    "aspect_ratio",
+    "fit_mp_scale",
+    "mp_cdf",
+    "mp_density",
+    "mp_edges",
+    "mp_quantile",
+    "singular_value_edges",
+]
+
 
 def aspect_ratio(shape) -> float:
     """`min(m, n) / max(m, n)` of a matrix shape `(m, n)` (the MP ratio of its spectrum)."""

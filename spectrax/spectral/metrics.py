@@ -19,6 +19,22 @@ import jax.numpy as jnp
 from spectrax.spectral._util import check_min_rank, common_float
 from spectrax.spectral.decompose import matmul
 
+__all__ = [
+    "ScaleFit",
+    "condition_number",
+    "effective_rank",
+    "grassmann",
+    "max_mean",
+    "mean_abs_cos",
+    "pairwise_grassmann",
+    "pearson",
+    "projector_energy",
+    "scale_fit",
+    "sigma_max",
+    "ssr",
+    "stable_rank",
+]
+
 
 def _nan_like(x):
     return jnp.full((), jnp.nan, x.dtype)

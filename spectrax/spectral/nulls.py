@@ -35,6 +35,26 @@ import numpy as np
 
 from spectrax.spectral._util import as_float
 
+__all__ = [
+    "NullSummary",
+    "abs_cos_std",
+    "cos_null",
+    "expected_abs_cos",
+    "gaussian_null",
+    "gaussian_singular_values",
+    "gaussian_spectrum_draws",
+    "gaussian_spectrum_null",
+    "grassmann_chance",
+    "grassmann_null",
+    "null_columns",
+    "null_from_draws",
+    "percentile",
+    "shuffle_entries",
+    "shuffle_null",
+    "split_null",
+    "zscore",
+]
+
 
 class NullSummary(NamedTuple):
     """A statistic's null distribution; each field has the statistic's pytree structure.

@@ -23,6 +23,18 @@ from spectrax.spectral.decompose import singular_values, svd
 from spectrax.spectral.gqa import gqa_pair
 from spectrax.spectral.nulls import cos_null, grassmann_null
 
+__all__ = [
+    "PAIR_STATISTICS",
+    "SPECTRA_PAIR_STATISTICS",
+    "SPECTRUM_STATISTICS",
+    "exact_pair_nulls",
+    "gqa_pair_statistics",
+    "pair_statistics",
+    "singular_value_statistics",
+    "spectra_pair_statistics",
+    "spectrum_statistics",
+]
+
 SPECTRA_PAIR_STATISTICS = ("pearson", "ssr", "alpha", "alpha_mse")
 PAIR_STATISTICS = SPECTRA_PAIR_STATISTICS + ("cos_u", "cos_v", "grassmann")
 SPECTRUM_STATISTICS = ("sigma_max", "cond", "erank", "erank_squared", "max_mean", "stable_rank")
