@@ -93,7 +93,8 @@ def test_unknown_config_option_is_refused_unless_lenient(tmp_path):
     with pytest.raises(ConfigError, match="'fused_qkv_layout' not understood for model_type 'llama'"):
         sx.load(path)
     model = sx.load(path, strict=False)
-    assert model.meta["ignored_config_keys"] == ["fused_qkv_layout"]
+    assert model.meta["unknown_config_keys"] == ["fused_qkv_layout"]
+    assert "fused_qkv_layout" not in model.meta["ignored_config_keys"]
 
 
 def test_unsupported_option_value(tmp_path):
