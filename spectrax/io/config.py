@@ -200,12 +200,24 @@ def _describe(value: Any) -> str:
     return _short(repr(value))
 
 
-def _check_values(config: Mapping[str, Any], source: str) -> None:
+# Inside rope_scaling / rope_parameters (and their per-layer-type entries): the values the rotary reads.
+_ROPE_CHECKS: Mapping[str, tuple[str, Callable[[Any], bool]]] = {
+    "rope_type": _STR, "type": _STR, "rope_theta": _POSITIVE, "factor": _POSITIVE,
+    "partial_rotary_factor": _FRACTION,
+}
+
+
+def _check_values(config: Mapping[str, Any], source: str, *, checks=_VALUE_CHECKS, prefix: str = "") -> None:
     for key, value in config.items():
-        if key in _VALUE_CHECKS:
-            what, ok = _VALUE_CHECKS[key]
+        if key in checks:
+            what, ok = checks[key]
             if not ok(value):
-                raise ConfigError(f"{source}: field {key!r} must be {what}, got {_describe(value)}")
+                raise ConfigError(f"{source}: field {prefix + key!r} must be {what}, got {_describe(value)}")
+        if key in ("rope_scaling", "rope_parameters") and isinstance(value, dict) and not prefix:
+            _check_values(value, source, checks=_ROPE_CHECKS, prefix=key + ".")
+            for kind, inner in value.items():  # gemma3: one entry per layer type
+                if isinstance(inner, dict):
+                    _check_values(inner, source, checks=_ROPE_CHECKS, prefix=f"{key}.{kind}.")
 
 
 def _names(keys: Sequence[str], limit: int = 5) -> str:

@@ -60,6 +60,10 @@ def _refused(path, capsys, *expected: str, names_file: bool = True) -> str:
     ({"rope_parameters": "linear"}, "field 'rope_parameters' must be an object or null, got 'linear'"),
     ({"layer_types": "full_attention"}, "field 'layer_types' must be a list of strings"),
     ({"rope_interleaved": "yes"}, "field 'rope_interleaved' must be true or false"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "1e4"}},
+     "field 'rope_parameters.rope_theta' must be a positive finite number, got '1e4'"),
+    ({"rope_parameters": {"full_attention": {"rope_theta": -1}}},
+     "field 'rope_parameters.full_attention.rope_theta' must be a positive finite number, got -1"),
     ({"is_encoder_decoder": True}, "is_encoder_decoder=True is not supported for llama"),
     ({"use_mrope": False}, "'use_mrope' not understood for model_type 'llama'"),
 ])
