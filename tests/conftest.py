@@ -16,7 +16,6 @@ import pytest  # noqa: E402
 
 import spectrax  # noqa: E402
 
-spectrax.configure_cpu()  # what the command line and scripts do: XLA's pool sized for batched decompositions
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -29,13 +28,17 @@ def fixture_names() -> list[str]:
 
 
 def pytest_configure(config):
-    """Keep every compiled program of the run on disk (JAX's persistent compilation cache).
+    """Size JAX's CPU backend, and keep every compiled program of the run on disk (JAX's persistent
+    compilation cache).
 
     Most of the suite's time is XLA compiling: the same kernels at the same shapes are compiled by
     many modules, and again after `_release_compiled_programs` drops them from memory. The cache
     lives in pytest's cache folder (`.pytest_cache/d/jax-compilation-cache`), so a second run of the
     suite compiles almost nothing; with `-p no:cacheprovider` it lives in a folder for this run.
     """
+    # What the command line and scripts do: XLA's pool sized for batched decompositions. Here, not at
+    # import: test modules import this file again as `tests.conftest`, after JAX has started.
+    spectrax.configure_cpu()
     cache = config.cache.mkdir("jax-compilation-cache") if getattr(config, "cache", None) else None
     if cache is None:
         cache = tempfile.mkdtemp(prefix="spectrax-jax-cache-")

@@ -16,7 +16,12 @@ _META = "spectrax_meta.json"
 
 def abstract_like(params: Any) -> Any:
     """The `jax.ShapeDtypeStruct` tree orbax restores into: same structure, shapes and dtypes."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x)), params)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), _dtype(x)), params)
+
+
+def _dtype(x: Any) -> np.dtype:
+    """An array's own dtype (numpy 2.4 deprecates `np.result_type(jax_array)`), else numpy's for scalars."""
+    return x.dtype if hasattr(x, "dtype") else np.result_type(x)
 
 
 def save_params(directory: str | os.PathLike, params: Any, meta: dict[str, Any] | None = None) -> str:
