@@ -237,7 +237,8 @@ class RunFolder:
 
 
 def _read_part(path: str) -> dict[str, dict[str, np.ndarray]]:
-    with np.load(path, allow_pickle=False) as data:
+    # opened here, not by np.load: numpy leaves its own file open when the zip is torn
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
         out: dict[str, dict[str, np.ndarray]] = {}
         for key in data.files:
             group, _, column = key.partition("/")
