@@ -86,9 +86,10 @@ def test_tables_equal_kernels_and_aggregations_equal_hand_computation(gpt2_resul
 
 
 @pytest.mark.slow
-def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch):
-    path = CHECKPOINTS / "llama"
-    reference = analyze(path, tmp_path / "fresh", num_draws=4, shuffle_draws=2, progress=False)
+def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch, gpt2_result):
+    # the module's uninterrupted run is the reference: same checkpoint and settings, and its compiled
+    # programs serve the interrupted and resumed runs
+    path, reference = CHECKPOINTS / "gpt2_bf16", gpt2_result
     real = pipeline.layer_results
     seen = []
 
@@ -100,12 +101,12 @@ def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch
 
     monkeypatch.setattr(pipeline, "layer_results", crash_on_second_layer)
     with pytest.raises(KeyboardInterrupt):
-        analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)
+        analyze(path, tmp_path / "resumed", num_draws=4, progress=False)
     assert not (tmp_path / "resumed").exists() and (tmp_path / ".resumed.partial").is_dir()
     monkeypatch.setattr(pipeline, "layer_results", real)
     with pytest.raises(FileExistsError, match="differing in: num_draws"):
-        analyze(path, tmp_path / "resumed", num_draws=5, shuffle_draws=2, progress=False)
-    out = analyze(path, tmp_path / "resumed", num_draws=4, shuffle_draws=2, progress=False)
+        analyze(path, tmp_path / "resumed", num_draws=5, progress=False)
+    out = analyze(path, tmp_path / "resumed", num_draws=4, progress=False)
     assert json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())["resumed_parts"] == 2  # globals + layer 0
     for table in ("heads.csv", "matrices.csv", "layers.csv"):
         assert pathlib.Path(os.path.join(out, table)).read_text() == pathlib.Path(os.path.join(reference, table)).read_text()
