@@ -168,6 +168,7 @@ def _laws(heads: dict[str, np.ndarray], per_layer: dict[str, np.ndarray], folder
                       for i, f in enumerate(precision["format"])},
         "median_cond_qk": json_value(np.nanmedian(measured)),
         "nonfinite_heads": [[int(l), int(h)] for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f],
+        "degenerate_heads": [[int(l), int(h), str(d)] for l, h, d in zip(heads["layer"], heads["head"], heads["degenerate"]) if d],
     }
 
 

@@ -84,6 +84,12 @@ def laws(summary: dict) -> str:
     if summary["nonfinite_heads"]:
         lines.append(f"- {len(summary['nonfinite_heads'])} heads hold NaN/Inf weights (layer, head): "
                      f"{summary['nonfinite_heads'][:10]}; their statistics are NaN.")
+    degenerate = summary.get("degenerate_heads", [])
+    if degenerate:
+        shown = ", ".join(f"layer {l} head {h} ({what})" for l, h, what in degenerate[:10])
+        lines.append(f"- {len(degenerate)} heads have a zero, subnormal or rank-deficient matrix: {shown}"
+                     + (f" and {len(degenerate) - 10} more" if len(degenerate) > 10 else "")
+                     + "; the statistics these leave undefined are empty (`degenerate` column of `heads.csv`).")
     precision = summary["precision"]
     lines += [
         "",
