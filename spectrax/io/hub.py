@@ -16,6 +16,7 @@ never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,6 +131,9 @@ class HubShards:
                 self._delete(file)
             if not self._plan and self.scratch and os.path.isdir(self.scratch) and not self.held():
                 shutil.rmtree(self.scratch, ignore_errors=True)
+                for parent in (os.path.dirname(self.scratch), os.path.dirname(os.path.dirname(self.scratch))):
+                    with contextlib.suppress(OSError):  # only while empty: another repo's run may be using it
+                        os.rmdir(parent)
 
     def _size(self, file: str) -> int:
         if os.path.exists(file):

@@ -216,7 +216,8 @@ def test_budgeted_analyze_resumes_after_a_dropped_download(tmp_path, hub):
     assert rc == 2 and error_line(err).startswith(f"{REPO}: ") and "rerun to resume" in err, err
     assert out["second"][0] == 0
     failed, resumed = split_at(hub, "failed")
-    assert downloads(failed)[:3] == [SHARDS[0], SHARDS[3], SHARDS[1]]  # globals, then layer 0
+    # globals (shards 1, 4), layer 0 (1, 2; 4 evicted), then layer 1's first shard: dropped, retry refused
+    assert downloads(failed) == [SHARDS[0], SHARDS[3], SHARDS[1], SHARDS[2], SHARDS[2]]
     assert downloads(resumed) == [SHARDS[2], SHARDS[3]]  # only what layer 1 needs: finished layers are not fetched
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
     sha = hub.repos[REPO].sha
