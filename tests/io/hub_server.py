@@ -9,8 +9,8 @@ Routes, as huggingface_hub calls them:
                                                    with X-Linked-Etag, X-Linked-Size, Location
     HEAD/GET {cdn}/cdn/{sha256}                     the blob, honouring Range (206)
 
-The CDN is a second server (another origin, as on the real Hub, so huggingface_hub treats the
-redirect as it treats a CDN's). Errors carry the Hub's `X-Error-Code`: RepoNotFound,
+The CDN is a second server, reached as `localhost` (another host, as on the real Hub, so
+huggingface_hub treats the redirect as it treats a CDN's). Errors carry the Hub's `X-Error-Code`: RepoNotFound,
 RevisionNotFound, EntryNotFound, GatedRepo (401 without the repo's token). `faults[file]` lists
 what the next full downloads of a file get: "drop" (half the bytes, then the connection closes)
 or "503". `log` records every request with the bytes under `watch` when it arrived.
@@ -70,7 +70,9 @@ class FakeHub:
         self._hub = self._serve("hub")
         self._cdn = self._serve("cdn")
         self.endpoint = f"http://127.0.0.1:{self._hub.server_address[1]}"
-        self.cdn = f"http://127.0.0.1:{self._cdn.server_address[1]}"
+        # Another host name, as the real CDN is: huggingface_hub keeps a redirect's own headers
+        # (X-Linked-Etag, X-Linked-Size) instead of following it to another host.
+        self.cdn = f"http://localhost:{self._cdn.server_address[1]}"
 
     def add(self, repo_id: str, folder: str | os.PathLike, *, names: list[str] | None = None,
             token: str | None = None) -> str:
