@@ -145,7 +145,8 @@ class HubShards:
         total = sum(self._size(f) for f in new)
         if self.budget is not None and total > self.budget:
             raise CheckpointError(
-                f"{self.ref}: one layer needs {', '.join(sorted(os.path.basename(f) for f in new))} on disk at once "
+                f"{self.ref}: reading one layer (or the embeddings and output head) needs "
+                f"{', '.join(sorted(os.path.basename(f) for f in new))} on disk at once "
                 f"({_human(total)}), more than the disk budget of {_human(self.budget)}; raise --disk-budget")
 
     def _make_room(self, need: frozenset[str]) -> None:

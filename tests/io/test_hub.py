@@ -49,6 +49,8 @@ def run(code: str, hub: FakeHub, tmp_path: pathlib.Path, **env: str):
         import jax
         import spectrax as sx
         from spectrax.cli import main
+        import sys
+        HUB_AT_IMPORT = "huggingface_hub" in sys.modules  # it must not be: it reads HF_* when imported
         def mark(name):
             try:
                 urllib.request.urlopen({hub.endpoint!r} + "/marker/" + name)
@@ -186,6 +188,7 @@ def test_errors_are_one_line_naming_the_id(tmp_path, hub):
         }}
         os.environ["HF_TOKEN"] = {TOKEN!r}
         results["with_token"] = cli("inspect", "spectrax-test/gated")
+        results["hub_at_import"] = HUB_AT_IMPORT
         print(json.dumps(results))
     """, hub, tmp_path)
     expected = {
@@ -199,6 +202,7 @@ def test_errors_are_one_line_naming_the_id(tmp_path, hub):
         rc, err = out[case]
         assert rc == 2 and error_line(err).startswith(f"{ref}: ") and words in error_line(err), (case, err)
     assert out["with_token"] == [0, ""]
+    assert out["hub_at_import"] is False  # importing spectrax (and its CLI) leaves huggingface_hub unimported
     assert not [f for f in downloads(hub.log) if f.startswith("model-")]  # the budget refused before downloading
 
 
