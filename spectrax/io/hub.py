@@ -291,12 +291,12 @@ def _remote_header(ref: str, api, repo_id: str, revision: str | None, sha: str, 
 
 def _hub_call(ref: str, repo_id: str, revision: str | None, filename: str | None, call):
     """Run a huggingface_hub call; its failures become one-line `CheckpointError`s naming `ref`."""
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants, errors, get_token
 
     try:
         return call()
     except errors.GatedRepoError:
-        token = "the token in HF_TOKEN has no access" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set"
+        token = "the token given has no access" if get_token() else "HF_TOKEN is not set"
         raise CheckpointError(
             f"{ref}: gated repo on {constants.ENDPOINT} ({token}); accept its terms on the model page, then set "
             "HF_TOKEN to a token of an account with access") from None

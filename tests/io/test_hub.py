@@ -186,6 +186,8 @@ def test_errors_are_one_line_naming_the_id(tmp_path, hub):
             "pickles": cli("inspect", "spectrax-test/pickles"),
             "budget": cli("analyze", {REPO!r}, "--disk-budget", "60KB", "--out", "res"),
         }}
+        os.environ["HF_TOKEN"] = "hf_someone_else"
+        results["wrong_token"] = cli("inspect", "spectrax-test/gated")
         os.environ["HF_TOKEN"] = {TOKEN!r}
         results["with_token"] = cli("inspect", "spectrax-test/gated")
         results["hub_at_import"] = HUB_AT_IMPORT
@@ -195,6 +197,7 @@ def test_errors_are_one_line_naming_the_id(tmp_path, hub):
         "missing": ("spectrax-test/nope", "no repo spectrax-test/nope"),
         "revision": (f"{REPO}@v9", "no revision 'v9'"),
         "gated": ("spectrax-test/gated", "HF_TOKEN is not set"),
+        "wrong_token": ("spectrax-test/gated", "the token given has no access"),
         "pickles": ("spectrax-test/pickles", "no safetensors weights in the repo (it holds pytorch_model.bin)"),
         "budget": (REPO, "more than the disk budget of 60.0 KB"),
     }
