@@ -19,7 +19,7 @@ import numpy as np
 import spectrax  # noqa: F401  (sizes XLA's CPU thread pool before JAX starts; see spectrax/__init__.py)
 from spectrax.analyses.pipeline import parse_layers
 from spectrax.io import CheckpointError
-from spectrax.report.output import atomic_output_dir, check_output_path
+from spectrax.report.output import atomic_output_dir
 from spectrax.report.tables import format_number as fmt
 from spectrax.report.tables import to_markdown, write_csv
 
@@ -57,9 +57,7 @@ def output_folder(out: str, checkpoints: Sequence[str]) -> Iterator[str]:
     Refuses an existing `out` (FileExistsError) and an `out` inside any of the checkpoints
     (ValueError) before any work starts.
     """
-    for path in checkpoints[1:]:
-        check_output_path(out, checkpoint=path, force=False)
-    with atomic_output_dir(out, checkpoint=checkpoints[0] if checkpoints else None) as tmp:
+    with atomic_output_dir(out, checkpoints=checkpoints) as tmp:
         yield tmp
 
 

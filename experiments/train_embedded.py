@@ -23,6 +23,7 @@ import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 
 import jax
@@ -186,11 +187,12 @@ def main(argv=None) -> int:
 
     result = train(args)
     spec, params = result["spec"], result["params"]
-    # Write once to learn the reloaded (bf16) model's loss, then again with the final TRAINING.md.
-    save_hf_checkpoint(args.out, params, spec, dtype=ml_dtypes.bfloat16, config=CONFIG, force=True)
-    model = sx.load(args.out)
-    ids = result["eval_ids"]
-    loss, acc = (float(v) for v in copy_loss(forward(model.params, model.spec, ids), jnp.asarray(ids)))
+    # The reloaded (bf16) model's loss goes into TRAINING.md, so write it once to a scratch folder.
+    with tempfile.TemporaryDirectory() as scratch:
+        save_hf_checkpoint(os.path.join(scratch, "model"), params, spec, dtype=ml_dtypes.bfloat16, config=CONFIG)
+        model = sx.load(os.path.join(scratch, "model"))
+        ids = result["eval_ids"]
+        loss, acc = (float(v) for v in copy_loss(forward(model.params, model.spec, ids), jnp.asarray(ids)))
     text = training_md(args, result, loss, acc)
     save_hf_checkpoint(args.out, params, spec, dtype=ml_dtypes.bfloat16, config=CONFIG,
                        extra_files={"TRAINING.md": text}, force=True)

@@ -13,6 +13,7 @@ from spectrax.analyses.pipeline import ANALYSES, parse_layers
 from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
+from spectrax.report.output import count_parts, partial_path
 
 __all__ = ["main"]
 
@@ -73,16 +74,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from spectrax.analyses.analyze import analyze
 
-    # Without a path: the small model spectrax trained itself (a real, non-random checkpoint).
-    path = args.path or str(TINY_LLAMA)
-    out = args.out or os.path.join(
-        "spectrax-results", f"{os.path.basename(os.path.normpath(path))}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
     if args.path is None:
-        print(f"spectrax analyze: no checkpoint given; analyzing the embedded one at {path}", file=sys.stderr)
-    written = analyze(path, out, tower=args.tower, **_analysis_options(args))
+        print(f"spectrax analyze: no checkpoint given; analyzing the embedded one at {TINY_LLAMA}", file=sys.stderr)
+    written = analyze(args.path or str(TINY_LLAMA), args.out, tower=args.tower, **_analysis_options(args))
     _print_report(written)
     return 0
+
+
+def _default_out(args: argparse.Namespace) -> None:
+    """Fill in `analyze`'s default output folder, so an interruption can name the folder to resume."""
+    if args.command == "analyze" and args.out is None:
+        # Without a path: the small model spectrax trained itself (a real, non-random checkpoint).
+        name = os.path.basename(os.path.normpath(args.path or str(TINY_LLAMA)))
+        args.out = os.path.join("spectrax-results", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _analysis_options(args: argparse.Namespace) -> dict:
@@ -181,14 +185,33 @@ def use_every_core() -> None:
         pass
 
 
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted run left to resume from, as the end of a one-line message."""
+    out = getattr(args, "out", None)
+    if out is None or not os.path.isdir(partial_path(out)):
+        return "nothing was kept"
+    return (f"{count_parts(out)} finished part(s) kept in {partial_path(out)}; "
+            f"`spectrax {args.command} ... --out {out}` with the same options resumes")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _default_out(args)
     use_every_core()
     try:
         return args.run(args)
     except (CheckpointError, FileExistsError, ValueError) as e:
         print(f"spectrax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"spectrax {args.command}: interrupted; {_kept(args)}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `spectrax inspect ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # a full disk, a read-only folder: not the user's input, but one line all the same
+        print(f"spectrax {args.command}: error: {e}; {_kept(args)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable
 
@@ -31,7 +32,7 @@ from spectrax.analyses.precision import precision_table
 from spectrax.analyses.rank import RANK_STATISTICS
 from spectrax.io.load import Source, open_source, stream_layers
 from spectrax.report import plots, sections
-from spectrax.report.output import checkpoint_fingerprint, run_folder
+from spectrax.report.output import RunFolder, checkpoint_fingerprint, run_folder
 from spectrax.report.tables import json_value, write_csv, write_json
 
 __all__ = ["analyze", "ANALYSES", "HEADLINE", "KERNEL_HEADLINE", "source_fingerprint", "write_results"]
@@ -77,9 +78,8 @@ def analyze(
         "analyses": list(analyses), "layers": chosen, **{k: v for k, v in vars(options).items()},
     }
     started = time.time()
-    with run_folder(out, settings=settings, checkpoint=source.path, force=force) as folder:
-        if folder.resumed and progress:
-            print(f"resuming {folder.path}: {len(folder.resumed)} parts already done")
+    with run_folder(out, settings=settings, checkpoints=[source.path], force=force) as folder:
+        report_resume(folder, progress)
         tables = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder, progress=progress)
         summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
                    "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed),
@@ -97,6 +97,14 @@ def source_fingerprint(source: Source) -> list:
     if source.hub is not None:
         return [source.hub.repo_id, source.hub.sha]
     return checkpoint_fingerprint(source.files.files)
+
+
+def report_resume(folder: RunFolder, progress: bool) -> None:
+    """Say what an interrupted run left that this one reuses, and which damaged parts it redoes."""
+    if progress and folder.resumed:
+        print(f"resuming {os.path.dirname(folder.path)}: {len(folder.resumed)} parts already done")
+    for name in folder.discarded:
+        print(f"spectrax: discarded damaged part {name} of the interrupted run; it is recomputed", file=sys.stderr)
 
 
 def write_results(tables: Tables, folder: str, summary: dict, *, source: Source | None = None) -> None:

@@ -23,11 +23,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, relative_change
-from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, source_fingerprint, write_results
+from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, report_resume, source_fingerprint, write_results
 from spectrax.analyses.pipeline import Options, check_analyses, collect
 from spectrax.io.load import open_source
 from spectrax.report import plots, sections
-from spectrax.report.output import check_output_path, run_folder
+from spectrax.report.output import run_folder
 from spectrax.report.tables import json_value, write_csv
 
 __all__ = ["compare", "difference_table", "statistic_columns"]
@@ -98,8 +98,8 @@ def compare(
         "files": [source_fingerprint(s) for s in (source_a, source_b)], **vars(options),
     }
     started = time.time()
-    check_output_path(out, checkpoint=source_b.path, force=force)
-    with run_folder(out, settings=settings, checkpoint=source_a.path, force=force) as folder:
+    with run_folder(out, settings=settings, checkpoints=[source_a.path, source_b.path], force=force) as folder:
+        report_resume(folder, progress)
         tables = {}
         for tag, source in (("a", source_a), ("b", source_b)):
             tables[tag] = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder,
@@ -107,7 +107,7 @@ def compare(
             summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
                        "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed),
                        "hub": source.hub.describe() if source.hub is not None else None}
-            os.makedirs(os.path.join(folder.path, tag))
+            os.makedirs(os.path.join(folder.path, tag), exist_ok=True)
             write_results(tables[tag], os.path.join(folder.path, tag), summary, source=source)
             with open(os.path.join(folder.path, tag, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)

@@ -31,6 +31,7 @@ __all__ = ["ANALYSES", "Options", "Tables", "check_analyses", "collect", "parse_
            "matrix_table"]
 
 ANALYSES = ("laws", "rank", "kernel", "esd")
+MAX_LAYERS = 100_000  # far above any model; bounds what a mistyped --layers range can cost
 _PER_HEAD = ("laws", "kernel")
 _PER_MATRIX = ("rank", "esd")
 _GLOBAL_LAYER = 1 << 20  # the key slot of the embedding / output head
@@ -48,6 +49,20 @@ class Options:
     top_k: int = 16
     shuffle_draws: int = 4
 
+    def __post_init__(self):
+        def whole(name: str, flag: str, value, low: int, what: str) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} (--{flag}) must be {what}, got {value!r}")
+
+        whole("num_draws", "null-draws", self.num_draws, 2, "a whole number >= 2 (a null std needs two draws)")
+        whole("seed", "seed", self.seed, 0, "a whole number >= 0")
+        if self.crop is not None:
+            whole("crop", "crop", self.crop, 1, "a positive whole number of rows and columns")
+        whole("top_k", "top-k", self.top_k, 1, "a positive whole number")
+        whole("shuffle_draws", "shuffle-draws", self.shuffle_draws, 0, "0 (skip) or a whole number >= 2")
+        if self.shuffle_draws == 1:
+            raise ValueError("shuffle_draws (--shuffle-draws) must be 0 (skip) or >= 2 for a std, got 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
@@ -62,16 +77,23 @@ class Tables:
 
 
 def parse_layers(text: str | None) -> list[int] | None:
-    """A command line's layer selection, `"0,2,5-7"` -> `[0, 2, 5, 6, 7]`; empty -> `None` (all)."""
+    """A command line's layer selection, `"0,2,5-7"` -> `[0, 2, 5, 6, 7]`; empty -> `None` (all).
+
+    Ranges run upwards and stay below `MAX_LAYERS`, so a typo cannot ask for billions of layers.
+    """
     if not text:
         return None
     layers: list[int] = []
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        try:
-            layers.extend(range(int(lo), int(hi or lo) + 1))
-        except ValueError as err:
-            raise ValueError(f"bad --layers entry {part!r}; use e.g. 0,4-7") from err
+        if not (lo.isdigit() and (hi.isdigit() or not hi)) or len(lo) > 7 or len(hi) > 7:
+            raise ValueError(f"bad --layers entry {part.strip()!r}; use layer numbers and ranges, e.g. 0,4-7")
+        first, last = int(lo), int(hi or lo)
+        if last < first:
+            raise ValueError(f"bad --layers entry {part.strip()!r}: the range runs backwards (write {last}-{first})")
+        if last >= MAX_LAYERS:
+            raise ValueError(f"bad --layers entry {part.strip()!r}: no model has {last + 1} layers")
+        layers.extend(range(first, last + 1))
     return layers
 
 
@@ -163,9 +185,10 @@ def collect(
     if not isinstance(source, Source):
         source = open_source(source)
     chosen = list(range(source.spec.num_layers)) if layers is None else sorted(set(layers))
-    bad = [i for i in chosen if not 0 <= i < source.spec.num_layers]
+    bad = [str(i) for i in chosen if not 0 <= i < source.spec.num_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range for a {source.spec.num_layers}-layer model")
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(f"layers {shown} out of range for a {source.spec.num_layers}-layer model (--layers)")
     with_globals = any(a in analyses for a in _PER_MATRIX)
     names = (["globals"] if with_globals else []) + [f"layer-{i:05d}" for i in chosen]
     names = [part_prefix + n for n in names]
@@ -180,14 +203,16 @@ def collect(
         results[name] = result
         bar.update(1)
 
-    if with_globals and f"{part_prefix}globals" not in results:
-        finish(f"{part_prefix}globals", global_results(source, analyses, options))
-    todo = [i for i in chosen if f"{part_prefix}layer-{i:05d}" not in results]
-    for block in stream_layers(source, layers=todo):
-        (layer,) = block.layer_ids
-        params = jax.tree.map(lambda x: x[0], block.params)
-        finish(f"{part_prefix}layer-{layer:05d}", layer_results(params, layer, analyses, options))
-    bar.close()
+    try:  # closed on an interruption too, so a message printed after it starts on its own line
+        if with_globals and f"{part_prefix}globals" not in results:
+            finish(f"{part_prefix}globals", global_results(source, analyses, options))
+        todo = [i for i in chosen if f"{part_prefix}layer-{i:05d}" not in results]
+        for block in stream_layers(source, layers=todo):
+            (layer,) = block.layer_ids
+            params = jax.tree.map(lambda x: x[0], block.params)
+            finish(f"{part_prefix}layer-{layer:05d}", layer_results(params, layer, analyses, options))
+    finally:
+        bar.close()
     ordered = [results[name] for name in names]
 
     def table(group: str) -> dict[str, np.ndarray] | None:

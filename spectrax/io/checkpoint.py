@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
-from spectrax.io.safetensors import TensorInfo, read_header
+from spectrax.io.safetensors import TensorInfo, load_json, open_regular, read_header
 
 __all__ = ["CheckpointFiles", "open_checkpoint", "INDEX_NAME"]
 
@@ -24,11 +23,9 @@ INDEX_NAME = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 _CONVERT_HINT = (
-    "spectrax never unpickles checkpoints (a pickle can execute arbitrary code). Convert it once, "
-    "in an environment you trust that has torch and transformers:\n"
-    "  python -c \"import transformers as t; m = t.AutoModelForCausalLM.from_pretrained('{path}'); "
-    "m.save_pretrained('{path}-safetensors', safe_serialization=True)\"\n"
-    "then point spectrax at {path}-safetensors."
+    "spectrax never unpickles checkpoints (a pickle can run code); convert it once where torch and "
+    "transformers are installed: `transformers.AutoModelForCausalLM.from_pretrained('{path}')"
+    ".save_pretrained('{path}-safetensors')` and point spectrax at that folder"
 )
 
 
@@ -57,7 +54,8 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
         directory = path
         files, weight_map = _safetensors_files(path)
     elif os.path.exists(path):
-        raise UnsupportedCheckpointError(f"{path}: not a directory or a .safetensors file; " + _CONVERT_HINT.format(path=path))
+        raise UnsupportedCheckpointError(f"{path}: not a directory or a .safetensors file; "
+                                         + _CONVERT_HINT.format(path=os.path.dirname(path)))
     else:
         raise CheckpointError(f"{path}: no such file or directory")
     config = _read_config(directory)
@@ -98,16 +96,16 @@ def _safetensors_files(directory: str) -> tuple[list[str], Mapping[str, str]]:
 
 
 def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
-    try:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{index}: malformed index ({type(e).__name__}: {e}); expected {{'weight_map': {{name: shard}}}}") from None
+    with open_regular(index, "index") as f:
+        weight_map = load_json(f.read(), f"{index}: malformed index")
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: malformed index; expected {{'weight_map': {{tensor name: shard file name}}}}")
     directory = os.path.dirname(index)
     shards = sorted(set(weight_map.values()))
     for shard in shards:
-        if os.path.basename(shard) != shard:
-            raise CheckpointError(f"{index}: shard name {shard!r} points outside the checkpoint directory")
+        if shard in ("", ".", "..") or os.path.basename(shard) != shard:
+            raise CheckpointError(f"{index}: shard name {shard!r} is not a file name inside the checkpoint directory")
         if not os.path.exists(os.path.join(directory, shard)):
             missing = sorted(name for name, s in weight_map.items() if s == shard)
             raise CheckpointError(
@@ -119,13 +117,13 @@ def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
 
 def _read_config(directory: str) -> Mapping[str, Any]:
     path = os.path.join(directory, "config.json")
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: missing; spectrax needs the model's config.json beside the weights")
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing; spectrax needs the model's config.json beside the weights") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        with open_regular(path, "config.json") as f:
+            config = load_json(f.read(), path)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return config

@@ -63,18 +63,22 @@ def find_layout(tensors: Mapping[str, TensorInfo], pattern: str, num_layers: int
     for name, info in tensors.items():
         m = regex.match(name)
         if m:
+            if m.group(2) != str(int(m.group(2))):  # "layers.00." would silently stand in for "layers.0."
+                raise CheckpointError(f"{info.file}: tensor {name!r} writes its layer number {m.group(2)!r} "
+                                      "non-canonically; no checkpoint writer does that")
             towers.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = info
     if not towers:
         raise CheckpointError(f"no tensor is named like '<prefix>{pattern}.<i>.<...>'; is model_type right?")
     root = _choose_tower(sorted(towers), tower)
     by_layer = towers[root]
     found = sorted(by_layer)
-    if found != list(range(num_layers)):
-        extra = sorted(set(found) - set(range(num_layers)))
-        missing = sorted(set(range(num_layers)) - set(found))
+    if len(found) != num_layers or found[-1] != num_layers - 1:  # cost follows the tensors, not the config's claim
+        extra = [i for i in found if i >= num_layers]
+        missing = [i for i in range(min(num_layers, found[-1] + 2)) if i not in by_layer]
+        more = max(0, num_layers - found[-1] - 2)
         raise CheckpointError(
             f"config says {num_layers} layers but tensors under '{root}{pattern}.' cover layers {found[0]}..{found[-1]}"
-            + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else "")
+            + (f"; missing {_few(missing, more)}" if missing else "") + (f"; unexpected {_few(extra)}" if extra else "")
         )
     layer_names = {f"{root}{pattern}.{i}.{rel}" for i, rels in by_layer.items() for rel in rels}
     others = tuple(t for t in towers if t != root)
@@ -88,6 +92,12 @@ def find_layout(tensors: Mapping[str, TensorInfo], pattern: str, num_layers: int
     layout = Layout(root, tuple(by_layer[i] for i in range(num_layers)), globals_, others)
     _refuse_quantized(layout)
     return layout
+
+
+def _few(items: list[int], more: int = 0) -> str:
+    """`0, 3, 7 and 12 more`: layer lists stay one short line whatever the config claims."""
+    more += max(0, len(items) - 5)
+    return ", ".join(map(str, items[:5])) + (f" and {more} more" if more else "")
 
 
 def _choose_tower(roots: list[str], tower: str | None) -> str:

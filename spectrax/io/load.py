@@ -26,7 +26,7 @@ from spectrax.io.layout import Layout, find_layout
 from spectrax.io.safetensors import TensorInfo, read_tensor
 
 __all__ = [
-    "Model", "LayerBlock", "Source", "open_source", "load", "load_globals", "stream_layers", "convert_layer",
+    "Model", "LayerBlock", "Source", "check_shapes", "open_source", "load", "load_globals", "stream_layers", "convert_layer",
     "convert_globals",
 ]
 
@@ -112,7 +112,31 @@ def open_source(
         files, hub = open_hub(os.fspath(path), *repo, disk_budget=disk_budget)
     spec = parse_config(files.config, source=os.path.join(files.path, "config.json"), strict=strict)
     layout = find_layout(files.tensors, layer_pattern(spec.model_type), spec.num_layers, tower=tower)
-    return Source(files, spec, layout, hub)
+    source = Source(files, spec, layout, hub)
+    check_shapes(source)
+    return source
+
+
+def check_shapes(source: Source) -> None:
+    """Convert shapes and dtypes only (`jax.eval_shape` over the headers, no tensor data), once per
+    distinct layer signature and for the globals, so a tensor the config does not imply or a
+    non-float weight is refused before anything is read or any analysis starts."""
+
+    def abstract(named: Mapping[str, TensorInfo]) -> dict[str, jax.ShapeDtypeStruct]:
+        return {name: jax.ShapeDtypeStruct(info.shape, info.numpy_dtype()) for name, info in named.items()}
+
+    prefix = f"{source.layout.root}{layer_pattern(source.spec.model_type)}."
+    checks = [(f"layer {group[0]}", source.layout.layers[group[0]],
+               functools.partial(convert_layer, spec=source.spec, layer=group[0]), f"{prefix}{group[0]}.")
+              for group in source.layer_groups()]
+    checks.append(("the embeddings and output head", source.layout.globals,
+                   lambda t, where: convert_globals(t, source.spec, where=where)[0], source.layout.root))
+    for what, named, convert, names in checks:
+        tree = jax.eval_shape(lambda t: convert(t, where=_describe(named, names)), abstract(named))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise CheckpointError(f"{source.path}: {what}: {jax.tree_util.keystr(path)} is stored as {leaf.dtype}; "
+                                      "spectrax analyzes floating-point weights only")
 
 
 def convert_layer(tensors: Mapping[str, np.ndarray], spec: ModelSpec, layer: int, *, where: Callable[[str], str] = str) -> Tree:

@@ -144,15 +144,23 @@ def save_hf_checkpoint(
       dtype: cast every tensor to this numpy dtype (e.g. `ml_dtypes.bfloat16`); None keeps them.
       config: the `config.json` dict (default `spec.config`).
       extra_files: more text files to write into the folder, `{file name: contents}`.
-      force: replace an existing `directory`; without it an existing one is an error.
+      force: replace an existing `directory` that holds only the files this function writes
+        (config.json, model.safetensors, `extra_files`); without it an existing one is an error,
+        and a folder holding anything else is never replaced.
     Returns:
       The directory path.
     """
     from safetensors.numpy import save_file
 
+    from spectrax.report.output import foreign_files, replace_folder
+
     directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory) and not force:
+    written = {"config.json", "model.safetensors", *(extra_files or {})}
+    if os.path.lexists(directory) and not force:
         raise FileExistsError(f"{directory} exists; pass force=True (--force) to replace it")
+    if os.path.lexists(directory) and (extra := foreign_files(directory, written)):
+        raise FileExistsError(f"{directory} holds files save_hf_checkpoint does not write ({', '.join(extra[:3])}); "
+                              "it will not replace it")
     tensors = to_hf_llama(params, spec)
     if dtype is not None:
         tensors = {name: np.ascontiguousarray(w.astype(dtype)) for name, w in tensors.items()}
@@ -168,9 +176,7 @@ def save_hf_checkpoint(
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
         _default_permissions(tmp)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.rename(tmp, directory)
+        replace_folder(tmp, directory, written=written)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

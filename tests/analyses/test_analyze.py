@@ -12,6 +12,7 @@ import spectrax as sx
 from spectrax.analyses import pipeline as pipeline
 from spectrax.analyses.analyze import analyze
 from spectrax.cli import main
+from spectrax.report.output import MARKER, atomic_output_dir
 from tests.conftest import CHECKPOINTS, snapshot
 
 
@@ -32,7 +33,7 @@ def test_result_folder_contents(gpt2_result):
     out = gpt2_result
     files = set(os.listdir(out))
     assert {"heads.csv", "heads.json", "layers.csv", "groups.csv", "precision.csv", "matrices.csv", "matrices.json",
-            "kernel_similarity.csv", "summary.json", "report.md", "plots"} == files
+            "kernel_similarity.csv", "summary.json", "report.md", "plots", MARKER} == files
     pngs = os.listdir(os.path.join(out, "plots"))
     assert {"heatmap_pearson_qk_z.png", "trend_pearson_qk.png", "heatmap_matrices_erank_z.png",
             "kernel_similarity.png", "trend_kernel_erank.png", "heatmap_matrices_lambda_max_z.png"} <= set(pngs)
@@ -107,14 +108,19 @@ def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch
     assert not (tmp_path / ".resumed.partial").exists()
 
 
-def test_force_replaces_an_existing_folder(tmp_path):
-    (tmp_path / "res").mkdir()
-    (tmp_path / "res" / "stale.txt").write_text("old")
+def test_force_replaces_only_an_earlier_spectrax_result(tmp_path):
+    with atomic_output_dir(tmp_path / "res") as earlier:  # what an earlier spectrax run published
+        open(os.path.join(earlier, "stale.txt"), "w").write("old")
     with pytest.raises(FileExistsError, match="already exists"):
         analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=2, progress=False)
     out = analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=2, force=True, progress=False)
     assert "stale.txt" not in os.listdir(out) and "matrices.csv" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["res"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not written by spectrax"):
+        analyze(CHECKPOINTS / "gpt2", tmp_path / "mine", analyses=["rank"], num_draws=2, force=True, progress=False)
+    assert os.listdir(tmp_path / "mine") == ["a.txt"]
 
 
 def test_rank_only_with_crop(tmp_path):

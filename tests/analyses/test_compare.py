@@ -2,6 +2,7 @@
 and only where, it was perturbed."""
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -87,3 +88,27 @@ def test_cli_compare(tmp_path, capsys):
     assert main(["compare", str(CHECKPOINTS / "gpt2"), str(CHECKPOINTS / "gpt2"), "--out", str(tmp_path / "c"),
                  "--null-draws", "2", "--analyses", "laws"]) == 0
     assert "Comparison" in capsys.readouterr().out
+
+
+def test_compare_interrupted_after_the_first_checkpoint_resumes(tmp_path, monkeypatch):
+    compare_module = importlib.import_module("spectrax.analyses.compare")  # the package exports the function
+
+    options = dict(analyses=["rank"], num_draws=2, crop=16, progress=False)
+    real = compare_module.write_results
+    written = []
+
+    def crash_on_second(tables, folder, *args, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(folder)
+        real(tables, folder, *args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "write_results", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        compare(CHECKPOINTS / "gpt2", CHECKPOINTS / "gpt2_bf16", tmp_path / "c", **options)
+    assert os.path.isdir(written[0]) and not (tmp_path / "c").exists()
+    monkeypatch.setattr(compare_module, "write_results", real)
+    out = compare(CHECKPOINTS / "gpt2", CHECKPOINTS / "gpt2_bf16", tmp_path / "c", **options)
+    summary = json.loads(open(os.path.join(out, "a", "summary.json")).read())
+    assert summary["resumed_parts"] == 2 * 3  # globals and two layers of each checkpoint
+    assert sorted(os.listdir(tmp_path)) == ["c"]
