@@ -17,14 +17,13 @@ never deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from spectrax.io.checkpoint import INDEX_NAME, CheckpointFiles
+from spectrax.io.checkpoint import INDEX_NAME, CheckpointFiles, read_config, read_index
 from spectrax.io.errors import CheckpointError, UnsupportedCheckpointError
 from spectrax.io.safetensors import TensorInfo, read_header
 
@@ -237,11 +236,7 @@ def open_hub(ref: str, repo_id: str, revision: str | None, *, disk_budget: int |
     for name, shard in weight_map.items():
         if name not in tensors or os.path.basename(tensors[name].file) != shard:
             raise CheckpointError(f"{ref}: {INDEX_NAME} lists {name!r} in {shard}, but that shard does not hold it")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+    config = read_config(snapshot)
     hub = HubShards(ref, repo_id, revision, sha, sizes=sizes, headers=headers, cached=cached, budget=budget, scratch=scratch)
     return CheckpointFiles(path=snapshot, config=config, files=tuple(files), tensors=tensors), hub
 
@@ -254,15 +249,7 @@ def _weight_files(ref: str, repo_id: str, revision: str | None, sha: str, listin
 
     if INDEX_NAME in listing:
         path = _hub_call(ref, repo_id, revision, INDEX_NAME, lambda: hf_hub_download(repo_id, INDEX_NAME, revision=sha))
-        try:
-            with open(path, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{ref}: malformed {INDEX_NAME} ({type(e).__name__}: {e})") from None
-        shards = sorted(set(weight_map.values()))
-        bad = [s for s in shards if os.path.basename(s) != s or not s.endswith(".safetensors")]
-        if bad:
-            raise CheckpointError(f"{ref}: {INDEX_NAME} names shard {bad[0]!r}, not a .safetensors file beside it")
+        shards, weight_map = read_index(path)
         return weight_map, shards
     if _SINGLE in listing:
         return {}, [_SINGLE]
