@@ -53,8 +53,13 @@ def format_inspect(info: dict) -> str:
         lines.append(f"  layer groups    {info['layer_groups']} (layers with different shapes)")
     for diff in info["layer_differences"]:
         lines.append(f"  layer {diff['layer']:<3}       head_dim {diff['head_dim']}, {diff['layer_type']}")
-    if info["ignored_config_keys"]:
-        lines.append(f"  ignored config  {', '.join(info['ignored_config_keys'])}")
+    if info.get("rope_interleaved"):
+        lines.append("  rotary          interleaved pairs in storage (q/k rows reordered to half-split)")
+    for kind in ("unknown", "ignored"):
+        keys = info.get(f"{kind}_config_keys", [])
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            lines.append(f"  {kind} config  {shown}")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 Canonical layer (DESIGN.md), `[out, in]` orientation, heads first:
 
   attn:  q (H, D, E), k (KV, D, E), v (KV, D, E), o (H, D, E) with o[h] = W_O[:, h*D:(h+1)*D]^T;
+         q/k features in rotary half-split order (i pairs with i + D/2), whatever the storage;
          q_bias (H, D), k_bias/v_bias (KV, D), o_bias (E,) where stored;
          q_norm/k_norm as stored: (D,) per head (qwen3, gemma3) or (H*D,)/(KV*D,) (olmo2).
   mlp:   gate (F, E), up (F, E), down (E, F), and gate_bias/up_bias/down_bias where stored.
@@ -101,6 +102,19 @@ def _heads(weight: Array, heads: int, head_dim: int) -> Array:
     return weight.reshape(heads, head_dim, weight.shape[-1])
 
 
+def _deinterleave(rows: Array, heads: int, head_dim: int) -> Array:
+    """Reorder each head's `head_dim` rows from interleaved rotary pairs to the half-split layout.
+
+    With `rope_interleaved` (GPT-J / nanotron) feature 2i of a head rotates with feature 2i+1; the
+    canonical tree, like transformers' Llama, pairs feature i with i + D/2. Row 2i moves to i and
+    row 2i+1 to D/2 + i, in q and k alike, so every q.k product and every rotation is unchanged.
+    `rows` is `[heads*head_dim, ...]` (a weight) or `[heads*head_dim]` (a bias).
+    """
+    tail = rows.shape[1:]
+    paired = rows.reshape(heads, head_dim // 2, 2, *tail)
+    return paired.swapaxes(1, 2).reshape(heads * head_dim, *tail)
+
+
 def _out_heads(weight: Array, heads: int, head_dim: int) -> Array:
     """Output projection `[E, heads*head_dim]` -> `(heads, head_dim, E)`: head h's input columns, transposed."""
     return weight.reshape(weight.shape[0], heads, head_dim).transpose(1, 2, 0)
@@ -170,6 +184,11 @@ def llama_layer(t: Tensors, spec: ModelSpec, layer: int) -> Tree:
         "v_bias": t.optional(p + "v_proj.bias", (KV * D,)),
         "o_bias": t.optional(p + "o_proj.bias", (E,)),
     }
+    if spec.rope_interleaved:
+        for name, heads in (("q", H), ("k", KV)):
+            proj[name] = _deinterleave(proj[name], heads, D)
+            if biases[f"{name}_bias"] is not None:
+                biases[f"{name}_bias"] = _deinterleave(biases[f"{name}_bias"], heads, D)
     attn = _attention(proj["q"], proj["k"], proj["v"], proj["o"], biases, spec, layer)
     if spec.qk_norm == "head":
         attn["q_norm"] = t.get(p + "q_norm.weight", (D,))

@@ -11,15 +11,18 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any
 
+from spectrax.io.config import parse_config_json
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
 from spectrax.io.safetensors import TensorInfo, load_json, open_regular, read_header
 
 __all__ = ["CheckpointFiles", "open_checkpoint", "read_config", "read_index", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
+_MAX_CONFIG_BYTES = 16 << 20
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 _CONVERT_HINT = (
@@ -125,13 +128,13 @@ def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
 def read_config(directory: str) -> Mapping[str, Any]:
     """The parsed `config.json` in `directory` (a JSON object), or a `ConfigError` naming it."""
     path = os.path.join(directory, "config.json")
-    if not os.path.lexists(path):
-        raise ConfigError(f"{path}: missing; spectrax needs the model's config.json beside the weights")
     try:
-        with open_regular(path, "config.json") as f:
-            config = load_json(f.read(), path)
-    except CheckpointError as e:
-        raise ConfigError(str(e)) from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return config
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; spectrax needs the model's config.json beside the weights") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever, a directory would not open
+        raise ConfigError(f"{path}: not a regular file (a folder, FIFO or device)")
+    if info.st_size > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {info.st_size} bytes; a model config is a few KB (limit {_MAX_CONFIG_BYTES >> 20} MiB)")
+    with open(path, "rb") as f:
+        return parse_config_json(f.read(), source=path)

@@ -24,7 +24,8 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
     `vocab_size`, `tie_word_embeddings`, `dtype` (the dominant stored dtype), `dtypes` (count per
     dtype), `num_tensors`, `total_bytes`, `tensors` (name, dtype, shape, bytes, file of each),
     `tower`, `other_towers`, `layer_groups` (layers with identical shapes), `layer_differences`
-    (per-layer fields that differ from layer 0).
+    (per-layer fields that differ from layer 0), `rope_interleaved`, `ignored_config_keys` (present
+    and known not to matter), `unknown_config_keys` (accepted only under `strict=False`).
     """
     source = open_source(path, strict=strict, tower=tower)
     spec, files = source.spec, source.files
@@ -41,7 +42,7 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
         "path": files.path,
         "hub": source.hub.describe() if source.hub is not None else None,
         "files": [os.path.basename(f) for f in files.files],
-        **{k: v for k, v in spec.to_dict().items() if k not in ("ignored_keys",)},
+        **{k: v for k, v in spec.to_dict().items() if k not in ("ignored_keys", "unknown_keys")},
         "dtype": _DTYPE_NAMES.get(by_bytes.most_common(1)[0][0]) if by_bytes else None,
         "dtypes": dict(dtypes),
         "num_tensors": len(files.tensors),
@@ -55,4 +56,5 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
         "layer_groups": [list(g) for g in source.layer_groups()],
         "layer_differences": differences,
         "ignored_config_keys": list(spec.ignored_keys),
+        "unknown_config_keys": list(spec.unknown_keys),
     }

@@ -72,13 +72,15 @@ def find_layout(tensors: Mapping[str, TensorInfo], pattern: str, num_layers: int
     root = _choose_tower(sorted(towers), tower)
     by_layer = towers[root]
     found = sorted(by_layer)
-    if len(found) != num_layers or found[-1] != num_layers - 1:  # cost follows the tensors, not the config's claim
+    if len(found) != num_layers or found[-1] != num_layers - 1:
+        # Cost follows the tensors found, not the layer count claimed: a config may say 10^8.
         extra = [i for i in found if i >= num_layers]
-        missing = [i for i in range(min(num_layers, found[-1] + 2)) if i not in by_layer]
-        more = max(0, num_layers - found[-1] - 2)
+        missing_count = num_layers - (len(found) - len(extra))
+        missing = [i for i in range(min(num_layers, len(found) + 6)) if i not in by_layer][:5]
         raise CheckpointError(
             f"config says {num_layers} layers but tensors under '{root}{pattern}.' cover layers {found[0]}..{found[-1]}"
-            + (f"; missing {_few(missing, more)}" if missing else "") + (f"; unexpected {_few(extra)}" if extra else "")
+            + (f"; missing {_first(missing, missing_count)}" if missing_count else "")
+            + (f"; unexpected {_first(extra, len(extra))}" if extra else "")
         )
     layer_names = {f"{root}{pattern}.{i}.{rel}" for i, rels in by_layer.items() for rel in rels}
     others = tuple(t for t in towers if t != root)
@@ -94,10 +96,9 @@ def find_layout(tensors: Mapping[str, TensorInfo], pattern: str, num_layers: int
     return layout
 
 
-def _few(items: list[int], more: int = 0) -> str:
-    """`0, 3, 7 and 12 more`: layer lists stay one short line whatever the config claims."""
-    more += max(0, len(items) - 5)
-    return ", ".join(map(str, items[:5])) + (f" and {more} more" if more else "")
+def _first(items: list[int], count: int, limit: int = 5) -> str:
+    """`[3, 4]`, or `[3, 4, 5, 6, 7, ...] (99997 in all)` when there are more than `limit`."""
+    return f"{items[:limit]}" if count <= limit else f"[{', '.join(map(str, items[:limit]))}, ...] ({count} in all)"
 
 
 def _choose_tower(roots: list[str], tower: str | None) -> str:

@@ -350,4 +350,5 @@ def _meta(source: Source, notes: list[str], unconverted: list[str]) -> dict[str,
         "transformations": notes,
         "not_converted": unconverted,
         "ignored_config_keys": list(source.spec.ignored_keys),
+        "unknown_config_keys": list(source.spec.unknown_keys),
     }

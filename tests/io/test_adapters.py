@@ -114,3 +114,68 @@ def test_multimodal_checkpoint_analyzes_the_language_tower():
     assert model.params["layers"][0]["attn"]["q"].shape == text.params["layers"][0]["attn"]["q"].shape
     with pytest.raises(sx.CheckpointError, match="tower"):
         sx.load(CHECKPOINTS / "gemma3_multimodal", tower="nonexistent.")
+
+
+def _interleaved_copy(tmp_path):
+    """The llama fixture stored the way a rope_interleaved=true checkpoint stores it: within each
+    q/k head, half-split feature i moved to row 2i and feature D/2 + i to row 2i + 1."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "interleaved"
+    shutil.copytree(CHECKPOINTS / "llama", path)
+    config = json.loads((path / "config.json").read_text())
+    D = config["head_dim"]
+    tensors = load_file(path / "model.safetensors")
+    for name, w in tensors.items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = w.shape[0] // D
+            tensors[name] = w.reshape(heads, 2, D // 2, -1).swapaxes(1, 2).reshape(w.shape)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({**config, "rope_interleaved": True}))
+    return path, tensors, config
+
+
+def test_rope_interleaved_checkpoint_converts_to_the_half_split_tree(tmp_path):
+    path, _, _ = _interleaved_copy(tmp_path)
+    interleaved, original = sx.load(path), sx.load(CHECKPOINTS / "llama")
+    assert interleaved.spec.rope_interleaved and not original.spec.rope_interleaved
+    jax.tree.map(np.testing.assert_array_equal, interleaved.params, original.params)
+
+
+def test_rope_interleaved_scores_match_pairwise_rotary_in_numpy(tmp_path):
+    """Independent reference: rotate stored q/k features in adjacent pairs (2i, 2i+1) by angle
+    t * theta^(-2i/D) (the GPT-J / nanotron rule) and take q.k; spectrax's rotary on the converted
+    tree must give the same attention scores."""
+    from spectrax.models.layers import apply_rope, rope_tables
+
+    path, stored, config = _interleaved_copy(tmp_path)
+    D, H, KV = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
+    theta, T = config["rope_parameters"]["rope_theta"], 7
+    x = np.random.default_rng(0).standard_normal((T, config["hidden_size"]))
+
+    def pairwise(states):  # (T, heads, D), features rotating in pairs (2i, 2i+1)
+        angle = np.arange(T)[:, None] * theta ** (-np.arange(0, D, 2) / D)[None, :]
+        even, odd = states[..., 0::2], states[..., 1::2]
+        cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+        out = np.empty_like(states)
+        out[..., 0::2], out[..., 1::2] = even * cos - odd * sin, odd * cos + even * sin
+        return out
+
+    p = "model.layers.0.self_attn."
+    q = pairwise((x @ stored[p + "q_proj.weight"].astype(np.float64).T).reshape(T, H, D))
+    k = pairwise((x @ stored[p + "k_proj.weight"].astype(np.float64).T).reshape(T, KV, D))
+    reference = np.einsum("thd,shd->hts", q, np.repeat(k, H // KV, axis=1))
+
+    attn = jax.tree.map(lambda a: np.asarray(a[0], np.float64), sx.load(path).params["layers"][0]["attn"])
+    cos, sin = (np.asarray(a, np.float64) for a in rope_tables(theta, D, T))
+    qc = np.asarray(apply_rope(np.einsum("te,hde->thd", x, attn["q"])[None], cos, sin)[0])
+    kc = np.asarray(apply_rope(np.einsum("te,hde->thd", x, attn["k"])[None], cos, sin)[0])
+    scores = np.einsum("thd,shd->hts", qc, np.repeat(kc, H // KV, axis=1))
+    np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-5)
+    # Reading the stored rows as if they were half-split would not reproduce it.
+    naive = np.einsum("thd,shd->hts", *(np.asarray(apply_rope(s[None], cos, sin)[0]) for s in (
+        (x @ stored[p + "q_proj.weight"].astype(np.float64).T).reshape(T, H, D),
+        np.repeat((x @ stored[p + "k_proj.weight"].astype(np.float64).T).reshape(T, KV, D), H // KV, axis=1))))
+    assert not np.allclose(naive, reference, atol=1e-3)

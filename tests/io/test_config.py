@@ -34,8 +34,8 @@ def test_gemma_norm_offset_and_qk_norm_kinds():
 
 @pytest.mark.parametrize("bad,match", [
     ({"num_attention_heads": 3}, "not a multiple of num_key_value_heads"),
-    ({"num_hidden_layers": 0}, "'num_layers' must be a positive integer"),
-    ({"head_dim": "24"}, "'head_dim' must be a positive integer"),
+    ({"num_hidden_layers": 0}, "'num_hidden_layers' must be an integer from 1 to 65536, got 0"),
+    ({"head_dim": "24"}, "'head_dim' must be a positive integer, got '24'"),
     ({"layer_types": ["full_attention"]}, "layer_types has 1 entries for 2 layers"),
     ({"pruned_heads": {"0": [1]}}, "pruned attention heads"),
 ])

@@ -1,110 +1,231 @@
-"""The config.json files of well-known published checkpoints parse under strict mode.
+"""The `config.json` files real models ship (tests/fixtures/configs, sources in its README) are read
+under strict mode: at full size by `inspect` on header-only checkpoints, and at toy size (same keys)
+through the whole converter, which is what `analyze` reads before its kernels.
 
-Copied (abridged only where noted) from the public model repositories, as saved by the
-transformers versions of their release; they carry keys newer transformers no longer writes.
+A header-only checkpoint is a safetensors file whose header lists the model's real tensor names,
+shapes and dtypes and whose data region is a sparse hole (`truncate`): gigabytes on paper, nothing
+on disk, so `inspect` sees exactly what it would see on the published checkpoint.
 """
 
+import json
+import os
+import pathlib
+
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
+import spectrax as sx
 from spectrax.io import parse_config
+from tests.conftest import FIXTURES
 
-LLAMA3_8B = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
-    "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 8192,
-    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
-    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 500000.0,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.40.0.dev0",
-    "use_cache": True, "vocab_size": 128256,
-}
-QWEN25_14B = {
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 5120, "initializer_range": 0.02,
-    "intermediate_size": 13824, "max_position_embeddings": 131072, "max_window_layers": 48,
-    "model_type": "qwen2", "num_attention_heads": 40, "num_hidden_layers": 48, "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "transformers_version": "4.43.1", "use_cache": True,
-    "use_sliding_window": False, "vocab_size": 152064,
-}
-GEMMA2_9B = {
-    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
-    "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
-    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3584, "initializer_range": 0.02,
-    "intermediate_size": 14336, "max_position_embeddings": 8192, "model_type": "gemma2",
-    "num_attention_heads": 16, "num_hidden_layers": 42, "num_key_value_heads": 8, "pad_token_id": 0,
-    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
-    "sliding_window_size": 4096, "torch_dtype": "float32", "transformers_version": "4.42.0.dev0",
-    "use_cache": True, "vocab_size": 256000,
-}
-GPT2 = {
-    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
-    "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02,
-    "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12,
-    "n_layer": 12, "n_positions": 1024, "resid_pdrop": 0.1, "summary_activation": None,
-    "summary_first_dropout": 0.1, "summary_proj_to_labels": True, "summary_type": "cls_index",
-    "summary_use_proj": True, "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
-    "vocab_size": 50257,
-}
-PYTHIA_160M = {
-    "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
-    "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
-    "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": True,
-    "use_parallel_residual": True, "vocab_size": 50304,
-}
-BLOOM_560M = {
-    "apply_residual_connection_post_layernorm": False, "architectures": ["BloomForCausalLM"],
-    "attention_dropout": 0.0, "attention_softmax_in_fp32": True, "bias_dropout_fusion": True,
-    "bos_token_id": 1, "eos_token_id": 2, "hidden_dropout": 0.0, "hidden_size": 1024,
-    "initializer_range": 0.02, "layer_norm_epsilon": 1e-05, "masked_softmax_fusion": True,
-    "model_type": "bloom", "n_head": 16, "n_inner": None, "n_layer": 24, "offset_alibi": 100,
-    "pad_token_id": 3, "pretraining_tp": 1, "skip_bias_add": True, "skip_bias_add_qkv": False,
-    "slow_but_exact": False, "unk_token_id": 0, "use_cache": True, "vocab_size": 250880,
-}
-OPT_125M = {
-    "_name_or_path": "facebook/opt-125m", "_remove_final_layer_norm": False, "activation_dropout": 0.0,
-    "activation_function": "relu", "architectures": ["OPTForCausalLM"], "attention_dropout": 0.0,
-    "bos_token_id": 2, "do_layer_norm_before": True, "dropout": 0.1, "eos_token_id": 2, "ffn_dim": 3072,
-    "hidden_size": 768, "init_std": 0.02, "layerdrop": 0.0, "max_position_embeddings": 2048,
-    "model_type": "opt", "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 1,
-    "prefix": "</s>", "torch_dtype": "float16", "transformers_version": "4.21.0.dev0", "use_cache": True,
-    "vocab_size": 50272, "word_embed_proj_dim": 768,
-}
-PHI3_MINI = {
-    "architectures": ["Phi3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config"}, "bos_token_id": 1, "embd_pdrop": 0.0,
-    "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072, "initializer_range": 0.02,
-    "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "phi3",
-    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
-    "original_max_position_embeddings": 4096, "pad_token_id": 32000, "resid_pdrop": 0.0,
-    "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0, "sliding_window": 2047,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.40.2",
-    "use_cache": True, "vocab_size": 32064,
-}
-BERT_BASE = {
-    "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1, "gradient_checkpointing": False,
-    "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02,
-    "intermediate_size": 3072, "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
-    "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 0, "position_embedding_type": "absolute",
-    "transformers_version": "4.6.0.dev0", "type_vocab_size": 2, "use_cache": True, "vocab_size": 30522,
-}
+CONFIGS = FIXTURES / "configs"
+PUBLISHED = sorted(p.stem for p in CONFIGS.glob("*.json"))
+_DTYPES = {"bfloat16": ("BF16", 2), "float16": ("F16", 2), "float32": ("F32", 4), None: ("F32", 4)}
 
 
-@pytest.mark.parametrize("config,expected", [
-    (LLAMA3_8B, (32, 32, 8, 128, 4096, 14336)),
-    (QWEN25_14B, (48, 40, 8, 128, 5120, 13824)),
-    (GEMMA2_9B, (42, 16, 8, 256, 3584, 14336)),
-    (GPT2, (12, 12, 12, 64, 768, 3072)),
-    (PYTHIA_160M, (12, 12, 12, 64, 768, 3072)),
-    (BLOOM_560M, (24, 16, 16, 64, 1024, 4096)),
-    (OPT_125M, (12, 12, 12, 64, 768, 3072)),
-    (PHI3_MINI, (32, 32, 32, 96, 3072, 8192)),
-    (BERT_BASE, (12, 12, 12, 64, 768, 3072)),
-], ids=["llama3-8b", "qwen2.5-14b", "gemma2-9b", "gpt2", "pythia-160m", "bloom-560m", "opt-125m", "phi3-mini", "bert-base"])
-def test_published_config_parses_strictly(config, expected):
-    spec = parse_config(config)
-    assert (spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.hidden_size,
-            spec.intermediate_size) == expected
-    assert spec.ignored_keys == ()
+def _config(name: str) -> dict:
+    return json.loads((CONFIGS / f"{name}.json").read_text())
+
+
+def stored_tensors(spec) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes a transformers checkpoint of `spec` holds (written here from
+    transformers' module names; `test_stored_tensors_are_what_the_converter_takes` checks them)."""
+    c, L = spec.config, spec.num_layers
+    E, H, KV, F, V = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.intermediate_size, spec.vocab_size
+    D = spec.head_dims[0]
+    t: dict[str, tuple[int, ...]] = {}
+
+    def norm(name, bias=True):
+        t[name + ".weight"] = (E,)
+        if bias:
+            t[name + ".bias"] = (E,)
+
+    def linear(name, out, inp, bias):
+        t[name + ".weight"] = (out, inp)
+        if bias:
+            t[name + ".bias"] = (out,)
+
+    family = spec.model_type
+    if family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "phi3"):
+        t["model.embed_tokens.weight"] = (V, E)
+        norm("model.norm", bias=False)
+        for i in range(L):
+            p = f"model.layers.{i}."
+            qkv_bias = family == "qwen2" or bool(c.get("attention_bias"))
+            if family == "phi3":
+                t[p + "self_attn.qkv_proj.weight"] = ((H + 2 * KV) * D, E)
+                t[p + "mlp.gate_up_proj.weight"] = (2 * F, E)
+            else:
+                for name, rows in (("q", H * D), ("k", KV * D), ("v", KV * D)):
+                    linear(p + f"self_attn.{name}_proj", rows, E, qkv_bias)
+                for name in ("gate", "up"):
+                    linear(p + f"mlp.{name}_proj", F, E, bool(c.get("mlp_bias")))
+            linear(p + "self_attn.o_proj", E, H * D, bool(c.get("attention_bias")) and family != "qwen2")
+            linear(p + "mlp.down_proj", E, F, bool(c.get("mlp_bias")) and family != "phi3")
+            if spec.qk_norm == "head":
+                t[p + "self_attn.q_norm.weight"] = t[p + "self_attn.k_norm.weight"] = (D,)
+            elif spec.qk_norm == "projection":
+                t[p + "self_attn.q_norm.weight"], t[p + "self_attn.k_norm.weight"] = (H * D,), (KV * D,)
+            names = {"olmo2": ("post_attention_layernorm", "post_feedforward_layernorm")}.get(
+                family, ("input_layernorm", "post_attention_layernorm"))
+            if family in ("gemma2", "gemma3_text"):
+                names += ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+            for name in names:
+                norm(p + name, bias=False)
+        if not spec.tie_word_embeddings:
+            t["lm_head.weight"] = (V, E)
+    elif family == "gpt2":
+        t["wte.weight"], t["wpe.weight"] = (V, E), (c.get("n_positions", 1024), E)
+        norm("ln_f")
+        for i in range(L):
+            p = f"h.{i}."
+            norm(p + "ln_1"), norm(p + "ln_2")
+            t[p + "attn.c_attn.weight"], t[p + "attn.c_attn.bias"] = (E, 3 * E), (3 * E,)
+            t[p + "attn.c_proj.weight"], t[p + "attn.c_proj.bias"] = (E, E), (E,)
+            t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"] = (E, F), (F,)
+            t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"] = (F, E), (E,)
+    elif family in ("gpt_neox", "bloom"):
+        root, attn = ("gpt_neox.layers.", "attention.") if family == "gpt_neox" else ("transformer.h.", "self_attention.")
+        if family == "gpt_neox":
+            t["gpt_neox.embed_in.weight"], t["embed_out.weight"] = (V, E), (V, E)
+            norm("gpt_neox.final_layer_norm")
+        else:
+            t["transformer.word_embeddings.weight"] = (V, E)
+            norm("transformer.word_embeddings_layernorm"), norm("transformer.ln_f")
+        for i in range(L):
+            p = f"{root}{i}."
+            norm(p + "input_layernorm"), norm(p + "post_attention_layernorm")
+            linear(p + attn + "query_key_value", 3 * E, E, True)
+            linear(p + attn + "dense", E, E, True)
+            linear(p + "mlp.dense_h_to_4h", F, E, True)
+            linear(p + "mlp.dense_4h_to_h", E, F, True)
+    elif family == "opt":
+        word = c.get("word_embed_proj_dim") or E
+        t["model.decoder.embed_tokens.weight"] = (V, word)
+        t["model.decoder.embed_positions.weight"] = (c["max_position_embeddings"] + 2, E)
+        norm("model.decoder.final_layer_norm")
+        for i in range(L):
+            p = f"model.decoder.layers.{i}."
+            for name in ("q", "k", "v", "out"):
+                linear(p + f"self_attn.{name}_proj", E, E, True)
+            norm(p + "self_attn_layer_norm"), norm(p + "final_layer_norm")
+            linear(p + "fc1", F, E, True), linear(p + "fc2", E, F, True)
+    elif family == "bert":
+        p = "bert.embeddings."
+        t[p + "word_embeddings.weight"] = (V, E)
+        t[p + "position_embeddings.weight"] = (c["max_position_embeddings"], E)
+        t[p + "token_type_embeddings.weight"] = (c["type_vocab_size"], E)
+        norm(p + "LayerNorm")
+        for i in range(L):
+            p = f"bert.encoder.layer.{i}."
+            for name in ("query", "key", "value"):
+                linear(p + f"attention.self.{name}", E, E, True)
+            linear(p + "attention.output.dense", E, E, True)
+            norm(p + "attention.output.LayerNorm")
+            linear(p + "intermediate.dense", F, E, True), linear(p + "output.dense", E, F, True)
+            norm(p + "output.LayerNorm")
+        linear("cls.predictions.transform.dense", E, E, True)
+        norm("cls.predictions.transform.LayerNorm")
+        t["cls.predictions.bias"] = (V,)
+    else:
+        raise AssertionError(f"no tensor list for {family}")
+    return t
+
+
+def write_header_only(path: pathlib.Path, config: dict, shapes: dict[str, tuple[int, ...]]) -> int:
+    """A checkpoint folder whose `model.safetensors` has the header of `shapes` and a sparse data hole."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    tag, itemsize = _DTYPES[config.get("torch_dtype")]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape)) * itemsize
+        header[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + offset)
+    return offset
+
+
+def shrink(config: dict) -> dict:
+    """The same keys at toy sizes: 2 layers, E=32, 4 query / 2 KV heads of 16, F=48, V=64."""
+    small = dict(config)
+    text = small.get("text_config", small)
+    sizes = {"hidden_size": 32, "n_embd": 32, "n_embed": 32, "num_attention_heads": 4, "n_head": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 48, "ffn_dim": 48, "vocab_size": 64,
+             "word_embed_proj_dim": 32, "num_hidden_layers": 2, "n_layer": 2, "max_position_embeddings": 64,
+             "n_positions": 64}
+    gqa = text.get("num_key_value_heads", text.get("num_attention_heads")) != text.get("num_attention_heads")
+    for key, value in sizes.items():
+        if key in text and text[key] is not None:
+            text[key] = value
+    if not gqa and "num_key_value_heads" in text:
+        text["num_key_value_heads"] = 4
+    if text.get("n_inner") is not None:
+        text["n_inner"] = 48
+    if text.get("layer_types"):
+        text["layer_types"] = text["layer_types"][:2]
+    return small
+
+
+def test_at_least_25_published_configs():
+    assert len(PUBLISHED) >= 25
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_inspect_header_only_checkpoint_at_full_size(name, tmp_path):
+    config = _config(name)
+    spec = parse_config(config)  # strict: every key is read, ignored as harmless, or refused
+    nbytes = write_header_only(tmp_path / "ckpt", config, stored_tensors(spec))
+    assert os.stat(tmp_path / "ckpt" / "model.safetensors").st_blocks * 512 < 1 << 20  # nothing on disk
+    info = sx.inspect(tmp_path / "ckpt")
+    text = config.get("text_config", config)
+    expect = {
+        "num_layers": text.get("num_hidden_layers", text.get("n_layer")),
+        "num_heads": text.get("num_attention_heads", text.get("n_head")),
+        "num_kv_heads": text.get("num_key_value_heads") or text.get("num_attention_heads", text.get("n_head")),
+        "hidden_size": text.get("hidden_size", text.get("n_embd")),
+        "vocab_size": text["vocab_size"],
+        "tie_word_embeddings": config.get("tie_word_embeddings", True),
+    }
+    assert {k: info[k] for k in expect} == expect
+    assert info["head_dim"] == (text.get("head_dim") or expect["hidden_size"] // expect["num_heads"])
+    assert info["total_bytes"] == nbytes
+    assert info["unknown_config_keys"] == []
+    assert set(info["ignored_config_keys"]) < set(config)
+
+
+def write_shrunk(path: pathlib.Path, name: str) -> pathlib.Path:
+    """A real (random-weight) checkpoint of the published config `name` at toy sizes."""
+    config = shrink(_config(name))
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(0)
+    shapes = stored_tensors(parse_config(config))
+    save_file({n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}, str(path / "model.safetensors"))
+    return path
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_shrunk_checkpoint_converts_every_tensor(name, tmp_path):
+    """What `analyze` reads: the strict spec and every layer and global tensor through the converter
+    (none missing, none left over), with the ignored keys as summary.json records them."""
+    model = sx.load(write_shrunk(tmp_path / "ckpt", name))
+    config = _config(name)
+    assert model.meta["not_converted"] == []
+    assert model.meta["unknown_config_keys"] == []
+    assert model.meta["ignored_config_keys"] == list(model.spec.to_dict()["ignored_keys"])
+    assert model.params["lm_head"]["weight"].shape[0] == model.spec.vocab_size == 64
+    assert model.spec.tie_word_embeddings == config.get("tie_word_embeddings", True)
+
+
+def test_smollm2_ignored_and_read_keys():
+    spec = parse_config(_config("HuggingFaceTB--SmolLM2-135M"))
+    assert {"is_llama_config", "pretraining_tp", "bos_token_id"} <= set(spec.ignored_keys)
+    assert "rope_interleaved" not in spec.ignored_keys  # read: a layout, false here
+    spec = parse_config(_config("HuggingFaceTB--SmolLM2-1.7B-Instruct"))
+    assert "transformers.js_config" in spec.ignored_keys
