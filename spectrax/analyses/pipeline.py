@@ -12,7 +12,6 @@ runs alone or beside others, and whether its layer was computed now or in an int
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import jax
@@ -196,7 +195,7 @@ def collect(
     results: dict[str, dict] = {}
     if folder is not None:
         results = {name: folder.load(name) for name in names if folder.has(name)}
-    bar = tqdm(total=len(names), initial=len(results), desc=os.path.basename(os.path.normpath(source.path)), unit="part", disable=not progress)
+    bar = tqdm(total=len(names), initial=len(results), desc=source.name, unit="part", disable=not progress)
 
     def finish(name: str, result: dict) -> None:
         if folder is not None:

@@ -19,7 +19,7 @@ from spectrax.io.config import parse_config_json
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
 from spectrax.io.safetensors import TensorInfo, load_json, open_regular, read_header
 
-__all__ = ["CheckpointFiles", "open_checkpoint", "INDEX_NAME"]
+__all__ = ["CheckpointFiles", "open_checkpoint", "read_config", "read_index", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
 _MAX_CONFIG_BYTES = 16 << 20
@@ -61,7 +61,7 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
                                          + _CONVERT_HINT.format(path=os.path.dirname(path)))
     else:
         raise CheckpointError(f"{path}: no such file or directory")
-    config = _read_config(directory)
+    config = read_config(directory)
     tensors: dict[str, TensorInfo] = {}
     for file in files:
         for name, info in read_header(file).tensors.items():
@@ -98,17 +98,24 @@ def _safetensors_files(directory: str) -> tuple[list[str], Mapping[str, str]]:
     raise CheckpointError(f"{directory}: no model.safetensors, {INDEX_NAME} or *.safetensors file found")
 
 
-def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
+def read_index(index: str) -> tuple[list[str], Mapping[str, str]]:
+    """The shard file names (sorted) and the tensor name -> shard map of a safetensors index."""
     with open_regular(index, "index") as f:
         weight_map = load_json(f.read(), f"{index}: malformed index")
     weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: malformed index; expected {{'weight_map': {{tensor name: shard file name}}}}")
-    directory = os.path.dirname(index)
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if shard in ("", ".", "..") or os.path.basename(shard) != shard:
             raise CheckpointError(f"{index}: shard name {shard!r} is not a file name inside the checkpoint directory")
+    return shards, weight_map
+
+
+def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
+    shards, weight_map = read_index(index)
+    directory = os.path.dirname(index)
+    for shard in shards:
         if not os.path.exists(os.path.join(directory, shard)):
             missing = sorted(name for name, s in weight_map.items() if s == shard)
             raise CheckpointError(
@@ -118,7 +125,8 @@ def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
     return [os.path.join(directory, shard) for shard in shards], weight_map
 
 
-def _read_config(directory: str) -> Mapping[str, Any]:
+def read_config(directory: str) -> Mapping[str, Any]:
+    """The parsed `config.json` in `directory` (a JSON object), or a `ConfigError` naming it."""
     path = os.path.join(directory, "config.json")
     try:
         info = os.stat(path)

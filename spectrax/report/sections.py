@@ -28,8 +28,9 @@ def header(summary: dict) -> str:
     layers = summary["layers"]
     chosen = "all layers" if len(layers) == spec["num_layers"] else f"layers {layers}"
     return "\n".join([
-        f"# Spectral statistics: {os.path.basename(summary['checkpoint'])}",
+        f"# Spectral statistics: {summary['hub']['repo'] if summary.get('hub') else os.path.basename(summary['checkpoint'])}",
         "",
+        *([f"Hub repo {summary['hub']['repo']} at commit {summary['hub']['sha']}.", ""] if summary.get("hub") else []),
         f"{spec['model_type']}, {spec['num_layers']} layers ({chosen} analyzed), {spec['num_heads']} query / "
         f"{spec['num_kv_heads']} key-value heads of {spec['head_dims'][0]} x {spec['hidden_size']}. Every statistic "
         f"is set against a null: shape- and scale-matched Gaussian matrices ({options['num_draws']} Monte Carlo "
