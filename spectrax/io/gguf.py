@@ -42,7 +42,7 @@ import numpy as np
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
 from spectrax.io.safetensors import TensorInfo
 
-__all__ = ["GGUF_ARCHITECTURES", "GGUFTensorInfo", "find_gguf", "read_gguf"]
+__all__ = ["GGUF_ARCHITECTURES", "GGUFTensorInfo", "find_gguf", "read_gguf", "quantize_roundtrip"]
 
 # GGUF `general.architecture` -> spectrax model_type.
 GGUF_ARCHITECTURES: Mapping[str, str] = {
@@ -231,6 +231,30 @@ def _readable(kind: gguf.GGMLQuantizationType) -> bool:
     try:
         gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[kind][1]), np.uint8), kind)
     except NotImplementedError:
+        return False
+    return True
+
+
+def quantize_roundtrip(x: np.ndarray, ggml_type: str) -> np.ndarray | None:
+    """`x (..., n)` quantized to `ggml_type` and dequantized again by `gguf.quants`, as float32.
+
+    None where that is not a block type `gguf` can quantize (float and integer types, and the
+    K- and IQ-types, for which it has decoders only) or `n` is not a whole number of blocks.
+    """
+    kind = getattr(gguf.GGMLQuantizationType, ggml_type, None)
+    if kind is None or ggml_type in _FLOATS or not _quantizable(kind):
+        return None
+    if x.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+        return None
+    return gguf.quants.dequantize(gguf.quants.quantize(np.asarray(x, np.float32), kind), kind).reshape(x.shape)
+
+
+@functools.cache
+def _quantizable(kind: gguf.GGMLQuantizationType) -> bool:
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    try:
+        gguf.quants.quantize(np.zeros((1, block), np.float32), kind)
+    except (NotImplementedError, ValueError):
         return False
     return True
 

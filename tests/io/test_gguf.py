@@ -223,3 +223,16 @@ def test_real_smollm2_gguf_predicts_sensible_next_tokens():
                             (["One", ",", "Ġtwo", ",", "Ġthree", ","], "Ġfour")):
         logits = forward(model.params, model.spec, np.asarray([[index[w] for w in words]], np.int32))
         assert tokens[int(np.argmax(logits[0, -1]))] == expected
+
+
+def test_matrices_table_reports_storage_and_quantization_error(tmp_path):
+    from spectrax.analyses.pipeline import Options, collect
+
+    def table(path):
+        return collect(path, analyses=["rank"], options=Options(num_draws=2), progress=False).matrices
+
+    quantized = table(write_gguf(CHECKPOINTS / "llama", tmp_path / "q.gguf", qtype="Q4_0"))
+    assert set(quantized["storage"]) == {"Q4_0"} and np.all((quantized["quant_error"] > 0.05) & (quantized["quant_error"] < 0.15))
+    plain = table(write_gguf(CHECKPOINTS / "llama", tmp_path / "f.gguf"))
+    assert set(plain["storage"]) == {"F32"} and np.isnan(plain["quant_error"]).all()
+    assert set(table(CHECKPOINTS / "llama_bf16")["storage"]) == {"BF16"}
