@@ -72,7 +72,6 @@ _LAYER_NAMES_BY_ARCH = {
 }
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
 _FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16), "F64": np.dtype("<f8")}
-_Q = gguf.GGMLQuantizationType
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -10,6 +10,7 @@ against the converter proper when it is installed.
 import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import gguf
 import jax
@@ -61,7 +62,7 @@ def test_half_precision_gguf_keeps_its_dtype(qtype, tmp_path):
     q, want = model.params["layers"][0]["attn"]["q"], reference.params["layers"][0]["attn"]["q"]
     assert q.dtype == {"F16": np.float16, "BF16": want.dtype}[qtype]
     # bf16 -> f16 rounds to 11 significant bits (subnormals below 2^-14 to steps of 2^-24); bf16 is exact
-    tolerance = dict(rtol=2**-11, atol=2**-24) if qtype == "F16" else dict(rtol=0, atol=0)
+    tolerance = {"rtol": 2**-11, "atol": 2**-24} if qtype == "F16" else {"rtol": 0, "atol": 0}
     np.testing.assert_allclose(q.astype(np.float32), want.astype(np.float32), **tolerance)
     assert model.meta["source_dtypes"] == sorted({"F32", qtype})
 
@@ -157,10 +158,9 @@ def test_a_folder_holding_one_gguf_is_read_and_two_are_refused(tmp_path):
 
 
 def _bad_file(tmp_path, damage) -> str:
-    path = write_gguf(CHECKPOINTS / "llama", tmp_path / "good.gguf")
-    data = bytearray(open(path, "rb").read())
+    good = write_gguf(CHECKPOINTS / "llama", tmp_path / "good.gguf")
     bad = tmp_path / "bad.gguf"
-    bad.write_bytes(bytes(damage(data)))
+    bad.write_bytes(bytes(damage(bytearray(Path(good).read_bytes()))))
     return str(bad)
 
 
