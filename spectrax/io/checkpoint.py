@@ -2,8 +2,9 @@
 
 A checkpoint is a directory with `config.json` and either `model.safetensors`, shards listed
 in `model.safetensors.index.json`, or other `*.safetensors` files; a single `.safetensors`
-file whose directory holds `config.json` is accepted too. Nothing here reads tensor data and
-nothing ever writes to the checkpoint.
+file whose directory holds `config.json` is accepted too, and so is a GGUF file (or a folder
+holding one; see `spectrax.io.gguf`). Nothing here reads tensor data and nothing ever writes to
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from spectrax.io.config import parse_config_json
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
+from spectrax.io.gguf import find_gguf, read_gguf
 from spectrax.io.safetensors import TensorInfo, load_json, open_regular, read_header
 
 __all__ = ["CheckpointFiles", "open_checkpoint", "read_config", "read_index", "INDEX_NAME"]
@@ -35,12 +37,18 @@ _CONVERT_HINT = (
 @dataclasses.dataclass(frozen=True)
 class CheckpointFiles:
     """A checkpoint's `config` (the parsed `config.json`), its safetensors `files`, and every
-    tensor's location by its full stored name."""
+    tensor's location by its full stored name.
+
+    For a GGUF file, `path` and `files` name the `.gguf`, `config` is built from its metadata
+    (`config_source` says so in errors) and `tensors` are `GGUFTensorInfo`s under the Hugging
+    Face names they stand for.
+    """
 
     path: str
     config: Mapping[str, Any]
     files: tuple[str, ...]
     tensors: Mapping[str, TensorInfo]
+    config_source: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -48,8 +56,12 @@ class CheckpointFiles:
 
 
 def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
-    """Index the checkpoint at `path` (a directory, or one `.safetensors` file beside its config)."""
+    """Index the checkpoint at `path` (a directory, one `.safetensors` file beside its config, or a GGUF file)."""
     path = os.path.abspath(os.fspath(path))
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        config, gguf_tensors = read_gguf(gguf_file)
+        return CheckpointFiles(gguf_file, config, (gguf_file,), gguf_tensors, config_source=f"{gguf_file} (GGUF metadata)")
     weight_map: Mapping[str, str] = {}
     if os.path.isfile(path) and path.endswith(".safetensors"):
         directory, files = os.path.dirname(path), [path]
@@ -57,7 +69,7 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
         directory = path
         files, weight_map = _safetensors_files(path)
     elif os.path.exists(path):
-        raise UnsupportedCheckpointError(f"{path}: not a directory or a .safetensors file; "
+        raise UnsupportedCheckpointError(f"{path}: not a directory, a .safetensors or a .gguf file; "
                                          + _CONVERT_HINT.format(path=os.path.dirname(path)))
     else:
         raise CheckpointError(f"{path}: no such file or directory")
@@ -73,7 +85,8 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
             raise CheckpointError(
                 f"{os.path.join(directory, INDEX_NAME)}: lists {name!r} in {shard}, but that shard does not hold it"
             )
-    return CheckpointFiles(path=directory, config=config, files=tuple(files), tensors=tensors)
+    return CheckpointFiles(path=directory, config=config, files=tuple(files), tensors=tensors,
+                           config_source=os.path.join(directory, "config.json"))
 
 
 def _safetensors_files(directory: str) -> tuple[list[str], Mapping[str, str]]:
@@ -93,8 +106,6 @@ def _safetensors_files(directory: str) -> tuple[list[str], Mapping[str, str]]:
             f"{directory}: holds only pickle files ({', '.join(os.path.basename(p) for p in pickles)}), "
             "no .safetensors. " + _CONVERT_HINT.format(path=directory)
         )
-    if glob.glob(os.path.join(directory, "*.gguf")):
-        raise UnsupportedCheckpointError(f"{directory}: GGUF files are quantized llama.cpp exports; use the original safetensors release")
     raise CheckpointError(f"{directory}: no model.safetensors, {INDEX_NAME} or *.safetensors file found")
 
 

@@ -238,7 +238,8 @@ def open_hub(ref: str, repo_id: str, revision: str | None, *, disk_budget: int |
             raise CheckpointError(f"{ref}: {INDEX_NAME} lists {name!r} in {shard}, but that shard does not hold it")
     config = read_config(snapshot)
     hub = HubShards(ref, repo_id, revision, sha, sizes=sizes, headers=headers, cached=cached, budget=budget, scratch=scratch)
-    return CheckpointFiles(path=snapshot, config=config, files=tuple(files), tensors=tensors), hub
+    return CheckpointFiles(path=snapshot, config=config, files=tuple(files), tensors=tensors,
+                           config_source=f"{repo_id}: config.json"), hub
 
 
 def _weight_files(ref: str, repo_id: str, revision: str | None, sha: str, listing: Mapping[str, Any],

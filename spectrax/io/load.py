@@ -22,6 +22,7 @@ from spectrax.io.checkpoint import CheckpointFiles, open_checkpoint
 from spectrax.io.config import ModelSpec, parse_config
 from spectrax.io.errors import CheckpointError, ConfigError
 from spectrax.io.hub import HubShards, open_hub, parse_repo_id
+from spectrax.io.gguf import GGUFTensorInfo
 from spectrax.io.layout import Layout, find_layout
 from spectrax.io.safetensors import TensorInfo, read_tensor
 
@@ -110,7 +111,7 @@ def open_source(
         files, hub = open_checkpoint(path), None
     else:
         files, hub = open_hub(os.fspath(path), *repo, disk_budget=disk_budget)
-    spec = parse_config(files.config, source=os.path.join(files.path, "config.json"), strict=strict)
+    spec = parse_config(files.config, source=files.config_source, strict=strict)
     layout = find_layout(files.tensors, layer_pattern(spec.model_type), spec.num_layers, tower=tower)
     source = Source(files, spec, layout, hub)
     check_shapes(source)
@@ -199,7 +200,8 @@ class _Lazy(Mapping):
         self._named = named
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return read_tensor(self._named[name])
+        info = self._named[name]
+        return info.read() if isinstance(info, GGUFTensorInfo) else read_tensor(info)
 
     def __contains__(self, name: object) -> bool:
         # Mapping's default tries __getitem__, i.e. reads the tensor just to test for its name
@@ -294,7 +296,8 @@ def load(
     """Read and convert a whole checkpoint.
 
     Args:
-      path: a checkpoint directory (single file, or shards with `model.safetensors.index.json`).
+      path: a checkpoint directory (single file, or shards with `model.safetensors.index.json`),
+        or a GGUF file (or a folder holding one).
       strict: refuse config options spectrax does not understand (see `parse_config`).
       tower: the root of the tower to read in a multimodal checkpoint (default: the language tower).
       device: return jax arrays on the default device instead of host numpy arrays. Each layer is
