@@ -1,4 +1,4 @@
-"""Per-head Q/K/V spectral statistics (SPEC.md §1), each beside its random-matrix null.
+"""Per-head Q/K/V spectral statistics (docs/statistics.md §1), each beside its random-matrix null.
 
 For every (layer, query head h) with its key/value head g = h // (H // KV):
 

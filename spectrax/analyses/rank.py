@@ -1,4 +1,4 @@
-"""Whole-matrix rank statistics (SPEC.md §2) of every 2-D weight, each beside its random-matrix null.
+"""Whole-matrix rank statistics (docs/statistics.md §2) of every 2-D weight, each beside its random-matrix null.
 
 For each layer's full projections W_Q `(H*D, E)`, W_K, W_V `(KV*D, E)`, W_O (as `(H*D, E)`: the
 same singular values), the MLP matrices, and the token embedding / untied output head:

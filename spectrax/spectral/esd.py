@@ -1,4 +1,4 @@
-"""Empirical spectral densities of whole weight matrices (SPEC.md §2), WeightWatcher-style.
+"""Empirical spectral densities of whole weight matrices (docs/statistics.md §2), WeightWatcher-style.
 
 - `eigenvalues`: `lambda = s^2 / N`, `N = max(m, n)`, so a matrix with i.i.d. entries of variance
   `sigma2` has a Marchenko-Pastur ESD with ratio `min(m, n) / N` and scale `sigma2`.
