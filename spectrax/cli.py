@@ -117,7 +117,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spectrax import __version__
+
     parser = argparse.ArgumentParser(prog="spectrax", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"spectrax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def checkpoint_options(p: argparse.ArgumentParser) -> None:
