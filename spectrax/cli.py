@@ -207,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _default_out(args)
     use_every_core()
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
     except (CheckpointError, FileExistsError, ValueError) as e:
         print(f"spectrax {args.command}: error: {e}", file=sys.stderr)
         return 2

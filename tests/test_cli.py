@@ -164,3 +164,9 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"spectrax {spectrax.__version__}"
+
+
+def test_piping_into_head_is_quiet():
+    done = subprocess.run(f"{sys.executable} -m spectrax inspect {CHECKPOINTS / 'llama_sharded'} --tensors | true",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert done.stderr == "", done.stderr
