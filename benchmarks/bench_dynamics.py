@@ -1,6 +1,6 @@
 """Dynamics benchmark: the Scan-and-Snap Fig. 6 grid as one compiled call vs a loop vs numpy.
 
-The grid of SPEC.md §5 (last tokens {1, 3, 5, 10} x lr_Z {0.5, 1, 2, 3} x lr_Y/lr_Z {1, 2, 5, 10}
+The grid of docs/dynamics.md, Setups (last tokens {1, 3, 5, 10} x lr_Z {0.5, 1, 2, 3} x lr_Y/lr_Z {1, 2, 5, 10}
 = 64 configurations, 10 seeds, 100 SGD-with-momentum steps, batch 128, sequence length 128):
 
 1. `scan_snap.run_grid`: all configurations x seeds in ONE jit-compiled call (one compile), made of

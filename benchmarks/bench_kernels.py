@@ -281,7 +281,7 @@ def bench_nulls(layer: dict, repeats: int, draws: int) -> list[dict]:
     heads = jax.device_put(all_heads(layer))
     key = jax.random.key(0)
     pair_spectra = "Pearson, SSR, alpha of (s_Q, s_K), every query head"
-    pair_all = "all SPEC §1 pair statistics (with vectors), every query head"
+    pair_all = "all docs/statistics.md §1 pair statistics (with vectors), every query head"
     single = "spectrum statistics (sigma_max, cond, erank, ...), every Q/K/V/O head"
     real = {
         pair_spectra: lambda: _real_pair_spectra(q, k),

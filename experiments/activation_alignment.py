@@ -1,4 +1,4 @@
-"""H/G/Z alignments (SPEC.md §5) of a real checkpoint's q/k/v projections, against random bases.
+"""H/G/Z alignments (docs/dynamics.md, Setups) of a real checkpoint's q/k/v projections, against random bases.
 
 For each layer l and projection P in {q, k, v}: h_a = the normed residual stream entering layer l's
 attention (N = B*T tokens), h_b = P's output W h_a + b, g_b = the gradient of the next-token loss at

@@ -1,6 +1,6 @@
 """The five-laws README's base-vs-RL layer-group SSR table (Second Law), with the null spread.
 
-Source: seeds 000 ("Wang's five laws"), "Empirical Evidence (Qwen2.5 vs DeepSeek-R1)":
+Source: the five-laws README (`emis-framework/math-under-llm`), "Empirical Evidence (Qwen2.5 vs DeepSeek-R1)":
 
     | Layer Group | Qwen2.5 SSR | DeepSeek-R1 SSR | Improvement |
     | 0-11        | 0.006852    | 0.006818        | +0.48%      |

@@ -1,6 +1,6 @@
 """Deep linear nets under SGD: layers balance and align, with isotropic and anisotropic input noise.
 
-Setting (SPEC.md §5 "Symmetry and noise", 002_*.txt): f(x) = W_4 W_3 W_2 W_1 x, widths 4, teacher
+Setting (docs/dynamics.md, Setups, "Symmetry and noise", the Ziyin talk): f(x) = W_4 W_3 W_2 W_1 x, widths 4, teacher
 V = O_1 diag(2, 1.67, 1.33, 1) O_2^T, label noise N(0, 2^2 I), online SGD with batch 1, lr 0.003,
 40000 steps, no weight decay, float64; three unbalanced initializations (layer scales 0.6..1.8 in
 different orders). Two input distributions: isotropic x ~ N(0, I) and anisotropic

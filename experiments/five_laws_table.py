@@ -1,6 +1,6 @@
 """The five-laws README's "Empirical Evidence" table (First and Second Law), beside its Gaussian null.
 
-Source: seeds 000 ("Wang's five laws"), the table under the First Law:
+Source: the five-laws README (`emis-framework/math-under-llm`), the table under the First Law:
 
     | Model       | Median Pearson | Mean Pearson | Median SSR | Mean SSR | Layers |
     | Qwen2.5-14B | 0.9795         | 0.9710       | 0.006077   | 0.00671  | 48     |
@@ -9,7 +9,7 @@ Source: seeds 000 ("Wang's five laws"), the table under the First Law:
 
 Pearson is the correlation of the descending singular values of W_Q,h and W_K,g (query head h,
 its key head g under GQA); SSR = mean_i |s_Q,i/||s_Q|| - s_K,i/||s_K|| |. Per-layer value = mean
-over the layer's heads; model value = median / mean over layers (SPEC.md §1).
+over the layer's heads; model value = median / mean over layers (docs/statistics.md §1).
 
 What spectrax corrects: the source reads "r -> 1, SSR -> 0" as a law of trained attention, but two
 sorted spectra of independent Gaussian matrices already correlate at r ~ 0.99 or more, with an SSR

@@ -1,6 +1,6 @@
 """GaLore vs full Adam on a small language-model task: loss against optimizer-state memory.
 
-Setting (SPEC.md §5 "GaLore"; Zhao et al., ICML 2024). A token stream over V tokens is an order-2
+Setting (docs/dynamics.md, Setups, "GaLore"; Zhao et al., ICML 2024). A token stream over V tokens is an order-2
 Markov chain whose transition table P(x_t | x_{t-2}, x_{t-1}) = softmax(teacher(x_{t-2}, x_{t-1}) / τ)
 comes from a random teacher MLP, so the best possible next-token loss is known exactly: the mean
 entropy of the true conditionals at the positions seen (the "entropy floor", drawn beside every

@@ -1,6 +1,6 @@
 """JoMA: the attention logits follow the invariant predicted from the MLP weights alone.
 
-Toy of SPEC.md §5 (10 distinct + 10 common contextual tokens, 20 classes, d = 30, T = 0.5, W and z
+Toy of docs/dynamics.md, Setups (10 distinct + 10 common contextual tokens, 20 classes, d = 30, T = 0.5, W and z
 from N(0, 1) / 100, full-batch plain SGD lr 0.1, 2000 steps), with softmax, exp and linear
 attention, for X with Gaussian distinct rows ("gaussian", the paper's Fig. 2) and with uniform
 random X ("random"), several seeds each. At every step the real logits z(t) are compared with the

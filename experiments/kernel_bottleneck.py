@@ -1,7 +1,7 @@
-"""The subspace document's structural table (seeds 004): bottleneck layer, FFN alignment, adjacent-layer
+"""The subspace document's structural table (the reasoning-subspace plan): bottleneck layer, FFN alignment, adjacent-layer
 similarity of QK-kernel subspaces, each beside its null.
 
-Source: seeds 004 ("Z HUNT"), "Why we believe it's there", measured on Qwen2.5-3B (E = 2048,
+Source: the reasoning-subspace plan ("Z HUNT: The Recipe"), "Why we believe it's there", measured on Qwen2.5-3B (E = 2048,
 H = 16, KV = 2, D = 128):
 
     L33 attention heads collapse to eff rank ~78 (mean 80.4, std 6.0)   -> "bottleneck"

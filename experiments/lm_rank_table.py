@@ -1,7 +1,7 @@
-"""The prime-gap README's pretrained-LM table (seeds 003): effective rank, max/mean, KS distance, each
+"""The prime-gap README's pretrained-LM table (the prime-gap README): effective rank, max/mean, KS distance, each
 with its Gaussian null, on the source's 256 x 256 crop and on whole matrices.
 
-Source: seeds 003 ("Emergent Low-Rank Structure ..."), "Control Experiments (11 Pretrained
+Source: the prime-gap README ("Emergent Low-Rank Structure ..."), "Control Experiments (11 Pretrained
 Language Models)", computed on the top-left 256 x 256 block of the first attention matrix found:
 
     | Model        | Effective Rank | Max/Mean Ratio | KS Distance to Random |
@@ -168,7 +168,7 @@ def _render(crop: list[dict], whole: list[dict], crop_size: int | None, num_draw
     }
     note_second = ("Whole attention matrices, each statistic, its null and z averaged over the analyzed layers "
                    "(W_O as (H*D, E): the same singular values).")
-    return (markdown("Pretrained-LM table (seeds 003) on the source's crop, with nulls", first, note=note_first) + "\n"
+    return (markdown("Pretrained-LM table (the prime-gap README) on the source's crop, with nulls", first, note=note_first) + "\n"
             + markdown("The same statistics on whole attention matrices, mean over layers", second, note=note_second))
 
 

@@ -1,5 +1,5 @@
 """CoGO modular addition: a + b = c mod d learned by a 2-layer quadratic network, and its Fourier
-solutions (Tian 2024; the setup of SPEC.md §5, `spectrax.dynamics.modular`).
+solutions (Tian 2024; the setup of docs/dynamics.md, Setups, `spectrax.dynamics.modular`).
 
 d = 23, hidden 512, 90% of the d² pairs for training, full batch, Adam with coupled L2 weight
 decay (lr 0.01, wd 5e-5), 10k epochs, every seed in one vmapped compiled call. Theory held
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=512, help="hidden units (default 512)")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
     parser.add_argument("--reduction", default="mean", choices=("mean", "sum"),
-                        help="MSE over (pairs, outputs) (mean, default: SPEC) or summed over outputs (sum: the paper's ℓ)")
+                        help="MSE over (pairs, outputs) (mean, default: the documented setup) or summed over outputs (sum: the paper's ℓ)")
     parser.add_argument("--checkpoint", default=None, help="orbax checkpoint folder: save every 1000 epochs, resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return parser

@@ -1,6 +1,6 @@
 """Noether charges under GD and SGD: conserved by GD, driven to one noise equilibrium by SGD.
 
-Setting (SPEC.md §5 "Symmetry and noise", 002_*.txt), float64 throughout:
+Setting (docs/dynamics.md, Setups, "Symmetry and noise", the Ziyin talk), float64 throughout:
 
 - scalar model (u w x - y)^2, x ~ N(0, 1), y = x + N(0, 1), N = 256 samples; charge C = u^2 - w^2;
   four initializations with C_0 from -2.2 to 3.8; GD (full batch) and SGD (batch 1, rows drawn with

@@ -1,6 +1,6 @@
-"""Prime gaps (source 003): with one token per sequence, W_Q and W_K never learn.
+"""Prime gaps (the prime-gap project): with one token per sequence, W_Q and W_K never learn.
 
-Setting (SPEC.md §5): the first N primes, gaps g_n = p_{n+1} - p_n z-scored, a pre-LN transformer
+Setting (docs/dynamics.md, Setups): the first N primes, gaps g_n = p_{n+1} - p_n z-scored, a pre-LN transformer
 encoder (PyTorch defaults of the source's modules, no dropout), MSE, AdamW with global-norm
 clipping and a cosine learning-rate decay. Two variants are trained on the same train/test split:
 

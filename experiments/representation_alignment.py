@@ -1,6 +1,6 @@
 """Canonical representation alignments during SGD training, against the random-basis null.
 
-Setting (SPEC.md §5, source 002; model and theory in `spectrax.dynamics.representation`): a
+Setting (docs/dynamics.md, Setups, the Ziyin talk; model and theory in `spectrax.dynamics.representation`): a
 bias-free tanh MLP 16 -> 64 -> 64 -> 8 learns a noisy teacher with a 4-unit hidden layer (label
 noise σ = 0.5) by online SGD (lr 0.05, batch 16) with weight decay γ in {0, 1e-3, 3e-3, 1e-2},
 3 seeds each (the same init and data stream for a seed at every γ), 40k SGD steps. Every 1000
@@ -8,7 +8,7 @@ steps (and at init) the six matrices H, G, Z of every layer are measured on a fi
 samples; each alignment is reported beside its random-basis null (the same spectra in
 independent Haar-random eigenbases), at every `--null-every`-th record and at the end.
 
-What the theory says (002): with weight decay and SGD noise the layer reaches a stationary
+What the theory says (the Ziyin talk): with weight decay and SGD noise the layer reaches a stationary
 balance where H, G and Z align (all six alignments -> 1, CRH); without weight decay nothing forces
 it; when the CRH is broken the spectra follow power laws λ_h ∝ λ_g^α with α in [-1, 3].
 

@@ -1,6 +1,6 @@
 """Scan and Snap, "Fig. 4": common tokens are suppressed, distinct tokens win in order of P(l|n).
 
-Setting (SPEC.md §5): 2 last tokens, one next token each (M = 34), zero init, SGD with momentum 0.9,
+Setting (docs/dynamics.md, Setups): 2 last tokens, one next token each (M = 34), zero init, SGD with momentum 0.9,
 lr_Z = lr_Y = 1, batch 128, sequence length 128, 100 iterations. Theory held against the run:
 
 - at zero init the loss is exactly ln M (Y = 0 gives uniform logits over the M tokens);

@@ -1,6 +1,6 @@
 """Scan and Snap, "Fig. 6": how sparse attention gets depends on lr_Z and lr_Y / lr_Z.
 
-Setting (SPEC.md §5): last tokens in {1, 3, 5, 10} with two next tokens each (K = 2), lr_Z in
+Setting (docs/dynamics.md, Setups): last tokens in {1, 3, 5, 10} with two next tokens each (K = 2), lr_Z in
 {0.5, 1, 2, 3}, ratio lr_Y / lr_Z in {1, 2, 5, 10}, random init (uniform ±1/√M), 10 seeds,
 100 iterations of SGD with momentum 0.9, batch 128, sequence length 128. Metric: for each next
 token n, c_n(l) ∝ P(l|n) exp(Z[m, l]) over the 10 distinct tokens of n, its entropy, averaged

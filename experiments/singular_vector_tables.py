@@ -1,6 +1,6 @@
 """The five-laws README's singular-vector tables (Fourth and Fifth Law) against the correct baseline.
 
-Source: seeds 000 ("Wang's five laws"). Fourth Law: mean |cos| of index-matched left singular
+Source: the five-laws README (`emis-framework/math-under-llm`). Fourth Law: mean |cos| of index-matched left singular
 vectors (columns of U, dimension d_h) of W_Q,h, W_K,g, W_V,g, compared with a "random baseline"
 1/sqrt(d_h); values below it are called "super-orthogonal":
 

@@ -1,13 +1,13 @@
 """The spectral line navigator (Cohen et al., ICLR 2025 workshop) against a random-neighbour walk.
 
-Setting (SPEC.md §5): random connected graphs, Erdős–Rényi G(n, p) conditioned on connectivity,
+Setting (docs/dynamics.md, Setups): random connected graphs, Erdős–Rényi G(n, p) conditioned on connectivity,
 an equal number of graphs for each n in [--min-nodes, --max-nodes] (3..10), every ordered
 (source, target) pair of distinct nodes as a query. The navigator walks greedily by the distance
 between line-graph spectral edge embeddings (`spectrax.dynamics.navigator`); a path is optimal when
 its length equals the BFS distance. Both walks get the same step bound, n - 1 (for the deterministic
 navigator, not arriving within n - 1 steps means it cycles forever: a failure).
 
-The talk (001_*.txt) claims the navigator is ">99% optimal for small random graph (size < 10)" but
+The Tian talk claims the navigator is ">99% optimal for small random graph (size < 10)" but
 does not say which eigenvectors are used or how they are scaled; the script runs one main variant
 (--scale, --dim; default: all nonzero eigenvectors with commute-time weights) for the tables and
 plot, and, with --variants (default on), compares the other readings of "the eigenvectors".
@@ -49,7 +49,7 @@ from spectrax.dynamics.loop import run_steps  # noqa: E402
 __all__ = ["COMPARED", "SOURCE_CLAIM", "main", "run"]
 
 SOURCE_CLAIM = {"text": ">99% optimal for small random graph (size < 10)", "fraction": 0.99,
-                "where": "001_*.txt, slide 'Spectral Line Navigator (SLN)'"}
+                "where": "the Tian talk, slide 'Spectral Line Navigator (SLN)'"}
 # Readings of "the eigenvectors of the normalized Laplacian" compared against the main variant.
 COMPARED = ((None, "none"), (1, "none"), (2, "none"), (3, "none"), (4, "none"), (3, "commute"),
             (None, "inverse_sqrt"), (None, "commute"))

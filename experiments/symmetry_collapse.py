@@ -1,6 +1,6 @@
 """Weight-decay collapse: the phase diagram of two symmetric models against γ, with the theory.
 
-Models (`spectrax.dynamics.collapse`, SPEC.md §5 "Symmetry and noise"), data x ~ N(0, 1),
+Models (`spectrax.dynamics.collapse`, docs/dynamics.md, Setups, "Symmetry and noise"), data x ~ N(0, 1),
 y = slope · x + noise · N(0, 1), n samples, through a = E[xy], b = E[x²]:
 
 - product: L = E[(u w x − y)²] + γ (u² + w²); origin stable iff γ > γ_c = |a|; below,

@@ -30,8 +30,9 @@ def _human_bytes(n: int) -> str:
 def format_inspect(info: dict) -> str:
     """A human-readable summary of `spectrax.inspect`'s dict."""
     head_dim = info["head_dim"] if info["head_dim"] is not None else f"per layer {info['head_dims']}"
+    hub = info.get("hub")
     lines = [
-        f"{info['path']}",
+        f"{hub['repo']} at commit {hub['sha']} ({info['path']})" if hub else f"{info['path']}",
         f"  model_type      {info['model_type']}" + (f" (text tower of {info['wrapper']})" if info["wrapper"] else ""),
         f"  layers          {info['num_layers']}",
         f"  heads           {info['num_heads']} query, {info['num_kv_heads']} key/value (group size {info['num_heads'] // info['num_kv_heads']})",
@@ -98,7 +99,7 @@ def _analysis_options(args: argparse.Namespace) -> dict:
     return dict(
         analyses=[a for a in args.analyses.split(",") if a], num_draws=args.null_draws, seed=args.seed,
         layers=parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop, top_k=args.top_k,
-        shuffle_draws=args.shuffle_draws, force=args.force,
+        shuffle_draws=args.shuffle_draws, force=args.force, disk_budget=args.disk_budget,
     )
 
 
@@ -117,7 +118,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spectrax import __version__
+
     parser = argparse.ArgumentParser(prog="spectrax", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"spectrax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def checkpoint_options(p: argparse.ArgumentParser) -> None:
@@ -139,24 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true",
                        help="replace an existing output folder (once the new run has finished) and discard an "
                             "interrupted run with other settings")
+        p.add_argument("--disk-budget", default=None, metavar="SIZE",
+                       help="Hub repo ids: download weight files to a scratch folder and delete each once no later "
+                            "layer needs it, holding at most SIZE (e.g. 20GB) at once; default: download into the "
+                            "Hugging Face cache and keep")
         checkpoint_options(p)
 
     p = sub.add_parser("analyze", help="per-head spectral statistics beside random-matrix nulls: tables, plots, report")
-    p.add_argument("path", nargs="?", default=None, help="checkpoint (default: the small model embedded in spectrax)")
+    p.add_argument("path", nargs="?", default=None,
+                   help="checkpoint folder, or a Hugging Face Hub repo id ORG/NAME[@REVISION] (an existing local path "
+                        "wins); default: the small model embedded in spectrax")
     p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>); "
                    "rerunning an interrupted run with the same --out and settings resumes it")
     analysis_options(p, ",".join(ANALYSES))
     p.set_defaults(run=_cmd_analyze)
 
     p = sub.add_parser("compare", help="two checkpoints of one architecture side by side, differences against null spread")
-    p.add_argument("a", help="base checkpoint")
+    p.add_argument("a", help="base checkpoint (folder or Hub repo id ORG/NAME[@REVISION])")
     p.add_argument("b", help="the other checkpoint (e.g. the fine-tuned one)")
     p.add_argument("--out", required=True, help="new output folder")
     analysis_options(p, "laws,rank")
     p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser("inspect", help="describe a checkpoint from its headers and config (reads no weights)")
-    p.add_argument("path", help="checkpoint directory or .safetensors file")
+    p.add_argument("path", help="checkpoint directory, .safetensors file, or Hub repo id ORG/NAME[@REVISION] "
+                                "(fetches config and headers only)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (includes every tensor)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor: name, dtype, shape, file")
     checkpoint_options(p)
@@ -195,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _default_out(args)
     use_every_core()
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
     except (CheckpointError, FileExistsError, ValueError) as e:
         print(f"spectrax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -156,3 +156,17 @@ def test_ctrl_c_and_a_full_disk_are_one_line_and_resume(tmp_path, monkeypatch, c
     assert main(argv) == 0
     assert json.loads((out / "summary.json").read_text())["resumed_parts"] == 1 and calls == [0, 1]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_version(capsys):
+    import spectrax
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"spectrax {spectrax.__version__}"
+
+
+def test_piping_into_head_is_quiet():
+    done = subprocess.run(f"{sys.executable} -m spectrax inspect {CHECKPOINTS / 'llama_sharded'} --tensors | true",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert done.stderr == "", done.stderr

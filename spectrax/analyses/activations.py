@@ -13,7 +13,7 @@ beside its null:
   QK-kernel vectors), the energy fraction ||D P||^2 / ||D||^2. Chance is exactly k/E for a uniformly
   random subspace; its std is exact too (`kernel.ffn_alignment_null`, from D's spectrum), and a
   Monte Carlo over Haar-random subspaces checks it and gives a percentile.
-- `projection_alignment_rows`: H/G/Z alignments (SPEC.md §5) of each layer's q/k/v projections on
+- `projection_alignment_rows`: H/G/Z alignments (docs/dynamics.md, Setups) of each layer's q/k/v projections on
   real inputs: h_a is the normed residual stream entering attention, h_b the projection `W h_a + b`,
   g_b the loss gradient at h_b, W the projection matrix; each alignment beside the random-basis null
   of `spectral.alignment`.

@@ -1,6 +1,6 @@
 """The source documents' aggregations over a per-head table, so their tables can be recomputed.
 
-SPEC.md §1: the per-layer value is the mean over the layer's heads; the model value is the median
+docs/statistics.md §1: the per-layer value is the mean over the layer's heads; the model value is the median
 and the mean over layers; the "pseudo-bulk" is the median over the query heads of each
 (layer, KV head) group, then the median across those groups; layer groups (by default four equal
 blocks of consecutive layers) report group means, and two checkpoints are compared by the

@@ -35,7 +35,7 @@ from spectrax.report import plots, sections
 from spectrax.report.output import RunFolder, checkpoint_fingerprint, run_folder
 from spectrax.report.tables import json_value, write_csv, write_json
 
-__all__ = ["analyze", "ANALYSES", "HEADLINE", "KERNEL_HEADLINE", "write_results"]
+__all__ = ["analyze", "ANALYSES", "HEADLINE", "KERNEL_HEADLINE", "source_fingerprint", "write_results"]
 
 HEADLINE = tuple(f"{s}_{p}" for p in PAIRS for s in ("pearson", "ssr", "cos_u", "cos_v", "grassmann"))
 KERNEL_HEADLINE = ("kernel_erank", "kernel_stable_rank", "ffn_alignment")
@@ -57,8 +57,12 @@ def analyze(
     force: bool = False,
     progress: bool = True,
     tower: str | None = None,
+    disk_budget: int | str | None = None,
 ) -> str:
     """Analyze the checkpoint at `path` into the folder `out`; returns `out`'s absolute path.
+
+    `path` may be a Hub repo id `ORG/NAME[@REVISION]`; with `disk_budget` (bytes or e.g. `"20GB"`)
+    its weight files are downloaded shard by shard and deleted once no later layer needs them.
 
     The run works in `.<out>.partial` beside `out`, storing each finished layer; if it is
     interrupted, the same call resumes from the layers already done. `out` appears only when
@@ -66,11 +70,11 @@ def analyze(
     discards an interrupted run with other settings) once the new run has finished.
     """
     analyses = check_analyses(analyses)
-    source = open_source(path, strict=strict, tower=tower)
+    source = open_source(path, strict=strict, tower=tower, disk_budget=disk_budget)
     options = Options(num_draws=num_draws, seed=seed, crop=crop, top_k=top_k, shuffle_draws=shuffle_draws)
     chosen = list(range(source.spec.num_layers)) if layers is None else sorted(set(layers))
     settings = {
-        "checkpoint": source.path, "files": checkpoint_fingerprint(source.files.files), "tower": tower,
+        "checkpoint": source.path, "files": source_fingerprint(source), "tower": tower,
         "analyses": list(analyses), "layers": chosen, **{k: v for k, v in vars(options).items()},
     }
     started = time.time()
@@ -78,12 +82,21 @@ def analyze(
         report_resume(folder, progress)
         tables = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder, progress=progress)
         summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
-                   "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed)}
+                   "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed),
+                   "hub": source.hub.describe() if source.hub is not None else None}
         write_results(tables, folder.path, summary, source=source)
         summary["seconds"] = round(time.time() - started, 2)
         with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return folder.out
+
+
+def source_fingerprint(source: Source) -> list:
+    """What identifies the checkpoint's contents: a Hub commit sha (files come and go under a disk
+    budget), else each file's name, size and modification time."""
+    if source.hub is not None:
+        return [source.hub.repo_id, source.hub.sha]
+    return checkpoint_fingerprint(source.files.files)
 
 
 def report_resume(folder: RunFolder, progress: bool) -> None:
@@ -168,6 +181,7 @@ def _laws(heads: dict[str, np.ndarray], per_layer: dict[str, np.ndarray], folder
                       for i, f in enumerate(precision["format"])},
         "median_cond_qk": json_value(np.nanmedian(measured)),
         "nonfinite_heads": [[int(l), int(h)] for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f],
+        "degenerate_heads": [[int(l), int(h), str(d)] for l, h, d in zip(heads["layer"], heads["head"], heads["degenerate"]) if d],
     }
 
 

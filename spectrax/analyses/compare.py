@@ -23,11 +23,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, relative_change
-from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, report_resume, write_results
+from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, report_resume, source_fingerprint, write_results
 from spectrax.analyses.pipeline import Options, check_analyses, collect
 from spectrax.io.load import open_source
 from spectrax.report import plots, sections
-from spectrax.report.output import checkpoint_fingerprint, run_folder
+from spectrax.report.output import run_folder
 from spectrax.report.tables import json_value, write_csv
 
 __all__ = ["compare", "difference_table", "statistic_columns"]
@@ -83,17 +83,19 @@ def compare(
     force: bool = False,
     progress: bool = True,
     tower: str | None = None,
+    disk_budget: int | str | None = None,
 ) -> str:
-    """Compare two checkpoints into the folder `out` (resumable and atomic like `analyze`)."""
+    """Compare two checkpoints (folders or Hub repo ids) into the folder `out` (resumable and atomic
+    like `analyze`); `disk_budget` as in `analyze`, for each checkpoint in turn."""
     analyses = check_analyses(analyses)
-    source_a, source_b = (open_source(p, strict=strict, tower=tower) for p in (path_a, path_b))
+    source_a, source_b = (open_source(p, strict=strict, tower=tower, disk_budget=disk_budget) for p in (path_a, path_b))
     _check_same_architecture(source_a.spec, source_b.spec, source_a.path, source_b.path)
     options = Options(num_draws=num_draws, seed=seed, crop=crop, top_k=top_k, shuffle_draws=shuffle_draws)
     chosen = list(range(source_a.spec.num_layers)) if layers is None else sorted(set(layers))
-    labels = _labels(source_a.path, source_b.path)
+    labels = _labels(source_a.name, source_b.name)
     settings = {
         "checkpoints": [source_a.path, source_b.path], "analyses": list(analyses), "layers": chosen,
-        "files": [checkpoint_fingerprint(s.files.files) for s in (source_a, source_b)], **vars(options),
+        "files": [source_fingerprint(s) for s in (source_a, source_b)], **vars(options),
     }
     started = time.time()
     with run_folder(out, settings=settings, checkpoints=[source_a.path, source_b.path], force=force) as folder:
@@ -103,7 +105,8 @@ def compare(
             tables[tag] = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder,
                                   progress=progress, part_prefix=f"{tag}-")
             summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
-                       "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed)}
+                       "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed),
+                       "hub": source.hub.describe() if source.hub is not None else None}
             os.makedirs(os.path.join(folder.path, tag), exist_ok=True)
             write_results(tables[tag], os.path.join(folder.path, tag), summary, source=source)
             with open(os.path.join(folder.path, tag, "summary.json"), "w", encoding="utf-8") as f:
@@ -118,8 +121,8 @@ def compare(
     return folder.out
 
 
-def _labels(path_a: str, path_b: str) -> tuple[str, str]:
-    a, b = os.path.basename(os.path.normpath(path_a)), os.path.basename(os.path.normpath(path_b))
+def _labels(a: str, b: str) -> tuple[str, str]:
+    a, b = a.replace("/", "-"), b.replace("/", "-")  # labels name columns and files
     return (a, b) if a != b else ("a", "b")
 
 

@@ -1,4 +1,4 @@
-"""WeightWatcher-style empirical spectral density (ESD) metrics of whole 2-D weights (SPEC.md §2).
+"""WeightWatcher-style empirical spectral density (ESD) metrics of whole 2-D weights (docs/statistics.md §2).
 
 For an `(m, n)` weight with singular values `s (k,)`, `k = min(m, n)`, the ESD is the set of
 eigenvalues `lambda = s^2 / N`, `N = max(m, n)` (`spectral.eigenvalues`): a matrix with i.i.d.

@@ -1,4 +1,4 @@
-"""QK-kernel and bottleneck statistics (SPEC.md §3), each beside its null (SPEC.md §4).
+"""QK-kernel and bottleneck statistics (docs/statistics.md §3), each beside its null (docs/statistics.md §4).
 
 For query head h of one layer, with key/value head g = h // (H // KV), the QK kernel is
 `K_h = W_Q,h^T W_K,g`, an `(E, E)` matrix of rank <= D: the bilinear form of the attention logit
@@ -8,7 +8,7 @@ not change under the attention-preserving reparametrization `W_Q -> M W_Q`, `W_K
 
 Per head (`kernel_layer`):
 
-- `kernel_erank` (Roy-Vetterli effective rank of the kernel's singular values, SPEC §2),
+- `kernel_erank` (Roy-Vetterli effective rank of the kernel's singular values, docs/statistics.md §2),
   `kernel_erank_squared` (the same on s^2), `kernel_stable_rank` (sum s^2 / s_1^2) and
   `kernel_sigma_max`. Null: Monte Carlo over Gaussian W_Q,h and W_K,g of the real shapes, each
   scaled to the RMS entry of its real counterpart (only `sigma_max` depends on the scale). It is
@@ -22,7 +22,7 @@ Per head (`kernel_layer`):
 - `ffn_alignment`: the fraction of the MLP input matrix's energy inside the head's top-k key-side
   kernel subspace, `||W P||_F^2 / ||W||_F^2` with `P = V_k V_k^T` from the kernel's right (key
   side) singular vectors, as the source document's code computed it (`Vh[:k].T @ Vh[:k]`). The MLP
-  input matrix is `mlp["gate"]` for gated MLPs (SPEC §3 names the gate) and `mlp["up"]` for
+  input matrix is `mlp["gate"]` for gated MLPs (docs/statistics.md §3 names the gate) and `mlp["up"]` for
   non-gated ones (gpt2, opt, neox, ...): both read the residual stream the head's keys read.
   Null (exact): for a uniformly random k-dimensional subspace of R^E, independent of W, the
   diagonal entries `c_i` of the random projector in W^T W's eigenbasis are Beta(k/2, (E-k)/2),

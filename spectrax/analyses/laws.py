@@ -1,4 +1,4 @@
-"""Per-head Q/K/V spectral statistics (SPEC.md §1), each beside its random-matrix null.
+"""Per-head Q/K/V spectral statistics (docs/statistics.md §1), each beside its random-matrix null.
 
 For every (layer, query head h) with its key/value head g = h // (H // KV):
 
@@ -10,6 +10,13 @@ For every (layer, query head h) with its key/value head g = h // (H // KV):
 
 Each statistic X comes with `X_null_mean`, `X_null_std`, `X_z` (and `X_pct` for Monte Carlo
 nulls). Heads holding NaN/Inf weights get NaN statistics and `finite = 0`; the run goes on.
+
+Degenerate matrices are flagged per head in `degenerate` (e.g. `"k zero; v rank-deficient"`) and
+their undefined statistics left empty (NaN): an all-zero matrix, or one whose entries are all
+subnormal in float32 (flushed to zero by the kernels), has no spectrum to compare, so every
+statistic involving it is undefined; a rank-deficient one (smallest singular value below
+`max(D, E) * eps * sigma_max`, numpy's `matrix_rank` rule) has arbitrary singular vectors for
+its zero singular values, so its `cos_u`, `cos_v` and `grassmann` are undefined.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 
 from spectrax import spectral as sp
 
-__all__ = ["head_laws", "laws_layer", "PAIRS", "MATRICES"]
+__all__ = ["DEGENERACY", "MATRICES", "PAIRS", "degeneracy", "head_laws", "laws_layer"]
 
 PAIRS = ("qk", "qv", "kv")
 MATRICES = ("q", "k", "v")
@@ -88,7 +95,58 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
         add(m, _columns(observed, null), m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
+    per_head = {m: c if m == "q" else c[:, kv_of] for m, c in
+                ((m, degeneracy(x, decomposed[m].s)) for m, x in (("q", q), ("k", k), ("v", v)))}
+    _blank_undefined(cols, per_head)
+    cols["degenerate"] = _describe_degeneracy(per_head)
     return cols
+
+
+DEGENERACY = ("", "rank-deficient", "subnormal", "zero")
+_VECTOR_STATISTICS = ("cos_u", "cos_v", "grassmann")
+
+
+def degeneracy(x: np.ndarray, s) -> np.ndarray:
+    """Per matrix of `x (..., m, n)` with singular values `s (..., k)` (descending): an index into
+    `DEGENERACY`: 0 full rank, 1 rank-deficient, 2 all entries subnormal in float32, 3 all zero."""
+    amax = np.max(np.abs(np.asarray(x, np.float32)), axis=(-2, -1)).astype(np.float64)
+    s = np.asarray(s, np.float64)
+    low_rank = s[..., -1] <= s[..., 0] * max(np.shape(x)[-2:]) * np.finfo(np.float32).eps
+    code = np.where(low_rank, 1, 0)
+    code = np.where((amax > 0) & (amax < np.finfo(np.float32).tiny), 2, code)
+    return np.where(amax == 0, 3, code)
+
+
+def _blank_undefined(cols: dict[str, np.ndarray], per_head: dict[str, np.ndarray]) -> None:
+    """NaN out (in place) each statistic that a zero, subnormal or rank-deficient matrix leaves undefined."""
+    no_spectrum = {m: c >= 2 for m, c in per_head.items()}
+    no_vectors = {m: c >= 1 for m, c in per_head.items()}
+    for name in list(cols):
+        stat, _, tag = _split_name(name)
+        if tag in PAIRS:
+            a, b = tag
+            undefined = (no_vectors[a] | no_vectors[b]) if stat in _VECTOR_STATISTICS else (no_spectrum[a] | no_spectrum[b])
+        elif tag in MATRICES:
+            undefined = no_spectrum[tag]
+        else:
+            continue
+        if undefined.any() and not name.endswith(("_null_mean", "_null_std")):  # the null itself stays defined
+            cols[name] = np.where(undefined, np.nan, cols[name])
+
+
+def _split_name(name: str) -> tuple[str, str, str]:
+    """`pearson_qk_z` -> (`pearson`, `_z`, `qk`); names without a tag give an empty tag."""
+    suffix = next((s for s in _SUFFIXES if name.endswith(s)), "")
+    stem = name[: len(name) - len(suffix)]
+    stat, _, tag = stem.rpartition("_")
+    return (stat, suffix, tag) if tag in PAIRS + MATRICES else (stem, suffix, "")
+
+
+def _describe_degeneracy(per_head: dict[str, np.ndarray]) -> np.ndarray:
+    """`(n, H)` strings such as `"k zero; v rank-deficient"` (empty for a healthy head)."""
+    parts = [np.where(c > 0, np.char.add(f"{m} ", np.asarray(DEGENERACY, dtype=str)[c]), "") for m, c in per_head.items()]
+    joined = [["; ".join(p for p in cells if p) for cells in zip(*rows)] for rows in zip(*parts)]
+    return np.array(joined, dtype=object).reshape(per_head["q"].shape)
 
 
 def _spectrum_statistics(s) -> dict:

@@ -12,7 +12,6 @@ runs alone or beside others, and whether its layer was computed now or in an int
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import jax
@@ -23,7 +22,7 @@ from spectrax.analyses.esd import matrix_esd_rows
 from spectrax.analyses.kernel import kernel_layer
 from spectrax.analyses.laws import laws_layer
 from spectrax.analyses.rank import matrix_rank_rows
-from spectrax.analyses.weights import global_matrices, layer_matrices, matrix_columns
+from spectrax.analyses.weights import global_matrices, layer_matrices, matrix_columns, matrix_storage
 from spectrax.io.load import Source, open_source, stream_layers
 from spectrax.report.output import RunFolder
 from spectrax.report.tables import concat
@@ -112,33 +111,42 @@ def _key(options: Options, analysis: str, slot: int) -> jax.Array:
 
 
 def matrix_table(matrices: dict[str, np.ndarray], keys: Mapping[str, jax.Array], *, num_draws: int,
-                 shuffle_draws: int = 0) -> dict[str, np.ndarray] | None:
+                 shuffle_draws: int = 0, storage: Mapping[str, str] | None = None) -> dict[str, np.ndarray] | None:
     """Rank and/or esd columns side by side for named 2-D matrices (`matrix`, `rows`, `cols`, then
     each statistic with its null columns); `keys` maps "rank"/"esd" to the PRNG key of each analysis
-    to run. Where both report a statistic (`stable_rank`), rank's column is kept."""
+    to run. Where both report a statistic (`stable_rank`), rank's column is kept. With `storage`
+    (`{matrix: storage type}`), a `storage` column, and rank's quantization-aware nulls."""
     shapes = {name: tuple(w.shape) for name, w in matrices.items()}
     merged: dict[str, np.ndarray] = {}
     if "rank" in keys:
-        merged.update(matrix_columns(matrix_rank_rows(matrices, keys["rank"], num_draws=num_draws), shapes))
+        rows = matrix_rank_rows(matrices, keys["rank"], num_draws=num_draws, storage=storage)
+        merged.update(matrix_columns(rows, shapes))
     if "esd" in keys:
         rows = matrix_esd_rows(matrices, keys["esd"], num_draws=num_draws, shuffle_draws=shuffle_draws)
         merged.update({c: v for c, v in matrix_columns(rows, shapes).items() if c not in merged})
+    if storage is not None and merged:
+        stored = np.array([storage.get(name, "") for name in matrices], dtype=object)
+        merged = {"matrix": merged.pop("matrix"), "rows": merged.pop("rows"), "cols": merged.pop("cols"),
+                  "storage": stored, **merged}
     return merged or None
 
 
 def _matrix_table(matrices: dict[str, np.ndarray], slot: int, analyses: Sequence[str],
-                  options: Options) -> dict[str, np.ndarray] | None:
+                  options: Options, storage: Mapping[str, str] | None = None) -> dict[str, np.ndarray] | None:
     """`matrix_table` of the chosen analyses, each matrix cropped once (`options.crop`); `slot` is
     the layer (or the embedding's slot) in the random keys."""
     if options.crop is not None:
         matrices = {name: w[: options.crop, : options.crop] for name, w in matrices.items()}
     keys = {a: _key(options, a, slot) for a in ("rank", "esd") if a in analyses}
-    return matrix_table(matrices, keys, num_draws=options.num_draws, shuffle_draws=options.shuffle_draws)
+    return matrix_table(matrices, keys, num_draws=options.num_draws, shuffle_draws=options.shuffle_draws,
+                        storage=storage)
 
 
-def layer_results(params: dict, layer: int, analyses: Sequence[str], options: Options) -> dict[str, dict[str, np.ndarray]]:
+def layer_results(params: dict, layer: int, analyses: Sequence[str], options: Options,
+                  storage: Mapping[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """All chosen analyses of one unstacked canonical layer: `{"heads": ..., "matrices": ...,
-    "kernel_basis": {"basis": (H, E, k)}}` (groups present as the analyses need them)."""
+    "kernel_basis": {"basis": (H, E, k)}}` (groups present as the analyses need them); `storage`
+    as in `matrix_table`."""
     out: dict[str, dict[str, np.ndarray]] = {}
     if any(a in analyses for a in _PER_HEAD):
         heads: dict[str, np.ndarray] = {}
@@ -153,7 +161,7 @@ def layer_results(params: dict, layer: int, analyses: Sequence[str], options: Op
         out["heads"] = {"layer": np.full(H, layer), "head": np.arange(H),
                         **{c: v for c, v in heads.items() if c not in ("layer", "head")}}
     if any(a in analyses for a in _PER_MATRIX):
-        table = _matrix_table(dict(layer_matrices(params)), layer, analyses, options)
+        table = _matrix_table(dict(layer_matrices(params)), layer, analyses, options, storage)
         out["matrices"] = {"layer": np.full(len(table["matrix"]), layer), **table}
     return out
 
@@ -162,7 +170,7 @@ def global_results(source: Source, analyses: Sequence[str], options: Options) ->
     """Per-matrix analyses of the token embedding and untied output head (layer -1)."""
     if not any(a in analyses for a in _PER_MATRIX):
         return {}
-    table = _matrix_table(global_matrices(source), _GLOBAL_LAYER, analyses, options)
+    table = _matrix_table(global_matrices(source), _GLOBAL_LAYER, analyses, options, matrix_storage(source, None))
     return {"matrices": {"layer": np.full(len(table["matrix"]), -1), **table}}
 
 
@@ -196,7 +204,7 @@ def collect(
     results: dict[str, dict] = {}
     if folder is not None:
         results = {name: folder.load(name) for name in names if folder.has(name)}
-    bar = tqdm(total=len(names), initial=len(results), desc=os.path.basename(os.path.normpath(source.path)), unit="part", disable=not progress)
+    bar = tqdm(total=len(names), initial=len(results), desc=source.name, unit="part", disable=not progress)
 
     def finish(name: str, result: dict) -> None:
         if folder is not None:
@@ -211,7 +219,8 @@ def collect(
         for block in stream_layers(source, layers=todo):
             (layer,) = block.layer_ids
             params = jax.tree.map(lambda x: x[0], block.params)
-            finish(f"{part_prefix}layer-{layer:05d}", layer_results(params, layer, analyses, options))
+            finish(f"{part_prefix}layer-{layer:05d}",
+                   layer_results(params, layer, analyses, options, matrix_storage(source, layer)))
     finally:
         bar.close()
     ordered = [results[name] for name in names]

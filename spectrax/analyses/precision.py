@@ -1,4 +1,4 @@
-"""The "third law" of the five-laws document (SPEC.md §1): depth limits per floating format.
+"""The "third law" of the five-laws document (docs/statistics.md §1): depth limits per floating format.
 
 The source proposes a maximum useful depth
 

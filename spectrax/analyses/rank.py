@@ -1,4 +1,4 @@
-"""Whole-matrix rank statistics (SPEC.md §2) of every 2-D weight, each beside its random-matrix null.
+"""Whole-matrix rank statistics (docs/statistics.md §2) of every 2-D weight, each beside its random-matrix null.
 
 For each layer's full projections W_Q `(H*D, E)`, W_K, W_V `(KV*D, E)`, W_O (as `(H*D, E)`: the
 same singular values), the MLP matrices, and the token embedding / untied output head:
@@ -15,11 +15,17 @@ a Monte Carlo null over shape- and scale-matched Gaussian matrices (drawn direct
 values), so `X_z` says whether the weight departs from what a random matrix of its shape does.
 The pipeline's `crop=c` hands in only each matrix's top-left `c x c` block, to reproduce the
 source's 256 x 256 protocol.
+
+A matrix stored quantized (a GGUF block type such as Q4_0) is compared with quantized noise: each
+null draw is a Gaussian matrix quantized and dequantized in the same type (`gguf.quants`) before
+its statistics, and `quant_error` reports the relative error that round trip makes. Types `gguf`
+can only decode (K- and IQ-types) keep the Gaussian null, with `quant_error` NaN.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import chex
 import jax
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.io.gguf import quantize_roundtrip
 
 __all__ = ["rank_statistics", "matrix_rank_rows", "RANK_STATISTICS"]
 
@@ -57,15 +64,18 @@ def _statistics(s, reference, *, shape):
     }
 
 
-def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *,
-                     num_draws: int = 16) -> dict[str, dict[str, np.ndarray]]:
+def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_draws: int = 16,
+                     storage: Mapping[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Statistics with null columns for named 2-D matrices.
 
     Args:
       matrices: `{name: (m, n)}` (any float dtype); same-shaped matrices are batched in one call.
       key: PRNG key for the reference samples and the nulls.
+      storage: `{name: storage type}` (`"BF16"`, `"Q4_0"`, ...); a matrix in a type `gguf` can
+        quantize gets the quantization-aware null, and every row a `quant_error` column.
     Returns:
-      `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`.
+      `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`
+      (and `quant_error` with `storage`).
     """
     by_shape: dict[tuple[int, int], list[str]] = {}
     for name, w in matrices.items():
@@ -88,4 +98,28 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *,
         columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}
+            if storage is not None:
+                rows[name].update(_quantized_null(batch[j], storage.get(name, ""), jax.random.fold_in(k_null, j),
+                                                  {c: v[j] for c, v in observed.items()}, reference, num_draws))
     return rows
+
+
+def _quantized_null(w: np.ndarray, kind: str, key: jax.Array, observed: dict, reference: jax.Array,
+                    num_draws: int) -> dict[str, np.ndarray]:
+    """Null columns over RMS-matched Gaussian draws quantized and dequantized as `kind`, and the
+    mean relative error of that round trip; only `quant_error` (NaN) where `kind` is not a
+    quantizable block type."""
+    rms = np.sqrt(np.mean(np.square(np.asarray(w, np.float64))))
+    spectra, errors = [], []
+    for d in range(num_draws):
+        gaussian = np.asarray(jax.random.normal(jax.random.fold_in(key, d), w.shape, jnp.float32)) * np.float32(rms)
+        quantized = quantize_roundtrip(gaussian, kind)
+        if quantized is None:
+            return {"quant_error": np.float32(np.nan)}
+        errors.append(np.linalg.norm(quantized - gaussian) / np.linalg.norm(gaussian))
+        spectra.append(sp.singular_values(quantized[None], method="qr")[0])
+    draws = jnp.stack(spectra)
+    fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
+    null = sp.split_null(sp.null_from_draws(functools.partial(_statistics, shape=w.shape), draws, fixed))
+    columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
+    return {**columns, "quant_error": np.float32(np.mean(errors))}

@@ -8,7 +8,20 @@ import numpy as np
 
 from spectrax.io.load import Source, load_globals
 
-__all__ = ["layer_matrices", "global_matrices", "matrix_columns"]
+__all__ = ["layer_matrices", "global_matrices", "matrix_columns", "matrix_storage"]
+
+# Canonical matrix -> the stored tensors it may come from (separate or fused projections).
+_STORED_AS = {
+    "attn.q": ("self_attn.q_proj.weight", "self_attn.qkv_proj.weight"),
+    "attn.k": ("self_attn.k_proj.weight", "self_attn.qkv_proj.weight"),
+    "attn.v": ("self_attn.v_proj.weight", "self_attn.qkv_proj.weight"),
+    "attn.o": ("self_attn.o_proj.weight",),
+    "mlp.gate": ("mlp.gate_proj.weight", "mlp.gate_up_proj.weight"),
+    "mlp.up": ("mlp.up_proj.weight", "mlp.gate_up_proj.weight"),
+    "mlp.down": ("mlp.down_proj.weight",),
+    "embed.tokens": ("embed_tokens.weight",),
+    "lm_head": ("lm_head.weight",),
+}
 
 
 def layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:
@@ -32,6 +45,16 @@ def global_matrices(source: Source) -> dict[str, np.ndarray]:
     if tree["lm_head"]["weight"] is not tree["embed"]["tokens"]:
         matrices["lm_head"] = tree["lm_head"]["weight"]
     return matrices
+
+
+def matrix_storage(source: Source, layer: int | None) -> dict[str, str]:
+    """`{matrix: storage type}` of a layer's matrices (`layer=None`: the embedding and output head),
+    e.g. `"BF16"`, or a ggml type such as `"Q4_K"` for GGUF files. A matrix whose tensor name is not
+    one of the llama-style names takes the layer's dtype when all its tensors share one."""
+    named = source.layout.globals if layer is None else source.layout.layers[layer]
+    dtypes = {info.dtype for info in named.values()}
+    fallback = dtypes.pop() if len(dtypes) == 1 else ""
+    return {matrix: next((named[n].dtype for n in names if n in named), fallback) for matrix, names in _STORED_AS.items()}
 
 
 def matrix_columns(

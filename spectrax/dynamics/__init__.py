@@ -1,6 +1,6 @@
 """Training-dynamics simulations: data generators, toy models and explicit `jax.grad` loops.
 
-Each module is one paper's toy (SPEC.md §5) and exposes the quantities its theory predicts as
+Each module is one paper's toy (docs/dynamics.md, Setups) and exposes the quantities its theory predicts as
 per-step trajectories, so a test can hold the theory against the run:
 
 - `scan_snap`: Scan and Snap's 1-layer (Y, Z) transformer on facts with common/distinct tokens;

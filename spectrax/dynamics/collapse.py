@@ -1,6 +1,6 @@
 """Weight-decay collapse: past a threshold γ, the symmetric state (the origin) is the minimum.
 
-Two models with a parameter symmetry and L2 regularization γ (002_*.txt, SPEC.md §5 "Symmetry and
+Two models with a parameter symmetry and L2 regularization γ (the Ziyin talk, docs/dynamics.md, Setups, "Symmetry and
 noise"); data enter only through the moments a = E[xy], b = E[x²] > 0, c = E[y²] (`Moments`).
 
 Product model (rescaling symmetry (u, w) -> (λu, w/λ), and the sign flip (u, w) -> (−u, −w)):
@@ -37,7 +37,7 @@ u g_u = w g_w by the symmetry), the charge C = u² − w² obeys exactly, per GD
 
     C' = (1 − 2ηγ)² C + η² (g_u² − g_w²)
 
-(SPEC.md §5 writes (1 − ηγ)² for the decay convention Δθ = −η(∇ + γθ); the penalty γ(u² + w²) here
+(docs/dynamics.md, Setups writes (1 − ηγ)² for the decay convention Δθ = −η(∇ + γθ); the penalty γ(u² + w²) here
 decays by 2ηγ). C decays to 0 for γ > 0; at γ = 0 it keeps its initial value up to the O(η²)
 terms, and GD ends on an unbalanced point of the minimum manifold u w = E[xy] / E[x²].
 

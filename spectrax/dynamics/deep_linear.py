@@ -1,4 +1,4 @@
-"""Balance and alignment of deep linear networks under SGD (Ziyin et al., NeurIPS 2024; 002_*.txt).
+"""Balance and alignment of deep linear networks under SGD (Ziyin et al., NeurIPS 2024; the Ziyin talk).
 
 f(x) = W_L ... W_1 x with W_k `(d, d)` (equal widths), data x ~ N(0, Sigma_x), y = V x + eps,
 eps ~ N(0, sigma^2 I). Each hidden layer k = 1..L-1 has the charges D_k = W_{k+1}^T W_{k+1} - W_k W_k^T

@@ -1,6 +1,6 @@
 """JoMA (Tian et al., ICLR 2024): the attention + linear-layer toy, its invariants, and the entropy toy.
 
-Toy of SPEC.md §5. M_c = 10 distinct + 10 common contextual tokens and one query token, K = 20
+Toy of docs/dynamics.md, Setups. M_c = 10 distinct + 10 common contextual tokens and one query token, K = 20
 classes, embeddings U `(d, M_c + 1)` = the first M_c + 1 standard basis vectors of R^d (d = 30).
 X `(M_c, K)`: column k is the contextual-token distribution of class k (U(0, 1/2) entries; in the
 "Gaussian" variant the distinct rows are X[l, k] = exp(-(l - k * 10 / K)^2 / 30)), columns
@@ -20,7 +20,7 @@ The theorem: with V = U_C^T W `(M_c, K)`, gradient flow keeps an invariant per c
     softmax: z_l            ~= (1 / 2T) [sum_k V_lk^2 - xbar_l ||W||_F^2] + C_l
 
 (the softmax form assumes the attention's class average b̄_l = mean_k B[l, k] stays at its start
-xbar_l = mean_k X[l, k]; SPEC uses ||W||_F^2, as the reference code does). C is fixed at t = 0.
+xbar_l = mean_k X[l, k]; the documented setup uses ||W||_F^2, as the reference code does). C is fixed at t = 0.
 `train` records the real logits, the predicted ones and their normalized correlation
 NC(a, b) = cos(a - mean a, b - mean b) over the M_c tokens at every step, for the invariant's own
 quantity (z, or z^2 for linear attention). NC is 1 at t = 0 by construction of C.
@@ -38,7 +38,7 @@ first-order parts of the step cancel in the invariant and what is left is, per s
 SGD (prediction + step_term = quantity), and for softmax what remains is the theory's
 approximation alone.
 
-Finding on the softmax invariant (SPEC's Gaussian setting, lr 0.1, 2000 steps; NC judged over
+Finding on the softmax invariant (the documented setup's Gaussian setting, lr 0.1, 2000 steps; NC judged over
 t >= 100). The implementation matches the reference `joma/draw_figure_2_3.py` in every choice
 checked: X (U(0, 1/2), Gaussian distinct rows exp(-(l - k M_d/K)^2 / 30), columns summing to 1),
 U = identity columns with the query's residual, T = 0.5, W, z ~ N(0, 1)/100, C fixed at t = 0,

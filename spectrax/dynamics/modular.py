@@ -1,7 +1,7 @@
 """CoGO modular addition (Tian, "Composing Global Optimizers to Reasoning Tasks via Algebraic Objects
 in Neural Nets", 2024): data, the 2-layer quadratic network, its training loop, the Fourier analysis.
 
-Setup of SPEC.md §5. All d² pairs (a, b) -> c = (a + b) mod d (d odd; the paper uses primes), a
+Setup of docs/dynamics.md, Setups. All d² pairs (a, b) -> c = (a + b) mod d (d odd; the paper uses primes), a
 seeded 90% train split; one-hot a and b; hidden pre-activation h = W_a e_a + W_b e_b `(hidden,)`;
 activation h² (elementwise); output o = W_c h² `(d,)`; no biases. Shapes: W_a, W_b `(hidden, d)`,
 W_c `(d, hidden)`. Loss: MSE between the centered output o - mean_c(o) and the centered one-hot
@@ -33,7 +33,7 @@ so each conjugate pair is counted once); the paper finds GD solutions of order 4
 
 Findings (d = 23, hidden 512, lr 0.01, 10k epochs, 5 seeds; `experiments/modular_addition.py`):
 
-- With SPEC's loss and wd 5e-5 every seed reaches 100% test accuracy by epoch 20-21 and every one
+- With the documented setup's loss and wd 5e-5 every seed reaches 100% test accuracy by epoch 20-21 and every one
   of the 55 (seed, frequency) solutions has order 4 (32) or 6 (23), 52-54 active units in all: the
   paper's claim holds exactly.
 - Σ_k 2d Re r_kkk does NOT reach d - 1 = 22 there: it settles at 21.02-21.04, because coupled L2
@@ -44,7 +44,7 @@ Findings (d = 23, hidden 512, lr 0.01, 10k epochs, 5 seeds; `experiments/modular
   the d outputs; `reduction="sum"`, which under Adam is the same run as "mean" with wd / d): at
   wd 5e-5 r_sum stays within 0.2 of 22 from epoch 529-561 (5 seeds) and ends at 21.95; its orders
   are then 4-10 (mostly 6-8 at 1500 epochs), no longer only 4 and 6.
-- Weight decay sweep (SPEC's loss): wd 0 gives dense solutions (orders 11-20, mean 15, ~165 active
+- Weight decay sweep (the documented setup's loss): wd 0 gives dense solutions (orders 11-20, mean 15, ~165 active
   units); 1e-5 and 5e-5 give orders 4 and 6 only; 2e-4 collapses to the zero network from this
   initialization (test accuracy 4%, r_sum 0.04), presumably because near the origin the loss
   gradient of the cubic network is O(θ²) while the decay is O(θ). A shrunk solution would still
@@ -202,7 +202,7 @@ def apply(params: Params, a: jax.Array, b: jax.Array) -> jax.Array:
 
 def loss_fn(params: Params, pairs: Pairs, reduction: str = "mean") -> jax.Array:
     """(centered output - centered one-hot)², averaged over (pairs, outputs) ("mean": torch's
-    `MSELoss()`, SPEC) or summed over outputs and averaged over pairs ("sum": the paper's ℓ(z),
+    `MSELoss()`, the documented setup) or summed over outputs and averaged over pairs ("sum": the paper's ℓ(z),
     d times larger; under Adam the same run as "mean" with wd / d)."""
     out = apply(params, pairs.a, pairs.b)
     out = out - jnp.mean(out, axis=-1, keepdims=True)

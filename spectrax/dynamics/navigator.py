@@ -2,7 +2,7 @@
 
 A 2-layer transformer trained to output shortest paths on small graphs learns edge embeddings that
 correlate with the eigenvectors of the normalized Laplacian of the graph's *line graph*. The talk
-(001_*.txt, "Spectral Line Navigator (SLN)") turns that into an algorithm and claims it is ">99%
+(the Tian talk, "Spectral Line Navigator (SLN)") turns that into an algorithm and claims it is ">99%
 optimal for small random graph (size < 10)":
 
     1. compute the line graph L(G) of G;

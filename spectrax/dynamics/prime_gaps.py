@@ -1,4 +1,4 @@
-"""Prime gaps (SPEC.md §5, source 003): a transformer that cannot use its attention, and one that can.
+"""Prime gaps (docs/dynamics.md, Setups, the prime-gap project): a transformer that cannot use its attention, and one that can.
 
 The source trains a pre-LN transformer encoder (PyTorch `nn.TransformerEncoderLayer`,
 `norm_first=True`, GELU, MLP width 4E) to predict the prime gap g_n = p_{n+1} - p_n (z-scored)

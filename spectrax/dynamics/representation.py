@@ -1,6 +1,6 @@
 """Representation alignment during SGD training: a tanh MLP student of a noisy teacher.
 
-Source: 002 (Ziyin et al., arXiv:2410.03006), SPEC.md §5 "Canonical representation alignments";
+Source: the Ziyin talk (Ziyin et al., arXiv:2410.03006), docs/dynamics.md, Setups, "Canonical representation alignments";
 the measurements are `spectrax.spectral.alignment`. For every linear layer h_b = W h_a of the
 student the run records the six matrices H_a, G_a, Z_a (input side) and H_b, G_b, Z_b (output
 side) on a fixed evaluation set at regular intervals, so their alignments, power laws and the

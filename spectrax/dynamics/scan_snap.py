@@ -1,6 +1,6 @@
 """Scan and Snap (Tian et al., NeurIPS 2023): data, the 1-layer (Y, Z) model, and its training loop.
 
-The setup of SPEC.md §5. Each "fact" f pairs a last (query) token m_f with a next token n_f; the
+The setup of docs/dynamics.md, Setups. Each "fact" f pairs a last (query) token m_f with a next token n_f; the
 127 contextual tokens of a sequence are drawn i.i.d. from P(l | n_f): 10 common tokens (weight 1,
 shared by every fact) and 10 distinct tokens of n_f (weights linspace(0.1, 1)), normalized. Token
 indices are laid out as
@@ -136,7 +136,7 @@ def num_tokens(num_last: int, next_per_last: int, num_common: int = NUM_COMMON,
 def make_task(num_last: int, next_per_last: int, *, num_common: int = NUM_COMMON,
               num_distinct: int = NUM_DISTINCT, common_weight: float = 1.0,
               distinct_weights: tuple[float, float] = (0.1, 1.0)) -> Task:
-    """The facts and P(l | n) of SPEC.md §5."""
+    """The facts and P(l | n) of docs/dynamics.md, Setups."""
     if num_last < 1 or next_per_last < 1 or num_common < 0 or num_distinct < 1:
         raise ValueError("need num_last >= 1, next_per_last >= 1, num_common >= 0, num_distinct >= 1")
     num_next = num_last * next_per_last

@@ -1,6 +1,6 @@
 """Sharpness and the stability of gradient descent on rank-1 matrix factorization; warm-up.
 
-Problem (the talk's "rank-1 matrix factorization", 002_*.txt Fig. 3, as a full-batch GD problem):
+Problem (the talk's "rank-1 matrix factorization", the Ziyin talk's Fig. 3, as a full-batch GD problem):
 
     L(u, v) = ½ ||u vᵀ − M||_F²,   u `(d1,)`, v `(d2,)`,   M = s a bᵀ `(d1, d2)` (a, b unit).
 

@@ -1,4 +1,4 @@
-"""Noether charges of rescaling and double-rotation symmetries under GD and SGD (Ziyin et al., 002_*.txt).
+"""Noether charges of rescaling and double-rotation symmetries under GD and SGD (Ziyin et al., the Ziyin talk).
 
 A loss with an exponential symmetry l(theta) = l(exp(lambda A) theta) (A symmetric, every lambda,
 every sample) has the charge C = theta^T A theta. Its gradient is orthogonal to A theta (d/d lambda

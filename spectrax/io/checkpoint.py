@@ -2,8 +2,9 @@
 
 A checkpoint is a directory with `config.json` and either `model.safetensors`, shards listed
 in `model.safetensors.index.json`, or other `*.safetensors` files; a single `.safetensors`
-file whose directory holds `config.json` is accepted too. Nothing here reads tensor data and
-nothing ever writes to the checkpoint.
+file whose directory holds `config.json` is accepted too, and so is a GGUF file (or a folder
+holding one; see `spectrax.io.gguf`). Nothing here reads tensor data and nothing ever writes to
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 from spectrax.io.config import parse_config_json
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
+from spectrax.io.gguf import find_gguf, read_gguf
 from spectrax.io.safetensors import TensorInfo, load_json, open_regular, read_header
 
-__all__ = ["CheckpointFiles", "open_checkpoint", "INDEX_NAME"]
+__all__ = ["CheckpointFiles", "open_checkpoint", "read_config", "read_index", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
 _MAX_CONFIG_BYTES = 16 << 20
@@ -35,12 +37,18 @@ _CONVERT_HINT = (
 @dataclasses.dataclass(frozen=True)
 class CheckpointFiles:
     """A checkpoint's `config` (the parsed `config.json`), its safetensors `files`, and every
-    tensor's location by its full stored name."""
+    tensor's location by its full stored name.
+
+    For a GGUF file, `path` and `files` name the `.gguf`, `config` is built from its metadata
+    (`config_source` says so in errors) and `tensors` are `GGUFTensorInfo`s under the Hugging
+    Face names they stand for.
+    """
 
     path: str
     config: Mapping[str, Any]
     files: tuple[str, ...]
     tensors: Mapping[str, TensorInfo]
+    config_source: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -48,8 +56,12 @@ class CheckpointFiles:
 
 
 def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
-    """Index the checkpoint at `path` (a directory, or one `.safetensors` file beside its config)."""
+    """Index the checkpoint at `path` (a directory, one `.safetensors` file beside its config, or a GGUF file)."""
     path = os.path.abspath(os.fspath(path))
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        config, gguf_tensors = read_gguf(gguf_file)
+        return CheckpointFiles(gguf_file, config, (gguf_file,), gguf_tensors, config_source=f"{gguf_file} (GGUF metadata)")
     weight_map: Mapping[str, str] = {}
     if os.path.isfile(path) and path.endswith(".safetensors"):
         directory, files = os.path.dirname(path), [path]
@@ -57,11 +69,11 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
         directory = path
         files, weight_map = _safetensors_files(path)
     elif os.path.exists(path):
-        raise UnsupportedCheckpointError(f"{path}: not a directory or a .safetensors file; "
+        raise UnsupportedCheckpointError(f"{path}: not a directory, a .safetensors or a .gguf file; "
                                          + _CONVERT_HINT.format(path=os.path.dirname(path)))
     else:
         raise CheckpointError(f"{path}: no such file or directory")
-    config = _read_config(directory)
+    config = read_config(directory)
     tensors: dict[str, TensorInfo] = {}
     for file in files:
         for name, info in read_header(file).tensors.items():
@@ -73,7 +85,8 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
             raise CheckpointError(
                 f"{os.path.join(directory, INDEX_NAME)}: lists {name!r} in {shard}, but that shard does not hold it"
             )
-    return CheckpointFiles(path=directory, config=config, files=tuple(files), tensors=tensors)
+    return CheckpointFiles(path=directory, config=config, files=tuple(files), tensors=tensors,
+                           config_source=os.path.join(directory, "config.json"))
 
 
 def _safetensors_files(directory: str) -> tuple[list[str], Mapping[str, str]]:
@@ -93,22 +106,27 @@ def _safetensors_files(directory: str) -> tuple[list[str], Mapping[str, str]]:
             f"{directory}: holds only pickle files ({', '.join(os.path.basename(p) for p in pickles)}), "
             "no .safetensors. " + _CONVERT_HINT.format(path=directory)
         )
-    if glob.glob(os.path.join(directory, "*.gguf")):
-        raise UnsupportedCheckpointError(f"{directory}: GGUF files are quantized llama.cpp exports; use the original safetensors release")
     raise CheckpointError(f"{directory}: no model.safetensors, {INDEX_NAME} or *.safetensors file found")
 
 
-def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
+def read_index(index: str) -> tuple[list[str], Mapping[str, str]]:
+    """The shard file names (sorted) and the tensor name -> shard map of a safetensors index."""
     with open_regular(index, "index") as f:
         weight_map = load_json(f.read(), f"{index}: malformed index")
     weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: malformed index; expected {{'weight_map': {{tensor name: shard file name}}}}")
-    directory = os.path.dirname(index)
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if shard in ("", ".", "..") or os.path.basename(shard) != shard:
             raise CheckpointError(f"{index}: shard name {shard!r} is not a file name inside the checkpoint directory")
+    return shards, weight_map
+
+
+def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
+    shards, weight_map = read_index(index)
+    directory = os.path.dirname(index)
+    for shard in shards:
         if not os.path.exists(os.path.join(directory, shard)):
             missing = sorted(name for name, s in weight_map.items() if s == shard)
             raise CheckpointError(
@@ -118,7 +136,8 @@ def _shards_from_index(index: str) -> tuple[list[str], Mapping[str, str]]:
     return [os.path.join(directory, shard) for shard in shards], weight_map
 
 
-def _read_config(directory: str) -> Mapping[str, Any]:
+def read_config(directory: str) -> Mapping[str, Any]:
+    """The parsed `config.json` in `directory` (a JSON object), or a `ConfigError` naming it."""
     path = os.path.join(directory, "config.json")
     try:
         info = os.stat(path)

@@ -16,10 +16,13 @@ _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> dict[str, Any]:
     """The model spec and storage summary of the checkpoint at `path`, as a JSON-able dict.
 
-    Keys: `path`, `files`, `model_type`, `wrapper`, `num_layers`, `num_heads`, `num_kv_heads`,
+    `path` may be a Hub repo id (`ORG/NAME[@REVISION]`): then only `config.json`, the index and
+    the files' headers are fetched, never the weights.
+
+    Keys: `path`, `hub` (repo, revision, commit sha; None for a local path), `files`, `model_type`, `wrapper`, `num_layers`, `num_heads`, `num_kv_heads`,
     `head_dim` (None when it varies; see `head_dims`), `hidden_size`, `intermediate_size`,
-    `vocab_size`, `tie_word_embeddings`, `dtype` (the dominant stored dtype), `dtypes` (count per
-    dtype), `num_tensors`, `total_bytes`, `tensors` (name, dtype, shape, bytes, file of each),
+    `vocab_size`, `tie_word_embeddings`, `dtype` (the dominant stored dtype; for GGUF a ggml type
+    such as `Q4_K`), `dtypes` (count per dtype), `num_tensors`, `total_bytes`, `tensors` (name, dtype, shape, bytes, file of each),
     `tower`, `other_towers`, `layer_groups` (layers with identical shapes), `layer_differences`
     (per-layer fields that differ from layer 0), `rope_interleaved`, `ignored_config_keys` (present
     and known not to matter), `unknown_config_keys` (accepted only under `strict=False`).
@@ -30,6 +33,7 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
     by_bytes = Counter()
     for info in files.tensors.values():
         by_bytes[info.dtype] += info.nbytes
+    dominant = by_bytes.most_common(1)[0][0] if by_bytes else None
     differences = [
         {"layer": i, "head_dim": spec.head_dims[i], "layer_type": spec.layer_types[i]}
         for i in range(spec.num_layers)
@@ -37,9 +41,10 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
     ]
     return {
         "path": files.path,
+        "hub": source.hub.describe() if source.hub is not None else None,
         "files": [os.path.basename(f) for f in files.files],
         **{k: v for k, v in spec.to_dict().items() if k not in ("ignored_keys", "unknown_keys")},
-        "dtype": _DTYPE_NAMES.get(by_bytes.most_common(1)[0][0]) if by_bytes else None,
+        "dtype": _DTYPE_NAMES.get(dominant, dominant),
         "dtypes": dict(dtypes),
         "num_tensors": len(files.tensors),
         "total_bytes": files.nbytes,

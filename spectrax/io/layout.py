@@ -45,8 +45,9 @@ class Layout:
     other_towers: tuple[str, ...]
 
     def layer_signature(self, layer: int) -> tuple:
-        """Stored names, shapes and dtypes of a layer: equal signatures convert to equal shapes."""
-        return tuple(sorted((n, i.shape, i.dtype) for n, i in self.layers[layer].items()))
+        """Stored names, shapes and read dtypes of a layer: equal signatures convert to equal shapes
+        (GGUF layers mixing Q4_K and Q6_K storage both read as float32)."""
+        return tuple(sorted((n, i.shape, str(i.numpy_dtype())) for n, i in self.layers[layer].items()))
 
 
 def find_layout(tensors: Mapping[str, TensorInfo], pattern: str, num_layers: int, *, tower: str | None = None) -> Layout:

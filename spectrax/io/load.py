@@ -21,6 +21,8 @@ from spectrax.io.adapters import ADAPTERS, DEFAULT_LM_HEAD, LM_HEADS, Tensors, l
 from spectrax.io.checkpoint import CheckpointFiles, open_checkpoint
 from spectrax.io.config import ModelSpec, parse_config
 from spectrax.io.errors import CheckpointError, ConfigError
+from spectrax.io.hub import HubShards, open_hub, parse_repo_id
+from spectrax.io.gguf import GGUFTensorInfo
 from spectrax.io.layout import Layout, find_layout
 from spectrax.io.safetensors import TensorInfo, read_tensor
 
@@ -34,15 +36,27 @@ Tree = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """An opened checkpoint: its files, parsed spec and tensor layout. Holds no tensor data."""
+    """An opened checkpoint: its files, parsed spec and tensor layout. Holds no tensor data.
+
+    `hub` is set for a Hub repo id: it downloads weight files as readers ask for them."""
 
     files: CheckpointFiles
     spec: ModelSpec
     layout: Layout
+    hub: HubShards | None = None
 
     @property
     def path(self) -> str:
         return self.files.path
+
+    @property
+    def name(self) -> str:
+        """The repo id for a Hub checkpoint, else the folder's name."""
+        return self.hub.repo_id if self.hub is not None else os.path.basename(os.path.normpath(self.path))
+
+    def local(self, named: Mapping[str, TensorInfo]) -> Mapping[str, TensorInfo]:
+        """`named` with every tensor's file on local disk (a Hub checkpoint downloads them now)."""
+        return named if self.hub is None else self.hub.local(named)
 
     def layer_groups(self) -> list[tuple[int, ...]]:
         """Layer indices grouped by identical stored shapes, in order of first appearance."""
@@ -82,12 +96,24 @@ class Model:
     meta: dict[str, Any]
 
 
-def open_source(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None) -> Source:
-    """Index a checkpoint (headers and config only) and check its layout against its config."""
-    files = open_checkpoint(path)
-    spec = parse_config(files.config, source=os.path.join(files.path, "config.json"), strict=strict)
+def open_source(
+    path: str | os.PathLike, *, strict: bool = True, tower: str | None = None, disk_budget: int | str | None = None
+) -> Source:
+    """Index a checkpoint (headers and config only) and check its layout against its config.
+
+    `path` is a local checkpoint or, when no such path exists, a Hugging Face Hub repo id
+    `ORG/NAME[@REVISION]` (`spectrax.io.hub`): its weight files are downloaded when first read.
+    `disk_budget` (bytes, or text like `"20GB"`) bounds the disk a Hub checkpoint's downloads take:
+    files are deleted once no planned read needs them. A local checkpoint ignores it.
+    """
+    repo = parse_repo_id(path)
+    if repo is None:
+        files, hub = open_checkpoint(path), None
+    else:
+        files, hub = open_hub(os.fspath(path), *repo, disk_budget=disk_budget)
+    spec = parse_config(files.config, source=files.config_source, strict=strict)
     layout = find_layout(files.tensors, layer_pattern(spec.model_type), spec.num_layers, tower=tower)
-    source = Source(files, spec, layout)
+    source = Source(files, spec, layout, hub)
     check_shapes(source)
     return source
 
@@ -174,7 +200,8 @@ class _Lazy(Mapping):
         self._named = named
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return read_tensor(self._named[name])
+        info = self._named[name]
+        return info.read() if isinstance(info, GGUFTensorInfo) else read_tensor(info)
 
     def __contains__(self, name: object) -> bool:
         # Mapping's default tries __getitem__, i.e. reads the tensor just to test for its name
@@ -188,7 +215,7 @@ class _Lazy(Mapping):
 
 
 def _read_layer(source: Source, layer: int) -> Tree:
-    named = source.layout.layers[layer]
+    named = source.local(source.layout.layers[layer])
     prefix = f"{source.layout.root}{layer_pattern(source.spec.model_type)}.{layer}."
     return convert_layer(_Lazy(named), source.spec, layer, where=_describe(named, prefix))
 
@@ -204,7 +231,7 @@ def _describe(named: Mapping[str, TensorInfo], prefix: str) -> Callable[[str], s
 
 def load_globals(source: Source) -> tuple[Tree, list[str], list[str]]:
     """Read and convert the non-layer tensors (embeddings, final norm, output head); see `convert_globals`."""
-    named = source.layout.globals
+    named = source.local(source.layout.globals)
     return convert_globals(_Lazy(named), source.spec, where=_describe(named, source.layout.root))
 
 
@@ -215,23 +242,33 @@ def stream_layers(
     block_size: int = 1,
     strict: bool = True,
     tower: str | None = None,
+    disk_budget: int | str | None = None,
 ) -> Iterator[LayerBlock]:
     """Yield the checkpoint's layers one block at a time, reading only that block's tensors.
 
     Args:
-      source: a checkpoint path or an opened `Source`.
+      source: a checkpoint path, a Hub repo id, or an opened `Source`.
       layers: which layer indices to read (default all), in increasing order.
       block_size: up to this many consecutive, same-shaped layers are stacked in one block.
+      disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
     Yields:
       `LayerBlock`s whose leaves are `(n, ...)` numpy arrays. Memory held at once is one block's
       weights; the caller drops a block before asking for the next.
     """
     if not isinstance(source, Source):
-        source = open_source(source, strict=strict, tower=tower)
+        source = open_source(source, strict=strict, tower=tower, disk_budget=disk_budget)
     wanted = sorted(set(range(source.spec.num_layers) if layers is None else layers))
     bad = [i for i in wanted if not 0 <= i < source.spec.num_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range for a {source.spec.num_layers}-layer model")
+    if source.hub is not None:
+        source.hub.plan([source.layout.layers[i] for i in wanted])
+    yield from _blocks(source, wanted, block_size)
+    if source.hub is not None:
+        source.hub.release()
+
+
+def _blocks(source: Source, wanted: list[int], block_size: int) -> Iterator[LayerBlock]:
     pending: list[int] = []
     for i in wanted:
         if pending and (
@@ -252,21 +289,28 @@ def _block(source: Source, layer_ids: list[int]) -> LayerBlock:
     return LayerBlock(tuple(layer_ids), stacked)
 
 
-def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = None, device: bool = False) -> Model:
+def load(
+    path: str | os.PathLike, *, strict: bool = True, tower: str | None = None, device: bool = False,
+    disk_budget: int | str | None = None,
+) -> Model:
     """Read and convert a whole checkpoint.
 
     Args:
-      path: a checkpoint directory (single file, or shards with `model.safetensors.index.json`).
+      path: a checkpoint directory (single file, or shards with `model.safetensors.index.json`),
+        or a GGUF file (or a folder holding one).
       strict: refuse config options spectrax does not understand (see `parse_config`).
       tower: the root of the tower to read in a multimodal checkpoint (default: the language tower).
       device: return jax arrays on the default device instead of host numpy arrays. Each layer is
         written into its preallocated stacked array in place (a donated update), so the peak is
         the model plus one layer, and `spectrax.models.forward` then uses the weights without
         copying them (numpy leaves are copied to the device on every call).
+      disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
     Returns:
       A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
     """
-    source = open_source(path, strict=strict, tower=tower)
+    source = open_source(path, strict=strict, tower=tower, disk_budget=disk_budget)
+    if source.hub is not None:
+        source.hub.plan([source.layout.globals, *(source.layout.layers[i] for g in source.layer_groups() for i in g)])
     tree, notes, unconverted = load_globals(source)
     if device:
         tree = jax.tree.map(jax.device_put, tree)
@@ -286,6 +330,8 @@ def load(path: str | os.PathLike, *, strict: bool = True, tower: str | None = No
             del layer
         groups.append({"layer_ids": np.asarray(layer_ids, np.int32), **stacked})
     tree["layers"] = tuple(groups)
+    if source.hub is not None:
+        source.hub.release()
     return Model(source.spec, tree, _meta(source, notes, unconverted))
 
 
@@ -297,6 +343,7 @@ def _set_slot(stacked: jax.Array, layer: jax.Array, slot: int) -> jax.Array:
 def _meta(source: Source, notes: list[str], unconverted: list[str]) -> dict[str, Any]:
     return {
         "source": source.path,
+        "hub": source.hub.describe() if source.hub is not None else None,
         "model_type": source.spec.model_type,
         "wrapper": source.spec.wrapper,
         "tower": source.layout.root,

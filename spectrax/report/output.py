@@ -114,9 +114,10 @@ def check_output_path(
         raise ValueError(f"output folder {out} is a symbolic link; give the folder's own path")
     real_out = _real(out)
     for checkpoint in checkpoints:
+        # A folder checkpoint is protected whole; a one-file checkpoint (a .gguf, a .safetensors
+        # beside its config) only against being replaced: writing a new folder beside it is harmless.
         ckpt = os.path.realpath(os.fspath(checkpoint))
-        ckpt = ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)
-        if _inside(real_out, ckpt):
+        if os.path.isdir(ckpt) and _inside(real_out, ckpt):
             raise ValueError(f"output folder {out} is inside the checkpoint {ckpt}; spectrax never writes there")
         if _inside(ckpt, real_out):
             raise ValueError(f"output folder {out} contains the checkpoint {ckpt} being read; "

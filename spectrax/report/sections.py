@@ -28,8 +28,9 @@ def header(summary: dict) -> str:
     layers = summary["layers"]
     chosen = "all layers" if len(layers) == spec["num_layers"] else f"layers {layers}"
     return "\n".join([
-        f"# Spectral statistics: {os.path.basename(summary['checkpoint'])}",
+        f"# Spectral statistics: {summary['hub']['repo'] if summary.get('hub') else os.path.basename(summary['checkpoint'])}",
         "",
+        *([f"Hub repo {summary['hub']['repo']} at commit {summary['hub']['sha']}.", ""] if summary.get("hub") else []),
         f"{spec['model_type']}, {spec['num_layers']} layers ({chosen} analyzed), {spec['num_heads']} query / "
         f"{spec['num_kv_heads']} key-value heads of {spec['head_dims'][0]} x {spec['hidden_size']}. Every statistic "
         f"is set against a null: shape- and scale-matched Gaussian matrices ({options['num_draws']} Monte Carlo "
@@ -84,6 +85,12 @@ def laws(summary: dict) -> str:
     if summary["nonfinite_heads"]:
         lines.append(f"- {len(summary['nonfinite_heads'])} heads hold NaN/Inf weights (layer, head): "
                      f"{summary['nonfinite_heads'][:10]}; their statistics are NaN.")
+    degenerate = summary.get("degenerate_heads", [])
+    if degenerate:
+        shown = ", ".join(f"layer {l} head {h} ({what})" for l, h, what in degenerate[:10])
+        lines.append(f"- {len(degenerate)} heads have a zero, subnormal or rank-deficient matrix: {shown}"
+                     + (f" and {len(degenerate) - 10} more" if len(degenerate) > 10 else "")
+                     + "; the statistics these leave undefined are empty (`degenerate` column of `heads.csv`).")
     precision = summary["precision"]
     lines += [
         "",

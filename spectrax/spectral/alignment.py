@@ -1,7 +1,7 @@
 """Representation alignments of a layer (the canonical representation hypothesis), with their null.
 
-Source: 002 (Ziyin et al., "Formation of Representations in Neural Networks", arXiv:2410.03006);
-SPEC.md §5 "Canonical representation alignments". For any layer connected by a linear map,
+Source: the Ziyin talk (Ziyin et al., "Formation of Representations in Neural Networks", arXiv:2410.03006);
+docs/dynamics.md, Setups, "Canonical representation alignments". For any layer connected by a linear map,
 
     h_b = W h_a,    W `(d_out, d_in)`,    g_a = dl/dh_a,    g_b = dl/dh_b  (per-sample loss l),
 

@@ -49,7 +49,7 @@ class SVDResult(NamedTuple):
 
     u: `(..., m, k)` left singular vectors as columns.
     s: `(..., k)` singular values, descending, `k = min(m, n)`.
-    v: `(..., n, k)` right singular vectors as columns (SPEC's V_A of shape `(E, D)`).
+    v: `(..., n, k)` right singular vectors as columns (the V_A of docs/statistics.md of shape `(E, D)`).
     """
 
     u: jax.Array

@@ -1,4 +1,4 @@
-"""Empirical spectral densities of whole weight matrices (SPEC.md §2), WeightWatcher-style.
+"""Empirical spectral densities of whole weight matrices (docs/statistics.md §2), WeightWatcher-style.
 
 - `eigenvalues`: `lambda = s^2 / N`, `N = max(m, n)`, so a matrix with i.i.d. entries of variance
   `sigma2` has a Marchenko-Pastur ESD with ratio `min(m, n) / N` and scale `sigma2`.
@@ -175,25 +175,27 @@ class PowerLawFit(NamedTuple):
     num_tail: jax.Array
 
 
-def _candidates(n: int, min_tail: int, max_candidates: int) -> np.ndarray:
+def _candidates(n: int, min_tail: int, max_candidates: int | None) -> np.ndarray:
     last = n - min_tail
     if last < 0:
         raise ValueError(f"{n} samples are fewer than min_tail={min_tail}")
     idx = np.arange(last + 1)
-    if idx.size > max_candidates:
+    if max_candidates is not None and idx.size > max_candidates:
         idx = np.unique(np.round(np.linspace(0, last, max_candidates)).astype(np.int64))
     return idx
 
 
-@functools.partial(jax.jit, static_argnames=("min_tail", "max_candidates"))
-def powerlaw_fit(x, min_tail: int = 10, max_candidates: int = 512) -> PowerLawFit:
+@functools.partial(jax.jit, static_argnames=("min_tail", "max_candidates", "chunk"))
+def powerlaw_fit(x, min_tail: int = 10, max_candidates: int | None = None, chunk: int = 128) -> PowerLawFit:
     """Continuous power-law MLE with `x_min` by minimum KS distance (Clauset et al. 2009).
 
     x: `(..., n)` positive samples, e.g. `esd.eigenvalues(s, shape)`; non-positive values are never
-      chosen as `x_min`. For each candidate `x_min` (sample values leaving at least `min_tail`
-      points in the tail; at most `max_candidates` of them, evenly spaced in rank),
-      `alpha = 1 + n_tail / sum(ln(x_i / x_min))` and the KS distance between the tail's empirical
-      CDF and `1 - (x / x_min)^(1 - alpha)`; the candidate with the smallest distance wins.
+      chosen as `x_min`. Every sample value leaving at least `min_tail` points in the tail is a
+      candidate `x_min` (an exact search; `max_candidates` keeps that many, evenly spaced in rank,
+      for a cheaper approximate one): `alpha = 1 + n_tail / sum(ln(x_i / x_min))` and the KS
+      distance between the tail's empirical CDF and `1 - (x / x_min)^(1 - alpha)`; the candidate
+      with the smallest distance wins. Candidates are scored `chunk` at a time, so memory is
+      `(..., chunk, n)` whatever `n`.
 
     Returns `PowerLawFit` of `(...)` arrays; NaN fields (and `num_tail = 0`) where no candidate
     is valid or `x` holds NaN/Inf.
@@ -205,37 +207,33 @@ def powerlaw_fit(x, min_tail: int = 10, max_candidates: int = 512) -> PowerLawFi
     xs = jnp.sort(x, axis=-1)
     logs = jnp.log(jnp.where(xs > 0, xs, 1.0))
     suffix = jnp.flip(jnp.cumsum(jnp.flip(logs, -1), axis=-1), -1)
-
-    j = jnp.asarray(cand)
-    xmin = xs[..., j]                                   # (..., C)
-    ntail = jnp.asarray(n - cand, x.dtype)              # (C,)
-    log_xmin = logs[..., j]
-    denom = suffix[..., j] - ntail * log_xmin           # sum ln(x_i / xmin) over the tail
-    valid = (xmin > 0) & (denom > 0)
-    alpha = 1.0 + ntail / jnp.where(valid, denom, 1.0)
-
     i = jnp.arange(n)
-    in_tail = i[None, :] >= j[:, None]                  # (C, n)
-    t = jnp.asarray(i[None, :] - j[:, None], x.dtype)   # rank within the tail
-    ratio = jnp.exp((logs[..., None, :] - log_xmin[..., :, None]) * (1.0 - alpha[..., :, None]))
-    model = 1.0 - ratio                                 # (..., C, n)
-    emp_hi = (t + 1.0) / ntail[:, None]
-    emp_lo = t / ntail[:, None]
-    dist = jnp.maximum(emp_hi - model, model - emp_lo)
-    ks = jnp.max(jnp.where(in_tail, dist, -jnp.inf), axis=-1)
-    ks = jnp.where(valid, ks, jnp.inf)
 
-    best = jnp.argmin(ks, axis=-1)
-    pick = lambda a: jnp.take_along_axis(a, best[..., None], axis=-1)[..., 0]
+    def score(j):  # one candidate index -> (alpha, ks) of shape (...)
+        xmin, log_xmin = xs[..., j], logs[..., j]
+        ntail = jnp.asarray(n - j, x.dtype)
+        denom = suffix[..., j] - ntail * log_xmin           # sum ln(x_i / xmin) over the tail
+        valid = (xmin > 0) & (denom > 0)
+        alpha = 1.0 + ntail / jnp.where(valid, denom, 1.0)
+        t = jnp.asarray(i - j, x.dtype)                      # rank within the tail
+        model = 1.0 - jnp.exp((logs - log_xmin[..., None]) * (1.0 - alpha[..., None]))
+        dist = jnp.maximum((t + 1.0) / ntail - model, model - t / ntail)
+        ks = jnp.max(jnp.where(i >= j, dist, -jnp.inf), axis=-1)
+        return alpha, jnp.where(valid, ks, jnp.inf)
+
+    alpha, ks = jax.lax.map(score, jnp.asarray(cand), batch_size=min(chunk, cand.size))  # (C, ...)
+    best = jnp.argmin(ks, axis=0)
+    pick = lambda a: jnp.take_along_axis(a, best[None], axis=0)[0]  # noqa: E731
     ks_best = pick(ks)
     ok = jnp.isfinite(ks_best) & jnp.all(jnp.isfinite(x), axis=-1)
     nan = jnp.full((), jnp.nan, x.dtype)
     alpha_best = jnp.where(ok, pick(alpha), nan)
-    n_best = jnp.asarray(n - cand, jnp.int32)[best]
+    j_best = jnp.asarray(cand)[best]
+    n_best = jnp.asarray(n - j_best, jnp.int32)
     return PowerLawFit(
         alpha=alpha_best,
         alpha_std=(alpha_best - 1.0) / jnp.sqrt(n_best.astype(x.dtype)),
-        xmin=jnp.where(ok, pick(xmin), nan),
+        xmin=jnp.where(ok, jnp.take_along_axis(xs, j_best[..., None], axis=-1)[..., 0], nan),
         ks=jnp.where(ok, ks_best, nan),
         num_tail=jnp.where(ok, n_best, 0),
     )

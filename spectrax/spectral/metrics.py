@@ -1,4 +1,4 @@
-"""Statistics of SPEC.md §1-§3 as pure functions over batched spectra and singular vectors.
+"""Statistics of docs/statistics.md §1-§3 as pure functions over batched spectra and singular vectors.
 
 Conventions: a spectrum `s` is `(..., n)` (descending where it matters), a set of vectors is
 `(..., d, k)` with the vectors as columns, and every function reduces the trailing axes and
@@ -156,7 +156,7 @@ def projector_energy(w, basis) -> jax.Array:
 
     w: `(..., F, E)`, e.g. the MLP gate `(ffn, hidden)`; basis: `(..., E, k)` orthonormal columns,
     e.g. a head's top-k QK-kernel vectors. Returns `(...)`, chance level `k / E`; NaN for `w == 0`.
-    (SPEC §3: this is the quantity the source's code computed.)
+    (docs/statistics.md §3: this is the quantity the source's code computed.)
     """
     w, basis = common_float(w, basis)
     check_min_rank(w, 2, "w")
@@ -200,7 +200,7 @@ def effective_rank(s, squared: bool = False) -> jax.Array:
     """Roy-Vetterli effective rank `exp(-sum_i p_i ln p_i)`, `p = s / sum(s)`.
 
     s: `(..., n)` -> `(...)`, in `[1, number of nonzero s]`; NaN for an all-zero spectrum.
-    squared: use `p = s^2 / sum(s^2)` instead (the energy-weighted variant; not SPEC's default).
+    squared: use `p = s^2 / sum(s^2)` instead (the energy-weighted variant; not the default of docs/statistics.md).
     """
     s = _spectrum(s)
     w = s * s if squared else s

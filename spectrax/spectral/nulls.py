@@ -1,4 +1,4 @@
-"""Null models (SPEC.md §4): exact values, Monte Carlo Gaussian and entry-shuffle nulls, z-scores.
+"""Null models (docs/statistics.md §4): exact values, Monte Carlo Gaussian and entry-shuffle nulls, z-scores.
 
 Exact nulls are computed in float64 numpy from the shapes alone:
 - `expected_abs_cos(d) = Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2))`, the mean of `|<x, y>|` for

@@ -1,6 +1,6 @@
-"""Bundled per-head statistics (SPEC.md §1-§2), ready to pass to the null models.
+"""Bundled per-head statistics (docs/statistics.md §1-§2), ready to pass to the null models.
 
-`gqa_pair_statistics(q, k)` computes every pair statistic of SPEC §1 for all (layer, head) pairs
+`gqa_pair_statistics(q, k)` computes every pair statistic of docs/statistics.md §1 for all (layer, head) pairs
 in one jit-compiled call, and has the `stat_fn` signature `gaussian_null` and `shuffle_null`
 expect, so an analysis needs three calls for a statistic with its null:
 
@@ -59,7 +59,7 @@ def spectra_pair_statistics(sa, sb) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
 def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "cholqr") -> dict:
-    """SPEC §1 pair statistics of matrices `a` and `b`, `(..., D, E)`, leading axes broadcasting.
+    """docs/statistics.md §1 pair statistics of matrices `a` and `b`, `(..., D, E)`, leading axes broadcasting.
 
     Returns `{name: (...)}` for `PAIR_STATISTICS`: Pearson and SSR of the spectra, the scale fit
     `s_a ~ alpha s_b` with its mean squared residual, index-matched mean |cos| of the left (`cos_u`,
@@ -93,7 +93,7 @@ def gqa_pair_statistics(q, kv, grassmann_k: int | None = None, method: str = "ch
 
 @jax.jit
 def singular_value_statistics(s) -> dict:
-    """SPEC §1-§2 single-matrix statistics from singular values `s (..., k)`.
+    """docs/statistics.md §1-§2 single-matrix statistics from singular values `s (..., k)`.
 
     Returns `{name: (...)}` for `SPECTRUM_STATISTICS`: sigma_max, condition number, effective rank
     (singular values) and its squared variant, max/mean and stable rank. Being a function of

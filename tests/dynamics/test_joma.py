@@ -1,4 +1,4 @@
-"""JoMA: the toy is SPEC.md §5's, its invariants hold as the theory says, and the entropy toy
+"""JoMA: the toy is docs/dynamics.md's (Setups), its invariants hold as the theory says, and the entropy toy
 falls then rises.
 
 The softmax invariant is an approximation (it assumes the attention's class average stays at
@@ -57,7 +57,7 @@ def test_normalized_correlation():
 
 
 def test_softmax_invariant_tracks_the_logits_in_the_gaussian_setting():
-    """SPEC's setting, 2000 steps: NC over t >= 100 for 6 seeds (X and init drawn per seed).
+    """the documented setup's setting, 2000 steps: NC over t >= 100 for 6 seeds (X and init drawn per seed).
 
     The issue's "above 0.99 for t >= 100" does not hold for every seed: over 50 seeds the minimum
     is above 0.99 for 27 (worst 0.953, median 0.991; here seeds 0-5: 0.994, 0.955, 0.987, 0.989,
@@ -104,7 +104,7 @@ def test_exact_invariants_hold_to_first_order_in_the_step():
 
 
 def test_step_term_makes_exact_invariants_exact_under_sgd():
-    """Exp and linear attention at SPEC's lr 0.1 for 2000 steps: prediction + step term equals the
+    """Exp and linear attention at the documented setup's lr 0.1 for 2000 steps: prediction + step term equals the
     invariant's quantity to float32 rounding, through exp attention's blow-up (seed 0: the loss
     spikes near t = 1850 and one logit jumps to ~ -1880) where the gradient-flow prediction alone
     is anti-correlated with z."""

@@ -1,4 +1,4 @@
-"""CoGO modular addition: the data, model, optimizer and Fourier analysis are what SPEC.md §5 and
+"""CoGO modular addition: the data, model, optimizer and Fourier analysis are what docs/dynamics.md, Setups and
 the paper say, the normalization gives d - 1 on a hand-built exact solution, and training at
 d = 23 reaches it (100% test accuracy; Σ_k 2d Re r_kkk at d - 1, or at the value weight decay
 predicts; orders 4 and 6)."""
@@ -190,7 +190,7 @@ def test_training_at_d23_reaches_d_minus_1_with_the_papers_loss():
 
 
 def test_training_at_d23_spec_loss_gives_order_4_and_6_and_the_decay_shrinkage():
-    """SPEC's MSE (mean over pairs and outputs) at wd 5e-5: 100% test accuracy, every frequency
+    """the documented setup's MSE (mean over pairs and outputs) at wd 5e-5: 100% test accuracy, every frequency
     carried by 4 or 6 units (the paper's claim), and Σ_k 2d Re r_kkk not at d - 1 but where the
     stationarity of loss + wd/2 ||θ||² puts it for the learned norm (~21.1 against 22)."""
     params, traj, _, _ = mod.run([0, 1], d=23, wds=[5e-5], epochs=600, chunk=600)

@@ -1,4 +1,4 @@
-"""Scan and Snap: the data and model are what SPEC.md §5 says, and each run obeys the theory.
+"""Scan and Snap: the data and model are what docs/dynamics.md, Setups says, and each run obeys the theory.
 
 Small sizes (batch 64, tens of steps) keep every test to seconds of CPU; the Fig. 4 setting is run
 at its real size (M = 34), which is already small.

@@ -273,7 +273,7 @@ def test_help_names_the_source(module, capsys):
         module.main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    assert "--out" in text and "Source: seeds 00" in text and "What spectrax" in text
+    assert "--out" in text and "Source: the " in text and "What spectrax" in text
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""GaLore as an optax transformation, held against the paper's algorithm (SPEC.md §5).
+"""GaLore as an optax transformation, held against the paper's algorithm (docs/dynamics.md, Setups).
 
 Small matrices, a tall (12, 5) and a wide (4, 9) one plus a vector, a few steps each: every test
 runs in well under a second after compilation.

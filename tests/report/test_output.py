@@ -195,3 +195,12 @@ def test_failure_before_any_part_leaves_nothing(tmp_path):
         with run_folder(tmp_path / "out", settings={}):
             raise ValueError("bad input")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_one_file_checkpoint_allows_a_new_folder_beside_it_but_never_replacing_it(tmp_path):
+    model = tmp_path / "models" / "smol.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"GGUF")
+    assert check_output_path(model.parent / "results", checkpoints=[model]) == str(model.parent / "results")
+    with pytest.raises(ValueError, match="contains the checkpoint"):
+        check_output_path(model.parent, checkpoints=[model], force=True)

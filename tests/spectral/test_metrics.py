@@ -1,4 +1,4 @@
-"""Statistics of SPEC §1-§3 vs float64 numpy formulas, plus their invariances and bounds."""
+"""Statistics of docs/statistics.md §1-§3 vs float64 numpy formulas, plus their invariances and bounds."""
 
 import jax.numpy as jnp
 import numpy as np

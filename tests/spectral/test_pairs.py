@@ -1,4 +1,4 @@
-"""Bundled per-head statistics vs a float64 numpy implementation of SPEC §1."""
+"""Bundled per-head statistics vs a float64 numpy implementation of docs/statistics.md §1."""
 
 import numpy as np
 import pytest
