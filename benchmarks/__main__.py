@@ -11,11 +11,13 @@ JSON into DIR; `DIR/summary.md` collects the headline figures with the machine a
 - roofline: the machine's matmul rate and read bandwidth, and how close the kernel and the loader
   come to them (`bench_roofline.py`);
 - dynamics: the Scan-and-Snap Fig. 6 grid as one vmapped call vs a loop over configurations, and
-  one configuration's jitted loop vs the same update in numpy (`bench_dynamics.py`).
+  one configuration's jitted loop vs the same update in numpy (`bench_dynamics.py`);
+- nulls: one whole-matrix Gaussian null draw, dense SVD vs Bartlett factor vs chi bidiagonal, at
+  SmolLM2-135M and Qwen2.5-14B matrix shapes (`bench_nulls.py`).
 
 `--quick` (CI-sized, under two minutes on the idle 2-core machine of RESULTS.md): an eighth of the 14B heads
 without the explicit E x E route or nulls, GPT-2 with both, 2- and 4-layer small checkpoints,
-smaller roofline products, an 8-configuration dynamics grid. The full suite
+smaller roofline products, an 8-configuration dynamics grid, null draws at the two small shapes. The full suite
 takes ~30-60 minutes and ~10 GB of scratch disk. Figures are recorded in benchmarks/RESULTS.md.
 """
 
@@ -32,7 +34,7 @@ import time
 __all__ = ["PARTS", "main", "summarize"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("kernels", "scaling", "roofline", "dynamics")
+PARTS = ("kernels", "scaling", "roofline", "dynamics", "nulls")
 
 
 def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
@@ -45,13 +47,15 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
                     "--json", f"{out}/scaling.json"]]
         roofline = [[py, script("bench_roofline.py"), "--quick", "--json", f"{out}/roofline.json"]]
         dynamics = [[py, script("bench_dynamics.py"), "--quick", "--json", f"{out}/dynamics.json"]]
+        nulls = [[py, script("bench_nulls.py"), "--quick", "--json", f"{out}/nulls.json"]]
     else:
         kernels = [[py, script("bench_kernels.py"), "--json", f"{out}/kernels.json"]]
         scaling = [[py, script("bench_loading.py"), "--shape", "14b", "--layers", "2", "4", "8", "16",
                     "--json", f"{out}/scaling.json"]]
         roofline = [[py, script("bench_roofline.py"), "--json", f"{out}/roofline.json"]]
         dynamics = [[py, script("bench_dynamics.py"), "--json", f"{out}/dynamics.json"]]
-    return {"kernels": kernels, "scaling": scaling, "roofline": roofline, "dynamics": dynamics}
+        nulls = [[py, script("bench_nulls.py"), "--json", f"{out}/nulls.json"]]
+    return {"kernels": kernels, "scaling": scaling, "roofline": roofline, "dynamics": dynamics, "nulls": nulls}
 
 
 def summarize(out: str) -> str:
@@ -94,6 +98,10 @@ def summarize(out: str) -> str:
             for r in report["rows"]:
                 lines.append(f"- dynamics, {r['method']}: {r['run_steps_per_s']:.0f} run-steps/s "
                              f"({r['runs']} runs x {r['steps']} steps in {r['seconds']:.2f} s)")
+        elif name == "nulls.json":
+            for r in report["rows"]:
+                lines.append(f"- null draw {r['shape']}, {r['method']}: {r['seconds_per_draw']:.3g} s "
+                             f"({r['speedup_vs_dense']:.1f}x dense)")
     if machine:
         lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if not isinstance(v, dict))]
     return "\n".join(lines) + "\n"

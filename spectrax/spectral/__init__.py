@@ -5,6 +5,13 @@ upcasts bf16/f16 to float32 inside, and is jit-compiled once per shape. See docs
 """
 
 from spectrax.spectral import alignment
+from spectrax.spectral.bidiagonal import (
+    Bidiagonal,
+    bidiagonal_singular_values,
+    chi_bidiagonal,
+    chi_degrees_of_freedom,
+    gaussian_bidiagonal,
+)
 from spectrax.spectral.decompose import LQ, METHODS, SVDResult, lq, singular_values, svd
 from spectrax.spectral.esd import (
     MPFit,
@@ -144,6 +151,12 @@ __all__ = [
     "ks_two_sample",
     "mp_fit",
     "powerlaw_fit",
+    # chi bidiagonals: Gaussian spectra in O(k^2)
+    "Bidiagonal",
+    "bidiagonal_singular_values",
+    "chi_bidiagonal",
+    "chi_degrees_of_freedom",
+    "gaussian_bidiagonal",
     # nulls
     "NullSummary",
     "abs_cos_std",

@@ -11,9 +11,9 @@ Exact nulls are computed in float64 numpy from the shapes alone:
 Monte Carlo nulls evaluate a statistic function on random stand-ins for the real matrices:
 `gaussian_null` draws i.i.d. Gaussian matrices of the same shapes (and, by default, the same
 per-matrix RMS), `gaussian_spectrum_null` draws only their singular values (exactly in law, via
-the Bartlett decomposition, for statistics of spectra), `shuffle_null` permutes the entries of
-each real matrix. Every (layer, head)
-matrix gets its own draws, all heads and all draws run inside one jit-compiled call
+chi-distributed bidiagonals in O(k^2), for statistics of spectra; `spectral.bidiagonal`),
+`shuffle_null` permutes the entries of each real matrix (dense SVDs: it is not Gaussian). Every
+(layer, head) matrix gets its own draws, all heads and all draws run inside one jit-compiled call
 (`jax.lax.map` over draws, `batch_size` draws at a time to bound memory), and the result is a
 `NullSummary` of per-statistic mean, std and the draws themselves, from which `zscore`,
 `percentile` and `null_columns` derive table columns. `gaussian_spectrum_draws` and
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax.spectral._util import as_float
+from spectrax.spectral.bidiagonal import bidiagonal_singular_values, gaussian_bidiagonal
 
 __all__ = [
     "NullSummary",
@@ -169,19 +170,12 @@ def _rms(x):
 def gaussian_singular_values(key, shape, dtype=jnp.float32) -> jax.Array:
     """Singular values of i.i.d. N(0, 1) matrices of `shape (..., m, n)`, exactly in law, cheaply.
 
-    Bartlett decomposition: with `k = min(m, n)`, `N = max(m, n)`, the triangular QR factor of an
-    `(N, k)` Gaussian matrix has independent entries, `R_ii = sqrt(chi2(N - i))` (i = 0..k-1) and
-    `R_ij ~ N(0, 1)` above the diagonal. Drawing `R` costs `k^2 + k` numbers instead of `m n` and a
-    `(k, k)` SVD instead of a QR of the full matrix. Returns `(..., k)` descending.
+    Golub-Kahan / Dumitriu-Edelman: they have the law of the singular values of a `(k, k)`
+    bidiagonal with independent chi entries, `k = min(m, n)` (`bidiagonal.gaussian_bidiagonal`),
+    whose singular values bisection finds in O(k^2) (`bidiagonal.bidiagonal_singular_values`):
+    `2k - 1` random numbers instead of `m n`, and no dense SVD. Returns `(..., k)` descending.
     """
-    *batch, m, n = shape
-    k, big = min(m, n), max(m, n)
-    kd, ko = jax.random.split(key)
-    dof = jnp.asarray(big - np.arange(k), dtype)
-    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, dof / 2.0, tuple(batch) + (k,), dtype))
-    upper = jnp.triu(jax.random.normal(ko, tuple(batch) + (k, k), dtype), 1)
-    r = upper + diag[..., None] * jnp.eye(k, dtype=dtype)
-    return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
+    return bidiagonal_singular_values(*gaussian_bidiagonal(key, shape, dtype))
 
 
 def _scaled(g, scale):
@@ -267,8 +261,9 @@ def gaussian_spectrum_null(
 
     Like `gaussian_null`, but `stat_fn(*spectra)` receives, for each template `(..., m, n)`, the
     singular values `(..., min(m, n))` of an independent shape-matched Gaussian matrix, drawn
-    exactly in law by `gaussian_singular_values` (Bartlett): for a `(128, 5120)` head that is ~40x
-    fewer random numbers and no large QR, so a draw costs far less than a real pass. Use it for
+    exactly in law by `gaussian_singular_values` (a chi bidiagonal): for a `(128, 5120)` head that
+    is 255 random numbers instead of 655360 and no SVD, so a draw costs far less than a real pass;
+    for a whole `(13824, 5120)` matrix O(k^2) work instead of a dense O(m n k) SVD. Use it for
     Pearson, SSR, alpha, sigma_max, condition number, effective rank, max/mean, stable rank, and
     MP/KS statistics; statistics of singular vectors need `gaussian_null`. Equal to
     `null_from_draws(stat_fn, *gaussian_spectrum_draws(key, *templates, ...))`; several statistics
@@ -292,7 +287,7 @@ def gaussian_spectrum_draws(
       key, num_draws, match_scale: as in `gaussian_null`.
       *templates: real arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s; every matrix gets its own
         draws.
-      batch_size: draws generated at once (each holds a `(..., k, k)` Bartlett factor).
+      batch_size: draws generated at once (each holds `(..., k)` bidiagonals and bisection brackets).
 
     Returns:
       one `(num_draws, ..., min(m, n))` array per template, descending along the last axis.

@@ -134,9 +134,9 @@ def test_heavy_tailed_entries_match_their_shuffle_but_not_the_gaussian_null():
     # Against the Gaussian null: eigenvalues far beyond the MP edge.
     assert np.median(col("lambda_max_z")) > 5 and np.median(col("mp_softrank_z")) < -3
     assert np.median(col("num_spikes")) >= 2 and np.median(col("num_spikes_pct")) > 90
-    # ... and a heavier tail (smaller alpha) than Gaussian spectra, though on 64 eigenvalues the MP
-    # edge fit spreads alpha so widely that single z-scores are weak: compare the medians.
-    assert np.median(col("alpha")) < np.median(col("alpha_null_mean"))
+    # The tail fit cannot tell these from Gaussian spectra on 64 eigenvalues: the Gaussian alpha is
+    # 5.45 +- 1.77 (1000 draws), the observed median 5.44. So alpha sits inside its null.
+    assert np.median(np.abs(col("alpha_z"))) < 2.0, col("alpha_z")
     # Against the shuffled copies: nothing left to explain. The shuffle reproduces most of each
     # departure from the Gaussian null. (z against the shuffle is a poor yardstick for lambda_max:
     # one huge entry dominates it, so the shuffle std is tiny and small differences give large z.)
