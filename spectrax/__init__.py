@@ -11,7 +11,7 @@ configuration); `sx.configure_cpu()` sizes JAX's CPU backend for batched decompo
 called before JAX starts (see spectrax/backend.py).
 """
 
-from spectrax.backend import configure_cpu
+from spectrax.backend import configure_cpu, enable_compilation_cache
 from spectrax.io import (
     CheckpointError,
     ConfigError,
@@ -38,6 +38,7 @@ __all__ = [
     "UnsupportedCheckpointError",
     "__version__",
     "configure_cpu",
+    "enable_compilation_cache",
     "inspect",
     "load",
     "open_source",

@@ -3,6 +3,7 @@
     import spectrax as sx
     sx.configure_cpu()                  # first thing, before any JAX array exists
     sx.configure_cpu(num_devices=2)     # or one CPU device per core, as the command line does
+    sx.enable_compilation_cache()       # compiled programs kept on disk: the next run compiles nothing
 
 In a notebook, call it in the first cell after the imports (before anything creates an array);
 once JAX has started, a second call raises and the kernel has to be restarted to change it.
@@ -12,11 +13,13 @@ more cores than decompositions in flight.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 
 import jax
 
-__all__ = ["configure_cpu"]
+__all__ = ["configure_cpu", "enable_compilation_cache"]
 
 
 def _jax_started() -> bool:
@@ -58,3 +61,44 @@ def configure_cpu(num_devices: int | None = None) -> None:
         jax.config.update("jax_num_cpu_devices", int(num_devices))
     os.environ.setdefault("NPROC", str(max(8, 4 * (os.cpu_count() or 1))))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _cpu_identity() -> str:
+    """Architecture, model and feature flags of this CPU: XLA's CPU programs are compiled for the
+    host's instruction set, and JAX's cache key does not include it, so a cache copied from
+    another machine (a shared home directory, a restored Colab disk) must not be read here."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line and line.split(":")[0].strip()
+                          in ("model name", "flags", "Features", "CPU part"))
+        parts += [v.strip() for _, v in sorted(fields.items())]
+    except OSError:
+        parts.append(platform.processor())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Keep compiled XLA programs on disk (JAX's persistent compilation cache), so running the
+    same analysis again, in a new process, compiles nothing: most of a small model's analysis is
+    compilation.
+
+    The folder is `path`, else `$SPECTRAX_CACHE_DIR`, else `$XDG_CACHE_HOME/spectrax` (or
+    `~/.cache/spectrax`), with a subfolder per jax version and CPU (`_cpu_identity`). Returns the
+    folder in use, or None when `SPECTRAX_COMPILE_CACHE=0` opts out. A cache folder already
+    configured (by the user, or a test run) is left in place and returned.
+    """
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    if os.environ.get("SPECTRAX_COMPILE_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if path is None:
+        base = os.environ.get("SPECTRAX_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "spectrax")
+        path = os.path.join(base, f"xla-jax{jax.__version__}-{_cpu_identity()}")
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from spectrax.analyses.pipeline import ANALYSES, parse_layers
-from spectrax.backend import configure_cpu
+from spectrax.backend import configure_cpu, enable_compilation_cache
 from spectrax.data import TINY_LLAMA
 from spectrax.io import CheckpointError
 from spectrax.io.inspect import inspect
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="spectrax", description=__doc__)
     parser.add_argument("--version", action="version", version=f"spectrax {__version__}")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not keep compiled programs in ~/.cache/spectrax (also: SPECTRAX_COMPILE_CACHE=0); "
+                             "with the cache a second run of the same analysis compiles nothing")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def checkpoint_options(p: argparse.ArgumentParser) -> None:
@@ -205,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _default_out(args)
     use_every_core()
+    if not args.no_compile_cache:
+        # The C++ side logs a harmless CPU-tuning-flag mismatch at error level on every cache hit.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        enable_compilation_cache()
     try:
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit

@@ -68,3 +68,34 @@ def test_configure_cpu_after_jax_started_raises():
     jax.numpy.ones(1).block_until_ready()  # this process's backend is running from here on
     with pytest.raises(RuntimeError, match="before JAX starts"):
         spectrax.configure_cpu()
+
+
+def test_compilation_cache_folder_per_cpu_opt_out_and_respect_for_a_chosen_one(tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("SPECTRAX_CACHE_DIR", None)
+    code = "import spectrax; print(spectrax.enable_compilation_cache())"
+    path = _python(code, env=env).stdout.strip()
+    assert path.startswith(str(tmp_path / "spectrax" / f"xla-jax{jax.__version__}-")) and os.path.isdir(path)
+    assert _python(code, env={**env, "SPECTRAX_COMPILE_CACHE": "0"}).stdout.strip() == "None"
+    chosen = _python("import jax, spectrax; jax.config.update('jax_compilation_cache_dir', '/x/y'); "
+                     "print(spectrax.enable_compilation_cache())", env=env).stdout.strip()
+    assert chosen == "/x/y"
+
+
+@pytest.mark.slow
+def test_the_second_run_of_the_command_compiles_nothing_and_gives_the_same_tables(tmp_path):
+    from tests.conftest import CHECKPOINTS
+
+    env = {**os.environ, "SPECTRAX_CACHE_DIR": str(tmp_path / "cache")}
+    cached = lambda: sorted(p for _, _, files in os.walk(tmp_path / "cache") for p in files)  # noqa: E731
+    tables = []
+    for run in ("cold", "warm"):
+        out = tmp_path / run
+        subprocess.run([sys.executable, "-m", "spectrax", "analyze", str(CHECKPOINTS / "gpt2"), "--out", str(out),
+                        "--analyses", "laws", "--null-draws", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600, check=True)
+        tables.append((out / "heads.csv").read_text())
+        if run == "cold":
+            after_cold = cached()
+            assert after_cold, "nothing was cached"
+    assert cached() == after_cold and tables[0] == tables[1]

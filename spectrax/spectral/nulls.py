@@ -166,16 +166,36 @@ def _rms(x):
     return jnp.sqrt(jnp.mean(x * x, axis=(-2, -1), keepdims=True))
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
-def gaussian_singular_values(key, shape, dtype=jnp.float32) -> jax.Array:
+# Below this k, a (k, k) Bartlett factor and LAPACK's SVD: compiles in a fraction of the
+# bidiagonal bisection's time and runs in milliseconds anyway; above it the O(k^2) bisection wins
+# by 10-130x per draw (benchmarks/RESULTS.md). Both are exact in law.
+BISECTION_FROM_K = 384
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "method"))
+def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None = None) -> jax.Array:
     """Singular values of i.i.d. N(0, 1) matrices of `shape (..., m, n)`, exactly in law, cheaply.
 
-    Golub-Kahan / Dumitriu-Edelman: they have the law of the singular values of a `(k, k)`
-    bidiagonal with independent chi entries, `k = min(m, n)` (`bidiagonal.gaussian_bidiagonal`),
-    whose singular values bisection finds in O(k^2) (`bidiagonal.bidiagonal_singular_values`):
-    `2k - 1` random numbers instead of `m n`, and no dense SVD. Returns `(..., k)` descending.
+    With `k = min(m, n)`, `N = max(m, n)`: for `k >= BISECTION_FROM_K`, Golub-Kahan /
+    Dumitriu-Edelman: the law of the singular values of a `(k, k)` bidiagonal with independent chi
+    entries (`bidiagonal.gaussian_bidiagonal`), found by bisection in O(k^2)
+    (`bidiagonal.bidiagonal_singular_values`), no dense SVD. Below, the Bartlett decomposition: the
+    triangular QR factor of an `(N, k)` Gaussian matrix has independent entries,
+    `R_ii = sqrt(chi2(N - i))` and `R_ij ~ N(0, 1)` above the diagonal, and a `(k, k)` SVD of it.
+    `method` (`"bisection"` or `"bartlett"`) forces one. Returns `(..., k)` descending.
     """
-    return bidiagonal_singular_values(*gaussian_bidiagonal(key, shape, dtype))
+    *batch, m, n = shape
+    k, big = min(m, n), max(m, n)
+    if method not in (None, "bisection", "bartlett"):
+        raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
+    if method == "bisection" or (method is None and k >= BISECTION_FROM_K):
+        return bidiagonal_singular_values(*gaussian_bidiagonal(key, shape, dtype))
+    kd, ko = jax.random.split(key)
+    dof = jnp.asarray(big - np.arange(k), dtype)
+    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, dof / 2.0, tuple(batch) + (k,), dtype))
+    upper = jnp.triu(jax.random.normal(ko, tuple(batch) + (k, k), dtype), 1)
+    r = upper + diag[..., None] * jnp.eye(k, dtype=dtype)
+    return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
 
 
 def _scaled(g, scale):

@@ -92,10 +92,13 @@ def test_degrees_of_freedom():
 SHAPES = [(6, 6), (10, 4), (4, 10), (48, 32)]
 
 
+@pytest.mark.parametrize("method", ["bisection", "bartlett"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gaussian_singular_values_have_the_dense_law(shape, dense_spectra):
-    """The entry point the nulls use, against dense draws: 4 statistics + the pooled spectrum."""
-    s = np.asarray(nulls.gaussian_singular_values(jax.random.key(61), (DRAWS,) + shape))
+def test_gaussian_singular_values_have_the_dense_law(shape, method, dense_spectra):
+    """The entry point the nulls use, against dense draws: 4 statistics + the pooled spectrum,
+    by both of its methods (bisection of a chi bidiagonal from k = BISECTION_FROM_K, a Bartlett
+    factor's SVD below)."""
+    s = np.asarray(nulls.gaussian_singular_values(jax.random.key(61), (DRAWS,) + shape, method=method))
     assert s.shape == (DRAWS, min(shape)) and np.all(np.diff(s, axis=-1) <= 0)
     distances = _distances(s, dense_spectra(shape))
     assert max(distances.values()) < 1.0, distances
