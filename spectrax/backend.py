@@ -100,5 +100,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # Every program, however quick to compile: a run makes ~100, each entry is kilobytes, and a
+    # time threshold would make what the next run finds depend on this run's load.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
