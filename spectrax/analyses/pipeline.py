@@ -25,7 +25,7 @@ from spectrax.analyses.rank import matrix_rank_rows
 from spectrax.analyses.weights import global_matrices, layer_matrices, matrix_columns, matrix_storage
 from spectrax.io.load import Source, open_source, stream_layers
 from spectrax.report.output import RunFolder
-from spectrax.report.tables import concat
+from spectrax.report.tables import concat, short_list
 
 __all__ = ["ANALYSES", "Options", "Tables", "check_analyses", "collect", "parse_layers", "layer_results", "global_results",
            "matrix_table"]
@@ -194,10 +194,9 @@ def collect(
     if not isinstance(source, Source):
         source = open_source(source)
     chosen = list(range(source.spec.num_layers)) if layers is None else sorted(set(layers))
-    bad = [str(i) for i in chosen if not 0 <= i < source.spec.num_layers]
+    bad = [i for i in chosen if not 0 <= i < source.spec.num_layers]
     if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise ValueError(f"layers {shown} out of range for a {source.spec.num_layers}-layer model (--layers)")
+        raise ValueError(f"layers {short_list(bad)} out of range for a {source.spec.num_layers}-layer model (--layers)")
     with_globals = any(a in analyses for a in _PER_MATRIX)
     names = (["globals"] if with_globals else []) + [f"layer-{i:05d}" for i in chosen]
     names = [part_prefix + n for n in names]

@@ -30,6 +30,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from spectrax.report.tables import short_list
+
 __all__ = [
     "MARKER",
     "RunFolder",
@@ -45,12 +47,6 @@ __all__ = [
 
 MARKER = ".spectrax-output.json"
 _PARTIAL_ENTRIES = frozenset({"run.json", "run.json.tmp", "parts", "result"})
-
-
-def _listing(names: list[str], limit: int = 3) -> str:
-    """`a, b, c and 4 more`: short enough for a one-line error."""
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _files_under(folder: str) -> list[str]:
@@ -87,7 +83,7 @@ def _check_replaceable(out: str) -> None:
                               "--force only replaces spectrax's own output folders, so choose another --out")
     extra = foreign_files(out, written)
     if extra:
-        raise FileExistsError(f"{out} holds files spectrax did not write ({_listing(extra)}); "
+        raise FileExistsError(f"{out} holds files spectrax did not write ({short_list(extra)}); "
                               "--force will not replace it, so choose another --out")
 
 
@@ -163,7 +159,7 @@ def replace_folder(new: str, out: str, *, written: Collection[str] | None = None
         if written is None:
             _check_replaceable(out)
         elif extra := foreign_files(out, written):
-            raise FileExistsError(f"{out} holds files spectrax did not write ({_listing(extra)}); it will not replace it")
+            raise FileExistsError(f"{out} holds files spectrax did not write ({short_list(extra)}); it will not replace it")
     if not os.path.lexists(out):
         os.rename(new, out)
         return
@@ -284,7 +280,7 @@ def _discardable(root: str) -> None:
     """Raise unless `root` holds only what a spectrax run puts in a partial folder."""
     extra = sorted(set(os.listdir(root)) - _PARTIAL_ENTRIES)
     if extra:
-        raise FileExistsError(f"{root} holds files spectrax did not write ({_listing(extra)}); remove them or "
+        raise FileExistsError(f"{root} holds files spectrax did not write ({short_list(extra)}); remove them or "
                               "choose another --out")
 
 
@@ -345,7 +341,7 @@ def _open(root: str, out: str, settings: dict, force: bool) -> RunFolder:
         changed = sorted(k for k in set(settings) | set(previous if isinstance(previous, dict) else {})
                          if not isinstance(previous, dict) or previous.get(k) != settings.get(k))
         raise FileExistsError(
-            f"an interrupted run with other settings (differing in: {_listing(changed, 5)}) is in {root}; "
+            f"an interrupted run with other settings (differing in: {short_list(changed, 5)}) is in {root}; "
             "rerun with the same settings to resume it, or --force to discard it"
         )
     if previous != settings:  # a fresh start: nothing of another run may be resumed later

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spectrax.report.tables import format_number, to_markdown
+from spectrax.report.tables import format_number, short_list, to_markdown
 
 __all__ = ["header", "laws", "rank", "esd", "kernel", "files", "compare"]
 
@@ -87,9 +87,8 @@ def laws(summary: dict) -> str:
                      f"{summary['nonfinite_heads'][:10]}; their statistics are NaN.")
     degenerate = summary.get("degenerate_heads", [])
     if degenerate:
-        shown = ", ".join(f"layer {l} head {h} ({what})" for l, h, what in degenerate[:10])
+        shown = short_list((f"layer {l} head {h} ({what})" for l, h, what in degenerate), 10)
         lines.append(f"- {len(degenerate)} heads have a zero, subnormal or rank-deficient matrix: {shown}"
-                     + (f" and {len(degenerate) - 10} more" if len(degenerate) > 10 else "")
                      + "; the statistics these leave undefined are empty (`degenerate` column of `heads.csv`).")
     precision = summary["precision"]
     lines += [

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Table", "write_csv", "write_json", "to_markdown", "concat", "json_value", "format_number"]
+__all__ = ["Table", "write_csv", "write_json", "to_markdown", "concat", "json_value", "format_number", "short_list"]
 
 Table = Mapping[str, np.ndarray]
 
@@ -67,3 +67,9 @@ def to_markdown(table: Table, columns: Sequence[str] | None = None, digits: int 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_number(table[c][i], digits) for c in columns) + " |" for i in range(rows)]
     return "\n".join(lines)
+
+
+def short_list(items, limit: int = 3) -> str:
+    """`a, b, c and 4 more`: a list that keeps an error or report line short, however long it is."""
+    items = [str(x) for x in items]
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
