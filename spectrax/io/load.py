@@ -105,9 +105,10 @@ class Model:
 def layer(params: Tree, index: int) -> Tree:
     """Layer `index` of a canonical tree, its leaves without the group's stacking axis.
 
-    `params["layers"]` stacks same-shaped layers into groups (`layer_ids (n,)`, leaves `(n, ...)`),
-    and a group's layers need not be consecutive (gemma3's global-attention layers may form their
-    own group), so layer `i` is the slot of `i` in the group whose `layer_ids` hold it:
+    `params["layers"]` stacks layers with the same stored tensors, shapes and dtypes into groups
+    (`layer_ids (n,)`, leaves `(n, ...)`), and a group's layers need not be consecutive (layers 0
+    and 2 in one group, layer 1 with an extra bias in another), so layer `i` is the slot of `i` in
+    the group whose `layer_ids` hold it:
 
         q = sx.io.layer(model.params, 3)["attn"]["q"]     # (H, D, E), layer 3's query heads
 
