@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectrax.spectral._util import as_float
+from spectrax.spectral._util import as_float, float_dtype
 from spectrax.spectral.bidiagonal import bidiagonal_singular_values, gaussian_bidiagonal
 
 __all__ = [
@@ -182,10 +182,12 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None =
     (`bidiagonal.bidiagonal_singular_values`), no dense SVD. Below, the Bartlett decomposition: the
     triangular QR factor of an `(N, k)` Gaussian matrix has independent entries,
     `R_ii = sqrt(chi2(N - i))` and `R_ij ~ N(0, 1)` above the diagonal, and a `(k, k)` SVD of it.
-    `method` (`"bisection"` or `"bartlett"`) forces one. Returns `(..., k)` descending.
+    `method` (`"bisection"` or `"bartlett"`) forces one. Returns `(..., k)` descending, in `dtype`
+    (float32 where float64 is unavailable, with a `Float64Unavailable` warning).
     """
     *batch, m, n = shape
     k, big = min(m, n), max(m, n)
+    dtype = float_dtype(dtype, "Gaussian singular values")
     if method not in (None, "bisection", "bartlett"):
         raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
     if method == "bisection" or (method is None and k >= BISECTION_FROM_K):
@@ -304,10 +306,12 @@ def gaussian_spectrum_draws(
     """Singular values of `num_draws` independent shape-matched Gaussian stand-ins per template.
 
     Args:
-      key, num_draws, match_scale: as in `gaussian_null`.
+      key: PRNG key, as in `gaussian_null`.
       *templates: real arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s; every matrix gets its own
         draws.
+      num_draws: as in `gaussian_null`.
       batch_size: draws generated at once (each holds `(..., k)` bidiagonals and bisection brackets).
+      match_scale: as in `gaussian_null`.
 
     Returns:
       one `(num_draws, ..., min(m, n))` array per template, descending along the last axis.
