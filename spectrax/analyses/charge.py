@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses.gauge import rotary_pairs
 
 __all__ = [
     "BALANCED_STATISTICS",
@@ -72,13 +73,6 @@ _SHARES = (("pearson_qk", 1.0), ("ssr_qk", 0.0))
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _pairs(D: int, R: int) -> tuple[np.ndarray, np.ndarray]:
-    if R % 2 or not 0 <= R <= D:
-        raise ValueError(f"rotary dimension {R} must be even and within the head dimension {D}")
-    half = np.arange(R // 2)
-    return half, half + R // 2
-
-
 @functools.partial(jax.jit, static_argnames=("rotary_dim",))
 def commutant(m: jax.Array, rotary_dim: int) -> jax.Array:
     """Orthogonal projection of `m (..., D, D)` onto the matrices commuting with RoPE's rotations.
@@ -88,7 +82,7 @@ def commutant(m: jax.Array, rotary_dim: int) -> jax.Array:
     keep their block; every other entry is zero. `rotary_dim = 0` returns `m`.
     """
     D = m.shape[-1]
-    lo, hi = _pairs(D, rotary_dim)
+    lo, hi = rotary_pairs(D, rotary_dim)
     if not rotary_dim:
         return m
     out = jnp.zeros_like(m).at[..., rotary_dim:, rotary_dim:].set(m[..., rotary_dim:, rotary_dim:])
@@ -145,16 +139,16 @@ def balance(x, y, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
     """
     H, D, E = x.shape
     KV = y.shape[0]
-    lo, hi = _pairs(D, rotary_dim)
+    lo, hi = rotary_pairs(D, rotary_dim)
     xg = _grouped(x, KV)
     rows_q = jnp.sum(xg * xg, axis=(1, 3))  # (KV, D) squared norm of each row over the group
     rows_k = jnp.sum(y * y, axis=-1)
     pair_q, pair_k = rows_q[:, lo] + rows_q[:, hi], rows_k[:, lo] + rows_k[:, hi]
     live = (pair_q > 0) & (pair_k > 0)
-    rho = jnp.where(live, (jnp.where(live, pair_k, 1.0) / jnp.where(live, pair_q, 1.0)) ** 0.25, 0.0)
+    ratio = (jnp.where(live, pair_k, 1.0) / jnp.where(live, pair_q, 1.0)) ** 0.25
+    rho, inverse = jnp.where(live, ratio, 0.0), jnp.where(live, 1.0 / ratio, 0.0)
     scale_q = jnp.ones((KV, D), x.dtype).at[:, lo].set(rho).at[:, hi].set(rho)
-    scale_k = jnp.ones((KV, D), x.dtype).at[:, lo].set(jnp.where(live, 1.0 / jnp.where(live, rho, 1.0), 0.0))
-    scale_k = scale_k.at[:, hi].set(scale_k[:, lo])
+    scale_k = jnp.ones((KV, D), x.dtype).at[:, lo].set(inverse).at[:, hi].set(inverse)
     xg = xg * scale_q[:, None, :, None]
     y = y * scale_k[:, :, None]
     if rotary_dim < D:
@@ -259,7 +253,7 @@ def charge_layer(attn: dict, key: jax.Array, *, rotary_dim: int, num_draws: int 
         raise ValueError(f"head_dim {D} > hidden {E}: the balanced point needs D <= E")
     if num_draws < 2:
         raise ValueError("num_draws must be >= 2 for a null std")
-    _pairs(D, rotary_dim)
+    rotary_pairs(D, rotary_dim)
     observed = charge_statistics(q, k, v, o, rotary_dim=rotary_dim)
     draws = _null_draws(key, q, k, v, o, rotary_dim=rotary_dim, num_draws=num_draws)
     nulls = {name: sp.NullSummary(jnp.mean(d, axis=0), jnp.std(d, axis=0, ddof=1), d)

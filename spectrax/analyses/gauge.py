@@ -50,6 +50,7 @@ __all__ = [
     "reparametrize",
     "reparametrize_attention",
     "rotary_dim",
+    "rotary_pairs",
 ]
 
 Tree = dict[str, Any]
@@ -64,7 +65,7 @@ def rotary_dim(spec: ModelSpec, head_dim: int) -> int:
     return int(head_dim * decoder_options(spec).rotary_fraction)
 
 
-def _pair_index(D: int, R: int) -> tuple[np.ndarray, np.ndarray]:
+def rotary_pairs(D: int, R: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the rotary pairs `(i, i + R/2)`, i < R/2, in the canonical half-split layout."""
     if R % 2 or not 0 <= R <= D:
         raise ValueError(f"rotary dimension {R} must be even and within the head dimension {D}")
@@ -81,7 +82,7 @@ def gauge_matrices(key: jax.Array, shape: tuple[int, ...], D: int, R: int, *, sp
     numbers stay near `exp(4 spread)`, so float32 forward passes keep their precision.
     """
     kr, kp, kz, k1, k2 = jax.random.split(key, 5)
-    lo, hi = _pair_index(D, R)
+    lo, hi = rotary_pairs(D, R)
     a = np.zeros((*shape, D, D))
     if R:
         r = np.exp(spread * np.asarray(jax.random.normal(kr, (*shape, R // 2)), np.float64))

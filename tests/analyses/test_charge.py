@@ -137,9 +137,11 @@ def _toy(R, H, KV):
     def loss(params, x, y):
         return jnp.mean((_logits(params, x, R) - y) ** 2)
 
-    def parts(params):
-        plus = jnp.sum(charge._gram(charge._grouped(params["q"], params["k"].shape[0])), axis=1)
-        return charge.commutant(plus, R), charge.commutant(charge._gram(params["k"]), R)
+    def parts(params):  # sum over each group's query heads of W_Q W_Q^T, and W_K W_K^T, projected
+        q, k = params["q"], params["k"]
+        grouped = q.reshape(KV, H // KV, *q.shape[1:])
+        plus = jnp.einsum("gqde,gqfe->gdf", grouped, grouped)
+        return charge.commutant(plus, R), charge.commutant(jnp.einsum("gde,gfe->gdf", k, k), R)
 
     return symmetry.SymmetricModel(f"attention_logit_R{R}", loss, parts)
 
