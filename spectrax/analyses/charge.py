@@ -240,6 +240,8 @@ def charge_layer(attn: dict, key: jax.Array, *, rotary_dim: int, num_draws: int 
       `ssr_qk_charge_share`: `(d - d_bal) / d` with d the law's departure from its claim (|1 -
       pearson|, ssr) and d_bal that at the balanced point: 1 when balancing removes the whole
       departure, 0 when the charge explains none of it, negative when balancing departs further.
+      For models with q/k norms (`spec.qk_norm`) the QK symmetry does not exist, and only the
+      `ov_*` columns keep their meaning.
     """
     q, k, v, o = (jnp.asarray(attn[m]) for m in ("q", "k", "v", "o"))
     q, k, v, o = (m if m.dtype == jnp.float64 else m.astype(jnp.float32) for m in (q, k, v, o))
