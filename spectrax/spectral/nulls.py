@@ -50,6 +50,7 @@ __all__ = [
     "null_columns",
     "null_from_draws",
     "percentile",
+    "pool_null",
     "shuffle_entries",
     "shuffle_null",
     "split_null",
@@ -440,6 +441,39 @@ def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dic
         if null.draws is not None:
             cols[f"{name}_pct"] = _pct(obs, null.draws)
     return cols
+
+
+def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
+    """One null for every matrix of one shape: the draws of all of them pooled.
+
+    Matrices of one shape (the query heads of a layer, its key heads) have one Gaussian null up to
+    their scale, so pooling their draws gives each of them a null resting on `num_draws * size`
+    draws instead of `num_draws`, at no extra cost: a null std from 16 draws is off by up to
+    ~40%, from 16 x 9 by ~12%.
+
+    Args:
+      null: Monte Carlo null of one statistic from unit-variance stand-ins (`match_scale=False`):
+        `draws (num_draws, *shape)`.
+      axis: the axis of `shape` (counted without the draw axis) along which the matrices share a shape.
+      scale: None for a statistic that does not change with the matrices' scale (pearson, ssr,
+        cond, erank, ...); otherwise `(*shape)` factors, each matrix's null being the unit null times its
+        factor (RMS for `sigma_max`, `rms_a / rms_b` for `alpha`, `rms_a**2` for `alpha_mse`).
+
+    Returns:
+      `NullSummary` with `mean`, `std` of `shape` and `draws (num_draws * size, *shape)`.
+    """
+    draws = np.asarray(null.draws)
+    if draws.ndim < 2 or not 0 <= axis < draws.ndim - 1:
+        raise ValueError(f"pool_null: axis {axis} is not an axis of draws shaped {draws.shape} after the draw axis")
+    pooled = np.moveaxis(draws, axis + 1, 1)
+    pooled = np.moveaxis(pooled.reshape((-1, 1) + pooled.shape[2:]), 1, axis + 1)  # (N * size, ..., 1, ...)
+    shape = draws.shape[1:]
+    mean = np.broadcast_to(pooled.mean(axis=0), shape)
+    std = np.broadcast_to(pooled.std(axis=0, ddof=1), shape)
+    if scale is None:
+        return NullSummary(mean, std, pooled)
+    scale = np.asarray(scale, pooled.dtype)
+    return NullSummary(mean * scale, std * scale, pooled * scale)
 
 
 def split_null(null: NullSummary) -> dict[str, NullSummary]:

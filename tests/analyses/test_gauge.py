@@ -121,8 +121,11 @@ def test_forms_are_invariant_and_match_dense_products():
     attn = _layer(model.params)
     moved = gauge.reparametrize_attention(attn, KEY, rotary_dim=attn["q"].shape[1])
     before, after = gauge.forms_layer(attn, KEY, num_draws=4), gauge.forms_layer(moved, KEY, num_draws=4)
-    for c in ("qk_erank", "qk_stable_rank", "qk_sigma_max", "ov_erank", "ov_sigma_max", "qk_erank_z", "ov_erank_z"):
+    for c in ("qk_erank", "qk_stable_rank", "qk_sigma_max", "ov_erank", "ov_sigma_max"):
         np.testing.assert_allclose(after[c], before[c], rtol=1e-4)
+    for c in ("qk_erank", "ov_erank"):  # a z moves by the statistic's rounding over the null std
+        np.testing.assert_allclose(after[f"{c}_z"], before[f"{c}_z"], rtol=0,
+                                   atol=np.max(1e-4 * np.abs(before[c]) / before[f"{c}_null_std"]))
     q, k, o, v = (attn[m].astype(np.float64) for m in ("q", "k", "o", "v"))
     for h in range(4):
         dense = np.linalg.svd(o[h].T @ v[h // 2], compute_uv=False)
