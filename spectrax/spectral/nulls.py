@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -406,7 +407,7 @@ def _pct(obs, draws):
     draws = jnp.asarray(draws, obs.dtype)
     below = jnp.sum(draws < obs, axis=0).astype(obs.dtype)
     ties = jnp.sum(draws == obs, axis=0).astype(obs.dtype)
-    pct = 100.0 * (below + 0.5 * ties) / draws.shape[0]
+    pct = 100.0 * (below + 0.5 * ties) / jnp.sum(~jnp.isnan(draws), axis=0).astype(obs.dtype)
     return jnp.where(jnp.isnan(obs), jnp.nan, pct)
 
 
@@ -460,7 +461,8 @@ def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
         factor (RMS for `sigma_max`, `rms_a / rms_b` for `alpha`, `rms_a**2` for `alpha_mse`).
 
     Returns:
-      `NullSummary` with `mean`, `std` of `shape` and `draws (num_draws * size, *shape)`.
+      `NullSummary` with `mean`, `std` of `shape` and `draws (num_draws * size, *shape)`. NaN
+      draws (the stand-ins of an all-zero matrix) are left out of the mean, std and percentiles.
     """
     draws = np.asarray(null.draws)
     if draws.ndim < 2 or not 0 <= axis < draws.ndim - 1:
@@ -468,8 +470,10 @@ def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
     pooled = np.moveaxis(draws, axis + 1, 1)
     pooled = np.moveaxis(pooled.reshape((-1, 1) + pooled.shape[2:]), 1, axis + 1)  # (N * size, ..., 1, ...)
     shape = draws.shape[1:]
-    mean = np.broadcast_to(pooled.mean(axis=0), shape)
-    std = np.broadcast_to(pooled.std(axis=0, ddof=1), shape)
+    with warnings.catch_warnings():  # a position whose every draw is NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.broadcast_to(np.nanmean(pooled, axis=0), shape)
+        std = np.broadcast_to(np.nanstd(pooled, axis=0, ddof=1), shape)
     if scale is None:
         return NullSummary(mean, std, pooled)
     scale = np.asarray(scale, pooled.dtype)
