@@ -60,32 +60,33 @@ def skipped_matrices(source: Source, layer: int | None, analyzed: Mapping[str, n
     does not hold as a whole matrix, so that every weight is either analyzed or listed.
 
     A stored 2-D tensor counts as analyzed when an analyzed matrix has its shape (either way round:
-    `attn.o` is W_O^T). Fused projections (`qkv_proj`, `c_attn`, `gate_up_proj`) are analyzed as
-    their parts; tensors of more than two axes (convolutions) and other towers' tensors are not.
+    `attn.o` is W_O^T; a global matrix is one `global_matrices` converted). Fused projections
+    (`qkv_proj`, `c_attn`, `gate_up_proj`) are analyzed as their parts; tensors of more than two
+    axes (convolutions), projectors and other towers' tensors are not.
     """
     named = source.layout.globals if layer is None else source.layout.layers[layer]
     shapes = [tuple(w.shape) for w in analyzed.values()]
     skipped: dict[str, str] = {}
-    if layer is None:
-        tree, notes, unused = load_globals(source)
-        if tree["lm_head"]["weight"] is tree["embed"]["tokens"]:
-            skipped["lm_head.weight"] = "tied: the same matrix as embed.tokens"
-        unused = set(unused)
-    else:
-        unused = set()
+    if layer is None and "embed.tokens" in analyzed and "lm_head" not in analyzed:
+        skipped["lm_head.weight"] = "tied: the same matrix as embed.tokens"
+    candidates = []
     for relative, info in sorted(named.items()):
         if len(info.shape) < 2:
             continue
-        if relative in unused:
-            skipped[info.name] = "not converted (another tower's or a projector's tensor)"
-        elif len(info.shape) > 2:
+        if len(info.shape) > 2:
             skipped[info.name] = f"{len(info.shape)}-D, not a matrix"
         elif any(part in relative for part in _FUSED):
             skipped[info.name] = "fused projection, analyzed as its parts"
-        elif tuple(info.shape) in shapes or tuple(info.shape[::-1]) in shapes:
-            shapes.remove(tuple(info.shape) if tuple(info.shape) in shapes else tuple(info.shape[::-1]))
         else:
-            skipped[info.name] = "fused projection, analyzed as its parts"
+            candidates.append(info)
+    for transposed in (False, True):                     # same shape first, so W and W^T pair up last
+        for info in list(candidates):
+            shape = tuple(info.shape[::-1] if transposed else info.shape)
+            if shape in shapes:
+                shapes.remove(shape)
+                candidates.remove(info)
+    skipped.update({info.name: "not converted (another tower's or a projector's tensor)" if layer is None
+                    else "not among the analyzed matrices" for info in candidates})
     if layer is None:
         skipped.update({f"{root}*": "another tower, not analyzed" for root in source.layout.other_towers})
     return skipped
