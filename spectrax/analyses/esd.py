@@ -54,8 +54,9 @@ relative difference can give a large z. Compare `X` with `X_shuffle_mean` and `X
 directly as well: when the shuffle mean sits near `X` and the Gaussian null mean far from it, the
 entry distribution explains the departure.
 
-Matrices holding NaN/Inf get NaN statistics; an all-zero matrix gets zero scale, edge and spike
-counts and NaN for the ratios and the fit (no exception in either case).
+Matrices holding NaN/Inf get NaN statistics; an all-zero matrix gets zero `lambda_max`, `mp_scale`
+and `bulk_edge`, and NaN for the ratios, the tail fit and WeightWatcher's MP fit (which rescales by
+the mean eigenvalue); no exception in either case.
 """
 
 from __future__ import annotations

@@ -357,7 +357,6 @@ def _ww_fit_one(lam, ratio_q: float, m: int):
     top = jnp.max(jnp.where(good, grid, -jnp.inf))
     residuals = functools.partial(_ww_residuals, grid=grid, kde=kde, good=good, peak=peak, top=top, ratio_q=ratio_q)
     sigma0 = jnp.sqrt(lmax) / (1.0 + 1.0 / math.sqrt(ratio_q))
-    step = 0.01 * sigma0
     sigmas = sigma0 * (0.05 + 0.01 * jnp.arange(_WW_SIGMAS, dtype=dtype))
     sigma = sigmas[jnp.argmin(residuals(sigmas))]
     sigma = _nelder_mead_1d(lambda v: residuals(v[None])[0], sigma)
