@@ -132,6 +132,7 @@ KERNEL_CALLS = {
     "ks_two_sample": functools.partial(sp.ks_two_sample, S, S[::-1]),
     "mp_fit": functools.partial(sp.mp_fit, S, (12, 20)),
     "powerlaw_fit": functools.partial(sp.powerlaw_fit, S**2, min_tail=3),
+    "mp_fit_weightwatcher": functools.partial(sp.mp_fit_weightwatcher, S**2, (12, 20)),
     # chi bidiagonals
     "bidiagonal_singular_values": functools.partial(sp.bidiagonal_singular_values, S, S[..., 1:]),
     "chi_bidiagonal": functools.partial(sp.chi_bidiagonal, KEY, *sp.chi_degrees_of_freedom((12, 20)), (2,)),
@@ -175,8 +176,8 @@ KERNEL_CALLS = {
 # Public names that are not kernels: types, constants, host (numpy) exact nulls and table
 # helpers, and device plumbing (`sharded` wraps the kernels checked here).
 NOT_KERNELS = {
-    "alignment", "Float64Unavailable", "float64_unavailable", "LQ", "METHODS", "SVDResult", "OVCircuitSVD", "QKKernelSVD", "ScaleFit", "MPFit",
-    "PowerLawFit", "Bidiagonal", "NullSummary", "PAIR_STATISTICS", "SPECTRA_PAIR_STATISTICS",
+    "alignment", "Float64Unavailable", "float64_unavailable", "LQ", "METHODS", "SVDResult", "OVCircuitSVD", "QKKernelSVD", "ScaleFit", "MPFit", "WWMPFit",
+    "WW_EVALS_FLOOR", "PowerLawFit", "Bidiagonal", "NullSummary", "PAIR_STATISTICS", "SPECTRA_PAIR_STATISTICS",
     "SPECTRUM_STATISTICS", "BATCH_AXIS", "group_size", "kv_head_index", "aspect_ratio",
     "chi_degrees_of_freedom", "abs_cos_std", "cos_null", "expected_abs_cos", "grassmann_chance",
     "grassmann_null", "exact_pair_nulls", "null_columns", "percentile", "pool_null", "split_null", "zscore",
