@@ -62,8 +62,8 @@ import numpy as np
 import optax
 
 __all__ = [
-    "CollapseRecord",
-    "CollapseState",
+    "Record",
+    "State",
     "Moments",
     "estimate_threshold",
     "init_state",
@@ -87,7 +87,7 @@ class Moments(NamedTuple):
     yy: jax.Array
 
 
-class CollapseState(NamedTuple):
+class State(NamedTuple):
     """u, w `(G, S)` of the product model, v `(G, S)` of the talk's model (its w), and the optax
     states of both, over G values of γ and S seeds."""
 
@@ -98,7 +98,7 @@ class CollapseState(NamedTuple):
     opt_square: optax.OptState
 
 
-class CollapseRecord(NamedTuple):
+class Record(NamedTuple):
     """After each recorded step, `(G, S)`: u, w, charge u² − w², the product model's loss; v and
     the talk's model's loss."""
 
@@ -180,7 +180,7 @@ def estimate_threshold(gammas: np.ndarray, order: np.ndarray, *, floor: float = 
 
 
 def init_state(key: jax.Array, gammas: jax.Array, num_seeds: int, *, scale: float = 0.5,
-               lr: float = 0.05) -> CollapseState:
+               lr: float = 0.05) -> State:
     """u, w, v ~ N(0, scale²) `(G, S)`, the same draws for every γ of a seed (seed s = fold_in(key, s)),
     and fresh optax SGD states. gammas `(G,)`."""
     chex.assert_rank(gammas, 1)
@@ -190,11 +190,11 @@ def init_state(key: jax.Array, gammas: jax.Array, num_seeds: int, *, scale: floa
     draws = jax.vmap(lambda k: jax.random.normal(k, (3,), gammas.dtype))(keys) * jnp.asarray(scale, gammas.dtype)
     u, w, v = (jnp.broadcast_to(draws[:, i], (gammas.shape[0], num_seeds)) for i in range(3))
     opt = optax.sgd(lr)
-    return CollapseState(u, w, v, opt.init((u, w)), opt.init(v))
+    return State(u, w, v, opt.init((u, w)), opt.init(v))
 
 
 def make_step(m: Moments, gammas: jax.Array, *, lr: float = 0.05, inner_steps: int = 100):
-    """`step(state, t) -> (state, CollapseRecord)` for `run_steps`: `inner_steps` full-batch GD
+    """`step(state, t) -> (state, Record)` for `run_steps`: `inner_steps` full-batch GD
     steps (optax SGD, rate `lr`) of both models at every (γ, seed), then a record. gammas `(G,)`."""
     chex.assert_rank(gammas, 1)
     if inner_steps < 1:
@@ -208,17 +208,17 @@ def make_step(m: Moments, gammas: jax.Array, *, lr: float = 0.05, inner_steps: i
     def total_square(v):
         return jnp.sum(loss_square(v, m, g))
 
-    def gd(_, state: CollapseState) -> CollapseState:
+    def gd(_, state: State) -> State:
         grad_uw = jax.grad(total_product)((state.u, state.w))
         upd, opt_p = opt.update(grad_uw, state.opt_product, (state.u, state.w))
         u, w = optax.apply_updates((state.u, state.w), upd)
         upd_v, opt_s = opt.update(jax.grad(total_square)(state.v), state.opt_square, state.v)
-        return CollapseState(u, w, optax.apply_updates(state.v, upd_v), opt_p, opt_s)
+        return State(u, w, optax.apply_updates(state.v, upd_v), opt_p, opt_s)
 
-    def step(state: CollapseState, t: jax.Array) -> tuple[CollapseState, CollapseRecord]:
+    def step(state: State, t: jax.Array) -> tuple[State, Record]:
         del t  # deterministic full-batch GD
         state = jax.lax.fori_loop(0, inner_steps, gd, state)
-        record = CollapseRecord(state.u, state.w, state.u ** 2 - state.w ** 2,
+        record = Record(state.u, state.w, state.u ** 2 - state.w ** 2,
                                 loss_product(state.u, state.w, m, g), state.v, loss_square(state.v, m, g))
         return state, record
 

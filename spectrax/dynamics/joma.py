@@ -78,25 +78,34 @@ then rises (the others catch up).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from spectrax.dynamics.loop import run_steps
 
 __all__ = [
     "KINDS",
-    "JomaParams",
-    "JomaTask",
-    "JomaTrajectory",
+    "EntropyState",
+    "Params",
+    "Record",
+    "State",
+    "Step",
+    "Task",
     "attention",
+    "entropy_step",
     "entropy_toy",
     "entropy_toy_target",
     "init_params",
+    "init_state",
     "invariant_prediction",
     "invariant_quantity",
     "loss_fn",
+    "make_step",
     "make_task",
     "normalized_correlation",
     "outputs",
@@ -106,7 +115,7 @@ __all__ = [
 KINDS = ("softmax", "exp", "linear")
 
 
-class JomaTask(NamedTuple):
+class Task(NamedTuple):
     """x `(M_c, K)` class-conditional token distributions (columns sum to 1); u `(d, M_c + 1)`
     embeddings (contextual tokens first, the query last); xbar `(M_c,)` = mean_k x[l, k]."""
 
@@ -115,14 +124,14 @@ class JomaTask(NamedTuple):
     xbar: jax.Array
 
 
-class JomaParams(NamedTuple):
+class Params(NamedTuple):
     """w `(d, K)` output layer; z `(M_c,)` attention logits of the contextual tokens."""
 
     w: jax.Array
     z: jax.Array
 
 
-class JomaTrajectory(NamedTuple):
+class Record(NamedTuple):
     """Per step t (before its update; T = steps): loss `(T,)`; z `(T, M_c)` real logits; z_hat
     `(T, M_c)` logits the invariant predicts (linear: sign(z) sqrt(max(prediction, 0))); nc `(T,)`
     NC of the invariant quantity vs its prediction; nc_v, nc_norm `(T,)` NC against the prediction's
@@ -145,7 +154,7 @@ class JomaTrajectory(NamedTuple):
 
 
 def make_task(key: jax.Array, *, num_distinct: int = 10, num_common: int = 10, num_classes: int = 20,
-              dim: int = 30, gaussian: bool = True) -> JomaTask:
+              dim: int = 30, gaussian: bool = True) -> Task:
     """X from U(0, 1/2) (Gaussian bumps on the distinct rows if `gaussian`), columns normalized."""
     mc = num_distinct + num_common
     if dim < mc + 1:
@@ -156,14 +165,14 @@ def make_task(key: jax.Array, *, num_distinct: int = 10, num_common: int = 10, n
         k = jnp.arange(num_classes, dtype=jnp.float32)[None, :]
         x = x.at[:num_distinct].set(jnp.exp(-((l - k * num_distinct / num_classes) ** 2) / 30.0))
     x = x / jnp.sum(x, axis=0, keepdims=True)
-    return JomaTask(x=x, u=jnp.eye(dim, mc + 1, dtype=jnp.float32), xbar=jnp.mean(x, axis=1))
+    return Task(x=x, u=jnp.eye(dim, mc + 1, dtype=jnp.float32), xbar=jnp.mean(x, axis=1))
 
 
-def init_params(key: jax.Array, task: JomaTask, *, scale: float = 0.01) -> JomaParams:
+def init_params(key: jax.Array, task: Task, *, scale: float = 0.01) -> Params:
     """W and z from N(0, 1) * scale (the reference's randn / 100)."""
     kw, kz = jax.random.split(key)
     d, mc, k = task.u.shape[0], task.x.shape[0], task.x.shape[1]
-    return JomaParams(jax.random.normal(kw, (d, k), jnp.float32) * scale,
+    return Params(jax.random.normal(kw, (d, k), jnp.float32) * scale,
                       jax.random.normal(kz, (mc,), jnp.float32) * scale)
 
 
@@ -179,14 +188,14 @@ def attention(z: jax.Array, x: jax.Array, kind: str, temperature: float) -> jax.
     raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
 
 
-def outputs(params: JomaParams, task: JomaTask, kind: str, temperature: float) -> jax.Array:
+def outputs(params: Params, task: Task, kind: str, temperature: float) -> jax.Array:
     """`(K, K)`: row k = output logits of the class-k sample, F^T W with F = U_C B + u_query."""
     mc = task.x.shape[0]
     f = task.u[:, :mc] @ attention(params.z, task.x, kind, temperature) + task.u[:, mc:]
     return f.T @ params.w
 
 
-def loss_fn(params: JomaParams, task: JomaTask, kind: str, temperature: float) -> jax.Array:
+def loss_fn(params: Params, task: Task, kind: str, temperature: float) -> jax.Array:
     """Mean cross-entropy, one sample per class (label k for column k)."""
     logits = outputs(params, task, kind, temperature)
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits))
@@ -197,7 +206,7 @@ def invariant_quantity(z: jax.Array, kind: str) -> jax.Array:
     return z * z if kind == "linear" else z
 
 
-def _prediction_parts(params: JomaParams, task: JomaTask, kind: str, temperature: float):
+def _prediction_parts(params: Params, task: Task, kind: str, temperature: float):
     mc = task.x.shape[0]
     v = task.u[:, :mc].T @ params.w  # (M_c, K)
     v2 = jnp.sum(v * v, axis=1)
@@ -210,7 +219,7 @@ def _prediction_parts(params: JomaParams, task: JomaTask, kind: str, temperature
     raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
 
 
-def invariant_prediction(params: JomaParams, task: JomaTask, kind: str, temperature: float,
+def invariant_prediction(params: Params, task: Task, kind: str, temperature: float,
                          constant: jax.Array | None = None) -> jax.Array:
     """`(M_c,)`: the invariant's prediction of `invariant_quantity(z)` from W alone, plus `constant`
     (C, fixed at t = 0 as quantity(z_0) - prediction(W_0) without constant)."""
@@ -226,37 +235,58 @@ def normalized_correlation(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(a * b, axis=-1) / jnp.maximum(den, jnp.finfo(a.dtype).tiny)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "steps"))
-def train(params: JomaParams, task: JomaTask, *, kind: str = "softmax", temperature: float = 0.5,
-          lr: float = 0.1, steps: int = 2000) -> tuple[JomaParams, JomaTrajectory]:
-    """Full-batch plain SGD on (W, z) for `steps`, recording the `JomaTrajectory`.
+class State(NamedTuple):
+    """One run's carry: `params`, `step_term` `(M_c,)` (the accumulated O(lr^2) part of SGD's steps),
+    and the run's constants, so that one compiled step serves every seed and learning rate: `task`,
+    `constant` `(M_c,)` (the invariant's C, fixed at t = 0), `lr` and `temperature` (0-d)."""
 
-    params: w `(d, K)`, z `(M_c,)`; task: x `(M_c, K)`, u `(d, M_c + 1)`."""
+    params: Params
+    step_term: jax.Array
+    task: Task
+    constant: jax.Array
+    lr: jax.Array
+    temperature: jax.Array
+
+
+def init_state(params: Params, task: Task, *, kind: str = "softmax", temperature: float = 0.5,
+               lr: float = 0.1) -> State:
+    """The state at t = 0: params: w `(d, K)`, z `(M_c,)`; task: x `(M_c, K)`, u `(d, M_c + 1)`."""
     chex.assert_rank([params.w, params.z, task.x], [2, 1, 2])
     chex.assert_shape(params.z, (task.x.shape[0],))
     chex.assert_shape(params.w, (task.u.shape[0], task.x.shape[1]))
+    _check_kind(kind)
+    dtype = params.z.dtype
+    constant = invariant_quantity(params.z, kind) - invariant_prediction(params, task, kind, temperature)
+    return State(params, jnp.zeros_like(params.z), task, constant, jnp.asarray(lr, dtype),
+                 jnp.asarray(temperature, dtype))
+
+
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
-    constant = invariant_quantity(params.z, kind) - invariant_prediction(params, task, kind, temperature)
-    nan = jnp.full((), jnp.nan, params.z.dtype)
 
-    mc = task.x.shape[0]
 
-    def step(carry, _):
-        p, acc = carry
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """`step(state, t) -> (state, Record)` for `loop.run_steps`: one full-batch SGD step on (W, z) of
+    `kind` attention, recording before the update. Static settings only: equal steps share a program."""
+
+    kind: str = "softmax"
+
+    def __call__(self, state: State, t: jax.Array) -> tuple[State, Record]:
+        kind, p, task, lr, temperature = self.kind, state.params, state.task, state.lr, state.temperature
+        acc, mc = state.step_term, task.x.shape[0]
+        nan = jnp.full((), jnp.nan, p.z.dtype)
         loss, g = jax.value_and_grad(loss_fn)(p, task, kind, temperature)
         a, b, v = _prediction_parts(p, task, kind, temperature)
-        predicted = a + b + constant
+        predicted = a + b + state.constant
         real = invariant_quantity(p.z, kind)
-        if kind == "linear":
-            z_hat = jnp.sign(p.z) * jnp.sqrt(jnp.maximum(predicted, 0.0))
-        else:
-            z_hat = predicted
+        z_hat = jnp.sign(p.z) * jnp.sqrt(jnp.maximum(predicted, 0.0)) if kind == "linear" else predicted
         parts = ((normalized_correlation(real, a), normalized_correlation(real, b)) if kind == "softmax"
                  else (nan, nan))
-        record = JomaTrajectory(loss, p.z, z_hat, normalized_correlation(real, predicted), *parts, v, acc,
-                                normalized_correlation(real, predicted + acc),
-                                jnp.mean(attention(p.z, task.x, kind, temperature), axis=1))
+        record = Record(loss, p.z, z_hat, normalized_correlation(real, predicted), *parts, v, acc,
+                        normalized_correlation(real, predicted + acc),
+                        jnp.mean(attention(p.z, task.x, kind, temperature), axis=1))
         # The second-order remainder of this step in quantity - prediction (module docstring).
         g_v2 = jnp.sum((task.u[:, :mc].T @ g.w) ** 2, axis=1)
         if kind == "linear":
@@ -265,10 +295,24 @@ def train(params: JomaParams, task: JomaTask, *, kind: str = "softmax", temperat
             acc = acc - lr * lr * g_v2 / (2 * temperature)
         else:
             acc = acc - lr * lr * (g_v2 - task.xbar * jnp.sum(g.w * g.w)) / (2 * temperature)
-        return (jax.tree.map(lambda x, gx: x - lr * gx, p, g), acc), record
+        return state._replace(params=jax.tree.map(lambda x, gx: x - lr * gx, p, g), step_term=acc), record
 
-    (params, _), traj = jax.lax.scan(step, (params, jnp.zeros_like(params.z)), None, length=steps)
-    return params, traj
+
+def make_step(kind: str = "softmax") -> Step:
+    """The SGD step of `kind` attention (one of `KINDS`)."""
+    _check_kind(kind)
+    return Step(kind)
+
+
+def train(params: Params, task: Task, *, kind: str = "softmax", temperature: float = 0.5, lr: float = 0.1,
+          steps: int = 2000, chunk: int = 1000, directory=None, settings=None) -> tuple[Params, Record]:
+    """Full-batch plain SGD on (W, z) for `steps`, recording the `Record` (host arrays, leading axis
+    `steps`). With `directory`, `loop.run_steps` saves the run every `chunk` steps and a rerun resumes.
+
+    params: w `(d, K)`, z `(M_c,)`; task: x `(M_c, K)`, u `(d, M_c + 1)`."""
+    state = init_state(params, task, kind=kind, temperature=temperature, lr=lr)
+    final, traj = run_steps(make_step(kind), state, steps, chunk=chunk, directory=directory, settings=settings)
+    return final.params, traj
 
 
 def entropy_toy_target(key: jax.Array, n: int = 10, low: float = 1.0, high: float = 4.0) -> jax.Array:
@@ -276,20 +320,31 @@ def entropy_toy_target(key: jax.Array, n: int = 10, low: float = 1.0, high: floa
     return jnp.sort(jax.random.uniform(key, (n,), minval=low, maxval=high))
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
+class EntropyState(NamedTuple):
+    """The entropy toy's carry: v `(n,)`, and its constants mu `(n,)`, lr and temperature (0-d)."""
+
+    v: jax.Array
+    mu: jax.Array
+    lr: jax.Array
+    temperature: jax.Array
+
+
+def entropy_step(state: EntropyState, t: jax.Array) -> tuple[EntropyState, tuple[jax.Array, jax.Array]]:
+    """v <- v + lr (mu - v) ∘ softmax(v^2 / T); records (v, entropy of softmax(v^2 / T)) before it."""
+    v = state.v
+    a = jax.nn.softmax(v * v / state.temperature)
+    h = -jnp.sum(a * jnp.log(a))
+    return state._replace(v=v + state.lr * (state.mu - v) * a), (v, h)
+
+
 def entropy_toy(mu: jax.Array, v0: jax.Array, *, lr: float = 0.02, temperature: float = 3.0,
-                steps: int = 5000) -> tuple[jax.Array, jax.Array]:
-    """Iterate v <- v + lr (mu - v) ∘ softmax(v^2 / T) from v0 `(n,)`.
+                steps: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Iterate v <- v + lr (mu - v) ∘ softmax(v^2 / T) from v0 `(n,)` (`entropy_step` on `run_steps`).
 
     Returns v `(steps, n)` and the entropy (nats) of softmax(v^2 / T) `(steps,)`, both before each
     step's update."""
     chex.assert_rank([mu, v0], 1)
     chex.assert_equal_shape([mu, v0])
-
-    def step(v, _):
-        a = jax.nn.softmax(v * v / temperature)
-        h = -jnp.sum(a * jnp.log(a))
-        return v + lr * (mu - v) * a, (v, h)
-
-    _, (vs, hs) = jax.lax.scan(step, v0, None, length=steps)
+    state = EntropyState(v0, mu, jnp.asarray(lr, v0.dtype), jnp.asarray(temperature, v0.dtype))
+    _, (vs, hs) = run_steps(entropy_step, state, steps, chunk=steps)
     return vs, hs

@@ -72,7 +72,7 @@ __all__ = [
     "ATTENTION_QK",
     "Config",
     "Data",
-    "TrainState",
+    "State",
     "apply",
     "attention_entropy",
     "decay_factors",
@@ -387,7 +387,7 @@ def optimizer(lr: float, weight_decay: float, steps: int, *, final_lr_ratio: flo
     return optax.GradientTransformation(tx.init, update), schedule
 
 
-class TrainState(NamedTuple):
+class State(NamedTuple):
     """params, optax state, and `decay` = prod_{s<t} (1 - lr_s wd) in float32 (scalar)."""
 
     params: Any
@@ -403,7 +403,7 @@ def excess_change(w: jax.Array, w0: jax.Array, decay: jax.Array) -> jax.Array:
 def make_step(data: Data, cfg: Config, opt: optax.GradientTransformation, schedule: optax.Schedule,
               weight_decay: float, params0: dict[str, Any], key: jax.Array, *, batch_size: int = 256,
               eval_every: int = 100, eval_size: int = 2048):
-    """A `step(state, t) -> (state, record)` for `loop.run_steps`, and its initial `TrainState`.
+    """A `step(state, t) -> (state, record)` for `loop.run_steps`, and its initial `State`.
 
     Batches: `batch_size` training indices drawn uniformly with `fold_in(key, t)`. Record (scalars
     unless noted): loss (batch MSE before the update), lr (schedule(t)), qk_grad (max |grad| over
@@ -418,7 +418,7 @@ def make_step(data: Data, cfg: Config, opt: optax.GradientTransformation, schedu
     def grad_norm(tree):
         return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
-    def step(state: TrainState, t: jax.Array):
+    def step(state: State, t: jax.Array):
         idx = data.train[jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, data.train.shape[0])]
         x, y = inputs(data, idx, cfg), data.target[idx]
 
@@ -444,9 +444,9 @@ def make_step(data: Data, cfg: Config, opt: optax.GradientTransformation, schedu
             "mlp_grad": grad_norm([g["up"], g["down"]]),
             "excess": {n: excess_change(params["layers"][n], params0["layers"][n], decay) for n in "qkvo"},
         }
-        return TrainState(params, opt_state, decay), record
+        return State(params, opt_state, decay), record
 
-    state = TrainState(params0, opt.init(params0), jnp.float32(1.0))
+    state = State(params0, opt.init(params0), jnp.float32(1.0))
     return step, state
 
 

@@ -90,8 +90,8 @@ from jax.flatten_util import ravel_pytree
 
 __all__ = [
     "Factors",
-    "StabilityRecord",
-    "StabilityState",
+    "Record",
+    "State",
     "hessian_vector_product",
     "init_factors",
     "init_state",
@@ -118,7 +118,7 @@ class Factors(NamedTuple):
     v: jax.Array
 
 
-class StabilityState(NamedTuple):
+class State(NamedTuple):
     """Training state, every leaf with a leading config axis `(C, ...)`: params; optax state;
     diverged `(C,)` bool; v_abs, v_top `(C, d1 + d2)` the power-iteration vectors (warm start)."""
 
@@ -129,7 +129,7 @@ class StabilityState(NamedTuple):
     v_top: jax.Array
 
 
-class StabilityRecord(NamedTuple):
+class Record(NamedTuple):
     """Per step, before its update, per config `(C,)`: loss; sharpness λ_max(H); lr η_t;
     charge |u|² − |v|²; norm2 |u|² + |v|² (the sharpness of a minimum with these norms). NaN
     once a run has diverged."""
@@ -259,7 +259,7 @@ def _optimizer(peak, warmup_steps, start_fraction) -> optax.GradientTransformati
 
 
 def init_state(params: Factors, target: jax.Array, peaks: jax.Array, start_fractions: jax.Array,
-               warmup_steps: int, key: jax.Array, *, power_iters: int = 200) -> StabilityState:
+               warmup_steps: int, key: jax.Array, *, power_iters: int = 200) -> State:
     """The state of C vmapped GD runs. params: u `(C, d1)`, v `(C, d2)`; target M `(d1, d2)`;
     peaks, start_fractions `(C,)`. The power-iteration vectors start from `key` and are converged
     at the initial params by `power_iters` iterations, so the first recorded sharpness is exact."""
@@ -274,12 +274,12 @@ def init_state(params: Factors, target: jax.Array, peaks: jax.Array, start_fract
     v_abs, v_top = jax.random.normal(k1, (c, n), dtype), jax.random.normal(k2, (c, n), dtype)
     _, _, v_abs, v_top = jax.vmap(lambda p, a, b: power_iteration(lambda q: loss_fn(q, target), p, a, b,
                                                                   power_iters))(params, v_abs, v_top)
-    return StabilityState(params, opt_state, jnp.zeros((c,), bool), v_abs, v_top)
+    return State(params, opt_state, jnp.zeros((c,), bool), v_abs, v_top)
 
 
 def make_step(target: jax.Array, peaks: jax.Array, start_fractions: jax.Array, warmup_steps: int, *,
               method: str = "power", power_iters: int = 5, blowup: float = 1e8):
-    """`step(state, t) -> (state, StabilityRecord)` for `run_steps`: one full-batch GD step (optax
+    """`step(state, t) -> (state, Record)` for `run_steps`: one full-batch GD step (optax
     SGD with `warmup_schedule`) of each of C configs, vmapped. The sharpness is tracked by
     `power_iters` warm-started power iterations per step (`method="power"`) or from the dense
     Hessian (`"exact"`, small problems). target M `(d1, d2)`; peaks, start_fractions `(C,)`."""
@@ -305,15 +305,15 @@ def make_step(target: jax.Array, peaks: jax.Array, start_fractions: jax.Array, w
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(bad, a, b), old, new)  # noqa: E731
         nan = jnp.full((), jnp.nan, value.dtype)
         uu, vv = jnp.sum(params.u * params.u), jnp.sum(params.v * params.v)
-        record = StabilityRecord(*(jnp.where(bad, nan, x) for x in (value, sharp, lr.astype(value.dtype), uu - vv,
+        record = Record(*(jnp.where(bad, nan, x) for x in (value, sharp, lr.astype(value.dtype), uu - vv,
                                                                     uu + vv)))
         state = (keep(params, params_new), keep(opt_state, opt_new), bad, keep(v_abs, v_abs_new),
                  keep(v_top, v_top_new))
         return state, record
 
-    def step(state: StabilityState, t: jax.Array) -> tuple[StabilityState, StabilityRecord]:
+    def step(state: State, t: jax.Array) -> tuple[State, Record]:
         new, record = jax.vmap(one, in_axes=(0,) * 7 + (None,))(*state, peaks, start_fractions, t)
-        return StabilityState(*new), record
+        return State(*new), record
 
     return step
 
@@ -321,7 +321,7 @@ def make_step(target: jax.Array, peaks: jax.Array, start_fractions: jax.Array, w
 OUTCOMES = ("not converged", "converged", "diverged", "unstable stall")
 
 
-def outcome(record: StabilityRecord, *, tol: float = 1e-12, margin: float = 1e-3) -> jax.Array:
+def outcome(record: Record, *, tol: float = 1e-12, margin: float = 1e-3) -> jax.Array:
     """Per config, from a trajectory (leaves `(T, C)`, NaN after divergence), an index into
     `OUTCOMES`: 2 = diverged (a NaN); 1 = converged: final loss <= tol at a linearly stable
     minimum, λ_max <= (2/η_final)(1 + margin); 3 = final loss <= tol at a minimum with

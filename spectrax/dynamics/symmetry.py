@@ -63,7 +63,7 @@ __all__ = [
     "DEEP_LINEAR",
     "FACTORIZATION",
     "SCALAR",
-    "ChargeRecord",
+    "Record",
     "Factors",
     "SymmetricModel",
     "charge",
@@ -115,7 +115,7 @@ class Factors(NamedTuple):
     w: jax.Array
 
 
-class ChargeRecord(NamedTuple):
+class Record(NamedTuple):
     """One record of `train` (per run; `train` stacks `(T, R, ...)`), taken before the record's
     steps: loss `()` on the batch of the first step; charge: the model's charge pytree;
     recursion_error `()` max over the record's steps of `recursion_error` (relative);
@@ -385,13 +385,13 @@ def train(model: SymmetricModel, params: Any, sampler: Sampler, *, lr: float | j
           key: jax.Array, weight_decay: float | jax.Array = 0.0, every: int = 1,
           observe: Callable[[Any], Any] | None = None, chunk: int = 1000,
           directory: str | os.PathLike | None = None, settings: Mapping[str, Any] | None = None,
-          progress: str | None = None) -> tuple[Any, ChargeRecord]:
+          progress: str | None = None) -> tuple[Any, Record]:
     """(S)GD on a stack of R runs, vmapped: params has a leading `(R,)` axis on every leaf; lr and
     weight_decay are scalars or `(R,)` arrays (a sweep in one compiled call).
 
     Step t of run r trains on `sampler(fold_in(fold_in(key, r), t))` (independent minibatch noise per
     run; `full_batch` is GD). A record is taken every `every` steps (T = steps // every records,
-    `steps` must be a multiple), each a `ChargeRecord` of `(T, R, ...)` host arrays. With
+    `steps` must be a multiple), each a `Record` of `(T, R, ...)` host arrays. With
     `directory`, checkpoints via `run_steps` every `chunk` records and resumes runs with the same
     `settings`. Returns the final params `(R, ...)` and the trajectory.
     """
@@ -423,7 +423,7 @@ def train(model: SymmetricModel, params: Any, sampler: Sampler, *, lr: float | j
 
         (p, opt_state, worst), losses = jax.lax.scan(inner, (p, opt_state, jnp.zeros((), dtype)),
                                                      jnp.arange(every, dtype=jnp.int32))
-        return (p, opt_state), ChargeRecord(losses[0], c, worst, observed)
+        return (p, opt_state), Record(losses[0], c, worst, observed)
 
     def step(state, t):
         return jax.vmap(one_record, in_axes=(0, 0, 0, 0, None))(state, run_keys, lrs, decays, t)

@@ -204,7 +204,7 @@ def test_outcome_codes():
     loss = jnp.array([[1.0, 1.0, 1.0, 1.0], [1e-14, nan, 1e-3, 1e-14]])
     sharp = jnp.array([[5.0, 5.0, 5.0, 5.0], [3.0, nan, 3.0, 3.0]])
     lr = jnp.array([[0.5, 0.5, 0.5, 0.9], [0.5, nan, 0.5, 0.9]])
-    rec = st.StabilityRecord(loss, sharp, lr, jnp.zeros_like(loss), jnp.zeros_like(loss))
+    rec = st.Record(loss, sharp, lr, jnp.zeros_like(loss), jnp.zeros_like(loss))
     got = [st.OUTCOMES[c] for c in np.asarray(st.outcome(rec))]
     assert got == ["converged", "diverged", "not converged", "unstable stall"]
 
