@@ -41,11 +41,7 @@ u g_u = w g_w by the symmetry), the charge C = u² − w² obeys exactly, per GD
 decays by 2ηγ). C decays to 0 for γ > 0; at γ = 0 it keeps its initial value up to the O(η²)
 terms, and GD ends on an unbalanced point of the minimum manifold u w = E[xy] / E[x²].
 
-Measured (`experiments/symmetry_collapse.py`: n = 1000, y = x + 0.5 ε, E[xy] = 0.9904,
-E[x²] = 0.9794; 121 γ in [0, 3] x 8 seeds, 40000 float64 GD steps at η = 0.05): every run ends
-within 1.2e-15 of the closed form, |u| = |w| to 2e-14 for every γ > 0, the thresholds fitted
-from the broken branch are |E[xy]| and 2 E[xy] to 4e-16, with slopes −1/E[x²] and −1/(2E[x²]).
-At γ = 0 the end points stay unbalanced (| |u| − |w| | >= 0.014), as the conserved charge says.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `collapse`.
 
 GD runs are vmapped over a (γ, seed) grid, several GD steps per recorded step, under
 `spectrax.dynamics.loop.run_steps`.

@@ -38,38 +38,7 @@ first-order parts of the step cancel in the invariant and what is left is, per s
 SGD (prediction + step_term = quantity), and for softmax what remains is the theory's
 approximation alone.
 
-Finding on the softmax invariant (the documented setup's Gaussian setting, lr 0.1, 2000 steps; NC judged over
-t >= 100). The implementation matches the reference `joma/draw_figure_2_3.py` in every choice
-checked: X (U(0, 1/2), Gaussian distinct rows exp(-(l - k M_d/K)^2 / 30), columns summing to 1),
-U = identity columns with the query's residual, T = 0.5, W, z ~ N(0, 1)/100, C fixed at t = 0,
-xbar = mean_k X (its layer-norm variant is off there), ||W||_F^2 over all d rows, NC over all
-M_c = 20 tokens with mean-centering, recorded before each step's update, mean cross-entropy, plain
-SGD. Over 50 seeds (X and init drawn per seed) the minimum NC over t >= 100 has quantiles
-0/10/25/50/75/100% = 0.953/0.974/0.985/0.991/0.994/0.996: above 0.99 for 27/50 seeds, not for all
-(the talk's figure plots NC on a -0.5..1 axis, where 0.95 and 0.99 look alike; neither the paper
-nor the talk states 0.99). The cause is the theorem's softmax assumption, not the step or a
-definition: (1) lr 0.01 for 20000 steps gives the same minima to 3-4 digits, and adding the
-step term above (~0.5% of the logit range here) moves NC by < 1e-5: discretization is not it;
-(2) ||V||_F^2 (the paper's sum_k ||v_k||^2) instead of ||W||_F^2 moves NC by < 1e-4; (3) b̄_l(t)
-does not stay at xbar_l: attention concentrates on each class's top distinct token, and
-max_l |b̄_l - xbar_l| reaches 5.0-5.3x max_l xbar_l in each of 10 seeds; substituting the running
-b̄(t) for xbar does not restore NC (worst seed 0.80: the paper's second assumption,
-E[b bᵀ] ~ b̄ E[bᵀ], fails as well). NC over the 10 distinct tokens alone is >= 0.955 (worst of 10
-seeds), over the 10 common tokens alone as low as 0.39: the common tokens' small logit motions
-carry the error. `experiments/joma_invariants.py` reports these numbers.
-
-Exp attention at lr 0.1 is unstable, as expected of plain SGD on unnormalized exp(z/T) attention
-(not a claim of the paper, whose theorem is for gradient flow): B = exp(2 z) X grows with z, the
-loss's curvature in W grows like ||F||^2, and once z_max ~ 3 the step exceeds the stability limit:
-the loss spikes (seed 0 of the experiment: 0.27 -> 467 -> 9430 over steps 1847-1852), one step
-throws a token's logit to z ~ -1880 where its attention is exp(-3760) = 0 and its row of V to
-~900, and both freeze. The gradient-flow prediction z = sum_k V^2/2T + C then says +9.2e5 where
-z = -1880 (NC ~ -1): every bit of the gap is the accumulated step term, which the exact identity
-above shows (NC of z against prediction + step term >= 0.9999995 in every run).
-`experiments/joma_invariants.py` reports the first step at which the loss exceeds its initial value
-and the NC before it: on Gaussian X all of 10 seeds go unstable (loss above ln K from t ~ 760-1100,
-peak 11 to 9400; NC >= 0.87 before), on random X 2 of 10, and the stable ones still end at
-NC 0.91-0.99 against the gradient-flow form, all of it step term.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `joma`.
 
 The entropy toy (the talk's nonlinear-JoMA picture): v <- v + lr (mu - v) ∘ softmax(v^2 / T) from a
 small v; the entropy of softmax(v^2 / T) first falls (the most salient component grows first),

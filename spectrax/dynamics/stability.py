@@ -37,40 +37,7 @@ iteration finds the eigenvalue of largest magnitude, which need not be λ_max aw
 radius ρ, then on H + ρ I, whose dominant eigenvalue is λ_max + ρ. Both vectors are carried from
 step to step in training (warm start), so a few iterations per step track the sharpness.
 
-Power iteration's limits, measured (d = 6, against the dense Hessian at every step): cold, with
-400 iterations, it equals `sharpness_exact` to 1e-8 everywhere tested (init, saddle, imbalanced
-minimum). Warm-started with 5 iterations per phase and step it equals it at the start and at every
-fixed point (to 1e-9) and on >= 96% of the steps, but lags while the top eigenvector turns fast:
-up to 7% during a warm-up's catapult and up to 63% for ~10 steps while a small init escapes the
-saddle (more iterations shrink the lag slowly: 40 per phase still leave 21%, since the shift ρ
-makes the relative gap tiny when |λ_min| ~ λ_max). `experiments/stability_warmup.py` therefore
-plots trajectories from the dense Hessian and checks the tracked values at the end points.
-
-Findings (`experiments/stability_warmup.py`, d = 16, s = 1, 8 seeds, 5000 float64 GD steps,
-warm-up over 200 steps from 2% of the peak):
-
-- σ = 1: λ_0 = 31-62 (median 44.9; 3dσ² = 48). Constant η: the largest converging η per seed is
-  0.08-0.15 (median 0.12), 2.3-3.7x the linear bound 2/λ_0: GD survives a few steps with
-  η λ > 2 (a catapult: the loss spikes, |u||v| shrinks, the sharpness drops below 2/η). The first
-  seed diverges at η = 0.1, all of them from 0.2 on.
-- With the warm-up every seed converges up to η = 0.2 and the median seed up to 0.9 (0.2-1.0;
-  the outlier is the seed with C_0 = 26, i.e. sqrt(C_0² + 4s²) = 26): 7.5x the constant rate. The
-  limit is not set by the init but by the minimum reached; above 2/sqrt(C_0² + 4s²), GD at the
-  edge of stability shrinks |C| (the η² terms) until it lands on a minimum flatter than 2/η, up to
-  the hard bound η < 1/s of the balanced minimum (sharpness 2s).
-- σ = 0.01: λ_0 = s (the saddle), rising to 2s. Constant η converges up to 0.9 (at η = 1 = 1/s it
-  sits on the edge 2/η = 2s), warm-up up to 1.0: no gain. Warm-up helps where the sharpness falls
-  during training, not where it rises.
-- In float64, 27 of 704 runs converged during the warm-up to a minimum that the peak η makes
-  unstable and stayed there because the residual was below rounding ("unstable stall" in
-  `outcome`); in exact arithmetic they would leave it (as other runs visibly do: loss 1e-20 ->
-  catapult -> a flatter minimum).
-
-The talk's figure (SGD at η = 0.008, Kaiming init) credits SGD's noise for lowering the
-sharpness; with full-batch GD the fall measured here comes from the product u vᵀ shrinking onto
-M from a large balanced init. (A Kaiming init of this factorization, fan-in 1 for u, is strongly
-imbalanced, C ~ 2d, so GD's final sqrt(C² + 4s²) stays near the initial sharpness: that case was
-not run here.)
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `stability`.
 
 GD runs are vmapped over a configuration axis (peak η, start fraction of the warm-up, seed) and
 stepped by `spectrax.dynamics.loop.run_steps`. A run that blows up (loss above `blowup` or not

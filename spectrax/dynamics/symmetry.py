@@ -40,10 +40,7 @@ initializations with `spectrax.dynamics.loop.run_steps`, recording per step the 
 and the largest relative error of the recursion against the actual optax step (in float64 it is
 ~1e-16).
 
-Finding (GD drift, `experiments/noether_charge.py`): after a fixed number of steps the GD drift
-of the charge scales as lr^2, as the recursion says; but the drift *to convergence* (a fixed
-gradient-flow time, so ~1/lr steps) scales as lr: the per-step O(lr^2) accumulates over O(1/lr)
-steps. "GD keeps the charge to O(lr^2)" holds per step, not per training run.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `symmetry`.
 """
 
 from __future__ import annotations
