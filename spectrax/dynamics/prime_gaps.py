@@ -60,6 +60,8 @@ from spectrax import spectral as sp
 from spectrax.models.layers import attention, dense_mlp, layer_norm
 
 __all__ = [
+    "SOURCE_REFERENCE_DRAWS",
+    "source_ks",
     "ATTENTION_QK",
     "Config",
     "Data",
@@ -470,3 +472,24 @@ def qk_kernel_erank(params: dict[str, Any]) -> jax.Array:
     """Effective rank `(L, H)` of each head's QK kernel W_Q,h^T W_K,h (factored, never formed)."""
     lay = params["layers"]
     return sp.effective_rank(sp.qk_kernel_singular_values(lay["q"], lay["k"]))
+
+
+SOURCE_REFERENCE_DRAWS = 4  # unit-variance Gaussian matrices pooled into the source-style reference
+
+
+def source_ks(w: np.ndarray, key: jax.Array, num_draws: int) -> tuple[float, float, float]:
+    """The prime-gap source's "KS distance to random" of one matrix and its null:
+    `(observed, null_mean, null_std)` (experiments/lm_rank_table.py reports it).
+
+    Observed: two-sample KS distance of the raw singular values of `w (m, n)` to a pooled sample of
+    singular values of unit-variance Gaussian `(m, n)` matrices. Null: the same distance for
+    Gaussian matrices whose entries have `w`'s RMS, `num_draws` of them.
+    """
+    w = np.asarray(w, np.float32)
+    m, n = w.shape
+    k_ref, k_null = jax.random.split(key)
+    reference = sp.gaussian_singular_values(k_ref, (SOURCE_REFERENCE_DRAWS, m, n)).reshape(-1)
+    observed = float(sp.ks_two_sample(sp.singular_values(w), reference))
+    rms = np.float32(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+    null = np.asarray(sp.ks_two_sample(rms * sp.gaussian_singular_values(k_null, (num_draws, m, n)), reference))
+    return observed, float(np.mean(null)), float(np.std(null, ddof=1))
