@@ -73,23 +73,6 @@ def run_grid(groups, *, steps: int, checkpoint: str | None = None, settings: dic
     return jax.tree.map(merge, *(traj for _, traj in results))
 
 
-def monotone_checks(configs, entropy: np.ndarray, grid: dict) -> dict:
-    """For each (num_last, ratio): is the seed-mean final entropy decreasing in lr_Z? And the
-    Spearman correlation between lr_Z and entropy over all cells (theory: negative)."""
-    mean = entropy.mean(axis=1)
-    index = {c: i for i, c in enumerate(configs)}
-    cells, decreasing = 0, 0
-    for n in grid["num_last"]:
-        for ratio in grid["ratio"]:
-            values = [mean[index[(n, lr, ratio)]] for lr in grid["lr_z"]]
-            cells += 1
-            decreasing += all(b < a for a, b in itertools.pairwise(values))
-    lr = np.array([c[1] for c in configs])
-    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
-    return {"cells": cells, "cells_decreasing_in_lr_z": decreasing,
-            "spearman_lr_z_vs_entropy": float(np.corrcoef(rank(lr), rank(mean))[0, 1])}
-
-
 def run(out: str, *, seeds: int = 10, steps: int = 100, seed: int = 0, quick: bool = False,
         checkpoint: str | None = None, quiet: bool = False) -> dict:
     grid = QUICK_GRID if quick else GRID
@@ -110,7 +93,7 @@ def run(out: str, *, seeds: int = 10, steps: int = 100, seed: int = 0, quick: bo
             "final_loss_mean": final_loss.mean(axis=1), "seeds": np.full(len(configs), seeds),
         }
         write_table(table, folder, "table")
-        checks = monotone_checks(configs, entropy, grid)
+        checks = ss.summarize_grid(configs, entropy, grid)
         metrics = {"grid": grid, "seeds": seeds, "steps": steps, "seed": seed, "configs": configs,
                    "entropy_per_seed": entropy.tolist(), "checks": checks,
                    "initial_entropy": float(traj.entropy[0, 0, 0]),

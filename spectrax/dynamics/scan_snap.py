@@ -70,6 +70,8 @@ __all__ = [
     "run_grid",
     "sample_batch",
     "stack",
+    "summarize",
+    "summarize_grid",
     "train",
     "z_metrics",
 ]
@@ -405,3 +407,53 @@ def run_grid(keys: Sequence[jax.Array], tasks: Sequence[Task], hypers: Sequence[
                               progress=progress)
     # the loop stacks time first: (T, C_g, R, ...) -> (C_g, R, T, ...)
     return tuple((f.params, jax.tree.map(lambda a: np.moveaxis(a, 0, 2), r)) for f, r in zip(finals, trajs))
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two 1-D sequences (no ties expected)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def summarize(trajectory: Record, task: Task, params: Params) -> tuple[list[dict], dict[str, float]]:
+    """The Fig. 4 verdicts of one run: per fact, the final Z row's common and distinct logits with
+    P(l|n) and their rank correlation; and the checks (the zero-init loss against ln M, the largest
+    final common-token logit (theory: < 0), the smallest rank correlation (theory: near 1), the
+    entropy of c_n at the start and end (theory: it falls)). Host numpy."""
+    loss, entropy = np.asarray(trajectory.loss), np.asarray(trajectory.entropy)
+    z, common, m = np.asarray(params.z), np.asarray(task.common), int(task.probs.shape[1])
+    facts = []
+    for f in range(len(task.last)):
+        distinct = np.asarray(task.distinct[f])
+        row = z[int(task.last[f])]
+        p = np.asarray(task.probs[f])[distinct]
+        facts.append({"last_token": int(task.last[f]), "next_token": int(task.next[f]),
+                      "common_logits": row[common].tolist(), "distinct_tokens": distinct.tolist(),
+                      "distinct_probs": p.tolist(), "distinct_logits": row[distinct].tolist(),
+                      "rank_correlation": _spearman(row[distinct], p)})
+    checks = {"initial_loss": float(loss[0]), "ln_M": float(np.log(m)),
+              "initial_loss_minus_ln_M": float(loss[0] - np.log(m)),
+              "max_final_common_logit": float(max(max(f["common_logits"]) for f in facts)),
+              "min_rank_correlation": float(min(f["rank_correlation"] for f in facts)),
+              "entropy_initial": float(entropy[0]), "entropy_final": float(entropy[-1])}
+    return facts, checks
+
+
+def summarize_grid(configs: Sequence[tuple[int, float, float]], entropy: np.ndarray, grid: dict) -> dict:
+    """The Fig. 6 verdict: for each (num_last, ratio) cell, is the seed-mean final entropy
+    (`entropy` `(C, R)`, configs `(num_last, lr_z, ratio)`) decreasing in lr_Z? And the Spearman
+    correlation between lr_Z and entropy over all cells (theory: negative)."""
+    mean = np.asarray(entropy).mean(axis=1)
+    index = {c: i for i, c in enumerate(configs)}
+    cells, decreasing = 0, 0
+    for n in grid["num_last"]:
+        for ratio in grid["ratio"]:
+            values = [mean[index[(n, lr, ratio)]] for lr in grid["lr_z"]]
+            cells += 1
+            decreasing += all(b < a for a, b in zip(values, values[1:]))
+    lr = np.array([c[1] for c in configs])
+    return {"cells": cells, "cells_decreasing_in_lr_z": decreasing,
+            "spearman_lr_z_vs_entropy": _spearman(lr, mean)}

@@ -239,3 +239,24 @@ def test_run_and_grid_resume_after_an_interruption(tmp_path):
     _keep_only_first_save(directory)
     resumed = ss.run_grid(keys, tasks, hypers, steps=4, batch_size=8, chunk=2, directory=directory)
     chex.assert_trees_all_close(resumed, reference, rtol=1e-6)
+
+
+def test_summarize_holds_the_fig4_run_against_the_theory(fig4):
+    task, params, traj = fig4
+    facts, checks = ss.summarize(traj, task, params)
+    assert [f["last_token"] for f in facts] == [int(x) for x in task.last]
+    assert abs(checks["initial_loss_minus_ln_M"]) < 1e-5 and checks["ln_M"] == pytest.approx(np.log(34))
+    assert checks["max_final_common_logit"] < 0 and checks["min_rank_correlation"] > 0.9
+    assert checks["entropy_final"] < checks["entropy_initial"]
+    row = np.asarray(params.z)[int(task.last[0])]
+    assert facts[0]["distinct_logits"] == row[np.asarray(task.distinct[0])].tolist()
+
+
+def test_summarize_grid_counts_cells_decreasing_in_lr_z():
+    grid = {"num_last": (1, 2), "lr_z": (0.5, 1.0, 2.0), "ratio": (1.0,)}
+    configs = [(n, lr, 1.0) for n in grid["num_last"] for lr in grid["lr_z"]]
+    entropy = np.array([[3.0, 3.2], [2.0, 2.2], [1.0, 1.2],  # num_last 1: falls with lr_Z
+                        [1.0, 1.0], [2.0, 2.0], [0.5, 0.5]])  # num_last 2: does not
+    checks = ss.summarize_grid(configs, entropy, grid)
+    assert checks["cells"] == 2 and checks["cells_decreasing_in_lr_z"] == 1
+    assert -1 <= checks["spearman_lr_z_vs_entropy"] < 0
