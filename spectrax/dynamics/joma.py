@@ -58,6 +58,7 @@ import numpy as np
 from spectrax.dynamics.loop import run_steps
 
 __all__ = [
+    "JUDGE_FROM",
     "KINDS",
     "EntropyState",
     "Params",
@@ -78,6 +79,8 @@ __all__ = [
     "make_task",
     "normalized_correlation",
     "outputs",
+    "summarize",
+    "summarize_seeds",
     "train",
 ]
 
@@ -317,3 +320,47 @@ def entropy_toy(mu: jax.Array, v0: jax.Array, *, lr: float = 0.02, temperature: 
     state = EntropyState(v0, mu, jnp.asarray(lr, v0.dtype), jnp.asarray(temperature, v0.dtype))
     _, (vs, hs) = run_steps(entropy_step, state, steps, chunk=steps)
     return vs, hs
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+JUDGE_FROM = 100  # NC is 1 at t = 0 by construction of C, so it is judged from here on
+
+
+def summarize(trajectory: Record, task: Task) -> dict:
+    """One run's verdict: the smallest NC over t >= `JUDGE_FROM` (and where), its final NC, the
+    smallest NC with SGD's step term added (1: the gap is the finite step), the largest drift of the
+    class-averaged attention from xbar relative to max xbar (the softmax theorem assumes 0), the
+    first step with the loss above its initial value (None: stable) and the smallest NC before it,
+    and the loss and logit ranges. Host numpy."""
+    traj = jax.tree.map(np.asarray, trajectory)
+    nc, after = traj.nc, slice(JUDGE_FROM, None)
+    xbar = np.asarray(task.xbar)
+    above = np.flatnonzero(traj.loss > traj.loss[0])
+    unstable = int(above[0]) if above.size else None
+    # NC over t >= 100 up to the first unstable step (all of it for a stable run); nan if none left
+    before = nc[JUDGE_FROM:unstable] if unstable is None or unstable > JUDGE_FROM else nc[:0]
+    return {"min_nc_after_100": float(nc[after].min()),
+            "argmin_nc_after_100": int(JUDGE_FROM + nc[after].argmin()),
+            "final_nc": float(nc[-1]), "min_nc_with_step_term": float(traj.nc_stepped[after].min()),
+            "max_attn_mean_drift": float(np.abs(traj.attn_mean - xbar).max() / xbar.max()),
+            "first_step_loss_above_initial": unstable,
+            "min_nc_before_instability": float(before.min()) if before.size else None,
+            "initial_loss": float(traj.loss[0]), "max_loss": float(traj.loss.max()),
+            "final_loss": float(traj.loss[-1]), "final_z_range": float(np.ptp(traj.z[-1])),
+            "max_abs_z": float(np.abs(traj.z).max())}
+
+
+def summarize_seeds(runs: list[dict]) -> dict:
+    """Over seeds (each a `summarize` dict) of one attention kind and X: the worst and median
+    smallest NC, the seeds above 0.99, the worst NC with the step term, the largest attention drift,
+    the unstable seeds and their worst NC before instability."""
+    minima = np.array([r["min_nc_after_100"] for r in runs])
+    unstable = [r for r in runs if r["first_step_loss_above_initial"] is not None]
+    return {"seeds": len(runs), "min": float(minima.min()), "median": float(np.median(minima)),
+            "seeds_above_0.99": int(np.sum(minima > 0.99)),
+            "min_with_step_term": float(min(r["min_nc_with_step_term"] for r in runs)),
+            "max_attn_mean_drift": float(max(r["max_attn_mean_drift"] for r in runs)),
+            "seeds_unstable": len(unstable),
+            "min_nc_before_instability": min((r["min_nc_before_instability"] for r in unstable
+                                              if r["min_nc_before_instability"] is not None), default=None)}

@@ -188,3 +188,33 @@ def test_train_resumes_after_an_interruption(tmp_path):
             shutil.rmtree(saved)
     chex.assert_trees_all_close(joma.train(params, task, kind="exp", steps=20, chunk=10, directory=directory),
                                 reference, rtol=1e-6)
+
+
+def made_up_record(steps: int, nc_dip: float, blow_up_at: int | None):
+    """A `Record` of `steps` with NC 1 except a dip at step 150 and, optionally, the loss rising
+    above its start from `blow_up_at` on."""
+    nc = np.ones(steps)
+    nc[150] = nc_dip
+    loss = np.linspace(3.0, 1.0, steps)
+    if blow_up_at is not None:
+        loss[blow_up_at:] = 10.0
+    zeros = np.zeros((steps, 2))
+    z = np.tile(np.array([0.5, -1.5]), (steps, 1))
+    return joma.Record(loss, z, z, nc, nc, nc, np.zeros((steps, 2, 3)), zeros, np.ones(steps),
+                       np.tile(np.array([0.3, 0.6]), (steps, 1)))
+
+
+def test_summarize_judges_made_up_runs():
+    task = joma.Task(np.zeros((2, 3)), np.zeros((4, 3)), np.array([0.2, 0.5]))
+    stable = joma.summarize(made_up_record(200, 0.95, None), task)
+    assert stable["min_nc_after_100"] == 0.95 and stable["argmin_nc_after_100"] == 150
+    assert stable["first_step_loss_above_initial"] is None and stable["min_nc_before_instability"] == 0.95
+    assert stable["min_nc_with_step_term"] == 1.0 and stable["max_attn_mean_drift"] == pytest.approx(0.2)
+    assert stable["final_z_range"] == 2.0 and stable["max_abs_z"] == 1.5
+    unstable = joma.summarize(made_up_record(200, 0.95, 120), task)
+    assert unstable["first_step_loss_above_initial"] == 120 and unstable["min_nc_before_instability"] == 1.0
+    early = joma.summarize(made_up_record(200, 0.95, 50), task)
+    assert early["min_nc_before_instability"] is None  # nothing left to judge before it
+    seeds = joma.summarize_seeds([stable, unstable, early])
+    assert seeds["seeds"] == 3 and seeds["min"] == 0.95 and seeds["seeds_above_0.99"] == 0
+    assert seeds["seeds_unstable"] == 2 and seeds["min_nc_before_instability"] == 1.0
