@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_kernels import machine, timed  # noqa: E402
+from spectrax.dynamics import loop  # noqa: E402
 from spectrax.dynamics import scan_snap as ss  # noqa: E402
 
 __all__ = [
@@ -71,19 +71,19 @@ def grouped_grid(grid: dict, seeds: int, steps: int, repeats: int) -> dict:
     args = ([keys[np.array(g)] for g in groups], [ss.make_task(n, K) for n in grid["num_last"]],
             [ss.stack([ss.hyper(*configs[i][1:]) for i in g]) for g in groups])
     call = lambda: [traj.entropy for _, traj in ss.run_grid(*args, steps=steps)]  # noqa: E731
-    before = ss.run_grid._cache_size()
+    before = loop._scan._cache_size()
     start = time.perf_counter()
     jax.block_until_ready(call())
     first = time.perf_counter() - start
     seconds, _ = timed(call, repeats, warmup=0)
     return {"method": f"one compiled call, {len(groups)} vmapped groups at their own sizes",
-            "compiles": ss.run_grid._cache_size() - before, "first_call_s": first, "seconds": seconds,
+            "compiles": loop._scan._cache_size() - before, "first_call_s": first, "seconds": seconds,
             "runs": len(configs) * seeds, "steps": steps}
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
 def _seeds_of_one_config(keys, task, h, *, steps):
-    return jax.vmap(lambda k: ss.run.__wrapped__(k, task, h, steps=steps))(keys)[1].entropy
+    """One configuration's seeds, vmapped: a grid of one group and one configuration."""
+    return ss.run_grid([keys[None]], [task], [ss.stack([h])], steps=steps)[0][1].entropy[0]
 
 
 def looped_grid(grid: dict, seeds: int, steps: int, repeats: int) -> dict:
@@ -95,13 +95,13 @@ def looped_grid(grid: dict, seeds: int, steps: int, repeats: int) -> dict:
         return [_seeds_of_one_config(keys[i], tasks[n], ss.hyper(lr, ratio), steps=steps)
                 for i, (n, lr, ratio) in enumerate(configs)]
 
-    before = _seeds_of_one_config._cache_size()
+    before = loop._scan._cache_size()
     start = time.perf_counter()
     jax.block_until_ready(call())
     first = time.perf_counter() - start
     seconds, _ = timed(call, repeats, warmup=0)
     return {"method": "Python loop over configurations (each jitted, vmapped over seeds, unpadded)",
-            "compiles": _seeds_of_one_config._cache_size() - before, "first_call_s": first, "seconds": seconds,
+            "compiles": loop._scan._cache_size() - before, "first_call_s": first, "seconds": seconds,
             "runs": len(configs) * seeds, "steps": steps}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from spectrax.report.tables import to_markdown, write_csv
 
 __all__ = [
     "add_common_options",
+    "add_config_options",
     "checkpoint_labels",
     "fmt",
     "markdown",
@@ -47,6 +49,38 @@ def add_common_options(parser: argparse.ArgumentParser, *, draws: int = 16) -> N
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls (default 0)")
     parser.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _number_list(kind):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return parse
+
+
+def add_config_options(parser: argparse.ArgumentParser, config: type, helps: Mapping[str, str] | None = None) -> None:
+    """One `--field-name` per field of the dataclass `config`, its default the field's (a tuple
+    field takes comma-separated numbers), so `config(**options)` reads the parsed values back.
+    `helps` adds a description per field; each help ends with the default."""
+    helps = dict(helps or {})
+    for field in dataclasses.fields(config):
+        default = field.default
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else float
+            text = ",".join(str(v) for v in default)
+            parser.add_argument(flag, type=_number_list(kind), default=default,
+                                help=f"{helps.pop(field.name, 'comma-separated')} (default {text})")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{helps.pop(field.name, '')} (default {default})")
+        else:
+            parser.add_argument(flag, type=type(default), default=default,
+                                help=f"{helps.pop(field.name, '')} (default {default})".strip())
+    if helps:
+        raise TypeError(f"help for fields {config.__name__} does not have: {', '.join(sorted(helps))}")
 
 
 @contextlib.contextmanager

@@ -44,9 +44,9 @@ import numpy as np  # noqa: E402
 
 from spectrax.dynamics import joma  # noqa: E402
 
-__all__ = ["JUDGE_FROM", "main", "run", "simulate"]
+__all__ = ["main", "run", "simulate"]
 
-JUDGE_FROM = 100  # NC is 1 at t = 0 by construction of C
+JUDGE_FROM = joma.JUDGE_FROM
 
 
 def simulate(kind: str, gaussian: bool, seed: int, steps: int):
@@ -70,7 +70,7 @@ def run(out: str, *, seeds: int = 5, steps: int = 2000, quiet: bool = False) -> 
                     task, _, traj = simulate(kind, gaussian, seed, steps)
                     ncs.append(traj.nc)
                     rows.append({"kind": kind, "X": "gaussian" if gaussian else "random", "seed": seed,
-                                 **_diagnose(task, traj)})
+                                 **joma.summarize(traj, task)})
                     if seed == 0:
                         keep[label] = (task, traj)
                 curves[label] = np.mean(ncs, axis=0)
@@ -82,7 +82,7 @@ def run(out: str, *, seeds: int = 5, steps: int = 2000, quiet: bool = False) -> 
         groups = {}
         for r in rows:
             groups.setdefault(f"{r['kind']}/{r['X']}", []).append(r)
-        checks = {k: _check(v) for k, v in groups.items()}
+        checks = {k: joma.summarize_seeds(v) for k, v in groups.items()}
         metrics = {"setting": {"num_distinct": 10, "num_common": 10, "classes": 20, "dim": 30, "temperature": 0.5,
                                "lr": 0.1, "steps": steps, "seeds": seeds, "init_scale": 0.01},
                    "judge_from": JUDGE_FROM, "runs": rows, "min_nc_after_100": checks}
@@ -106,38 +106,6 @@ def run(out: str, *, seeds: int = 5, steps: int = 2000, quiet: bool = False) -> 
                             "(exp attention: unnormalized exp(z/T) makes the step exceed SGD's stability limit)."))
         print(f"results in {os.path.abspath(out)}")
     return metrics
-
-
-def _diagnose(task, traj) -> dict:
-    """One run's NC and what explains it (module docstring)."""
-    nc, after = traj.nc, slice(JUDGE_FROM, None)
-    xbar = np.asarray(task.xbar)
-    above = np.flatnonzero(traj.loss > traj.loss[0])
-    unstable = int(above[0]) if above.size else None
-    # NC over t >= 100 up to the first unstable step (all of it for a stable run); nan if none left
-    before = nc[JUDGE_FROM:unstable] if unstable is None or unstable > JUDGE_FROM else nc[:0]
-    return {"min_nc_after_100": float(nc[after].min()),
-            "argmin_nc_after_100": int(JUDGE_FROM + nc[after].argmin()),
-            "final_nc": float(nc[-1]), "min_nc_with_step_term": float(traj.nc_stepped[after].min()),
-            "max_attn_mean_drift": float(np.abs(traj.attn_mean - xbar).max() / xbar.max()),
-            "first_step_loss_above_initial": unstable,
-            "min_nc_before_instability": float(before.min()) if before.size else None,
-            "initial_loss": float(traj.loss[0]), "max_loss": float(traj.loss.max()),
-            "final_loss": float(traj.loss[-1]), "final_z_range": float(np.ptp(traj.z[-1])),
-            "max_abs_z": float(np.abs(traj.z).max())}
-
-
-def _check(runs: list) -> dict:
-    """Seed summary of one attention kind and X."""
-    minima = np.array([r["min_nc_after_100"] for r in runs])
-    unstable = [r for r in runs if r["first_step_loss_above_initial"] is not None]
-    return {"seeds": len(runs), "min": float(minima.min()), "median": float(np.median(minima)),
-            "seeds_above_0.99": int(np.sum(minima > 0.99)),
-            "min_with_step_term": float(min(r["min_nc_with_step_term"] for r in runs)),
-            "max_attn_mean_drift": float(max(r["max_attn_mean_drift"] for r in runs)),
-            "seeds_unstable": len(unstable),
-            "min_nc_before_instability": min((r["min_nc_before_instability"] for r in unstable
-                                              if r["min_nc_before_instability"] is not None), default=None)}
 
 
 def _plots(folder: str, curves: dict, keep: dict, seeds: int) -> None:

@@ -63,34 +63,16 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax import spectral as sp  # noqa: E402
 from spectrax.analyses import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import finite_mean  # noqa: E402
 from spectrax.analyses.weights import layer_matrices  # noqa: E402
+from spectrax.dynamics.prime_gaps import source_ks  # noqa: E402
 from spectrax.io.load import open_source, stream_layers  # noqa: E402
 
-__all__ = ["ATTENTION", "STATISTICS", "crop_row", "main", "source_ks", "whole_rows"]
+__all__ = ["ATTENTION", "STATISTICS", "crop_row", "main", "whole_rows"]
 
 ATTENTION = ("attn.q", "attn.k", "attn.v", "attn.o")
 STATISTICS = ("erank", "max_mean", "ks_gauss", "ks_mp")
-SOURCE_REFERENCE_DRAWS = 4  # unit-variance Gaussian matrices pooled into the source-style reference
-
-
-def source_ks(w: np.ndarray, key: jax.Array, num_draws: int) -> tuple[float, float, float]:
-    """The source's KS distance of one matrix and its null: `(observed, null_mean, null_std)`.
-
-    Observed: two-sample KS distance of the raw singular values of `w (m, n)` to a pooled sample of
-    singular values of unit-variance Gaussian `(m, n)` matrices. Null: the same distance for
-    Gaussian matrices whose entries have `w`'s RMS, `num_draws` of them.
-    """
-    w = np.asarray(w, np.float32)
-    m, n = w.shape
-    k_ref, k_null = jax.random.split(key)
-    reference = sp.gaussian_singular_values(k_ref, (SOURCE_REFERENCE_DRAWS, m, n)).reshape(-1)
-    observed = float(sp.ks_two_sample(sp.singular_values(w), reference))
-    rms = np.float32(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
-    null = np.asarray(sp.ks_two_sample(rms * sp.gaussian_singular_values(k_null, (num_draws, m, n)), reference))
-    return observed, float(np.mean(null)), float(np.std(null, ddof=1))
 
 
 def _row_stats(matrices: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:

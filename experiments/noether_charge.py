@@ -35,147 +35,46 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from spectrax.report.plots import save_figure, subplots  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402
+from experiments._common import add_config_options, output_folder, run_main, write_table  # noqa: E402
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spectrax.dynamics import symmetry as sy  # noqa: E402
 
-__all__ = ["main", "run"]
-
-SCALAR_INITS = [[0.3, 1.5], [0.8, 1.1], [1.0, 0.8], [2.0, 0.4]]
-TEACHER = [[1.0, -0.5, 0.3, 0.8], [0.2, 1.2, -0.7, 0.1]]
-INPUT_SCALES = [1.5, 1.0, 0.7, 0.4]
-FACTOR_SCALES = [0.6, 1.0, 1.6]
-DRIFT_LRS = [0.004, 0.002, 0.001, 0.0005]
+__all__ = ["build_parser", "main", "run"]
 
 
-def _factor_inits(seed: int) -> sy.Factors:
-    rng = np.random.default_rng(seed)
-    u = np.stack([s * rng.normal(size=(2, 2)) for s in FACTOR_SCALES])
-    w = np.stack([rng.normal(size=(2, 4)) / s for s in FACTOR_SCALES])
-    return sy.Factors(jnp.asarray(u), jnp.asarray(w))
-
-
-def _slope(lrs: np.ndarray, drift: np.ndarray) -> float:
-    return float(np.polyfit(np.log(lrs), np.log(drift), 1)[0])
-
-
-def _ckpt(checkpoint: str | None, name: str) -> str | None:
-    return None if checkpoint is None else os.path.join(checkpoint, name)
-
-
-def run(out: str, *, steps: int = 6000, factor_steps: int = 20000, drift_steps: int = 16000, lr: float = 0.02,
-        seed: int = 0, checkpoint: str | None = None, quiet: bool = False) -> dict:
-    """Run the three parts and write metrics, tables and figures into the new folder `out`."""
-    if steps % 10 or factor_steps % 20 or drift_steps % 100 or min(steps, factor_steps, drift_steps) < 100:
-        raise ValueError("--steps must be a multiple of 10, --factor-steps of 20, --drift-steps of 100 (all >= 100)")
-    progress = None if quiet else "train"
+def run(out: str, config: sy.Config, *, checkpoint: str | None = None, quiet: bool = False) -> dict:
+    """Run the three parts (`symmetry.simulate`), judge them (`symmetry.summarize`) and write
+    metrics, tables and figures into the new folder `out`."""
     with output_folder(out, []) as folder:
-        metrics = _run(folder, steps, factor_steps, drift_steps, lr, seed, checkpoint, progress)
+        runs = sy.simulate(config, directory=checkpoint, progress=None if quiet else "train")
+        metrics = sy.summarize(runs, config)
+        with open(os.path.join(folder, "metrics.json"), "w") as fh:
+            json.dump(metrics, fh, indent=1)
+        _write_tables(folder, runs, config)
+        _plots(folder, runs, config)
     if not quiet:
         _summary(metrics, out)
     return metrics
 
 
-def _run(folder, steps, factor_steps, drift_steps, lr, seed, checkpoint, progress) -> dict:
-    with jax.enable_x64(True):
-        key = jax.random.key(seed)
-        settings = {"seed": seed, "lr": lr, "model": "noether_charge_v1"}
-        # --- scalar model
-        x, y = sy.scalar_data(jax.random.fold_in(key, 0), 256, dtype=jnp.float64)
-        inits = jnp.asarray(SCALAR_INITS, jnp.float64)
-        c0 = np.asarray(jax.vmap(sy.scalar_charge)(inits))
-        runs = {}
-        for name, sampler in (("gd", sy.full_batch(x, y)), ("sgd", sy.minibatches(x, y, 1))):
-            _, runs[name] = sy.train(sy.SCALAR, inits, sampler, lr=lr, steps=steps, every=10,
-                                     key=jax.random.fold_in(key, 1), directory=_ckpt(checkpoint, f"scalar_{name}"),
-                                     settings={**settings, "part": f"scalar_{name}"}, progress=progress)
-        factor = float(sy.scalar_charge_factor(x, y, lr=lr, batch_size=1))
-        t_scalar = np.arange(steps // 10) * 10
-        # --- matrix factorization
-        xf, yf = sy.teacher_data(jax.random.fold_in(key, 2), 512, jnp.asarray(TEACHER, jnp.float64),
-                                 input_scales=jnp.asarray(INPUT_SCALES, jnp.float64), noise_std=0.5)
-        star = sy.factorization_equilibrium(xf, yf, 2)
-        predicted = np.linalg.eigvalsh(np.asarray(sy.factorization_charge(star)))
-        finits = _factor_inits(seed)
-        d0 = np.linalg.eigvalsh(np.asarray(jax.vmap(sy.factorization_charge)(finits)))
-        fruns = {}
-        for name, sampler in (("gd", sy.full_batch(xf, yf)), ("sgd", sy.minibatches(xf, yf, 1))):
-            _, fruns[name] = sy.train(sy.FACTORIZATION, finits, sampler, lr=lr, steps=factor_steps, every=20,
-                                      key=jax.random.fold_in(key, 3), directory=_ckpt(checkpoint, f"factor_{name}"),
-                                      settings={**settings, "part": f"factor_{name}"}, progress=progress)
-        t_factor = np.arange(factor_steps // 20) * 20
-        # --- GD drift vs lr: 4 lrs x 4 inits in one vmapped call per horizon
-        lrs = np.asarray(DRIFT_LRS)
-        sweep_inits = jnp.asarray(np.tile(np.asarray(SCALAR_INITS), (len(lrs), 1)))
-        sweep_lr = jnp.asarray(np.repeat(lrs, len(SCALAR_INITS)))
-        short, _ = sy.train(sy.SCALAR, sweep_inits, sy.full_batch(x, y), lr=sweep_lr, steps=5, key=key)
-        long, long_traj = sy.train(sy.SCALAR, sweep_inits, sy.full_batch(x, y), lr=sweep_lr, steps=drift_steps,
-                                   every=100, key=key, progress=progress)
-        c_sweep = np.asarray(jax.vmap(sy.scalar_charge)(sweep_inits))
-        drift_short = np.abs(np.asarray(jax.vmap(sy.scalar_charge)(short)) - c_sweep).reshape(len(lrs), -1)
-        drift_long = np.abs(np.asarray(jax.vmap(sy.scalar_charge)(long)) - c_sweep).reshape(len(lrs), -1)
-
-    # --- summaries
-    rec_err = max(float(np.max(r.recursion_error)) for r in (*runs.values(), *fruns.values()))
-    half = fruns["sgd"].charge[len(t_factor) // 2:]
-    sgd_eigs = np.linalg.eigvalsh(half).mean(axis=0)  # (R, r)
-    sgd_trace = np.trace(half, axis1=-2, axis2=-1).mean(axis=0)
-    gd_eigs = np.linalg.eigvalsh(fruns["gd"].charge[-1])
-    slopes_short = [_slope(lrs, drift_short[:, i]) for i in range(drift_short.shape[1])]
-    slopes_long = [_slope(lrs, drift_long[:, i]) for i in range(drift_long.shape[1])]
-    metrics = {
-        "setting": {"lr": lr, "steps": steps, "factor_steps": factor_steps, "seed": seed, "dtype": "float64",
-                    "scalar": {"num": 256, "inits": SCALAR_INITS, "batch": 1},
-                    "factorization": {"teacher": TEACHER, "input_scales": INPUT_SCALES, "noise_std": 0.5,
-                                      "num": 512, "rank": 2, "init_scales": FACTOR_SCALES, "batch": 1}},
-        "recursion_error_max": rec_err,
-        "scalar": {
-            "initial_charge": c0.tolist(), "gd_final_charge": runs["gd"].charge[-1].tolist(),
-            "sgd_final_charge": runs["sgd"].charge[-1].tolist(),
-            "gd_max_relative_drift": float(np.max(np.abs(runs["gd"].charge[-1] - c0) / np.abs(c0))),
-            "sgd_max_abs_final": float(np.max(np.abs(runs["sgd"].charge[-1]))),
-            "predicted_equilibrium": 0.0,
-            "predicted_log_factor_per_step": float(np.log(factor)),
-            "measured_log_factor_per_step": [
-                float(np.polyfit(t_scalar[t_scalar >= steps // 5],
-                                 np.log(np.abs(runs["sgd"].charge[t_scalar >= steps // 5, r]) + 1e-300), 1)[0])
-                for r in range(len(c0))],
-        },
-        "factorization": {
-            "initial_eigenvalues": d0.tolist(), "predicted_eigenvalues": predicted.tolist(),
-            "predicted_trace": float(predicted.sum()),
-            "sgd_late_mean_eigenvalues": sgd_eigs.tolist(), "sgd_late_mean_trace": sgd_trace.tolist(),
-            "sgd_spread_across_inits": float(np.ptp(sgd_eigs, axis=0).max()),
-            "gd_final_eigenvalues": gd_eigs.tolist(), "gd_spread_across_inits": float(np.ptp(gd_eigs, axis=0).max()),
-            "sgd_max_error_vs_prediction": float(np.abs(sgd_eigs - predicted).max()),
-            "gd_max_relative_drift": float(np.abs(gd_eigs - d0).max() / np.abs(d0).max()),
-        },
-        "gd_drift": {"lrs": lrs.tolist(), "after_5_steps": drift_short.tolist(),
-                     "to_convergence": drift_long.tolist(), "slope_after_5_steps": slopes_short,
-                     "slope_to_convergence": slopes_long,
-                     "converged_loss_change": float(np.max(np.abs(long_traj.loss[-1] - long_traj.loss[-2])))},
-    }
-    with open(os.path.join(folder, "metrics.json"), "w") as fh:
-        json.dump(metrics, fh, indent=1)
-    write_table({"step": t_scalar, **{f"gd_init{r}": runs["gd"].charge[:, r] for r in range(len(c0))},
-                 **{f"sgd_init{r}": runs["sgd"].charge[:, r] for r in range(len(c0))}}, folder, "scalar_charge")
-    ftable = {"step": t_factor}
+def _write_tables(folder: str, runs: sy.Runs, config: sy.Config) -> None:
+    gd, sgd = runs.scalar["gd"].charge, runs.scalar["sgd"].charge
+    write_table({"step": np.arange(config.steps // 10) * 10, **{f"gd_init{r}": gd[:, r] for r in range(gd.shape[1])},
+                 **{f"sgd_init{r}": sgd[:, r] for r in range(sgd.shape[1])}}, folder, "scalar_charge")
+    ftable = {"step": np.arange(config.factor_steps // 20) * 20}
     for name in ("gd", "sgd"):
-        eig = np.linalg.eigvalsh(fruns[name].charge)
+        eig = np.linalg.eigvalsh(runs.factor[name].charge)
         for r in range(eig.shape[1]):
             for j in range(eig.shape[2]):
                 ftable[f"{name}_init{r}_eig{j}"] = eig[:, r, j]
     write_table(ftable, folder, "factorization_charge")
-    write_table({"lr": np.repeat(lrs, drift_short.shape[1]), "init": np.tile(np.arange(drift_short.shape[1]), len(lrs)),
-                 "drift_after_5_steps": drift_short.ravel(), "drift_to_convergence": drift_long.ravel()},
+    lrs, inits = np.asarray(sy.DRIFT_LRS), runs.drift_short.shape[1]
+    write_table({"lr": np.repeat(lrs, inits), "init": np.tile(np.arange(inits), len(lrs)),
+                 "drift_after_5_steps": runs.drift_short.ravel(), "drift_to_convergence": runs.drift_long.ravel()},
                 folder, "gd_drift")
-    _plots(folder, t_scalar, runs, c0, factor, t_factor, fruns, predicted, lrs, drift_short, drift_long)
-    return metrics
 
 
 def _summary(metrics: dict, out: str) -> None:
@@ -198,7 +97,11 @@ def _summary(metrics: dict, out: str) -> None:
     print(f"results in {os.path.abspath(out)}")
 
 
-def _plots(folder, t_scalar, runs, c0, factor, t_factor, fruns, predicted, lrs, drift_short, drift_long) -> None:
+def _plots(folder: str, result: sy.Runs, config: sy.Config) -> None:
+    t_scalar, t_factor = np.arange(config.steps // 10) * 10, np.arange(config.factor_steps // 20) * 20
+    runs, fruns, c0, factor = result.scalar, result.factor, result.initial_charge, result.charge_factor
+    predicted, lrs, drift_short, drift_long = (result.predicted, np.asarray(sy.DRIFT_LRS), result.drift_short,
+                                               result.drift_long)
     colors = matplotlib.colormaps["tab10"](np.arange(10))
     fig, axes = subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
@@ -247,26 +150,21 @@ def _plots(folder, t_scalar, runs, c0, factor, t_factor, fruns, predicted, lrs, 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="new folder for the results (refused if it exists)")
-    parser.add_argument("--steps", type=int, default=6000, help="scalar-model steps, multiple of 10 (default 6000)")
-    parser.add_argument("--factor-steps", type=int, default=20000,
-                        help="factorization steps, multiple of 20 (default 20000)")
-    parser.add_argument("--drift-steps", type=int, default=16000,
-                        help="GD steps of the drift-to-convergence sweep, multiple of 100 (default 16000)")
-    parser.add_argument("--lr", type=float, default=0.02, help="learning rate of the GD/SGD runs (default 0.02)")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of data and minibatches (default 0)")
     parser.add_argument("--checkpoint", default=None, help="folder for orbax checkpoints of the runs (resumable)")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
+    add_config_options(parser, sy.Config, {
+        "steps": "scalar-model steps, multiple of 10", "factor_steps": "factorization steps, multiple of 20",
+        "drift_steps": "GD steps of the drift-to-convergence sweep, multiple of 100",
+        "lr": "learning rate of the GD/SGD runs", "seed": "PRNG seed of data and minibatches"})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    options = vars(build_parser().parse_args(argv))
+    out, checkpoint, quiet = (options.pop(k) for k in ("out", "checkpoint", "quiet"))
 
     def body() -> int:
-        if args.lr <= 0:
-            raise ValueError("--lr must be > 0")
-        run(args.out, steps=args.steps, factor_steps=args.factor_steps, drift_steps=args.drift_steps, lr=args.lr, seed=args.seed,
-            checkpoint=args.checkpoint, quiet=args.quiet)
+        run(out, sy.Config(**options), checkpoint=checkpoint, quiet=quiet)
         return 0
 
     return run_main("noether_charge", body)

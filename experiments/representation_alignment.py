@@ -56,195 +56,91 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from spectrax.report.plots import save_figure, subplots  # noqa: E402
-from experiments._common import output_folder, run_main, write_table  # noqa: E402
+from experiments._common import add_config_options, output_folder, run_main, write_table  # noqa: E402
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import matplotlib.lines  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spectrax.dynamics import representation as rp  # noqa: E402
-from spectrax.dynamics.loop import run_steps  # noqa: E402
 from spectrax.spectral import alignment as al  # noqa: E402
 
-__all__ = ["main", "run"]
+__all__ = ["build_parser", "main", "run"]
 
 
-def _np(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
-def _layer_at(layers, index) -> al.LayerMatrices:
-    """LayerMatrices of one layer with the leading axes flattened by `index` (numpy fancy index)."""
-    return al.LayerMatrices(*[jnp.asarray(np.asarray(x)[index]) for x in layers])
-
-
-def run(out: str, *, steps: int = 40000, record_every: int = 1000, weight_decays: Sequence[float] = (0.0, 1e-3, 3e-3, 1e-2),
-        seeds: int = 3, lr: float = 0.05, batch_size: int = 16, d_in: int = 16, width: int = 64, depth: int = 2,
-        d_out: int = 8, teacher_width: int = 4, noise: float = 0.5, eval_size: int = 2048, null_draws: int = 16,
-        null_every: int = 4, layer: int | None = None, top_k: int = 8, seed: int = 0, chunk: int = 10,
-        checkpoint: str | None = None, quiet: bool = False) -> dict:
-    """Train the sweep, measure the alignments and their nulls, and write everything into `out`."""
-    if steps < record_every or steps % record_every:
-        raise ValueError(f"--steps ({steps}) must be a positive multiple of --record-every ({record_every})")
-    if seeds < 1 or null_draws < 2 or null_every < 1 or not weight_decays:
-        raise ValueError("need --seeds >= 1, --null-draws >= 2, --null-every >= 1 and a weight decay")
-    if any(w < 0 for w in weight_decays):
-        raise ValueError("weight decays must be >= 0")
-    dims = rp.layer_dims(d_in, width, depth, d_out)
-    layer = len(dims) // 2 - 1 if layer is None else layer
-    if not 0 <= layer < len(dims) - 1:
-        raise ValueError(f"--layer must be in [0, {len(dims) - 2}]")
-    settings = {"steps": steps, "record_every": record_every, "weight_decays": list(map(float, weight_decays)),
-                "seeds": seeds, "lr": lr, "batch_size": batch_size, "dims": list(dims), "teacher_width": teacher_width,
-                "noise": noise, "eval_size": eval_size, "seed": seed}
+def run(out: str, config: rp.Config, *, checkpoint: str | None = None, quiet: bool = False) -> dict:
+    """Train the sweep (`representation.simulate`), measure the alignments and their nulls
+    (`alignment_statistics`), judge them (`summarize`) and write everything into `out`."""
+    layer, dims, seeds, weight_decays = config.headline_layer, config.dims, config.seeds, config.weight_decays
     with output_folder(out, []) as folder:
         t0 = time.time()
-        key = jax.random.key(seed)
-        task = rp.make_task(jax.random.fold_in(key, 0), d_in, d_out, teacher_width=teacher_width, noise=noise,
-                            eval_size=eval_size)
-        hyper = rp.sweep(weight_decays, seeds, lr)
-        state = rp.init_state(jax.random.fold_in(key, 1), dims, len(weight_decays), seeds)
-        step = rp.make_step(task, hyper, jax.random.fold_in(key, 2), seeds, record_every=record_every,
-                            batch_size=batch_size)
-        init = _np(jax.vmap(rp.measure, in_axes=(0, None, None))(state, task.eval_x, task.eval_y))
-        init_loss = np.asarray(jax.vmap(rp.loss_fn, in_axes=(0, None, None))(state, task.eval_x, task.eval_y))
-        _, traj = run_steps(step, state, steps // record_every, chunk=chunk, directory=checkpoint, settings=settings,
-                            progress=None if quiet else "training (records)")
+        result = rp.simulate(config, directory=checkpoint, progress=None if quiet else "training (records)")
         train_s = time.time() - t0
-        # records r = 0 (init), 1..R (after r * record_every SGD steps); leading axes (R + 1, C)
-        layers = [al.LayerMatrices(*[np.concatenate([i[None], t]) for i, t in zip(a, b)])
-                  for a, b in zip(init, traj.layers)]
-        eval_loss = np.concatenate([init_loss[None], traj.eval_loss])
-        train_loss = np.concatenate([np.full((1, len(init_loss)), np.nan, np.float32), traj.loss])
-        num_rec, num_cfg = eval_loss.shape
-        sgd_step = np.arange(num_rec) * record_every
-        null_rec = np.unique(np.r_[np.arange(0, num_rec, null_every), num_rec - 1])
-
-        nk = jax.random.fold_in(key, 3)
-        align, null_mean, null_std = [], [], []
-        for li, lm in enumerate(layers):
-            a = _np(al.six_alignments(al.LayerMatrices(*map(jnp.asarray, lm))))
-            sub = _layer_at(lm, (null_rec,))
-            sub = al.LayerMatrices(*[x.reshape((-1,) + x.shape[2:]) for x in sub])
-            null = al.random_basis_null(jax.random.fold_in(nk, li), sub, al.six_alignments, num_draws=null_draws)
-            mean = {n: np.full((num_rec, num_cfg), np.nan, np.float32) for n in al.ALIGNMENTS}
-            std = {n: np.full((num_rec, num_cfg), np.nan, np.float32) for n in al.ALIGNMENTS}
-            for n in al.ALIGNMENTS:
-                mean[n][null_rec] = np.asarray(null.mean[n]).reshape(len(null_rec), num_cfg)
-                std[n][null_rec] = np.asarray(null.std[n]).reshape(len(null_rec), num_cfg)
-            align.append(a)
-            null_mean.append(mean)
-            null_std.append(std)
-
-        finals = []
-        for li, lm in enumerate(layers):
-            final = al.LayerMatrices(*[jnp.asarray(x[-1]) for x in lm])
-            k = min(top_k, final.h_a.shape[-1], final.h_b.shape[-1])
-            finals.append(_np(al.alignment_table(jax.random.fold_in(nk, 100 + li), final, k, num_draws=null_draws)))
+        stats = rp.alignment_statistics(result, config)
         stats_s = time.time() - t0 - train_s
-
+        verdict = rp.summarize(stats, result, config)
+        summary, checks = verdict["headline_layer"], verdict["checks"]
+        num_rec, num_cfg = result.eval_loss.shape
+        sgd_step = np.arange(num_rec) * config.record_every
         wd_of = np.repeat(np.asarray(weight_decays, np.float64), seeds)
         seed_of = np.tile(np.arange(seeds), len(weight_decays))
-        rows: dict[str, list] = {c: [] for c in ("record", "sgd_step", "weight_decay", "seed", "layer", "train_loss",
-                                                  "eval_loss")}
-        for n in al.ALIGNMENTS:
-            rows.update({n: [], f"{n}_null_mean": [], f"{n}_null_std": [], f"{n}_z": []})
-        for li in range(len(layers)):
-            for r in range(num_rec):
-                for c in range(num_cfg):
-                    for name, v in (("record", r), ("sgd_step", sgd_step[r]), ("weight_decay", wd_of[c]),
-                                    ("seed", seed_of[c]), ("layer", li), ("train_loss", train_loss[r, c]),
-                                    ("eval_loss", eval_loss[r, c])):
-                        rows[name].append(v)
-                    for n in al.ALIGNMENTS:
-                        obs, mu, sd = align[li][n][r, c], null_mean[li][n][r, c], null_std[li][n][r, c]
-                        rows[n].append(obs)
-                        rows[f"{n}_null_mean"].append(mu)
-                        rows[f"{n}_null_std"].append(sd)
-                        rows[f"{n}_z"].append((obs - mu) / sd if sd > 0 else np.nan)
-        write_table({k: np.asarray(v) for k, v in rows.items()}, folder, "trajectory")
-
-        final_rows: dict[str, list] = {"weight_decay": [], "seed": [], "layer": []}
-        for li, tab in enumerate(finals):
-            final_rows["weight_decay"] += list(wd_of)
-            final_rows["seed"] += list(seed_of)
-            final_rows["layer"] += [li] * num_cfg
-            for name, v in tab.items():
-                final_rows.setdefault(name, []).extend(np.asarray(v).tolist())
-        write_table({k: np.asarray(v) for k, v in final_rows.items()}, folder, "final")
-
-        head = layers[layer]
-        lam_h = np.linalg.eigvalsh(np.asarray(head.h_b[-1], np.float64))[:, ::-1]
-        lam_g = np.linalg.eigvalsh(np.asarray(head.g_b[-1], np.float64))[:, ::-1]
-        spectra = {"weight_decay": np.repeat(wd_of, lam_h.shape[1]), "seed": np.repeat(seed_of, lam_h.shape[1]),
-                   "rank": np.tile(np.arange(lam_h.shape[1]), num_cfg), "lambda_h_b": lam_h.ravel(),
-                   "lambda_g_b": lam_g.ravel()}
-        write_table(spectra, folder, "spectra")
-
-        summary = _summary(weight_decays, seeds, align[layer], null_mean[layer], null_std[layer], finals[layer],
-                           eval_loss, init_loss)
-        checks = _checks(summary, weight_decays)
+        _write_tables(folder, result, stats, sgd_step, wd_of, seed_of, layer)
         metrics = {
-            "setting": {**settings, "headline_layer": layer, "null_draws": null_draws, "null_every": null_every,
-                        "top_k": top_k, "noise_floor_loss": 0.5 * noise ** 2 * d_out},
+            "setting": {**config.settings(), "headline_layer": layer, "null_draws": config.null_draws,
+                        "null_every": config.null_every, "top_k": config.top_k,
+                        "noise_floor_loss": 0.5 * config.noise ** 2 * config.d_out},
             "wall_seconds": {"training": train_s, "statistics": stats_s},
             "headline_layer": summary, "checks": checks,
-            "final_by_layer": {str(li): {f"wd={w:g}": {n: float(np.nanmean(np.asarray(finals[li][n])[wd_of == w]))
+            "final_by_layer": {str(li): {f"wd={w:g}": {n: float(np.nanmean(np.asarray(stats.finals[li][n])[wd_of == w]))
                                                       for n in (*al.ALIGNMENTS, *[f"{a}_z" for a in al.ALIGNMENTS])}
-                                         for w in weight_decays} for li in range(len(layers))},
+                                         for w in weight_decays} for li in range(len(result.layers))},
         }
         with open(os.path.join(folder, "metrics.json"), "w") as fh:
             json.dump(metrics, fh, indent=1, default=float, allow_nan=True)
-        _plot_alignments(folder, sgd_step, align[layer], null_mean[layer], null_std[layer], null_rec, weight_decays,
-                         seeds, layer, dims)
-        _plot_spectra(folder, lam_h, lam_g, finals[layer], weight_decays, seeds, layer, top_k)
-        _plot_layers(folder, finals, weight_decays, seeds, dims)
+        head = result.layers[layer]
+        lam_h = np.linalg.eigvalsh(np.asarray(head.h_b[-1], np.float64))[:, ::-1]
+        lam_g = np.linalg.eigvalsh(np.asarray(head.g_b[-1], np.float64))[:, ::-1]
+        write_table({"weight_decay": np.repeat(wd_of, lam_h.shape[1]), "seed": np.repeat(seed_of, lam_h.shape[1]),
+                     "rank": np.tile(np.arange(lam_h.shape[1]), num_cfg), "lambda_h_b": lam_h.ravel(),
+                     "lambda_g_b": lam_g.ravel()}, folder, "spectra")
+        _plot_alignments(folder, sgd_step, stats.align[layer], stats.null_mean[layer], stats.null_std[layer],
+                         stats.null_records, weight_decays, seeds, layer, dims)
+        _plot_spectra(folder, lam_h, lam_g, stats.finals[layer], weight_decays, seeds, layer, config.top_k)
+        _plot_layers(folder, stats.finals, weight_decays, seeds, dims)
     if not quiet:
         _print(summary, checks, layer, dims, train_s, stats_s, out)
     return metrics
 
 
-def _summary(weight_decays, seeds, align, mean, std, final, eval_loss, init_loss) -> dict:
-    out = {}
-    for i, w in enumerate(weight_decays):
-        cfg = slice(i * seeds, (i + 1) * seeds)
-        entry = {"eval_loss_init": float(np.mean(init_loss[cfg])), "eval_loss_final": float(np.mean(eval_loss[-1, cfg]))}
-        for n in al.ALIGNMENTS:
-            entry[n] = {"init": float(np.mean(align[n][0, cfg])), "final": float(np.mean(align[n][-1, cfg])),
-                        "final_seed_std": float(np.std(align[n][-1, cfg])),
-                        "null_mean_final": float(np.mean(mean[n][-1, cfg])), "null_std_final": float(np.mean(std[n][-1, cfg])),
-                        "z_final": float(np.mean((align[n][-1, cfg] - mean[n][-1, cfg]) / std[n][-1, cfg])),
-                        "z_init": float(np.mean((align[n][0, cfg] - mean[n][0, cfg]) / std[n][0, cfg]))}
-        for name in ("fdt_b_z", "fdt_b_g", "fdt_b_r2", "fdt_a_z", "fdt_a_h", "fdt_a_r2", "rank_alpha_hg_b",
-                     "rank_alpha_r2_hg_b", "alpha_hg_b", "alpha_r2_hg_b", "alpha_r2_hg_b_null_mean"):
-            entry[name] = float(np.nanmean(np.asarray(final[name])[cfg]))
-        out[f"wd={w:g}"] = entry
-    return out
-
-
-def _checks(summary: dict, weight_decays) -> dict:
-    decayed = [f"wd={w:g}" for w in weight_decays if w > 0]
-    zero = [f"wd={w:g}" for w in weight_decays if w == 0]
-    checks: dict = {}
-    if decayed:
-        best = decayed[-1]
-        checks["largest_wd"] = best
-        checks["min_final_alignment_largest_wd"] = min(summary[best][n]["final"] for n in al.ALIGNMENTS)
-        checks["min_final_z_largest_wd"] = min(summary[best][n]["z_final"] for n in al.ALIGNMENTS)
-        checks["all_six_above_null_z3_largest_wd"] = checks["min_final_z_largest_wd"] > 3
-        checks["fdt_coefficients_positive_largest_wd"] = all(summary[best][c] > 0 for c in
-                                                              ("fdt_b_z", "fdt_b_g", "fdt_a_z", "fdt_a_h"))
-        checks["rank_alpha_hg_b_largest_wd"] = summary[best]["rank_alpha_hg_b"]
-    if zero and decayed:
-        z0 = zero[0]
-        checks["min_final_alignment_wd0"] = min(summary[z0][n]["final"] for n in al.ALIGNMENTS)
-        checks["mean_final_alignment_gain_largest_wd_over_wd0"] = float(np.mean(
-            [summary[decayed[-1]][n]["final"] - summary[z0][n]["final"] for n in al.ALIGNMENTS]))
-        checks["alignments_higher_with_wd"] = [n for n in al.ALIGNMENTS
-                                               if summary[decayed[-1]][n]["final"] > summary[z0][n]["final"]]
-    return checks
+def _write_tables(folder, result: rp.Sweep, stats: rp.Alignments, sgd_step, wd_of, seed_of, layer) -> None:
+    """trajectory.csv (every record x configuration x layer) and final.csv (the last record)."""
+    num_rec, num_cfg = result.eval_loss.shape
+    rows: dict[str, list] = {c: [] for c in ("record", "sgd_step", "weight_decay", "seed", "layer", "train_loss",
+                                              "eval_loss")}
+    for n in al.ALIGNMENTS:
+        rows.update({n: [], f"{n}_null_mean": [], f"{n}_null_std": [], f"{n}_z": []})
+    for li in range(len(result.layers)):
+        for r in range(num_rec):
+            for c in range(num_cfg):
+                for name, v in (("record", r), ("sgd_step", sgd_step[r]), ("weight_decay", wd_of[c]),
+                                ("seed", seed_of[c]), ("layer", li), ("train_loss", result.train_loss[r, c]),
+                                ("eval_loss", result.eval_loss[r, c])):
+                    rows[name].append(v)
+                for n in al.ALIGNMENTS:
+                    obs, mu, sd = stats.align[li][n][r, c], stats.null_mean[li][n][r, c], stats.null_std[li][n][r, c]
+                    rows[n].append(obs)
+                    rows[f"{n}_null_mean"].append(mu)
+                    rows[f"{n}_null_std"].append(sd)
+                    rows[f"{n}_z"].append((obs - mu) / sd if sd > 0 else np.nan)
+    write_table({k: np.asarray(v) for k, v in rows.items()}, folder, "trajectory")
+    final_rows: dict[str, list] = {"weight_decay": [], "seed": [], "layer": []}
+    for li, tab in enumerate(stats.finals):
+        final_rows["weight_decay"] += list(wd_of)
+        final_rows["seed"] += list(seed_of)
+        final_rows["layer"] += [li] * num_cfg
+        for name, v in tab.items():
+            final_rows.setdefault(name, []).extend(np.asarray(v).tolist())
+    write_table({k: np.asarray(v) for k, v in final_rows.items()}, folder, "final")
 
 
 def _colors(n):
@@ -361,39 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="new folder for the results (refused if it exists)")
     parser.add_argument("--checkpoint", default=None, help="folder to save training into and resume from")
-    parser.add_argument("--steps", type=int, default=40000, help="SGD steps (default 40000)")
-    parser.add_argument("--record-every", type=int, default=1000, help="SGD steps between measurements (default 1000)")
-    parser.add_argument("--weight-decays", default="0,0.001,0.003,0.01", help="comma-separated γ (default 0,0.001,0.003,0.01)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per weight decay (default 3)")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
-    parser.add_argument("--batch-size", type=int, default=16, help="minibatch size (default 16)")
-    parser.add_argument("--width", type=int, default=64, help="hidden width (default 64)")
-    parser.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
-    parser.add_argument("--d-in", type=int, default=16, help="input dimension (default 16)")
-    parser.add_argument("--d-out", type=int, default=8, help="output dimension (default 8)")
-    parser.add_argument("--teacher-width", type=int, default=4, help="teacher's hidden width (default 4)")
-    parser.add_argument("--noise", type=float, default=0.5, help="label noise std (default 0.5)")
-    parser.add_argument("--eval-size", type=int, default=2048, help="samples measuring H and G (default 2048)")
-    parser.add_argument("--null-draws", type=int, default=16, help="random-basis draws per null (default 16)")
-    parser.add_argument("--null-every", type=int, default=4, help="null at every n-th record (default 4)")
-    parser.add_argument("--layer", type=int, default=None, help="headline layer (default: the middle one)")
-    parser.add_argument("--top-k", type=int, default=8, help="leading eigenvalues in the power-law fits (default 8)")
-    parser.add_argument("--chunk", type=int, default=10, help="records per compiled chunk / checkpoint (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
+    add_config_options(parser, rp.Config, {
+        "steps": "SGD steps", "record_every": "SGD steps between measurements", "weight_decays": "comma-separated γ",
+        "seeds": "seeds per weight decay", "lr": "SGD learning rate", "batch_size": "minibatch size",
+        "d_in": "input dimension", "width": "hidden width", "depth": "hidden layers", "d_out": "output dimension",
+        "teacher_width": "teacher's hidden width", "noise": "label noise std",
+        "eval_size": "samples measuring H and G", "null_draws": "random-basis draws per null",
+        "null_every": "null at every n-th record", "layer": "headline layer (-1: the middle one)",
+        "top_k": "leading eigenvalues in the power-law fits", "chunk": "records per compiled chunk / checkpoint",
+        "seed": "PRNG seed"})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    options = vars(build_parser().parse_args(argv))
+    out, checkpoint, quiet = (options.pop(k) for k in ("out", "checkpoint", "quiet"))
 
     def body() -> int:
-        wds = [float(v) for v in args.weight_decays.split(",") if v.strip()]
-        run(args.out, steps=args.steps, record_every=args.record_every, weight_decays=wds, seeds=args.seeds,
-            lr=args.lr, batch_size=args.batch_size, d_in=args.d_in, width=args.width, depth=args.depth,
-            d_out=args.d_out, teacher_width=args.teacher_width, noise=args.noise, eval_size=args.eval_size,
-            null_draws=args.null_draws, null_every=args.null_every, layer=args.layer, top_k=args.top_k,
-            chunk=args.chunk, seed=args.seed, checkpoint=args.checkpoint, quiet=args.quiet)
+        run(out, rp.Config(**options), checkpoint=checkpoint, quiet=quiet)
         return 0
 
     return run_main("representation_alignment", body)

@@ -36,13 +36,7 @@ import numpy as np  # noqa: E402
 
 from spectrax.dynamics import scan_snap as ss  # noqa: E402
 
-__all__ = ["main", "run", "spearman"]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two 1-D sequences (no ties expected)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+__all__ = ["main", "run"]
 
 
 def run(out: str, *, steps: int = 100, seed: int = 0, num_last: int = 2, next_per_last: int = 1,
@@ -55,23 +49,7 @@ def run(out: str, *, steps: int = 100, seed: int = 0, num_last: int = 2, next_pe
         params, traj = ss.run(jax.random.key(seed), task, ss.hyper(lr_z, ratio, momentum), steps=steps,
                               batch_size=batch_size, seq_len=seq_len, zero_init=True, record_rows=True)
         traj = jax.tree.map(np.asarray, traj)
-        z = np.asarray(params.z)
-        facts = []
-        for f in range(len(task.last)):
-            distinct = np.asarray(task.distinct[f])
-            row = z[int(task.last[f])]
-            p = np.asarray(task.probs[f])[distinct]
-            facts.append({"last_token": int(task.last[f]), "next_token": int(task.next[f]),
-                          "common_logits": row[np.asarray(task.common)].tolist(),
-                          "distinct_tokens": distinct.tolist(), "distinct_probs": p.tolist(),
-                          "distinct_logits": row[distinct].tolist(), "rank_correlation": spearman(row[distinct], p)})
-        checks = {
-            "initial_loss": float(traj.loss[0]), "ln_M": float(np.log(m)),
-            "initial_loss_minus_ln_M": float(traj.loss[0] - np.log(m)),
-            "max_final_common_logit": float(max(max(f["common_logits"]) for f in facts)),
-            "min_rank_correlation": float(min(f["rank_correlation"] for f in facts)),
-            "entropy_initial": float(traj.entropy[0]), "entropy_final": float(traj.entropy[-1]),
-        }
+        facts, checks = ss.summarize(traj, task, params)
         metrics = {
             "setting": {"num_last": num_last, "next_per_last": next_per_last, "M": m, "steps": steps, "seed": seed,
                         "lr_z": lr_z, "lr_y": lr_z * ratio, "momentum": momentum, "batch_size": batch_size,

@@ -63,39 +63,24 @@ def grid_inputs(grid: dict, seeds: int, seed: int = 0):
     return configs, keys, groups
 
 
-def run_grid(groups, *, steps: int):
-    """All groups in one compiled call; the trajectories put back in config order, `(C, R, steps)`."""
+def run_grid(groups, *, steps: int, checkpoint: str | None = None, settings: dict | None = None):
+    """All groups in one compiled program (saved to `checkpoint` every 25 steps and resumed); the
+    trajectories put back in config order, `(C, R, steps)`."""
     index, keys, tasks, hypers = zip(*groups)
-    results = ss.run_grid(keys, tasks, hypers, steps=steps)
+    results = ss.run_grid(keys, tasks, hypers, steps=steps, chunk=25, directory=checkpoint, settings=settings)
     order = np.argsort(np.concatenate(index))
     merge = lambda *xs: np.concatenate([np.asarray(x) for x in xs])[order]  # noqa: E731
     return jax.tree.map(merge, *(traj for _, traj in results))
 
 
-def monotone_checks(configs, entropy: np.ndarray, grid: dict) -> dict:
-    """For each (num_last, ratio): is the seed-mean final entropy decreasing in lr_Z? And the
-    Spearman correlation between lr_Z and entropy over all cells (theory: negative)."""
-    mean = entropy.mean(axis=1)
-    index = {c: i for i, c in enumerate(configs)}
-    cells, decreasing = 0, 0
-    for n in grid["num_last"]:
-        for ratio in grid["ratio"]:
-            values = [mean[index[(n, lr, ratio)]] for lr in grid["lr_z"]]
-            cells += 1
-            decreasing += all(b < a for a, b in itertools.pairwise(values))
-    lr = np.array([c[1] for c in configs])
-    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
-    return {"cells": cells, "cells_decreasing_in_lr_z": decreasing,
-            "spearman_lr_z_vs_entropy": float(np.corrcoef(rank(lr), rank(mean))[0, 1])}
-
-
 def run(out: str, *, seeds: int = 10, steps: int = 100, seed: int = 0, quick: bool = False,
-        quiet: bool = False) -> dict:
+        checkpoint: str | None = None, quiet: bool = False) -> dict:
     grid = QUICK_GRID if quick else GRID
     with output_folder(out, []) as folder:
         configs, _, groups = grid_inputs(grid, seeds, seed)
         start = time.perf_counter()
-        traj = run_grid(groups, steps=steps)
+        traj = run_grid(groups, steps=steps, checkpoint=checkpoint,
+                        settings={"seeds": seeds, "seed": seed, "grid": grid})
         entropy = traj.entropy[:, :, -1]  # (C, R)
         final_loss = traj.loss[:, :, -1]
         seconds = time.perf_counter() - start  # compile + run: one call
@@ -108,7 +93,7 @@ def run(out: str, *, seeds: int = 10, steps: int = 100, seed: int = 0, quick: bo
             "final_loss_mean": final_loss.mean(axis=1), "seeds": np.full(len(configs), seeds),
         }
         write_table(table, folder, "table")
-        checks = monotone_checks(configs, entropy, grid)
+        checks = ss.summarize_grid(configs, entropy, grid)
         metrics = {"grid": grid, "seeds": seeds, "steps": steps, "seed": seed, "configs": configs,
                    "entropy_per_seed": entropy.tolist(), "checks": checks,
                    "initial_entropy": float(traj.entropy[0, 0, 0]),
@@ -153,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=100, help="iterations (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed the per-run keys are split from (default 0)")
     parser.add_argument("--quick", action="store_true", help=f"a 12-configuration grid {QUICK_GRID}")
+    parser.add_argument("--checkpoint", default=None,
+                        help="folder to save the grid to every 25 steps and resume from (default: none)")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     return parser
 
@@ -163,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if args.seeds < 2 or args.steps < 1:
             raise ValueError("need --seeds >= 2 (for a std) and --steps >= 1")
-        run(args.out, seeds=args.seeds, steps=args.steps, seed=args.seed, quick=args.quick, quiet=args.quiet)
+        run(args.out, seeds=args.seeds, steps=args.steps, seed=args.seed, quick=args.quick, checkpoint=args.checkpoint,
+            quiet=args.quiet)
         return 0
 
     return run_main("scan_snap_fig6", body)

@@ -11,6 +11,7 @@ per-step trajectories, so a test can hold the theory against the run:
 - `stability`: sharpness of a rank-1 factorization during GD, and learning-rate warm-up;
 - `collapse`: weight-decay collapse of symmetric toy losses, thresholds and closed forms;
 - `representation`: H/G/Z alignment of a trained MLP's layers (canonical representations);
+- `galore_lm`: GaLore against full Adam on an MLP language model of an order-2 Markov chain;
 - `modular`: CoGO modular addition and the Fourier analysis of its solutions;
 - `prime_gaps`: the prime-gap regression transformer and its attention's zero gradients;
 - `navigator`: the spectral line navigator on random graphs;
@@ -20,6 +21,7 @@ per-step trajectories, so a test can hold the theory against the run:
 from spectrax.dynamics import (
     collapse,
     deep_linear,
+    galore_lm,
     joma,
     loop,
     modular,
@@ -34,6 +36,7 @@ from spectrax.dynamics import (
 __all__ = [
     "collapse",
     "deep_linear",
+    "galore_lm",
     "joma",
     "loop",
     "modular",

@@ -41,11 +41,7 @@ u g_u = w g_w by the symmetry), the charge C = u² − w² obeys exactly, per GD
 decays by 2ηγ). C decays to 0 for γ > 0; at γ = 0 it keeps its initial value up to the O(η²)
 terms, and GD ends on an unbalanced point of the minimum manifold u w = E[xy] / E[x²].
 
-Measured (`experiments/symmetry_collapse.py`: n = 1000, y = x + 0.5 ε, E[xy] = 0.9904,
-E[x²] = 0.9794; 121 γ in [0, 3] x 8 seeds, 40000 float64 GD steps at η = 0.05): every run ends
-within 1.2e-15 of the closed form, |u| = |w| to 2e-14 for every γ > 0, the thresholds fitted
-from the broken branch are |E[xy]| and 2 E[xy] to 4e-16, with slopes −1/E[x²] and −1/(2E[x²]).
-At γ = 0 the end points stay unbalanced (| |u| − |w| | >= 0.014), as the conserved charge says.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `collapse`.
 
 GD runs are vmapped over a (γ, seed) grid, several GD steps per recorded step, under
 `spectrax.dynamics.loop.run_steps`.
@@ -53,7 +49,8 @@ GD runs are vmapped over a (γ, seed) grid, several GD steps per recorded step, 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -61,10 +58,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spectrax.dynamics.loop import run_steps
+
 __all__ = [
-    "CollapseRecord",
-    "CollapseState",
+    "MODELS",
+    "Config",
     "Moments",
+    "Record",
+    "State",
+    "Summary",
     "estimate_threshold",
     "init_state",
     "loss_product",
@@ -72,11 +74,16 @@ __all__ = [
     "make_data",
     "make_step",
     "moments",
+    "settle_step",
+    "simulate",
     "solution_product",
     "solution_square",
     "threshold_product",
+    "summarize",
     "threshold_square",
 ]
+
+MODELS = ("product", "square")
 
 
 class Moments(NamedTuple):
@@ -87,7 +94,7 @@ class Moments(NamedTuple):
     yy: jax.Array
 
 
-class CollapseState(NamedTuple):
+class State(NamedTuple):
     """u, w `(G, S)` of the product model, v `(G, S)` of the talk's model (its w), and the optax
     states of both, over G values of γ and S seeds."""
 
@@ -98,7 +105,7 @@ class CollapseState(NamedTuple):
     opt_square: optax.OptState
 
 
-class CollapseRecord(NamedTuple):
+class Record(NamedTuple):
     """After each recorded step, `(G, S)`: u, w, charge u² − w², the product model's loss; v and
     the talk's model's loss."""
 
@@ -180,7 +187,7 @@ def estimate_threshold(gammas: np.ndarray, order: np.ndarray, *, floor: float = 
 
 
 def init_state(key: jax.Array, gammas: jax.Array, num_seeds: int, *, scale: float = 0.5,
-               lr: float = 0.05) -> CollapseState:
+               lr: float = 0.05) -> State:
     """u, w, v ~ N(0, scale²) `(G, S)`, the same draws for every γ of a seed (seed s = fold_in(key, s)),
     and fresh optax SGD states. gammas `(G,)`."""
     chex.assert_rank(gammas, 1)
@@ -190,11 +197,11 @@ def init_state(key: jax.Array, gammas: jax.Array, num_seeds: int, *, scale: floa
     draws = jax.vmap(lambda k: jax.random.normal(k, (3,), gammas.dtype))(keys) * jnp.asarray(scale, gammas.dtype)
     u, w, v = (jnp.broadcast_to(draws[:, i], (gammas.shape[0], num_seeds)) for i in range(3))
     opt = optax.sgd(lr)
-    return CollapseState(u, w, v, opt.init((u, w)), opt.init(v))
+    return State(u, w, v, opt.init((u, w)), opt.init(v))
 
 
 def make_step(m: Moments, gammas: jax.Array, *, lr: float = 0.05, inner_steps: int = 100):
-    """`step(state, t) -> (state, CollapseRecord)` for `run_steps`: `inner_steps` full-batch GD
+    """`step(state, t) -> (state, Record)` for `run_steps`: `inner_steps` full-batch GD
     steps (optax SGD, rate `lr`) of both models at every (γ, seed), then a record. gammas `(G,)`."""
     chex.assert_rank(gammas, 1)
     if inner_steps < 1:
@@ -208,18 +215,160 @@ def make_step(m: Moments, gammas: jax.Array, *, lr: float = 0.05, inner_steps: i
     def total_square(v):
         return jnp.sum(loss_square(v, m, g))
 
-    def gd(_, state: CollapseState) -> CollapseState:
+    def gd(_, state: State) -> State:
         grad_uw = jax.grad(total_product)((state.u, state.w))
         upd, opt_p = opt.update(grad_uw, state.opt_product, (state.u, state.w))
         u, w = optax.apply_updates((state.u, state.w), upd)
         upd_v, opt_s = opt.update(jax.grad(total_square)(state.v), state.opt_square, state.v)
-        return CollapseState(u, w, optax.apply_updates(state.v, upd_v), opt_p, opt_s)
+        return State(u, w, optax.apply_updates(state.v, upd_v), opt_p, opt_s)
 
-    def step(state: CollapseState, t: jax.Array) -> tuple[CollapseState, CollapseRecord]:
+    def step(state: State, t: jax.Array) -> tuple[State, Record]:
         del t  # deterministic full-batch GD
         state = jax.lax.fori_loop(0, inner_steps, gd, state)
-        record = CollapseRecord(state.u, state.w, state.u ** 2 - state.w ** 2,
+        record = Record(state.u, state.w, state.u ** 2 - state.w ** 2,
                                 loss_product(state.u, state.w, m, g), state.v, loss_square(state.v, m, g))
         return state, record
 
     return step
+
+
+# ----------------------------------------------------------------------------- the sweep and its verdicts
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The γ sweep of `experiments/symmetry_collapse.py`: data x ~ N(0, 1), y = slope x + noise ε
+    (n points, PRNG `seed`), `gammas` points of γ on [0, 3] x `seeds` inits of scale `init_scale`,
+    `steps` float64 GD steps at rate `lr`, recorded every `every`; a run has settled when its order
+    parameter stays within `tol` of the closed form."""
+
+    n: int = 1000
+    slope: float = 1.0
+    noise: float = 0.5
+    gammas: int = 121
+    seeds: int = 8
+    lr: float = 0.05
+    steps: int = 40000
+    every: int = 100
+    init_scale: float = 0.5
+    seed: int = 0
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        if self.every < 1 or self.steps < self.every or self.steps % self.every:
+            raise ValueError(f"steps must be a positive multiple of {self.every} (got {self.steps})")
+        if self.seeds < 1 or self.n < 2 or self.lr <= 0 or self.init_scale <= 0 or self.gammas < 2:
+            raise ValueError("need seeds >= 1, n >= 2, lr > 0, init_scale > 0, gammas >= 2")
+
+    def gamma_grid(self) -> np.ndarray:
+        """The swept γ `(G,)`, float64."""
+        return np.linspace(0.0, 3.0, self.gammas)
+
+
+def simulate(config: Config, *, directory=None, progress: str | None = None) -> tuple[Moments, Record]:
+    """Run the sweep (float64, resumable in `directory`); returns the data's moments and the
+    trajectory `(steps // every, G, S)`, host arrays."""
+    settings = {**dataclasses.asdict(config), "gammas": config.gamma_grid().tolist(), "dtype": "float64"}
+    for name in ("steps", "tol"):
+        settings.pop(name)
+    with jax.enable_x64(True):
+        k_data, k_init = jax.random.split(jax.random.key(config.seed))
+        m = moments(*make_data(k_data, config.n, slope=config.slope, noise=config.noise, dtype=jnp.float64))
+        g = jnp.asarray(config.gamma_grid())
+        state = init_state(k_init, g, config.seeds, scale=config.init_scale, lr=config.lr)
+        step = make_step(m, g, lr=config.lr, inner_steps=config.every)
+        records = config.steps // config.every
+        _, traj = run_steps(step, state, records, chunk=max(1, records // 4), directory=directory,
+                            settings=settings, progress=progress)
+        return Moments(*(np.asarray(x) for x in m)), traj
+
+
+def settle_step(error: np.ndarray, tol: float, every: int) -> np.ndarray:
+    """GD steps until `error` `(T, ...)` (recorded every `every` steps) falls below tol for good;
+    NaN where it never does."""
+    ok = error < tol
+    stays = np.flip(np.cumprod(np.flip(ok, 0), axis=0), 0).astype(bool)  # ok from here to the end
+    first = np.argmax(stays, axis=0)
+    return np.where(stays.any(axis=0), (first + 1) * every, np.nan)
+
+
+class Summary(NamedTuple):
+    """What a sweep shows. order, theory: per model, the order parameter `(T, G, S)` (|u w|, w²)
+    and its closed form `(G,)`; thresholds: per model, the theory's γ_c; balance `(G, S)`:
+    | |u| − |w| | at the end; runs and table: per (model, γ, seed) and per (model, γ) columns;
+    models: per model, the verdicts (threshold and slope measured against theory, errors, settling)."""
+
+    order: dict[str, np.ndarray]
+    theory: dict[str, np.ndarray]
+    thresholds: dict[str, float]
+    balance: np.ndarray
+    runs: dict[str, np.ndarray]
+    table: dict[str, np.ndarray]
+    models: dict[str, dict[str, Any]]
+
+
+def summarize(trajectory: Record, config: Config, m: Moments) -> Summary:
+    """The theory against a sweep's `trajectory` (`simulate`): pure numpy on host arrays."""
+    traj = jax.tree.map(np.asarray, trajectory)
+    gammas, tol, every = config.gamma_grid(), config.tol, config.every
+    a, b = float(m.xy), float(m.xx)
+    with jax.enable_x64(True):  # the closed forms in the sweep's float64
+        m64, g64 = Moments(*(jnp.asarray(x, jnp.float64) for x in m)), jnp.asarray(gammas)
+        theory = {"product": np.abs(np.asarray(solution_product(m64, g64))),
+                  "square": np.asarray(solution_square(m64, g64))}
+        thresholds = {"product": float(threshold_product(m64)), "square": float(threshold_square(m64))}
+    order = {"product": np.abs(traj.u * traj.w), "square": traj.v ** 2}  # (T, G, S)
+    slopes = {"product": -1 / b, "square": -1 / (2 * b)}
+    balance = np.abs(np.abs(traj.u[-1]) - np.abs(traj.w[-1]))  # (G, S)
+    sign_ok = np.all(np.sign(traj.u[-1] * traj.w[-1])[theory["product"] > 1e-3] == np.sign(a))
+    runs = {k: [] for k in ("model", "gamma", "seed", "u", "w", "order", "theory", "abs_error", "balance_gap",
+                            "final_loss", "steps_to_tol")}
+    table = {k: [] for k in ("model", "gamma", "order_mean", "theory", "max_abs_error", "max_balance_gap",
+                             "median_steps_to_tol", "threshold")}
+    models = {}
+    num_g, seeds = balance.shape
+    for name in MODELS:
+        err = np.abs(order[name] - theory[name][None, :, None])
+        settle = settle_step(err, tol, every)
+        product = name == "product"
+        final_loss = traj.loss_product[-1] if product else traj.loss_square[-1]
+        runs["model"] += [name] * (num_g * seeds)
+        runs["gamma"] += list(np.repeat(gammas, seeds))
+        runs["seed"] += list(np.tile(np.arange(seeds), num_g))
+        runs["u"] += list(traj.u[-1].ravel() if product else np.full(num_g * seeds, np.nan))
+        runs["w"] += list(traj.w[-1].ravel() if product else traj.v[-1].ravel())
+        runs["order"] += list(order[name][-1].ravel())
+        runs["theory"] += list(np.repeat(theory[name], seeds))
+        runs["abs_error"] += list(err[-1].ravel())
+        runs["balance_gap"] += list(balance.ravel() if product else np.full(num_g * seeds, np.nan))
+        runs["final_loss"] += list(final_loss.ravel())
+        runs["steps_to_tol"] += list(settle.ravel())
+        table["model"] += [name] * num_g
+        table["gamma"] += list(gammas)
+        table["order_mean"] += list(order[name][-1].mean(axis=1))
+        table["theory"] += list(theory[name])
+        table["max_abs_error"] += list(err[-1].max(axis=1))
+        table["max_balance_gap"] += list(balance.max(axis=1) if product else np.full(num_g, np.nan))
+        table["median_steps_to_tol"] += list(np.median(settle, axis=1))
+        table["threshold"] += [thresholds[name]] * num_g
+        gc = thresholds[name]
+        try:
+            measured, fitted_slope = estimate_threshold(gammas, order[name][-1].mean(axis=1))
+        except ValueError:
+            measured, fitted_slope = float("nan"), float("nan")
+        far = np.abs(gammas - gc) >= 0.05
+        models[name] = {"threshold_theory": gc, "threshold_measured": measured,
+                        "threshold_abs_error": abs(measured - gc), "slope_theory": slopes[name],
+                        "slope_measured": fitted_slope, "max_abs_error": float(err[-1].max()),
+                        "max_abs_error_far_from_threshold": float(err[-1][far].max()) if far.any() else None,
+                        "runs_within_tol": int((err[-1] < tol).sum()), "runs": int(err[-1].size),
+                        "max_steps_to_tol_far_from_threshold": float(np.nanmax(settle[far])) if far.any() else None}
+    models["product"]["max_balance_gap_gamma_positive"] = float(balance[gammas > 0].max()) if (gammas > 0).any() \
+        else None
+    models["product"]["sign_matches_E_xy"] = bool(sign_ok)
+    if gammas[0] == 0:
+        charge0 = traj.u[0, 0] ** 2 - traj.w[0, 0] ** 2  # after the first `every` steps
+        models["product"]["gamma0_charge_drift_max"] = float(np.abs(traj.charge[-1, 0] - charge0).max())
+        models["product"]["gamma0_balance_gap_min"] = float(balance[0].min())
+    return Summary(order, theory, thresholds, balance, {k: np.asarray(v) for k, v in runs.items()},
+                   {k: np.asarray(v) for k, v in table.items()}, models)

@@ -38,38 +38,7 @@ first-order parts of the step cancel in the invariant and what is left is, per s
 SGD (prediction + step_term = quantity), and for softmax what remains is the theory's
 approximation alone.
 
-Finding on the softmax invariant (the documented setup's Gaussian setting, lr 0.1, 2000 steps; NC judged over
-t >= 100). The implementation matches the reference `joma/draw_figure_2_3.py` in every choice
-checked: X (U(0, 1/2), Gaussian distinct rows exp(-(l - k M_d/K)^2 / 30), columns summing to 1),
-U = identity columns with the query's residual, T = 0.5, W, z ~ N(0, 1)/100, C fixed at t = 0,
-xbar = mean_k X (its layer-norm variant is off there), ||W||_F^2 over all d rows, NC over all
-M_c = 20 tokens with mean-centering, recorded before each step's update, mean cross-entropy, plain
-SGD. Over 50 seeds (X and init drawn per seed) the minimum NC over t >= 100 has quantiles
-0/10/25/50/75/100% = 0.953/0.974/0.985/0.991/0.994/0.996: above 0.99 for 27/50 seeds, not for all
-(the talk's figure plots NC on a -0.5..1 axis, where 0.95 and 0.99 look alike; neither the paper
-nor the talk states 0.99). The cause is the theorem's softmax assumption, not the step or a
-definition: (1) lr 0.01 for 20000 steps gives the same minima to 3-4 digits, and adding the
-step term above (~0.5% of the logit range here) moves NC by < 1e-5: discretization is not it;
-(2) ||V||_F^2 (the paper's sum_k ||v_k||^2) instead of ||W||_F^2 moves NC by < 1e-4; (3) b̄_l(t)
-does not stay at xbar_l: attention concentrates on each class's top distinct token, and
-max_l |b̄_l - xbar_l| reaches 5.0-5.3x max_l xbar_l in each of 10 seeds; substituting the running
-b̄(t) for xbar does not restore NC (worst seed 0.80: the paper's second assumption,
-E[b bᵀ] ~ b̄ E[bᵀ], fails as well). NC over the 10 distinct tokens alone is >= 0.955 (worst of 10
-seeds), over the 10 common tokens alone as low as 0.39: the common tokens' small logit motions
-carry the error. `experiments/joma_invariants.py` reports these numbers.
-
-Exp attention at lr 0.1 is unstable, as expected of plain SGD on unnormalized exp(z/T) attention
-(not a claim of the paper, whose theorem is for gradient flow): B = exp(2 z) X grows with z, the
-loss's curvature in W grows like ||F||^2, and once z_max ~ 3 the step exceeds the stability limit:
-the loss spikes (seed 0 of the experiment: 0.27 -> 467 -> 9430 over steps 1847-1852), one step
-throws a token's logit to z ~ -1880 where its attention is exp(-3760) = 0 and its row of V to
-~900, and both freeze. The gradient-flow prediction z = sum_k V^2/2T + C then says +9.2e5 where
-z = -1880 (NC ~ -1): every bit of the gap is the accumulated step term, which the exact identity
-above shows (NC of z against prediction + step term >= 0.9999995 in every run).
-`experiments/joma_invariants.py` reports the first step at which the loss exceeds its initial value
-and the NC before it: on Gaussian X all of 10 seeds go unstable (loss above ln K from t ~ 760-1100,
-peak 11 to 9400; NC >= 0.87 before), on random X 2 of 10, and the stable ones still end at
-NC 0.91-0.99 against the gradient-flow form, all of it step term.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `joma`.
 
 The entropy toy (the talk's nonlinear-JoMA picture): v <- v + lr (mu - v) ∘ softmax(v^2 / T) from a
 small v; the entropy of softmax(v^2 / T) first falls (the most salient component grows first),
@@ -78,35 +47,47 @@ then rises (the others catch up).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from spectrax.dynamics.loop import run_steps
 
 __all__ = [
+    "JUDGE_FROM",
     "KINDS",
-    "JomaParams",
-    "JomaTask",
-    "JomaTrajectory",
+    "EntropyState",
+    "Params",
+    "Record",
+    "State",
+    "Step",
+    "Task",
     "attention",
+    "entropy_step",
     "entropy_toy",
     "entropy_toy_target",
     "init_params",
+    "init_state",
     "invariant_prediction",
     "invariant_quantity",
     "loss_fn",
+    "make_step",
     "make_task",
     "normalized_correlation",
     "outputs",
+    "summarize",
+    "summarize_seeds",
     "train",
 ]
 
 KINDS = ("softmax", "exp", "linear")
 
 
-class JomaTask(NamedTuple):
+class Task(NamedTuple):
     """x `(M_c, K)` class-conditional token distributions (columns sum to 1); u `(d, M_c + 1)`
     embeddings (contextual tokens first, the query last); xbar `(M_c,)` = mean_k x[l, k]."""
 
@@ -115,14 +96,14 @@ class JomaTask(NamedTuple):
     xbar: jax.Array
 
 
-class JomaParams(NamedTuple):
+class Params(NamedTuple):
     """w `(d, K)` output layer; z `(M_c,)` attention logits of the contextual tokens."""
 
     w: jax.Array
     z: jax.Array
 
 
-class JomaTrajectory(NamedTuple):
+class Record(NamedTuple):
     """Per step t (before its update; T = steps): loss `(T,)`; z `(T, M_c)` real logits; z_hat
     `(T, M_c)` logits the invariant predicts (linear: sign(z) sqrt(max(prediction, 0))); nc `(T,)`
     NC of the invariant quantity vs its prediction; nc_v, nc_norm `(T,)` NC against the prediction's
@@ -145,7 +126,7 @@ class JomaTrajectory(NamedTuple):
 
 
 def make_task(key: jax.Array, *, num_distinct: int = 10, num_common: int = 10, num_classes: int = 20,
-              dim: int = 30, gaussian: bool = True) -> JomaTask:
+              dim: int = 30, gaussian: bool = True) -> Task:
     """X from U(0, 1/2) (Gaussian bumps on the distinct rows if `gaussian`), columns normalized."""
     mc = num_distinct + num_common
     if dim < mc + 1:
@@ -156,14 +137,14 @@ def make_task(key: jax.Array, *, num_distinct: int = 10, num_common: int = 10, n
         k = jnp.arange(num_classes, dtype=jnp.float32)[None, :]
         x = x.at[:num_distinct].set(jnp.exp(-((l - k * num_distinct / num_classes) ** 2) / 30.0))
     x = x / jnp.sum(x, axis=0, keepdims=True)
-    return JomaTask(x=x, u=jnp.eye(dim, mc + 1, dtype=jnp.float32), xbar=jnp.mean(x, axis=1))
+    return Task(x=x, u=jnp.eye(dim, mc + 1, dtype=jnp.float32), xbar=jnp.mean(x, axis=1))
 
 
-def init_params(key: jax.Array, task: JomaTask, *, scale: float = 0.01) -> JomaParams:
+def init_params(key: jax.Array, task: Task, *, scale: float = 0.01) -> Params:
     """W and z from N(0, 1) * scale (the reference's randn / 100)."""
     kw, kz = jax.random.split(key)
     d, mc, k = task.u.shape[0], task.x.shape[0], task.x.shape[1]
-    return JomaParams(jax.random.normal(kw, (d, k), jnp.float32) * scale,
+    return Params(jax.random.normal(kw, (d, k), jnp.float32) * scale,
                       jax.random.normal(kz, (mc,), jnp.float32) * scale)
 
 
@@ -179,14 +160,14 @@ def attention(z: jax.Array, x: jax.Array, kind: str, temperature: float) -> jax.
     raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
 
 
-def outputs(params: JomaParams, task: JomaTask, kind: str, temperature: float) -> jax.Array:
+def outputs(params: Params, task: Task, kind: str, temperature: float) -> jax.Array:
     """`(K, K)`: row k = output logits of the class-k sample, F^T W with F = U_C B + u_query."""
     mc = task.x.shape[0]
     f = task.u[:, :mc] @ attention(params.z, task.x, kind, temperature) + task.u[:, mc:]
     return f.T @ params.w
 
 
-def loss_fn(params: JomaParams, task: JomaTask, kind: str, temperature: float) -> jax.Array:
+def loss_fn(params: Params, task: Task, kind: str, temperature: float) -> jax.Array:
     """Mean cross-entropy, one sample per class (label k for column k)."""
     logits = outputs(params, task, kind, temperature)
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits))
@@ -197,7 +178,7 @@ def invariant_quantity(z: jax.Array, kind: str) -> jax.Array:
     return z * z if kind == "linear" else z
 
 
-def _prediction_parts(params: JomaParams, task: JomaTask, kind: str, temperature: float):
+def _prediction_parts(params: Params, task: Task, kind: str, temperature: float):
     mc = task.x.shape[0]
     v = task.u[:, :mc].T @ params.w  # (M_c, K)
     v2 = jnp.sum(v * v, axis=1)
@@ -210,7 +191,7 @@ def _prediction_parts(params: JomaParams, task: JomaTask, kind: str, temperature
     raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
 
 
-def invariant_prediction(params: JomaParams, task: JomaTask, kind: str, temperature: float,
+def invariant_prediction(params: Params, task: Task, kind: str, temperature: float,
                          constant: jax.Array | None = None) -> jax.Array:
     """`(M_c,)`: the invariant's prediction of `invariant_quantity(z)` from W alone, plus `constant`
     (C, fixed at t = 0 as quantity(z_0) - prediction(W_0) without constant)."""
@@ -226,37 +207,58 @@ def normalized_correlation(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(a * b, axis=-1) / jnp.maximum(den, jnp.finfo(a.dtype).tiny)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "steps"))
-def train(params: JomaParams, task: JomaTask, *, kind: str = "softmax", temperature: float = 0.5,
-          lr: float = 0.1, steps: int = 2000) -> tuple[JomaParams, JomaTrajectory]:
-    """Full-batch plain SGD on (W, z) for `steps`, recording the `JomaTrajectory`.
+class State(NamedTuple):
+    """One run's carry: `params`, `step_term` `(M_c,)` (the accumulated O(lr^2) part of SGD's steps),
+    and the run's constants, so that one compiled step serves every seed and learning rate: `task`,
+    `constant` `(M_c,)` (the invariant's C, fixed at t = 0), `lr` and `temperature` (0-d)."""
 
-    params: w `(d, K)`, z `(M_c,)`; task: x `(M_c, K)`, u `(d, M_c + 1)`."""
+    params: Params
+    step_term: jax.Array
+    task: Task
+    constant: jax.Array
+    lr: jax.Array
+    temperature: jax.Array
+
+
+def init_state(params: Params, task: Task, *, kind: str = "softmax", temperature: float = 0.5,
+               lr: float = 0.1) -> State:
+    """The state at t = 0: params: w `(d, K)`, z `(M_c,)`; task: x `(M_c, K)`, u `(d, M_c + 1)`."""
     chex.assert_rank([params.w, params.z, task.x], [2, 1, 2])
     chex.assert_shape(params.z, (task.x.shape[0],))
     chex.assert_shape(params.w, (task.u.shape[0], task.x.shape[1]))
+    _check_kind(kind)
+    dtype = params.z.dtype
+    constant = invariant_quantity(params.z, kind) - invariant_prediction(params, task, kind, temperature)
+    return State(params, jnp.zeros_like(params.z), task, constant, jnp.asarray(lr, dtype),
+                 jnp.asarray(temperature, dtype))
+
+
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown attention kind {kind!r}; use one of {KINDS}")
-    constant = invariant_quantity(params.z, kind) - invariant_prediction(params, task, kind, temperature)
-    nan = jnp.full((), jnp.nan, params.z.dtype)
 
-    mc = task.x.shape[0]
 
-    def step(carry, _):
-        p, acc = carry
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """`step(state, t) -> (state, Record)` for `loop.run_steps`: one full-batch SGD step on (W, z) of
+    `kind` attention, recording before the update. Static settings only: equal steps share a program."""
+
+    kind: str = "softmax"
+
+    def __call__(self, state: State, t: jax.Array) -> tuple[State, Record]:
+        kind, p, task, lr, temperature = self.kind, state.params, state.task, state.lr, state.temperature
+        acc, mc = state.step_term, task.x.shape[0]
+        nan = jnp.full((), jnp.nan, p.z.dtype)
         loss, g = jax.value_and_grad(loss_fn)(p, task, kind, temperature)
         a, b, v = _prediction_parts(p, task, kind, temperature)
-        predicted = a + b + constant
+        predicted = a + b + state.constant
         real = invariant_quantity(p.z, kind)
-        if kind == "linear":
-            z_hat = jnp.sign(p.z) * jnp.sqrt(jnp.maximum(predicted, 0.0))
-        else:
-            z_hat = predicted
+        z_hat = jnp.sign(p.z) * jnp.sqrt(jnp.maximum(predicted, 0.0)) if kind == "linear" else predicted
         parts = ((normalized_correlation(real, a), normalized_correlation(real, b)) if kind == "softmax"
                  else (nan, nan))
-        record = JomaTrajectory(loss, p.z, z_hat, normalized_correlation(real, predicted), *parts, v, acc,
-                                normalized_correlation(real, predicted + acc),
-                                jnp.mean(attention(p.z, task.x, kind, temperature), axis=1))
+        record = Record(loss, p.z, z_hat, normalized_correlation(real, predicted), *parts, v, acc,
+                        normalized_correlation(real, predicted + acc),
+                        jnp.mean(attention(p.z, task.x, kind, temperature), axis=1))
         # The second-order remainder of this step in quantity - prediction (module docstring).
         g_v2 = jnp.sum((task.u[:, :mc].T @ g.w) ** 2, axis=1)
         if kind == "linear":
@@ -265,10 +267,24 @@ def train(params: JomaParams, task: JomaTask, *, kind: str = "softmax", temperat
             acc = acc - lr * lr * g_v2 / (2 * temperature)
         else:
             acc = acc - lr * lr * (g_v2 - task.xbar * jnp.sum(g.w * g.w)) / (2 * temperature)
-        return (jax.tree.map(lambda x, gx: x - lr * gx, p, g), acc), record
+        return state._replace(params=jax.tree.map(lambda x, gx: x - lr * gx, p, g), step_term=acc), record
 
-    (params, _), traj = jax.lax.scan(step, (params, jnp.zeros_like(params.z)), None, length=steps)
-    return params, traj
+
+def make_step(kind: str = "softmax") -> Step:
+    """The SGD step of `kind` attention (one of `KINDS`)."""
+    _check_kind(kind)
+    return Step(kind)
+
+
+def train(params: Params, task: Task, *, kind: str = "softmax", temperature: float = 0.5, lr: float = 0.1,
+          steps: int = 2000, chunk: int = 1000, directory=None, settings=None) -> tuple[Params, Record]:
+    """Full-batch plain SGD on (W, z) for `steps`, recording the `Record` (host arrays, leading axis
+    `steps`). With `directory`, `loop.run_steps` saves the run every `chunk` steps and a rerun resumes.
+
+    params: w `(d, K)`, z `(M_c,)`; task: x `(M_c, K)`, u `(d, M_c + 1)`."""
+    state = init_state(params, task, kind=kind, temperature=temperature, lr=lr)
+    final, traj = run_steps(make_step(kind), state, steps, chunk=chunk, directory=directory, settings=settings)
+    return final.params, traj
 
 
 def entropy_toy_target(key: jax.Array, n: int = 10, low: float = 1.0, high: float = 4.0) -> jax.Array:
@@ -276,20 +292,75 @@ def entropy_toy_target(key: jax.Array, n: int = 10, low: float = 1.0, high: floa
     return jnp.sort(jax.random.uniform(key, (n,), minval=low, maxval=high))
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
+class EntropyState(NamedTuple):
+    """The entropy toy's carry: v `(n,)`, and its constants mu `(n,)`, lr and temperature (0-d)."""
+
+    v: jax.Array
+    mu: jax.Array
+    lr: jax.Array
+    temperature: jax.Array
+
+
+def entropy_step(state: EntropyState, t: jax.Array) -> tuple[EntropyState, tuple[jax.Array, jax.Array]]:
+    """v <- v + lr (mu - v) ∘ softmax(v^2 / T); records (v, entropy of softmax(v^2 / T)) before it."""
+    v = state.v
+    a = jax.nn.softmax(v * v / state.temperature)
+    h = -jnp.sum(a * jnp.log(a))
+    return state._replace(v=v + state.lr * (state.mu - v) * a), (v, h)
+
+
 def entropy_toy(mu: jax.Array, v0: jax.Array, *, lr: float = 0.02, temperature: float = 3.0,
-                steps: int = 5000) -> tuple[jax.Array, jax.Array]:
-    """Iterate v <- v + lr (mu - v) ∘ softmax(v^2 / T) from v0 `(n,)`.
+                steps: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Iterate v <- v + lr (mu - v) ∘ softmax(v^2 / T) from v0 `(n,)` (`entropy_step` on `run_steps`).
 
     Returns v `(steps, n)` and the entropy (nats) of softmax(v^2 / T) `(steps,)`, both before each
     step's update."""
     chex.assert_rank([mu, v0], 1)
     chex.assert_equal_shape([mu, v0])
-
-    def step(v, _):
-        a = jax.nn.softmax(v * v / temperature)
-        h = -jnp.sum(a * jnp.log(a))
-        return v + lr * (mu - v) * a, (v, h)
-
-    _, (vs, hs) = jax.lax.scan(step, v0, None, length=steps)
+    state = EntropyState(v0, mu, jnp.asarray(lr, v0.dtype), jnp.asarray(temperature, v0.dtype))
+    _, (vs, hs) = run_steps(entropy_step, state, steps, chunk=steps)
     return vs, hs
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+JUDGE_FROM = 100  # NC is 1 at t = 0 by construction of C, so it is judged from here on
+
+
+def summarize(trajectory: Record, task: Task) -> dict:
+    """One run's verdict: the smallest NC over t >= `JUDGE_FROM` (and where), its final NC, the
+    smallest NC with SGD's step term added (1: the gap is the finite step), the largest drift of the
+    class-averaged attention from xbar relative to max xbar (the softmax theorem assumes 0), the
+    first step with the loss above its initial value (None: stable) and the smallest NC before it,
+    and the loss and logit ranges. Host numpy."""
+    traj = jax.tree.map(np.asarray, trajectory)
+    nc, after = traj.nc, slice(JUDGE_FROM, None)
+    xbar = np.asarray(task.xbar)
+    above = np.flatnonzero(traj.loss > traj.loss[0])
+    unstable = int(above[0]) if above.size else None
+    # NC over t >= 100 up to the first unstable step (all of it for a stable run); nan if none left
+    before = nc[JUDGE_FROM:unstable] if unstable is None or unstable > JUDGE_FROM else nc[:0]
+    return {"min_nc_after_100": float(nc[after].min()),
+            "argmin_nc_after_100": int(JUDGE_FROM + nc[after].argmin()),
+            "final_nc": float(nc[-1]), "min_nc_with_step_term": float(traj.nc_stepped[after].min()),
+            "max_attn_mean_drift": float(np.abs(traj.attn_mean - xbar).max() / xbar.max()),
+            "first_step_loss_above_initial": unstable,
+            "min_nc_before_instability": float(before.min()) if before.size else None,
+            "initial_loss": float(traj.loss[0]), "max_loss": float(traj.loss.max()),
+            "final_loss": float(traj.loss[-1]), "final_z_range": float(np.ptp(traj.z[-1])),
+            "max_abs_z": float(np.abs(traj.z).max())}
+
+
+def summarize_seeds(runs: list[dict]) -> dict:
+    """Over seeds (each a `summarize` dict) of one attention kind and X: the worst and median
+    smallest NC, the seeds above 0.99, the worst NC with the step term, the largest attention drift,
+    the unstable seeds and their worst NC before instability."""
+    minima = np.array([r["min_nc_after_100"] for r in runs])
+    unstable = [r for r in runs if r["first_step_loss_above_initial"] is not None]
+    return {"seeds": len(runs), "min": float(minima.min()), "median": float(np.median(minima)),
+            "seeds_above_0.99": int(np.sum(minima > 0.99)),
+            "min_with_step_term": float(min(r["min_nc_with_step_term"] for r in runs)),
+            "max_attn_mean_drift": float(max(r["max_attn_mean_drift"] for r in runs)),
+            "seeds_unstable": len(unstable),
+            "min_nc_before_instability": min((r["min_nc_before_instability"] for r in unstable
+                                              if r["min_nc_before_instability"] is not None), default=None)}

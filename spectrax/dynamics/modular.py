@@ -31,25 +31,7 @@ in ± pairs) and the tests check r_sum on it independently of training. The "ord
 k ∈ {1..(d-1)/2} is the number of hidden units j with |A[k, j]| > 0.05 (|A[k, j]| = |A[d-k, j]|,
 so each conjugate pair is counted once); the paper finds GD solutions of order 4 or 6 per frequency.
 
-Findings (d = 23, hidden 512, lr 0.01, 10k epochs, 5 seeds; `experiments/modular_addition.py`):
-
-- With the documented setup's loss and wd 5e-5 every seed reaches 100% test accuracy by epoch 20-21 and every one
-  of the 55 (seed, frequency) solutions has order 4 (32) or 6 (23), 52-54 active units in all: the
-  paper's claim holds exactly.
-- Σ_k 2d Re r_kkk does NOT reach d - 1 = 22 there: it settles at 21.02-21.04, because coupled L2
-  makes the run stationary for L + (wd/2)||θ||², not for L. `decayed_r_sum` predicts the shrunk
-  value from the learned norm (21.09-21.10; error 0.05-0.07), and the loss floor m(1 - ρ)² with it.
-  wd 1e-5: 21.81 (prediction 21.82), wd 0: 21.96 (still rising slowly), all with 100% test.
-- The bound "within 0.2 of d - 1" holds with the paper's own loss ℓ(z) (squared error summed over
-  the d outputs; `reduction="sum"`, which under Adam is the same run as "mean" with wd / d): at
-  wd 5e-5 r_sum stays within 0.2 of 22 from epoch 529-561 (5 seeds) and ends at 21.95; its orders
-  are then 4-10 (mostly 6-8 at 1500 epochs), no longer only 4 and 6.
-- Weight decay sweep (the documented setup's loss): wd 0 gives dense solutions (orders 11-20, mean 15, ~165 active
-  units); 1e-5 and 5e-5 give orders 4 and 6 only; 2e-4 collapses to the zero network from this
-  initialization (test accuracy 4%, r_sum 0.04), presumably because near the origin the loss
-  gradient of the cubic network is O(θ²) while the decay is O(θ). A shrunk solution would still
-  exist there (the stationarity equation has a root near 1 at the learned norm), so the collapse
-  is the path's, not the absence of a solution; the paper's wd figure shows no such collapse.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `modular`.
 """
 
 from __future__ import annotations

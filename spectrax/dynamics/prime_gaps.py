@@ -40,16 +40,7 @@ single-token learned model can fit the training gaps; it cannot generalize to he
 whose rows are never trained (only decayed): compare train and test R^2 with the log-trend
 baseline g ~ a + b ln p_n (the prime number theorem's mean gap).
 
-Findings (`experiments/prime_gaps.py`, 10^5 primes, L = 2, E = 64, H = 4, learned encoding,
-3000 AdamW steps, batch 256, lr 1e-3 cosine to 1e-5, wd 0.01). Single token: max |dL/dW_Q|,
-|dL/dW_K| and their biases are 0.0 at every step; W_Q(T) = 0.98496 W_Q(0) to 4.6e-6 of max |W_Q(0)|
-(float32 rounding); erank / stable rank / s_1/mean of layer-0 W_Q trained 51.756 / 15.699 / 2.376,
-init the same to every printed digit, Gaussian null 51.29 +- 0.35 / 17.2 +- 0.8 / 2.28 +- 0.06,
-while W_V, W_O, the MLP and the index table do move (l0.down stable rank 27.1 -> 10.5, table
-61.0 -> 5.7). The model memorizes: train R^2 0.983, test R^2 -0.050, below the log trend's 0.011.
-Window (w = 16): W_Q, W_K change by 0.22 / 0.20 of their norm beyond the decay, attention entropy
-2.745 -> 2.488 nats (uniform ln 16 = 2.773), QK-kernel effective ranks move by up to 0.4; it
-learns little about the next gap (test R^2 0.003).
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `prime_gaps`.
 """
 
 from __future__ import annotations
@@ -69,10 +60,12 @@ from spectrax import spectral as sp
 from spectrax.models.layers import attention, dense_mlp, layer_norm
 
 __all__ = [
+    "SOURCE_REFERENCE_DRAWS",
+    "source_ks",
     "ATTENTION_QK",
     "Config",
     "Data",
-    "TrainState",
+    "State",
     "apply",
     "attention_entropy",
     "decay_factors",
@@ -387,7 +380,7 @@ def optimizer(lr: float, weight_decay: float, steps: int, *, final_lr_ratio: flo
     return optax.GradientTransformation(tx.init, update), schedule
 
 
-class TrainState(NamedTuple):
+class State(NamedTuple):
     """params, optax state, and `decay` = prod_{s<t} (1 - lr_s wd) in float32 (scalar)."""
 
     params: Any
@@ -403,7 +396,7 @@ def excess_change(w: jax.Array, w0: jax.Array, decay: jax.Array) -> jax.Array:
 def make_step(data: Data, cfg: Config, opt: optax.GradientTransformation, schedule: optax.Schedule,
               weight_decay: float, params0: dict[str, Any], key: jax.Array, *, batch_size: int = 256,
               eval_every: int = 100, eval_size: int = 2048):
-    """A `step(state, t) -> (state, record)` for `loop.run_steps`, and its initial `TrainState`.
+    """A `step(state, t) -> (state, record)` for `loop.run_steps`, and its initial `State`.
 
     Batches: `batch_size` training indices drawn uniformly with `fold_in(key, t)`. Record (scalars
     unless noted): loss (batch MSE before the update), lr (schedule(t)), qk_grad (max |grad| over
@@ -418,7 +411,7 @@ def make_step(data: Data, cfg: Config, opt: optax.GradientTransformation, schedu
     def grad_norm(tree):
         return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
-    def step(state: TrainState, t: jax.Array):
+    def step(state: State, t: jax.Array):
         idx = data.train[jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, data.train.shape[0])]
         x, y = inputs(data, idx, cfg), data.target[idx]
 
@@ -444,9 +437,9 @@ def make_step(data: Data, cfg: Config, opt: optax.GradientTransformation, schedu
             "mlp_grad": grad_norm([g["up"], g["down"]]),
             "excess": {n: excess_change(params["layers"][n], params0["layers"][n], decay) for n in "qkvo"},
         }
-        return TrainState(params, opt_state, decay), record
+        return State(params, opt_state, decay), record
 
-    state = TrainState(params0, opt.init(params0), jnp.float32(1.0))
+    state = State(params0, opt.init(params0), jnp.float32(1.0))
     return step, state
 
 
@@ -479,3 +472,24 @@ def qk_kernel_erank(params: dict[str, Any]) -> jax.Array:
     """Effective rank `(L, H)` of each head's QK kernel W_Q,h^T W_K,h (factored, never formed)."""
     lay = params["layers"]
     return sp.effective_rank(sp.qk_kernel_singular_values(lay["q"], lay["k"]))
+
+
+SOURCE_REFERENCE_DRAWS = 4  # unit-variance Gaussian matrices pooled into the source-style reference
+
+
+def source_ks(w: np.ndarray, key: jax.Array, num_draws: int) -> tuple[float, float, float]:
+    """The prime-gap source's "KS distance to random" of one matrix and its null:
+    `(observed, null_mean, null_std)` (experiments/lm_rank_table.py reports it).
+
+    Observed: two-sample KS distance of the raw singular values of `w (m, n)` to a pooled sample of
+    singular values of unit-variance Gaussian `(m, n)` matrices. Null: the same distance for
+    Gaussian matrices whose entries have `w`'s RMS, `num_draws` of them.
+    """
+    w = np.asarray(w, np.float32)
+    m, n = w.shape
+    k_ref, k_null = jax.random.split(key)
+    reference = sp.gaussian_singular_values(k_ref, (SOURCE_REFERENCE_DRAWS, m, n)).reshape(-1)
+    observed = float(sp.ks_two_sample(sp.singular_values(w), reference))
+    rms = np.float32(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+    null = np.asarray(sp.ks_two_sample(rms * sp.gaussian_singular_values(k_null, (num_draws, m, n)), reference))
+    return observed, float(np.mean(null)), float(np.std(null, ddof=1))

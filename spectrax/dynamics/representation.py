@@ -27,17 +27,14 @@ one measurement, so a run of T steps of `run_steps` is T * record_every SGD step
 checkpointable and resumable. Seed r uses the same initialization and data stream at every
 weight decay (a paired comparison).
 
-Findings (`experiments/representation_alignment.py`, defaults; details in its docstring): with
-γ > 0 all six alignments of the 64 x 64 hidden layer end at 0.73-0.96 (random-basis null 0.05-0.07);
-without weight decay the weight alignments (H-Z, G-Z) decay to ~0.27 while H-G stays at 0.73-0.82,
-so the weight decay is what ties W to H and G; none reaches 1, and eq. 7's positive coefficients
-do not show in a least-squares fit (the G coefficient comes out negative once Z is in the fit).
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `representation`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -45,12 +42,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spectrax.dynamics.loop import run_steps
+from spectrax.spectral import alignment as al
 from spectrax.spectral.alignment import LayerMatrices, layer_matrices
 
 __all__ = [
+    "Alignments",
+    "Config",
     "Hyper",
     "Record",
+    "Sweep",
     "Task",
+    "alignment_statistics",
     "apply",
     "init_mlp",
     "init_state",
@@ -61,6 +64,8 @@ __all__ = [
     "measure",
     "neuron_gradients",
     "sample_batch",
+    "simulate",
+    "summarize",
     "sweep",
 ]
 
@@ -227,3 +232,176 @@ def sweep(weight_decays: Sequence[float], seeds: int, lr: float) -> Hyper:
     """Hyper `(len(weight_decays) * seeds,)`, config-major: entry c is weight decay c // seeds."""
     wd = np.repeat(np.asarray(weight_decays, np.float32), seeds)
     return Hyper(jnp.full(wd.shape, lr, jnp.float32), jnp.asarray(wd))
+
+
+# ----------------------------------------------------------------------------- the sweep and its verdicts
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """`experiments/representation_alignment.py`: a tanh MLP d_in -> width (x depth) -> d_out learns
+    a teacher of `teacher_width` hidden units with label noise `noise` by online SGD (lr, batch_size)
+    at each of `weight_decays` x `seeds`, `steps` SGD steps measured every `record_every` on
+    `eval_size` samples (`chunk` records per compiled chunk and checkpoint); random-basis nulls of
+    `null_draws` draws at every `null_every`-th record; `top_k` leading eigenvalues in the power-law
+    fits; `layer`: the headline layer (-1: the middle one); PRNG `seed`."""
+
+    steps: int = 40000
+    record_every: int = 1000
+    weight_decays: tuple[float, ...] = (0.0, 1e-3, 3e-3, 1e-2)
+    seeds: int = 3
+    lr: float = 0.05
+    batch_size: int = 16
+    d_in: int = 16
+    width: int = 64
+    depth: int = 2
+    d_out: int = 8
+    teacher_width: int = 4
+    noise: float = 0.5
+    eval_size: int = 2048
+    null_draws: int = 16
+    null_every: int = 4
+    layer: int = -1
+    top_k: int = 8
+    chunk: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight_decays", tuple(float(w) for w in self.weight_decays))
+        if self.record_every < 1 or self.steps < self.record_every or self.steps % self.record_every:
+            raise ValueError(f"steps ({self.steps}) must be a positive multiple of record_every ({self.record_every})")
+        if self.seeds < 1 or self.null_draws < 2 or self.null_every < 1 or not self.weight_decays:
+            raise ValueError("need seeds >= 1, null_draws >= 2, null_every >= 1 and a weight decay")
+        if any(w < 0 for w in self.weight_decays):
+            raise ValueError("weight decays must be >= 0")
+        if not -1 <= self.layer < len(self.dims) - 1:
+            raise ValueError(f"layer must be in [0, {len(self.dims) - 2}] (or -1: the middle one)")
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return layer_dims(self.d_in, self.width, self.depth, self.d_out)
+
+    @property
+    def headline_layer(self) -> int:
+        return len(self.dims) // 2 - 1 if self.layer == -1 else self.layer
+
+    def settings(self) -> dict[str, Any]:
+        """What a checkpoint of the training must agree on."""
+        return {"steps": self.steps, "record_every": self.record_every, "weight_decays": list(self.weight_decays),
+                "seeds": self.seeds, "lr": self.lr, "batch_size": self.batch_size, "dims": list(self.dims),
+                "teacher_width": self.teacher_width, "noise": self.noise, "eval_size": self.eval_size,
+                "seed": self.seed}
+
+
+class Sweep(NamedTuple):
+    """A trained sweep, host arrays, records r = 0 (init), 1..R (after r * record_every SGD steps),
+    configurations C config-major: layers, per layer, the six matrices `(R + 1, C, ...)`;
+    eval_loss `(R + 1, C)`; train_loss `(R + 1, C)` (NaN at r = 0); init_loss `(C,)`."""
+
+    layers: list[LayerMatrices]
+    eval_loss: np.ndarray
+    train_loss: np.ndarray
+    init_loss: np.ndarray
+
+
+def _np(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def simulate(config: Config, *, directory=None, progress: str | None = None) -> Sweep:
+    """Train the sweep (resumable in `directory`) and measure every layer at every record."""
+    key = jax.random.key(config.seed)
+    task = make_task(jax.random.fold_in(key, 0), config.d_in, config.d_out, teacher_width=config.teacher_width,
+                     noise=config.noise, eval_size=config.eval_size)
+    hyper = sweep(config.weight_decays, config.seeds, config.lr)
+    state = init_state(jax.random.fold_in(key, 1), config.dims, len(config.weight_decays), config.seeds)
+    step = make_step(task, hyper, jax.random.fold_in(key, 2), config.seeds, record_every=config.record_every,
+                     batch_size=config.batch_size)
+    init = _np(jax.vmap(measure, in_axes=(0, None, None))(state, task.eval_x, task.eval_y))
+    init_loss = np.asarray(jax.vmap(loss_fn, in_axes=(0, None, None))(state, task.eval_x, task.eval_y))
+    _, traj = run_steps(step, state, config.steps // config.record_every, chunk=config.chunk, directory=directory,
+                        settings=config.settings(), progress=progress)
+    layers = [LayerMatrices(*[np.concatenate([i[None], t]) for i, t in zip(a, b)]) for a, b in zip(init, traj.layers)]
+    return Sweep(layers, np.concatenate([init_loss[None], traj.eval_loss]),
+                 np.concatenate([np.full((1, len(init_loss)), np.nan, np.float32), traj.loss]), init_loss)
+
+
+class Alignments(NamedTuple):
+    """Per layer: align, null_mean, null_std: per alignment name `(R + 1, C)` (the null NaN off
+    `null_records`); finals: the last record's `alignment_table` (per statistic `(C,)`)."""
+
+    align: list[dict[str, np.ndarray]]
+    null_mean: list[dict[str, np.ndarray]]
+    null_std: list[dict[str, np.ndarray]]
+    null_records: np.ndarray
+    finals: list[dict[str, np.ndarray]]
+
+
+def alignment_statistics(result: Sweep, config: Config) -> Alignments:
+    """The six alignments of every layer at every record, their random-basis null at every
+    `null_every`-th record and the last, and the last record's full `alignment_table`."""
+    num_rec, num_cfg = result.eval_loss.shape
+    null_rec = np.unique(np.r_[np.arange(0, num_rec, config.null_every), num_rec - 1])
+    nk = jax.random.fold_in(jax.random.key(config.seed), 3)
+    align, null_mean, null_std, finals = [], [], [], []
+    for li, lm in enumerate(result.layers):
+        align.append(_np(al.six_alignments(LayerMatrices(*map(jnp.asarray, lm)))))
+        sub = LayerMatrices(*[jnp.asarray(np.asarray(x)[null_rec].reshape((-1,) + x.shape[2:])) for x in lm])
+        null = al.random_basis_null(jax.random.fold_in(nk, li), sub, al.six_alignments, num_draws=config.null_draws)
+        mean = {n: np.full((num_rec, num_cfg), np.nan, np.float32) for n in al.ALIGNMENTS}
+        std = {n: np.full((num_rec, num_cfg), np.nan, np.float32) for n in al.ALIGNMENTS}
+        for n in al.ALIGNMENTS:
+            mean[n][null_rec] = np.asarray(null.mean[n]).reshape(len(null_rec), num_cfg)
+            std[n][null_rec] = np.asarray(null.std[n]).reshape(len(null_rec), num_cfg)
+        null_mean.append(mean)
+        null_std.append(std)
+        final = LayerMatrices(*[jnp.asarray(x[-1]) for x in lm])
+        k = min(config.top_k, final.h_a.shape[-1], final.h_b.shape[-1])
+        finals.append(_np(al.alignment_table(jax.random.fold_in(nk, 100 + li), final, k, num_draws=config.null_draws)))
+    return Alignments(align, null_mean, null_std, null_rec, finals)
+
+
+def summarize(stats: Alignments, result: Sweep, config: Config) -> dict[str, Any]:
+    """The headline layer against the theory: per weight decay, the losses and each alignment at
+    init and end with its null and z-score, the eq. 7 fits and power laws (`headline_layer`); and
+    the checks (`checks`): all six above the null at the largest γ, eq. 7's coefficients positive,
+    which alignments weight decay raises over γ = 0."""
+    layer, seeds, wds = config.headline_layer, config.seeds, config.weight_decays
+    align, mean, std, final = (stats.align[layer], stats.null_mean[layer], stats.null_std[layer],
+                               stats.finals[layer])
+    summary = {}
+    for i, w in enumerate(wds):
+        cfg = slice(i * seeds, (i + 1) * seeds)
+        entry = {"eval_loss_init": float(np.mean(result.init_loss[cfg])),
+                 "eval_loss_final": float(np.mean(result.eval_loss[-1, cfg]))}
+        for n in al.ALIGNMENTS:
+            entry[n] = {"init": float(np.mean(align[n][0, cfg])), "final": float(np.mean(align[n][-1, cfg])),
+                        "final_seed_std": float(np.std(align[n][-1, cfg])),
+                        "null_mean_final": float(np.mean(mean[n][-1, cfg])),
+                        "null_std_final": float(np.mean(std[n][-1, cfg])),
+                        "z_final": float(np.mean((align[n][-1, cfg] - mean[n][-1, cfg]) / std[n][-1, cfg])),
+                        "z_init": float(np.mean((align[n][0, cfg] - mean[n][0, cfg]) / std[n][0, cfg]))}
+        for name in ("fdt_b_z", "fdt_b_g", "fdt_b_r2", "fdt_a_z", "fdt_a_h", "fdt_a_r2", "rank_alpha_hg_b",
+                     "rank_alpha_r2_hg_b", "alpha_hg_b", "alpha_r2_hg_b", "alpha_r2_hg_b_null_mean"):
+            entry[name] = float(np.nanmean(np.asarray(final[name])[cfg]))
+        summary[f"wd={w:g}"] = entry
+    decayed = [f"wd={w:g}" for w in wds if w > 0]
+    zero = [f"wd={w:g}" for w in wds if w == 0]
+    checks: dict[str, Any] = {}
+    if decayed:
+        best = decayed[-1]
+        checks["largest_wd"] = best
+        checks["min_final_alignment_largest_wd"] = min(summary[best][n]["final"] for n in al.ALIGNMENTS)
+        checks["min_final_z_largest_wd"] = min(summary[best][n]["z_final"] for n in al.ALIGNMENTS)
+        checks["all_six_above_null_z3_largest_wd"] = checks["min_final_z_largest_wd"] > 3
+        checks["fdt_coefficients_positive_largest_wd"] = all(summary[best][c] > 0 for c in
+                                                              ("fdt_b_z", "fdt_b_g", "fdt_a_z", "fdt_a_h"))
+        checks["rank_alpha_hg_b_largest_wd"] = summary[best]["rank_alpha_hg_b"]
+    if zero and decayed:
+        z0 = zero[0]
+        checks["min_final_alignment_wd0"] = min(summary[z0][n]["final"] for n in al.ALIGNMENTS)
+        checks["mean_final_alignment_gain_largest_wd_over_wd0"] = float(np.mean(
+            [summary[decayed[-1]][n]["final"] - summary[z0][n]["final"] for n in al.ALIGNMENTS]))
+        checks["alignments_higher_with_wd"] = [n for n in al.ALIGNMENTS
+                                               if summary[decayed[-1]][n]["final"] > summary[z0][n]["final"]]
+    return {"headline_layer": summary, "checks": checks}

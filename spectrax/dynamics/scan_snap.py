@@ -32,6 +32,7 @@ grouped call on a 2-core CPU), so there is no padding anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -42,19 +43,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spectrax.dynamics.loop import run_steps
+
 __all__ = [
     "Batch",
+    "GridStep",
     "Hyper",
     "Params",
+    "Record",
+    "State",
+    "Step",
     "Task",
-    "Trajectory",
     "apply",
     "apply_sequence",
     "attention_distribution",
     "distinct_entropy",
     "hyper",
     "init_params",
+    "init_state",
     "loss_fn",
+    "make_step",
     "make_task",
     "num_tokens",
     "optimizers",
@@ -62,6 +70,8 @@ __all__ = [
     "run_grid",
     "sample_batch",
     "stack",
+    "summarize",
+    "summarize_grid",
     "train",
     "z_metrics",
 ]
@@ -108,7 +118,7 @@ class Hyper(NamedTuple):
     momentum: jax.Array
 
 
-class Trajectory(NamedTuple):
+class Record(NamedTuple):
     """Per-step record, taken before step t's update (t = 0 is the initialization).
 
     loss `(T,)` batch cross-entropy; z_common `(T,)` mean of Z[m_f, l] over common l and real facts;
@@ -271,76 +281,179 @@ def optimizers(h: Hyper) -> tuple[optax.GradientTransformation, optax.GradientTr
     return optax.sgd(h.lr_y, momentum=h.momentum), optax.sgd(h.lr_z, momentum=h.momentum)
 
 
-def _train(params: Params, key: jax.Array, task: Task, h: Hyper, *, steps: int, batch_size: int,
-           seq_len: int, record_rows: bool = False) -> tuple[Params, Trajectory]:
+class State(NamedTuple):
+    """One run's carry: `params`, the (Y, Z) optimizer states, and the run's constants, so that one
+    compiled step serves every seed and learning rate: `task`, `hyper`, and `data_keys` `(T, 2)`
+    uint32, the raw key of step t's batch (the split of the data key into T, as before resumability)."""
+
+    params: Params
+    opt_state: tuple
+    task: Task
+    hyper: Hyper
+    data_keys: jax.Array
+
+
+def _raw(key: jax.Array) -> jax.Array:
+    return jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def init_state(params: Params, key: jax.Array, task: Task, h: Hyper, steps: int) -> State:
+    """The state of a run of `steps` from `params`, with step t's batch drawn from `split(key, steps)[t]`."""
     chex.assert_rank([params.y, params.z], 2)
     chex.assert_equal_shape([params.y, params.z])
     chex.assert_shape(task.probs, (None, params.z.shape[0]))
     opt_y, opt_z = optimizers(h)
+    return State(params, (opt_y.init(params.y), opt_z.init(params.z)), task, h, _raw(jax.random.split(key, steps)))
 
-    def step(carry, k):
-        p, (sy, sz) = carry
-        batch = sample_batch(k, task, batch_size=batch_size, seq_len=seq_len)
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """`step(state, t) -> (state, Record)` for `loop.run_steps`: one SGD step on step t's batch. Holds
+    only static settings, so equal steps share one compiled program."""
+
+    batch_size: int = 128
+    seq_len: int = 128
+    record_rows: bool = False
+
+    def __call__(self, state: State, t: jax.Array) -> tuple[State, Record]:
+        p, task = state.params, state.task
+        opt_y, opt_z = optimizers(state.hyper)
+        batch = sample_batch(state.data_keys[t], task, batch_size=self.batch_size, seq_len=self.seq_len)
         loss, g = jax.value_and_grad(loss_fn)(p, batch)
         common, distinct, entropy = z_metrics(p.z, task)
+        sy, sz = state.opt_state
         uy, sy = opt_y.update(g.y, sy)
         uz, sz = opt_z.update(g.z, sz)
-        rows = p.z[task.last] if record_rows else None
-        return (Params(p.y + uy, p.z + uz), (sy, sz)), Trajectory(loss, common, distinct, entropy, rows)
-
-    carry = (params, (opt_y.init(params.y), opt_z.init(params.z)))
-    (params, _), traj = jax.lax.scan(step, carry, jax.random.split(key, steps))
-    return params, traj
+        rows = p.z[task.last] if self.record_rows else None
+        return (state._replace(params=Params(p.y + uy, p.z + uz), opt_state=(sy, sz)),
+                Record(loss, common, distinct, entropy, rows))
 
 
-_STATIC = ("steps", "batch_size", "seq_len", "record_rows")
+def make_step(*, batch_size: int = 128, seq_len: int = 128, record_rows: bool = False) -> Step:
+    """The step of one run (batched runs: `GridStep`)."""
+    return Step(batch_size, seq_len, record_rows)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+# a grid group's state: every leaf per (configuration, seed) except the shared task
+_GRID_AXES = State(0, 0, None, 0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GridStep:
+    """`step(states, t)` over a tuple of group states, each with leading axes `(C_g, R)`; records
+    come back with the same leading axes. All groups are traced into one program."""
+
+    step: Step
+
+    def __call__(self, states: tuple[State, ...], t: jax.Array) -> tuple[tuple[State, ...], tuple[Record, ...]]:
+        seeds = jax.vmap(self.step, in_axes=(_GRID_AXES, None), out_axes=(_GRID_AXES, 0))
+        grid = jax.vmap(seeds, in_axes=(_GRID_AXES, None), out_axes=(_GRID_AXES, 0))
+        out = [grid(s, t) for s in states]
+        return tuple(o[0] for o in out), tuple(o[1] for o in out)
+
+
 def train(params: Params, key: jax.Array, task: Task, h: Hyper, *, steps: int, batch_size: int = 128,
-          seq_len: int = 128, record_rows: bool = False) -> tuple[Params, Trajectory]:
+          seq_len: int = 128, record_rows: bool = False, chunk: int = 1000, directory=None,
+          settings=None) -> tuple[Params, Record]:
     """`steps` SGD steps from `params` on fresh batches drawn from `key`.
 
-    Returns the final params and the per-step `Trajectory` (leading axis `steps`)."""
-    return _train(params, key, task, h, steps=steps, batch_size=batch_size, seq_len=seq_len,
-                  record_rows=record_rows)
+    Returns the final params and the per-step `Record` (leading axis `steps`, host arrays). With
+    `directory`, `loop.run_steps` saves the run every `chunk` steps and a rerun resumes it."""
+    state = init_state(params, key, task, h, steps)
+    final, traj = run_steps(make_step(batch_size=batch_size, seq_len=seq_len, record_rows=record_rows), state,
+                            steps, chunk=chunk, directory=directory, settings=settings)
+    return final.params, traj
 
 
-def _run(key, task, h, *, steps, batch_size, seq_len, zero_init, record_rows=False):
+def _init_run(key, task, h, *, steps, zero_init):
     k_init, k_data = jax.random.split(key)
-    return _train(init_params(k_init, task, zero=zero_init), k_data, task, h, steps=steps,
-                  batch_size=batch_size, seq_len=seq_len, record_rows=record_rows)
+    return init_state(init_params(k_init, task, zero=zero_init), k_data, task, h, steps)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "zero_init"))
 def run(key: jax.Array, task: Task, h: Hyper, *, steps: int, batch_size: int = 128, seq_len: int = 128,
-        zero_init: bool = False, record_rows: bool = False) -> tuple[Params, Trajectory]:
+        zero_init: bool = False, record_rows: bool = False, chunk: int = 1000, directory=None,
+        settings=None) -> tuple[Params, Record]:
     """Initialize from `key` (split: init, data) and train: one seed of one configuration."""
-    return _run(key, task, h, steps=steps, batch_size=batch_size, seq_len=seq_len, zero_init=zero_init,
-                record_rows=record_rows)
+    k_init, k_data = jax.random.split(key)
+    return train(init_params(k_init, task, zero=zero_init), k_data, task, h, steps=steps, batch_size=batch_size,
+                 seq_len=seq_len, record_rows=record_rows, chunk=chunk, directory=directory, settings=settings)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "zero_init"))
 def run_grid(keys: Sequence[jax.Array], tasks: Sequence[Task], hypers: Sequence[Hyper], *, steps: int,
-             batch_size: int = 128, seq_len: int = 128, zero_init: bool = False,
-             record_rows: bool = False) -> tuple[tuple[Params, Trajectory], ...]:
-    """A sweep in one compiled call, in groups of one task each.
+             batch_size: int = 128, seq_len: int = 128, zero_init: bool = False, record_rows: bool = False,
+             chunk: int = 1000, directory=None, settings=None, progress: str | None = None,
+             ) -> tuple[tuple[Params, Record], ...]:
+    """A sweep in one compiled program, in groups of one task each (resumable like `train`).
 
     Group g: `tasks[g]` (one Task, its own M), `hypers[g]` stacked `(C_g,)` (`stack`), `keys[g]`
-    `(C_g, R)` (configurations x seeds). Returns, per group, params and trajectories with leading
+    `(C_g, R)` (configurations x seeds). Returns, per group, params and records with leading
     axes `(C_g, R)`; entry [c, r] of group g equals `run(keys[g][c, r], tasks[g], hypers[g][c])` to
     float rounding. Each group is vmapped at its own size and all groups are traced into one XLA
     program (one compile per grid layout), so no configuration pays for the size of another."""
     if not len(keys) == len(tasks) == len(hypers):
         raise ValueError(f"need one keys, task and hypers per group, got {len(keys)}, {len(tasks)}, {len(hypers)}")
-    one = functools.partial(_run, steps=steps, batch_size=batch_size, seq_len=seq_len, zero_init=zero_init,
-                            record_rows=record_rows)
+    init = functools.partial(_init_run, steps=steps, zero_init=zero_init)
     # inner vmap: seeds (the task and learning rates shared); outer: the configurations of a group
-    grid = jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(0, None, 0))
-    out = []
+    init = jax.vmap(jax.vmap(init, in_axes=(0, None, None), out_axes=_GRID_AXES), in_axes=(0, None, 0),
+                    out_axes=_GRID_AXES)
+    states = []
     for k, task, h in zip(keys, tasks, hypers):
         typed = jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
         chex.assert_rank(k, 2 if typed else 3)  # (C_g, R) typed keys, or (C_g, R, 2) raw uint32 keys
         chex.assert_shape([h.lr_z, h.lr_y, h.momentum], (k.shape[0],))
-        out.append(grid(k, task, h))
-    return tuple(out)
+        states.append(init(k, task, h))
+    step = GridStep(make_step(batch_size=batch_size, seq_len=seq_len, record_rows=record_rows))
+    finals, trajs = run_steps(step, tuple(states), steps, chunk=chunk, directory=directory, settings=settings,
+                              progress=progress)
+    # the loop stacks time first: (T, C_g, R, ...) -> (C_g, R, T, ...)
+    return tuple((f.params, jax.tree.map(lambda a: np.moveaxis(a, 0, 2), r)) for f, r in zip(finals, trajs))
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two 1-D sequences (no ties expected)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def summarize(trajectory: Record, task: Task, params: Params) -> tuple[list[dict], dict[str, float]]:
+    """The Fig. 4 verdicts of one run: per fact, the final Z row's common and distinct logits with
+    P(l|n) and their rank correlation; and the checks (the zero-init loss against ln M, the largest
+    final common-token logit (theory: < 0), the smallest rank correlation (theory: near 1), the
+    entropy of c_n at the start and end (theory: it falls)). Host numpy."""
+    loss, entropy = np.asarray(trajectory.loss), np.asarray(trajectory.entropy)
+    z, common, m = np.asarray(params.z), np.asarray(task.common), int(task.probs.shape[1])
+    facts = []
+    for f in range(len(task.last)):
+        distinct = np.asarray(task.distinct[f])
+        row = z[int(task.last[f])]
+        p = np.asarray(task.probs[f])[distinct]
+        facts.append({"last_token": int(task.last[f]), "next_token": int(task.next[f]),
+                      "common_logits": row[common].tolist(), "distinct_tokens": distinct.tolist(),
+                      "distinct_probs": p.tolist(), "distinct_logits": row[distinct].tolist(),
+                      "rank_correlation": _spearman(row[distinct], p)})
+    checks = {"initial_loss": float(loss[0]), "ln_M": float(np.log(m)),
+              "initial_loss_minus_ln_M": float(loss[0] - np.log(m)),
+              "max_final_common_logit": float(max(max(f["common_logits"]) for f in facts)),
+              "min_rank_correlation": float(min(f["rank_correlation"] for f in facts)),
+              "entropy_initial": float(entropy[0]), "entropy_final": float(entropy[-1])}
+    return facts, checks
+
+
+def summarize_grid(configs: Sequence[tuple[int, float, float]], entropy: np.ndarray, grid: dict) -> dict:
+    """The Fig. 6 verdict: for each (num_last, ratio) cell, is the seed-mean final entropy
+    (`entropy` `(C, R)`, configs `(num_last, lr_z, ratio)`) decreasing in lr_Z? And the Spearman
+    correlation between lr_Z and entropy over all cells (theory: negative)."""
+    mean = np.asarray(entropy).mean(axis=1)
+    index = {c: i for i, c in enumerate(configs)}
+    cells, decreasing = 0, 0
+    for n in grid["num_last"]:
+        for ratio in grid["ratio"]:
+            values = [mean[index[(n, lr, ratio)]] for lr in grid["lr_z"]]
+            cells += 1
+            decreasing += all(b < a for a, b in zip(values, values[1:]))
+    lr = np.array([c[1] for c in configs])
+    return {"cells": cells, "cells_decreasing_in_lr_z": decreasing,
+            "spearman_lr_z_vs_entropy": _spearman(lr, mean)}

@@ -40,14 +40,12 @@ initializations with `spectrax.dynamics.loop.run_steps`, recording per step the 
 and the largest relative error of the recursion against the actual optax step (in float64 it is
 ~1e-16).
 
-Finding (GD drift, `experiments/noether_charge.py`): after a fixed number of steps the GD drift
-of the charge scales as lr^2, as the recursion says; but the drift *to convergence* (a fixed
-gradient-flow time, so ~1/lr steps) scales as lr: the per-step O(lr^2) accumulates over O(1/lr)
-steps. "GD keeps the charge to O(lr^2)" holds per step, not per training run.
+Measured findings (which run, what held and what did not): docs/dynamics.md, "Findings by module", `symmetry`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -55,15 +53,20 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from spectrax.dynamics.loop import run_steps
 
 __all__ = [
+    "Config",
+    "Runs",
+    "simulate",
+    "summarize",
     "DEEP_LINEAR",
     "FACTORIZATION",
     "SCALAR",
-    "ChargeRecord",
+    "Record",
     "Factors",
     "SymmetricModel",
     "charge",
@@ -115,7 +118,7 @@ class Factors(NamedTuple):
     w: jax.Array
 
 
-class ChargeRecord(NamedTuple):
+class Record(NamedTuple):
     """One record of `train` (per run; `train` stacks `(T, R, ...)`), taken before the record's
     steps: loss `()` on the batch of the first step; charge: the model's charge pytree;
     recursion_error `()` max over the record's steps of `recursion_error` (relative);
@@ -385,13 +388,13 @@ def train(model: SymmetricModel, params: Any, sampler: Sampler, *, lr: float | j
           key: jax.Array, weight_decay: float | jax.Array = 0.0, every: int = 1,
           observe: Callable[[Any], Any] | None = None, chunk: int = 1000,
           directory: str | os.PathLike | None = None, settings: Mapping[str, Any] | None = None,
-          progress: str | None = None) -> tuple[Any, ChargeRecord]:
+          progress: str | None = None) -> tuple[Any, Record]:
     """(S)GD on a stack of R runs, vmapped: params has a leading `(R,)` axis on every leaf; lr and
     weight_decay are scalars or `(R,)` arrays (a sweep in one compiled call).
 
     Step t of run r trains on `sampler(fold_in(fold_in(key, r), t))` (independent minibatch noise per
     run; `full_batch` is GD). A record is taken every `every` steps (T = steps // every records,
-    `steps` must be a multiple), each a `ChargeRecord` of `(T, R, ...)` host arrays. With
+    `steps` must be a multiple), each a `Record` of `(T, R, ...)` host arrays. With
     `directory`, checkpoints via `run_steps` every `chunk` records and resumes runs with the same
     `settings`. Returns the final params `(R, ...)` and the trajectory.
     """
@@ -423,7 +426,7 @@ def train(model: SymmetricModel, params: Any, sampler: Sampler, *, lr: float | j
 
         (p, opt_state, worst), losses = jax.lax.scan(inner, (p, opt_state, jnp.zeros((), dtype)),
                                                      jnp.arange(every, dtype=jnp.int32))
-        return (p, opt_state), ChargeRecord(losses[0], c, worst, observed)
+        return (p, opt_state), Record(losses[0], c, worst, observed)
 
     def step(state, t):
         return jax.vmap(one_record, in_axes=(0, 0, 0, 0, None))(state, run_keys, lrs, decays, t)
@@ -433,3 +436,152 @@ def train(model: SymmetricModel, params: Any, sampler: Sampler, *, lr: float | j
     (final, _), traj = run_steps(step, state, steps // every, chunk=chunk, directory=directory,
                                  settings=settings, progress=progress)
     return final, traj
+
+
+# ----------------------------------------------------------------------------- the Noether-charge experiment
+
+SCALAR_INITS = ((0.3, 1.5), (0.8, 1.1), (1.0, 0.8), (2.0, 0.4))
+TEACHER = ((1.0, -0.5, 0.3, 0.8), (0.2, 1.2, -0.7, 0.1))
+INPUT_SCALES = (1.5, 1.0, 0.7, 0.4)
+FACTOR_SCALES = (0.6, 1.0, 1.6)
+DRIFT_LRS = (0.004, 0.002, 0.001, 0.0005)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """`experiments/noether_charge.py` (float64): the scalar model (u w x − y)² on 256 samples from
+    `SCALAR_INITS`, GD and SGD (batch 1) for `steps` (recorded every 10); the factorization U W on
+    512 samples of `TEACHER` from `FACTOR_SCALES` inits for `factor_steps` (every 20); GD's charge
+    drift at `DRIFT_LRS` after 5 steps and after `drift_steps` (every 100). Rate `lr`, PRNG `seed`."""
+
+    steps: int = 6000
+    factor_steps: int = 20000
+    drift_steps: int = 16000
+    lr: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.steps % 10 or self.factor_steps % 20 or self.drift_steps % 100
+                or min(self.steps, self.factor_steps, self.drift_steps) < 100):
+            raise ValueError("steps must be a multiple of 10, factor_steps of 20, drift_steps of 100 (all >= 100)")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+class Runs(NamedTuple):
+    """The experiment's trajectories and the theory's inputs (host arrays). scalar, factor: per
+    optimizer ("gd", "sgd") the `Record` trajectory `(T, R, ...)`; initial_charge `(R,)` of the
+    scalar inits; charge_factor: SGD's predicted per-step factor of the scalar charge;
+    predicted `(r,)`: the spectrum of the factorization's SGD equilibrium D*; initial_eigenvalues
+    `(R, r)`; drift_short, drift_long `(L, R)`: GD's |C − C_0| per drift lr after 5 steps and
+    after `drift_steps`; drift_loss `(T, L·R)`: the long drift runs' losses."""
+
+    scalar: dict[str, Record]
+    factor: dict[str, Record]
+    initial_charge: np.ndarray
+    charge_factor: float
+    predicted: np.ndarray
+    initial_eigenvalues: np.ndarray
+    drift_short: np.ndarray
+    drift_long: np.ndarray
+    drift_loss: np.ndarray
+
+
+def _factor_inits(seed: int) -> Factors:
+    rng = np.random.default_rng(seed)
+    u = np.stack([s * rng.normal(size=(2, 2)) for s in FACTOR_SCALES])
+    w = np.stack([rng.normal(size=(2, 4)) / s for s in FACTOR_SCALES])
+    return Factors(jnp.asarray(u), jnp.asarray(w))
+
+
+def simulate(config: Config, *, directory: str | os.PathLike | None = None, progress: str | None = None) -> Runs:
+    """Run the three parts; with `directory`, the long runs checkpoint in its subfolders and resume."""
+    def ckpt(name):
+        return None if directory is None else os.path.join(os.fspath(directory), name)
+
+    lr, settings = config.lr, {"seed": config.seed, "lr": config.lr, "model": "noether_charge_v1"}
+    with jax.enable_x64(True):
+        key = jax.random.key(config.seed)
+        x, y = scalar_data(jax.random.fold_in(key, 0), 256, dtype=jnp.float64)
+        inits = jnp.asarray(SCALAR_INITS, jnp.float64)
+        scalar = {}
+        for name, sampler in (("gd", full_batch(x, y)), ("sgd", minibatches(x, y, 1))):
+            _, scalar[name] = train(SCALAR, inits, sampler, lr=lr, steps=config.steps, every=10,
+                                    key=jax.random.fold_in(key, 1), directory=ckpt(f"scalar_{name}"),
+                                    settings={**settings, "part": f"scalar_{name}"}, progress=progress)
+        xf, yf = teacher_data(jax.random.fold_in(key, 2), 512, jnp.asarray(TEACHER, jnp.float64),
+                              input_scales=jnp.asarray(INPUT_SCALES, jnp.float64), noise_std=0.5)
+        finits = _factor_inits(config.seed)
+        factor = {}
+        for name, sampler in (("gd", full_batch(xf, yf)), ("sgd", minibatches(xf, yf, 1))):
+            _, factor[name] = train(FACTORIZATION, finits, sampler, lr=lr, steps=config.factor_steps, every=20,
+                                    key=jax.random.fold_in(key, 3), directory=ckpt(f"factor_{name}"),
+                                    settings={**settings, "part": f"factor_{name}"}, progress=progress)
+        # GD drift vs lr: 4 lrs x 4 inits in one vmapped call per horizon
+        lrs = np.asarray(DRIFT_LRS)
+        sweep_inits = jnp.asarray(np.tile(np.asarray(SCALAR_INITS), (len(lrs), 1)))
+        sweep_lr = jnp.asarray(np.repeat(lrs, len(SCALAR_INITS)))
+        short, _ = train(SCALAR, sweep_inits, full_batch(x, y), lr=sweep_lr, steps=5, key=key)
+        long, long_traj = train(SCALAR, sweep_inits, full_batch(x, y), lr=sweep_lr, steps=config.drift_steps,
+                                every=100, key=key, progress=progress)
+        c_sweep = np.asarray(jax.vmap(scalar_charge)(sweep_inits))
+        drift = [np.abs(np.asarray(jax.vmap(scalar_charge)(p)) - c_sweep).reshape(len(lrs), -1) for p in (short, long)]
+        return Runs(scalar, factor, np.asarray(jax.vmap(scalar_charge)(inits)),
+                    float(scalar_charge_factor(x, y, lr=lr, batch_size=1)),
+                    np.linalg.eigvalsh(np.asarray(factorization_charge(factorization_equilibrium(xf, yf, 2)))),
+                    np.linalg.eigvalsh(np.asarray(jax.vmap(factorization_charge)(finits))), *drift,
+                    np.asarray(long_traj.loss))
+
+
+def _log_slope(lrs: np.ndarray, drift: np.ndarray) -> float:
+    return float(np.polyfit(np.log(lrs), np.log(drift), 1)[0])
+
+
+def summarize(runs: Runs, config: Config) -> dict[str, Any]:
+    """The theory against the runs, as JSON-able numbers: the recursion's largest error; the
+    scalar charge kept by GD and driven to C* = 0 by SGD (with the per-step log-rate against the
+    prediction); the factorization's SGD spectrum against D*, its spread across inits against GD's;
+    GD's drift against lr (log-log slopes: 2 after 5 steps, 1 to convergence)."""
+    c0, d0, predicted, lrs = runs.initial_charge, runs.initial_eigenvalues, runs.predicted, np.asarray(DRIFT_LRS)
+    gd, sgd = runs.scalar["gd"], runs.scalar["sgd"]
+    t_scalar = np.arange(config.steps // 10) * 10
+    late = t_scalar >= config.steps // 5
+    half = runs.factor["sgd"].charge[len(runs.factor["sgd"].charge) // 2:]
+    sgd_eigs = np.linalg.eigvalsh(half).mean(axis=0)  # (R, r)
+    gd_eigs = np.linalg.eigvalsh(runs.factor["gd"].charge[-1])
+    return {
+        "setting": {"lr": config.lr, "steps": config.steps, "factor_steps": config.factor_steps,
+                    "seed": config.seed, "dtype": "float64",
+                    "scalar": {"num": 256, "inits": [list(i) for i in SCALAR_INITS], "batch": 1},
+                    "factorization": {"teacher": [list(t) for t in TEACHER], "input_scales": list(INPUT_SCALES),
+                                      "noise_std": 0.5, "num": 512, "rank": 2, "init_scales": list(FACTOR_SCALES),
+                                      "batch": 1}},
+        "recursion_error_max": max(float(np.max(r.recursion_error))
+                                   for r in (*runs.scalar.values(), *runs.factor.values())),
+        "scalar": {
+            "initial_charge": c0.tolist(), "gd_final_charge": gd.charge[-1].tolist(),
+            "sgd_final_charge": sgd.charge[-1].tolist(),
+            "gd_max_relative_drift": float(np.max(np.abs(gd.charge[-1] - c0) / np.abs(c0))),
+            "sgd_max_abs_final": float(np.max(np.abs(sgd.charge[-1]))),
+            "predicted_equilibrium": 0.0,
+            "predicted_log_factor_per_step": float(np.log(runs.charge_factor)),
+            "measured_log_factor_per_step": [
+                float(np.polyfit(t_scalar[late], np.log(np.abs(sgd.charge[late, r]) + 1e-300), 1)[0])
+                for r in range(len(c0))],
+        },
+        "factorization": {
+            "initial_eigenvalues": d0.tolist(), "predicted_eigenvalues": predicted.tolist(),
+            "predicted_trace": float(predicted.sum()),
+            "sgd_late_mean_eigenvalues": sgd_eigs.tolist(),
+            "sgd_late_mean_trace": np.trace(half, axis1=-2, axis2=-1).mean(axis=0).tolist(),
+            "sgd_spread_across_inits": float(np.ptp(sgd_eigs, axis=0).max()),
+            "gd_final_eigenvalues": gd_eigs.tolist(), "gd_spread_across_inits": float(np.ptp(gd_eigs, axis=0).max()),
+            "sgd_max_error_vs_prediction": float(np.abs(sgd_eigs - predicted).max()),
+            "gd_max_relative_drift": float(np.abs(gd_eigs - d0).max() / np.abs(d0).max()),
+        },
+        "gd_drift": {"lrs": lrs.tolist(), "after_5_steps": runs.drift_short.tolist(),
+                     "to_convergence": runs.drift_long.tolist(),
+                     "slope_after_5_steps": [_log_slope(lrs, d) for d in runs.drift_short.T],
+                     "slope_to_convergence": [_log_slope(lrs, d) for d in runs.drift_long.T],
+                     "converged_loss_change": float(np.max(np.abs(runs.drift_loss[-1] - runs.drift_loss[-2])))},
+    }

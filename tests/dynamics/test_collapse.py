@@ -165,3 +165,43 @@ def test_refuses_bad_input():
         co.make_step(co.Moments(1.0, 1.0, 1.0), jnp.ones(2), inner_steps=0)
     with pytest.raises(ValueError):
         co.init_state(jax.random.key(0), jnp.ones(2), 0)
+
+
+def short_sweep(config: co.Config, m: co.Moments) -> co.Record:
+    """A made-up two-record trajectory that ends on the closed forms, balanced; (γ index 1, seed 0)
+    of the product model is off by 1 at the first record."""
+    gammas = config.gamma_grid()
+    p = np.maximum(abs(float(m.xy)) - gammas, 0) / float(m.xx)
+    q = np.maximum(2 * float(m.xy) - gammas, 0) / (2 * float(m.xx))
+    u = np.broadcast_to(np.sqrt(p)[None, :, None], (2, len(gammas), config.seeds)).copy()
+    u[0, 1, 0] += 1.0
+    v = np.broadcast_to(np.sqrt(q)[None, :, None], u.shape).copy()
+    zero = np.zeros_like(u)
+    return co.Record(u, np.sqrt(p)[None, :, None] + zero, u ** 2 - p[None, :, None], zero, v, zero)
+
+
+def test_summarize_judges_a_short_sweep():
+    config = co.Config(gammas=13, seeds=2, steps=200, every=100)
+    m = co.Moments(np.float64(1.0), np.float64(0.5), np.float64(2.0))
+    summary = co.summarize(short_sweep(config, m), config, m)
+    product, square = summary.models["product"], summary.models["square"]
+    assert summary.thresholds == {"product": 0.5, "square": 1.0}
+    assert product["threshold_abs_error"] < 1e-12 and square["threshold_abs_error"] < 1e-12
+    assert product["slope_measured"] == pytest.approx(-1.0) and square["slope_measured"] == pytest.approx(-0.5)
+    assert product["runs_within_tol"] == product["runs"] == 26 and product["max_abs_error"] < 1e-15
+    assert product["max_balance_gap_gamma_positive"] < 1e-15 and product["sign_matches_E_xy"]
+    settle = summary.runs["steps_to_tol"][summary.runs["model"] == "product"].reshape(13, 2)
+    assert settle[1, 0] == 200 and (np.delete(settle.ravel(), 2) == 100).all()
+    assert len(summary.runs["gamma"]) == 2 * 13 * 2 and len(summary.table["gamma"]) == 2 * 13
+    # a run that ends off its closed form is counted and measured
+    traj = short_sweep(config, m)
+    traj.v[-1, 0, 1] += 1e-3
+    square = co.summarize(traj, config, m).models["square"]
+    assert square["runs_within_tol"] == 25 and square["max_abs_error"] == pytest.approx(2 * np.sqrt(0.5) * 1e-3, rel=1e-3)
+
+
+def test_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="multiple"):
+        co.Config(steps=150)
+    with pytest.raises(ValueError):
+        co.Config(gammas=1)

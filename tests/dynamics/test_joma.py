@@ -6,13 +6,15 @@ xbar); the exp and linear ones are exact under gradient flow, so SGD follows the
 over a fixed time, and exactly once SGD's second-order step term is added; both are tested.
 """
 
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectrax.dynamics import joma
+from spectrax.dynamics import joma, loop
 
 
 def simulate(seed: int, kind: str = "softmax", steps: int = 2000, lr: float = 0.1, gaussian: bool = True):
@@ -134,7 +136,7 @@ def test_gradient_matches_finite_differences():
             loss = jax.jit(lambda q, kind=kind: joma.loss_fn(q, task, kind, 0.5))
             g = jax.grad(loss)(p)
             for _ in range(3):
-                d = joma.JomaParams(jnp.asarray(rng.standard_normal(p.w.shape)), jnp.asarray(rng.standard_normal(p.z.shape)))
+                d = joma.Params(jnp.asarray(rng.standard_normal(p.w.shape)), jnp.asarray(rng.standard_normal(p.z.shape)))
                 eps = 1e-6
                 fd = (loss(jax.tree.map(lambda a, b, e=eps: a + e * b, p, d)) -
                       loss(jax.tree.map(lambda a, b, e=eps: a - e * b, p, d))) / (2 * eps)
@@ -164,10 +166,55 @@ def test_entropy_toy_falls_then_rises():
 
 def test_reproducible_and_compiles_once_per_shape():
     task = joma.make_task(jax.random.key(6))
-    chex.clear_trace_counter()
-    counted = jax.jit(chex.assert_max_traces(joma.train.__wrapped__, n=1), static_argnames=("kind", "steps"))
-    runs = [counted(joma.init_params(jax.random.key(s), task), task, kind="softmax", steps=20) for s in (7, 7, 8)]
+    joma.train(joma.init_params(jax.random.key(9), task), task, kind="softmax", steps=20)
+    before = loop._scan._cache_size()
+    runs = [joma.train(joma.init_params(jax.random.key(s), task), task, kind="softmax", steps=20, lr=lr)
+            for s, lr in ((7, 0.1), (7, 0.1), (8, 0.05))]
+    assert loop._scan._cache_size() == before  # other seeds, tasks and learning rates: no new program
     chex.assert_trees_all_equal(runs[0], runs[1])
     assert not np.allclose(runs[0][1].z, runs[2][1].z)
     with pytest.raises(ValueError):
         joma.train(joma.init_params(jax.random.key(0), task), task, kind="cubic", steps=2)
+
+
+def test_train_resumes_after_an_interruption(tmp_path):
+    task = joma.make_task(jax.random.key(6))
+    params = joma.init_params(jax.random.key(7), task)
+    reference = joma.train(params, task, kind="exp", steps=20, chunk=10)
+    directory = tmp_path / "run"
+    joma.train(params, task, kind="exp", steps=20, chunk=10, directory=directory)
+    for saved in (directory / "steps").iterdir():  # fake a crash after the first chunk
+        if saved.name.isdigit() and saved.name != "10":
+            shutil.rmtree(saved)
+    chex.assert_trees_all_close(joma.train(params, task, kind="exp", steps=20, chunk=10, directory=directory),
+                                reference, rtol=1e-6)
+
+
+def made_up_record(steps: int, nc_dip: float, blow_up_at: int | None):
+    """A `Record` of `steps` with NC 1 except a dip at step 150 and, optionally, the loss rising
+    above its start from `blow_up_at` on."""
+    nc = np.ones(steps)
+    nc[150] = nc_dip
+    loss = np.linspace(3.0, 1.0, steps)
+    if blow_up_at is not None:
+        loss[blow_up_at:] = 10.0
+    zeros = np.zeros((steps, 2))
+    z = np.tile(np.array([0.5, -1.5]), (steps, 1))
+    return joma.Record(loss, z, z, nc, nc, nc, np.zeros((steps, 2, 3)), zeros, np.ones(steps),
+                       np.tile(np.array([0.3, 0.6]), (steps, 1)))
+
+
+def test_summarize_judges_made_up_runs():
+    task = joma.Task(np.zeros((2, 3)), np.zeros((4, 3)), np.array([0.2, 0.5]))
+    stable = joma.summarize(made_up_record(200, 0.95, None), task)
+    assert stable["min_nc_after_100"] == 0.95 and stable["argmin_nc_after_100"] == 150
+    assert stable["first_step_loss_above_initial"] is None and stable["min_nc_before_instability"] == 0.95
+    assert stable["min_nc_with_step_term"] == 1.0 and stable["max_attn_mean_drift"] == pytest.approx(0.2)
+    assert stable["final_z_range"] == 2.0 and stable["max_abs_z"] == 1.5
+    unstable = joma.summarize(made_up_record(200, 0.95, 120), task)
+    assert unstable["first_step_loss_above_initial"] == 120 and unstable["min_nc_before_instability"] == 1.0
+    early = joma.summarize(made_up_record(200, 0.95, 50), task)
+    assert early["min_nc_before_instability"] is None  # nothing left to judge before it
+    seeds = joma.summarize_seeds([stable, unstable, early])
+    assert seeds["seeds"] == 3 and seeds["min"] == 0.95 and seeds["seeds_above_0.99"] == 0
+    assert seeds["seeds_unstable"] == 2 and seeds["min_nc_before_instability"] == 1.0

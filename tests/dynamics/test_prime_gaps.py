@@ -264,3 +264,16 @@ def test_weight_matrices_shapes(single_run):
     assert mats["l1.q"].shape == (16, 16) and mats["l0.up"].shape == (64, 16) and mats["l0.down"].shape == (16, 64)
     assert mats["embed"].shape == (599, 16) and len(mats) == 13
     np.testing.assert_array_equal(mats["l1.o"], np.asarray(params0["layers"]["o"][1]).reshape(16, 16))
+
+
+def test_source_ks_is_the_raw_two_sample_distance():
+    # 16 x 16 and 2 draws: the shapes of tests/experiments' crop test
+    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32) * 0.1
+    observed, null_mean, null_std = pg.source_ks(w, jax.random.key(0), 2)
+    k_ref, _ = jax.random.split(jax.random.key(0))
+    reference = np.sort(np.asarray(sp.gaussian_singular_values(k_ref, (4, 16, 16))).ravel())
+    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    grid = np.concatenate([s, reference])
+    cdf = lambda x, pts: np.searchsorted(np.sort(x), pts, side="right") / x.size  # noqa: E731
+    assert observed == pytest.approx(np.max(np.abs(cdf(s, grid) - cdf(reference, grid))), abs=1e-6)
+    assert 0 <= null_mean <= 1 and null_std >= 0

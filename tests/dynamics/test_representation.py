@@ -92,3 +92,38 @@ def test_weight_decay_aligns_weights_with_representation_and_gradient(task):
         assert np.all(z[name][decayed] > 5) and np.all(obs[name][decayed] > 0.85), (name, obs[name], z[name])
         assert obs[name][decayed].mean() > obs[name][plain].mean() + 0.2, (name, obs[name])
     assert np.all(z["hg_b"] > 3)
+
+
+def test_summarize_judges_made_up_alignments():
+    """Two weight decays x one seed, one layer, three records: weight decay raises every alignment
+    to 0.9 against a null of 0.1 ± 0.02; without it they end at 0.3."""
+    config = rp.Config(weight_decays=(0.0, 0.01), seeds=1, depth=1, steps=2, record_every=1)
+    assert config.headline_layer == 0
+    ends = np.array([[0.2, 0.2], [0.25, 0.5], [0.3, 0.9]])  # (records, configurations)
+    align = {n: ends for n in al.ALIGNMENTS}
+    mean = {n: np.full((3, 2), 0.1) for n in al.ALIGNMENTS}
+    std = {n: np.full((3, 2), 0.02) for n in al.ALIGNMENTS}
+    final = {name: np.array([1.0, 2.0]) for name in ("fdt_b_z", "fdt_b_g", "fdt_b_r2", "fdt_a_z", "fdt_a_h",
+                                                     "fdt_a_r2", "rank_alpha_hg_b", "rank_alpha_r2_hg_b",
+                                                     "alpha_hg_b", "alpha_r2_hg_b", "alpha_r2_hg_b_null_mean")}
+    final["fdt_b_g"] = np.array([0.5, -0.3])  # eq. 7's G coefficient turns negative with weight decay
+    stats = rp.Alignments([align], [mean], [std], np.array([0, 2]), [final])
+    result = rp.Sweep([], np.array([[2.0, 2.0], [1.5, 1.0], [1.4, 0.5]]), np.full((3, 2), np.nan), np.array([2.0, 2.0]))
+    verdict = rp.summarize(stats, result, config)
+    head, checks = verdict["headline_layer"], verdict["checks"]
+    assert set(head) == {"wd=0", "wd=0.01"} and head["wd=0.01"]["eval_loss_final"] == 0.5
+    assert head["wd=0.01"]["hg_b"]["final"] == 0.9 and head["wd=0.01"]["hg_b"]["z_final"] == pytest.approx(40.0)
+    assert head["wd=0"]["hg_b"]["z_init"] == pytest.approx(5.0) and head["wd=0.01"]["fdt_b_g"] == -0.3
+    assert checks["largest_wd"] == "wd=0.01" and checks["all_six_above_null_z3_largest_wd"]
+    assert checks["min_final_alignment_largest_wd"] == 0.9 and not checks["fdt_coefficients_positive_largest_wd"]
+    assert checks["mean_final_alignment_gain_largest_wd_over_wd0"] == pytest.approx(0.6)
+    assert checks["alignments_higher_with_wd"] == list(al.ALIGNMENTS) and checks["min_final_alignment_wd0"] == 0.3
+
+
+def test_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="multiple"):
+        rp.Config(steps=1000, record_every=300)
+    with pytest.raises(ValueError, match=">= 0"):
+        rp.Config(weight_decays=(-1.0,))
+    with pytest.raises(ValueError, match="layer"):
+        rp.Config(layer=5)

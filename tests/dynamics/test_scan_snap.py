@@ -4,12 +4,15 @@ Small sizes (batch 64, tens of steps) keep every test to seconds of CPU; the Fig
 at its real size (M = 34), which is already small.
 """
 
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spectrax.dynamics import loop
 from spectrax.dynamics import scan_snap as ss
 
 
@@ -195,18 +198,65 @@ def test_reproducible_from_a_seed():
 
 def test_compiles_once_per_shape():
     task = ss.make_task(1, 1)
-    chex.clear_trace_counter()
-    counted = jax.jit(chex.assert_max_traces(ss.train.__wrapped__, n=1),
-                      static_argnames=("steps", "batch_size", "seq_len", "record_rows"))
+    ss.train(ss.init_params(jax.random.key(9), task), jax.random.key(9), task, ss.hyper(0.1, 2.0), steps=3,
+             batch_size=8)
+    before = loop._scan._cache_size()
     for seed, lr in ((0, 0.5), (1, 1.0), (2, 3.0)):
         p = ss.init_params(jax.random.key(seed), task)
-        counted(p, jax.random.key(seed), task, ss.hyper(lr, 2.0), steps=3, batch_size=8)
+        ss.train(p, jax.random.key(seed), task, ss.hyper(lr, 2.0), steps=3, batch_size=8)
+    assert loop._scan._cache_size() == before  # other seeds and learning rates: no new program
     # the layout of test_grid_entry_equals_its_single_run: at most one new compile for three sweeps
     # with other seeds and learning rates (groups of several sizes still make one program)
     keys, tasks, hypers = grid_case()
-    before = ss.run_grid._cache_size()
+    before = loop._scan._cache_size()
     for seed in range(3):
         keys = list(jax.random.split(jax.random.key(seed), 8).reshape(2, 2, 2))
         hypers = [jax.tree.map(lambda a, s=seed: a + s, h) for h in hypers]
         ss.run_grid(keys, tasks, hypers, steps=8, batch_size=32)
-    assert ss.run_grid._cache_size() - before <= 1
+    assert loop._scan._cache_size() - before <= 1
+
+
+def _keep_only_first_save(directory):
+    """Fake a crash after the first chunk: drop every later save."""
+    saves = sorted((p for p in (directory / "steps").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    for saved in saves[1:]:
+        shutil.rmtree(saved)
+
+
+def test_run_and_grid_resume_after_an_interruption(tmp_path):
+    task = ss.make_task(1, 2)
+    ref_params, ref = ss.run(jax.random.key(12), task, ss.hyper(1.0), steps=6, batch_size=16, chunk=3)
+    directory = tmp_path / "run"
+    ss.run(jax.random.key(12), task, ss.hyper(1.0), steps=6, batch_size=16, chunk=3, directory=directory)
+    _keep_only_first_save(directory)
+    params, traj = ss.run(jax.random.key(12), task, ss.hyper(1.0), steps=6, batch_size=16, chunk=3,
+                          directory=directory)
+    chex.assert_trees_all_close((params, traj), (ref_params, ref), rtol=1e-6)
+    keys, tasks, hypers = grid_case()
+    reference = ss.run_grid(keys, tasks, hypers, steps=4, batch_size=8, chunk=2)
+    directory = tmp_path / "grid"
+    ss.run_grid(keys, tasks, hypers, steps=4, batch_size=8, chunk=2, directory=directory)
+    _keep_only_first_save(directory)
+    resumed = ss.run_grid(keys, tasks, hypers, steps=4, batch_size=8, chunk=2, directory=directory)
+    chex.assert_trees_all_close(resumed, reference, rtol=1e-6)
+
+
+def test_summarize_holds_the_fig4_run_against_the_theory(fig4):
+    task, params, traj = fig4
+    facts, checks = ss.summarize(traj, task, params)
+    assert [f["last_token"] for f in facts] == [int(x) for x in task.last]
+    assert abs(checks["initial_loss_minus_ln_M"]) < 1e-5 and checks["ln_M"] == pytest.approx(np.log(34))
+    assert checks["max_final_common_logit"] < 0 and checks["min_rank_correlation"] > 0.9
+    assert checks["entropy_final"] < checks["entropy_initial"]
+    row = np.asarray(params.z)[int(task.last[0])]
+    assert facts[0]["distinct_logits"] == row[np.asarray(task.distinct[0])].tolist()
+
+
+def test_summarize_grid_counts_cells_decreasing_in_lr_z():
+    grid = {"num_last": (1, 2), "lr_z": (0.5, 1.0, 2.0), "ratio": (1.0,)}
+    configs = [(n, lr, 1.0) for n in grid["num_last"] for lr in grid["lr_z"]]
+    entropy = np.array([[3.0, 3.2], [2.0, 2.2], [1.0, 1.2],  # num_last 1: falls with lr_Z
+                        [1.0, 1.0], [2.0, 2.0], [0.5, 0.5]])  # num_last 2: does not
+    checks = ss.summarize_grid(configs, entropy, grid)
+    assert checks["cells"] == 2 and checks["cells_decreasing_in_lr_z"] == 1
+    assert -1 <= checks["spearman_lr_z_vs_entropy"] < 0

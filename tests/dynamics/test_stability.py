@@ -204,7 +204,7 @@ def test_outcome_codes():
     loss = jnp.array([[1.0, 1.0, 1.0, 1.0], [1e-14, nan, 1e-3, 1e-14]])
     sharp = jnp.array([[5.0, 5.0, 5.0, 5.0], [3.0, nan, 3.0, 3.0]])
     lr = jnp.array([[0.5, 0.5, 0.5, 0.9], [0.5, nan, 0.5, 0.9]])
-    rec = st.StabilityRecord(loss, sharp, lr, jnp.zeros_like(loss), jnp.zeros_like(loss))
+    rec = st.Record(loss, sharp, lr, jnp.zeros_like(loss), jnp.zeros_like(loss))
     got = [st.OUTCOMES[c] for c in np.asarray(st.outcome(rec))]
     assert got == ["converged", "diverged", "not converged", "unstable stall"]
 
@@ -214,3 +214,41 @@ def test_refuses_bad_input():
         st.make_target(jax.random.key(0), 0, 3)
     with pytest.raises(ValueError):
         st.make_step(jnp.zeros((3, 3)), jnp.ones(2), jnp.ones(2), 5, method="lanczos")
+
+
+def test_summarize_judges_a_short_sweep():
+    """Two etas x two schedules, one seed: constant diverges at η = 1, the rest converge on the
+    balanced minimum (sharpness 2s = 2, charge 0); the verdicts and the showcase pair follow."""
+    config = st.Config(d=2, steps=3, warmup_steps=1, seeds=1, etas=(1.0, 0.1), init_scales=(1.0,),
+                       showcase_eta=1.0)
+    assert config.etas == (0.1, 1.0)  # kept sorted
+    # configurations ordered (schedule, η): constant 0.1, constant 1, warm-up 0.1, warm-up 1
+    loss = np.array([[4.0, 4.0, 4.0, 4.0], [1e-3, 50.0, 1e-3, 1e-2], [1e-14, np.nan, 1e-14, 1e-13]])
+    sharp = np.array([[10.0, 10.0, 10.0, 10.0], [3.0, 40.0, 3.0, 3.0], [2.0, np.nan, 2.0, 2.0]])
+    lr = np.array([[0.1, 1.0, 0.002, 0.02], [0.1, 1.0, 0.1, 1.0], [0.1, 1.0, 0.1, 1.0]])
+    charge = np.where(np.isnan(loss), np.nan, np.array([[3.0] * 4, [1.0] * 4, [0.0] * 4]))
+    traj = st.Record(loss, sharp, lr, charge, sharp)
+    summary = st.summarize(traj, config, np.array([2.0, np.nan, 2.0 * (1 + 1e-9), 2.0]))
+    assert [st.OUTCOMES[c] for c in summary.code] == ["converged", "diverged", "converged", "converged"]
+    assert summary.outcome_counts == {"not converged": 0, "converged": 3, "diverged": 1, "unstable stall": 0}
+    limits = summary.limits["1"]
+    assert limits["sharpness_initial_median"] == 10.0 and limits["two_over_lambda0"] == 0.2
+    assert limits["eta_max_all_constant"] == 0.1 and limits["eta_first_divergence_constant"] == 1.0
+    assert limits["eta_max_all_warmup"] == 1.0 and np.isnan(limits["eta_first_divergence_warmup"])
+    assert summary.final_rel_max == pytest.approx(1e-9, rel=1e-3)
+    assert list(summary.sweep["diverged"]) == [0, 1, 0, 0] and list(summary.seeds["eta_star_warmup"]) == [1.0]
+    np.testing.assert_allclose(summary.seeds["two_over_min_sharpness_at_C0"], [2 / np.sqrt(9 + 4)])
+    np.testing.assert_allclose(summary.runs["minimum_sharpness_final"][[0, 2, 3]], 2.0)
+    assert st.showcase_configs(summary, config) == (1.0, [1, 3])
+    assert st.paths_configs(summary, config)[0] == 0.1  # 1/λ_0 = 0.1 bounds the path's η
+    exact = st.Record(*(x[:, [1, 3]] for x in traj))
+    show = st.summarize_showcase(traj, exact, [1, 3], 1.0, summary)
+    assert show["outcome"] == ["diverged", "converged"] and show["diverged_at_step"] == 2
+    assert show["power_vs_exact_max_rel"] == 0 and show["sharpness_final_warmup"] == 2.0
+
+
+def test_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="etas"):
+        st.Config(etas=(0.1, -1.0))
+    with pytest.raises(ValueError):
+        st.Config(warmup_steps=10, steps=10)

@@ -247,3 +247,44 @@ def test_refuses_what_it_does_not_handle():
             sy.layer_charges((jnp.ones((2, 2)),))
         with pytest.raises(ValueError):
             sy.minibatches(x, y, 0)
+
+
+def made_up_runs(config: sy.Config) -> sy.Runs:
+    """Trajectories as the theory has them: GD keeps the scalar charge, SGD shrinks it by exp(-0.01)
+    per step; the factorization's SGD sits on D*, GD on its inits; drift ~ lr² and ~ lr."""
+    t = np.arange(config.steps // 10) * 10
+    c0 = np.array([-2.0, 0.5, 3.0])
+    zeros = np.zeros((len(t), 3))
+    scalar = {"gd": sy.Record(zeros, np.broadcast_to(c0, zeros.shape), zeros + 1e-16),
+              "sgd": sy.Record(zeros, c0 * np.exp(-0.01 * t)[:, None], zeros)}
+    d0 = np.array([[[1.0, 0.0], [0.0, -2.0]], [[3.0, 0.0], [0.0, 0.5]]])
+    star = np.diag([-1.0, 0.25])
+    tf = config.factor_steps // 20
+    factor = {"gd": sy.Record(np.zeros((tf, 2)), np.broadcast_to(d0, (tf, *d0.shape)), np.zeros((tf, 2))),
+              "sgd": sy.Record(np.zeros((tf, 2)), np.broadcast_to(star, (tf, 2, 2, 2)), np.zeros((tf, 2)))}
+    lrs = np.asarray(sy.DRIFT_LRS)[:, None]
+    return sy.Runs(scalar, factor, c0, float(np.exp(-0.01)), np.array([-1.0, 0.25]), np.linalg.eigvalsh(d0),
+                   3.0 * lrs ** 2 * np.ones((1, 3)), 0.5 * lrs * np.ones((1, 3)), np.ones((4, 12)))
+
+
+def test_summarize_holds_made_up_runs_against_the_theory():
+    config = sy.Config(steps=200, factor_steps=200, drift_steps=200)
+    m = sy.summarize(made_up_runs(config), config)
+    assert m["recursion_error_max"] == 1e-16
+    s, f, g = m["scalar"], m["factorization"], m["gd_drift"]
+    assert s["gd_max_relative_drift"] == 0 and s["sgd_max_abs_final"] == pytest.approx(3.0 * np.exp(-1.9))
+    np.testing.assert_allclose(s["measured_log_factor_per_step"], -0.01, rtol=1e-9)
+    assert s["predicted_log_factor_per_step"] == pytest.approx(-0.01)
+    assert f["sgd_spread_across_inits"] == 0 and f["sgd_max_error_vs_prediction"] == 0
+    assert f["gd_spread_across_inits"] == pytest.approx(2.5) and f["gd_max_relative_drift"] == 0
+    assert f["predicted_trace"] == -0.75 and f["sgd_late_mean_trace"] == [-0.75, -0.75]
+    np.testing.assert_allclose(g["slope_after_5_steps"], 2.0)
+    np.testing.assert_allclose(g["slope_to_convergence"], 1.0)
+    assert g["converged_loss_change"] == 0
+
+
+def test_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="multiple"):
+        sy.Config(steps=105)
+    with pytest.raises(ValueError, match="lr"):
+        sy.Config(lr=0.0)

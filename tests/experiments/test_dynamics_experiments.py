@@ -32,7 +32,8 @@ def test_fig4_writes_metrics_and_plots(tmp_path):
 def test_fig6_grid_table(tmp_path):
     out = tmp_path / "fig6"
     assert script("scan_snap_fig6").main(["--out", str(out), "--quick", "--seeds", "2", "--steps", "25",
-                                          "--quiet"]) == 0
+                                          "--checkpoint", str(tmp_path / "ckpt"), "--quiet"]) == 0
+    assert (tmp_path / "ckpt" / "spectrax_loop.json").exists()  # the grid was checkpointed
     rows = read_csv(out / "table.csv")
     assert len(rows) == 12 and {"num_last", "lr_z", "ratio", "entropy_mean", "entropy_std"} <= set(rows[0])
     metrics = json.loads((out / "metrics.json").read_text())

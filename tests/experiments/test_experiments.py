@@ -233,21 +233,6 @@ def test_lm_rank_table_equals_rank_tables_and_shows_the_scale_artefact(ckpts, re
     assert "top-left 16x16" in text and "whole attention matrices" in text.lower()
 
 
-def test_source_ks_is_the_raw_two_sample_distance():
-    import jax
-
-    # 16 x 16 and 2 draws: the shapes of the crop test above, so nothing compiles again
-    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32) * 0.1
-    observed, null_mean, null_std = lm_rank_table.source_ks(w, jax.random.key(0), DRAWS)
-    k_ref, _ = jax.random.split(jax.random.key(0))
-    reference = np.sort(np.asarray(sp.gaussian_singular_values(k_ref, (4, 16, 16))).ravel())
-    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
-    grid = np.concatenate([s, reference])
-    cdf = lambda x, pts: np.searchsorted(np.sort(x), pts, side="right") / x.size  # noqa: E731
-    assert observed == pytest.approx(np.max(np.abs(cdf(s, grid) - cdf(reference, grid))), abs=1e-6)
-    assert 0 <= null_mean <= 1 and null_std >= 0
-
-
 @pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__.split(".")[-1])
 def test_existing_out_is_refused(module, ckpts, tmp_path, capsys):
     out = tmp_path / "taken"
