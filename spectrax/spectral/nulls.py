@@ -48,6 +48,7 @@ __all__ = [
     "gaussian_spectrum_null",
     "grassmann_chance",
     "grassmann_null",
+    "mean_null_std",
     "null_columns",
     "null_from_draws",
     "percentile",
@@ -478,6 +479,48 @@ def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
         return NullSummary(mean, std, pooled)
     scale = np.asarray(scale, pooled.dtype)
     return NullSummary(mean * scale, std * scale, pooled * scale)
+
+
+def mean_null_std(draws, groups) -> np.ndarray:
+    """Null std of the mean of a statistic over the heads of a layer, from its per-head draws.
+
+    Under the null, heads in different groups are independent, and heads in one group (query
+    heads reading one key/value head) are exchangeable and correlated through what they share. So
+    `Var(mean) = var / H * (1 + sum_g n_g (n_g - 1) / H * rho)`, with `var` the per-head null
+    variance and `rho` the correlation of two heads of one group, both estimated from all draws:
+    `rho` from every pair of distinct heads of a group within one draw (they share that draw's
+    key head). A layer mean is then `sqrt(H_eff)` times tighter than one head, `H_eff` between
+    the number of groups and `H`; dividing by `sqrt(H)` overstates it for statistics of shared heads.
+
+    Args:
+      draws: `(num_draws, ..., H)` per-head null draws, heads last (a pooled null's draws are
+        not per head; pass the draws before pooling); NaN draws are left out.
+      groups: `(H,)` group of each head (`kv_head_index`); all heads distinct for per-query statistics.
+
+    Returns:
+      `(...)` null std of the mean over the H heads.
+    """
+    x = np.asarray(draws, np.float64)
+    groups = np.asarray(groups)
+    H = x.shape[-1]
+    if groups.shape != (H,):
+        raise ValueError(f"mean_null_std: groups {groups.shape} do not match {H} heads")
+    with warnings.catch_warnings():  # a position whose every draw is NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centered = x - np.nanmean(x, axis=(0, -1), keepdims=True)
+        var = np.nanmean(centered**2, axis=(0, -1)) * _bessel(np.sum(np.isfinite(x), axis=(0, -1)))
+        same = (groups[:, None] == groups[None, :]) & ~np.eye(H, dtype=bool)
+        pairs = int(same.sum())
+        if pairs:
+            products = np.einsum("...i,...j->...ij", np.nan_to_num(centered), np.nan_to_num(centered))[..., same]
+            rho = np.sum(products, axis=(0, -1)) / (pairs * x.shape[0]) / var
+        else:
+            rho = 0.0
+        return np.sqrt(var / H * (1 + pairs / H * rho))
+
+
+def _bessel(n):
+    return np.where(n > 1, n / np.maximum(n - 1, 1), np.nan)
 
 
 def split_null(null: NullSummary) -> dict[str, NullSummary]:

@@ -231,3 +231,19 @@ def test_pool_null_shares_one_null_over_an_axis_and_scales_it():
     np.testing.assert_allclose(scaled.draws[:, 1, 3], pooled.draws[:, 1, 0] * 4)
     with pytest.raises(ValueError, match="axis 2"):
         nulls.pool_null(nulls.NullSummary(None, None, draws), axis=2)
+
+
+def test_mean_null_std_counts_the_correlation_of_heads_that_share_a_key_head():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(3), 4)  # 12 query heads reading 3 key heads
+    shared, own = 0.8, 0.5
+    draws = rng.normal(size=(4000, 3))[:, groups] * shared + rng.normal(size=(4000, 12)) * own
+    exact = np.sqrt((12 * (shared**2 + own**2) + 3 * 4 * 3 * shared**2) / 12**2)
+    np.testing.assert_allclose(nulls.mean_null_std(draws, groups), exact, rtol=0.05)
+    np.testing.assert_allclose(nulls.mean_null_std(draws, groups), draws.mean(axis=1).std(ddof=1), rtol=0.05)
+    independent = nulls.mean_null_std(draws, np.arange(12))  # heads taken as independent: too tight
+    np.testing.assert_allclose(independent, np.sqrt((shared**2 + own**2) / 12), rtol=0.05)
+    layered = nulls.mean_null_std(np.stack([draws, 2 * draws], axis=1), groups)  # (draws, layers, heads)
+    np.testing.assert_allclose(layered, [exact, 2 * exact], rtol=0.05)
+    with pytest.raises(ValueError, match="12 heads"):
+        nulls.mean_null_std(draws, groups[:5])

@@ -180,7 +180,7 @@ NOT_KERNELS = {
     "WW_EVALS_FLOOR", "PowerLawFit", "Bidiagonal", "NullSummary", "PAIR_STATISTICS", "SPECTRA_PAIR_STATISTICS",
     "SPECTRUM_STATISTICS", "BATCH_AXIS", "group_size", "kv_head_index", "aspect_ratio",
     "chi_degrees_of_freedom", "abs_cos_std", "cos_null", "expected_abs_cos", "grassmann_chance",
-    "grassmann_null", "exact_pair_nulls", "null_columns", "percentile", "pool_null", "split_null", "zscore",
+    "grassmann_null", "exact_pair_nulls", "mean_null_std", "null_columns", "percentile", "pool_null", "split_null", "zscore",
     "cpu_devices_env", "gather_layers", "local_mesh", "pad_batch", "padded_size", "process_layers",
     "shard_batch", "sharded",
     "alignment.ALIGNMENTS", "alignment.LABELS", "alignment.PAIRS", "alignment.FdtFit",
