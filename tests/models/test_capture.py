@@ -76,7 +76,8 @@ def test_zero_taps_change_nothing_and_taps_act_where_they_are_put():
     plain = capture(model.params, model.spec, ids)
     tapped = capture(model.params, model.spec, ids, taps=taps)
     np.testing.assert_array_equal(np.asarray(plain.hidden), np.asarray(tapped.hidden))
-    bump = taps.hidden.at[1, 0, 3].set(1.0)  # after layer 0, position 3
+    # after layer 0, position 3, one feature: a bump of every feature alike is what LayerNorm removes
+    bump = taps.hidden.at[1, 0, 3, 0].set(1.0)
     moved = capture(model.params, model.spec, ids, taps=Taps(bump, taps.attention))
     np.testing.assert_array_equal(np.asarray(moved.hidden[:1]), np.asarray(plain.hidden[:1]))
     np.testing.assert_allclose(np.asarray(moved.hidden[1] - plain.hidden[1]), np.asarray(bump[1]), atol=1e-6)
