@@ -64,7 +64,7 @@ from experiments._common import (  # noqa: E402
     write_table,
 )
 from spectrax import spectral as sp  # noqa: E402
-from spectrax.analyses import Options, collect  # noqa: E402
+from spectrax.run import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import finite_mean  # noqa: E402
 from spectrax.analyses.weights import layer_matrices  # noqa: E402
 from spectrax.io.load import open_source, stream_layers  # noqa: E402
