@@ -58,7 +58,12 @@ def _columns(observed: dict, nulls: dict) -> dict[str, np.ndarray]:
 
 
 def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
-    """Statistics for a block of layers.
+    """Statistics for a block of layers (see `_head_laws`)."""
+    return _head_laws(attn, key, num_draws)[0]
+
+
+def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Statistics for a block of layers, and the singular values `(n, H, min(D, E))` of its query heads.
 
     Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
     Spectrum statistics get a Monte Carlo null drawn directly in singular values
@@ -71,7 +76,8 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
       key: PRNG key for the Monte Carlo nulls.
       num_draws: Monte Carlo draws per null.
     Returns:
-      `{column: (n, H)}` with every statistic, its null columns and `finite`.
+      `({column: (n, H)}, s_q)`: every statistic, its null columns and `finite`; the query heads'
+      singular values.
     """
     q, k, v = (np.asarray(attn[m]) for m in MATRICES)
     chex.assert_rank([q, k, v], 4)
@@ -106,7 +112,7 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
                 ((m, degeneracy(x, decomposed[m].s)) for m, x in (("q", q), ("k", k), ("v", v)))}
     _blank_undefined(cols, per_head)
     cols["degenerate"] = _describe_degeneracy(per_head)
-    return cols
+    return cols, np.asarray(decomposed["q"].s)
 
 
 DEGENERACY = ("", "rank-deficient", "subnormal", "zero")
@@ -175,14 +181,16 @@ def _name(column: str, tag: str) -> str:
 def laws_layer(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
     """Rows for one unstacked layer's attention `q (H, D, E)`, `k`, `v (KV, D, E)`: one per query
     head, with `head`, `kv_head` and every statistic of `head_laws`."""
-    return _block_rows(jax.tree.map(lambda x: np.asarray(x)[None], attn), key, num_draws)
+    return _block_rows(jax.tree.map(lambda x: np.asarray(x)[None], attn), key, num_draws)[0]
 
 
-def _block_rows(attn: dict, key: jax.Array, num_draws: int) -> dict[str, np.ndarray]:
-    """`laws_layer`'s rows from a one-layer block, leaves `(1, ...)` as `stream_layers` yields them."""
-    cols = head_laws(attn, key, num_draws=num_draws)
+def _block_rows(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`laws_layer`'s rows from a one-layer block, leaves `(1, ...)` as `stream_layers` yields them,
+    and the singular values `(H, min(D, E))` of its query heads."""
+    cols, s_q = _head_laws(attn, key, num_draws)
     H, KV = np.shape(attn["q"])[1], np.shape(attn["k"])[1]
-    return {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}
+    rows = {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}
+    return rows, s_q[0]
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -192,15 +200,15 @@ _Z_NOTABLE = 3.0
 
 
 def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
-    """Rows of one layer, and the singular values of its query heads (cropped as `options.crop`),
-    kept for the spectrum figures."""
+    """Rows of one layer, and the singular values of its query heads (those of the statistics;
+    of each head's top-left block under `options.crop`), kept for the spectrum figures."""
     attn = inputs.params["attn"]
+    rows, spectra = _block_rows(attn, key, options.num_draws)
     q = np.asarray(attn["q"][0])
-    if options.crop:
+    if options.crop and options.crop < max(q.shape[1:]):
         q = q[:, : options.crop, : options.crop]
-    spectra = np.asarray(sp.singular_values(np.asarray(q, np.float32)))
-    return LayerOutput(_block_rows(attn, key, options.num_draws),
-                       {"q_spectra": spectra, "q_shape": np.array(q.shape[1:])})
+        spectra = sp.singular_values(np.asarray(q, np.float32))
+    return LayerOutput(rows, {"q_spectra": np.asarray(spectra, np.float32), "q_shape": np.array(q.shape[1:])})
 
 
 @dataclasses.dataclass(frozen=True)
