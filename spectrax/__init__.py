@@ -13,35 +13,30 @@ configuration); `sx.configure_cpu()` sizes JAX's CPU backend for batched decompo
 called before JAX starts (see spectrax/backend.py).
 """
 
-from spectrax.backend import configure_cpu, enable_compilation_cache
-from spectrax.io import (
-    CheckpointError,
-    ConfigError,
-    LayerBlock,
-    Model,
-    ModelSpec,
-    UnsupportedCheckpointError,
-    inspect,
-    load,
-    open_source,
-    restore_params,
-    save_params,
-    stream_layers,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# The analyses' runners load jax kernels, tqdm and matplotlib: imported when first used.
-_RUN = ("Options", "RunConfig", "analyze", "collect", "compare")
-
-
-def __getattr__(name: str):
-    if name in _RUN:
-        import spectrax.run
-
-        return getattr(spectrax.run, name)
-    raise AttributeError(f"module 'spectrax' has no attribute {name!r}")
-
+# Names resolved on first use (PEP 562), so `import spectrax` (and `spectrax --help`) does not start
+# JAX, matplotlib or the checkpoint readers: a name is imported from its module when first read.
+_EXPORTS = {
+    "configure_cpu": "spectrax.backend",
+    "enable_compilation_cache": "spectrax.backend",
+    **dict.fromkeys(
+        ["CheckpointError", "ConfigError", "LayerBlock", "Model", "ModelSpec", "UnsupportedCheckpointError",
+         "inspect", "load", "open_source", "restore_params", "save_params", "stream_layers"],
+        "spectrax.io",
+    ),
+    "Options": "spectrax.analyses.base",
+    "RunConfig": "spectrax.run.analysis",
+    "analyze": "spectrax.run.analysis",
+    "collect": "spectrax.run.streaming",
+    "compare": "spectrax.run.comparison",
+}
+_SUBPACKAGES = ("analyses", "backend", "cli", "data", "dynamics", "io", "models", "optim", "report", "run", "spectral")
 
 __all__ = [
     "CheckpointError",
@@ -65,3 +60,39 @@ __all__ = [
     "save_params",
     "stream_layers",
 ]
+
+if TYPE_CHECKING:  # what static tools see
+    from spectrax.analyses.base import Options
+    from spectrax.backend import configure_cpu, enable_compilation_cache
+    from spectrax.io import (
+        CheckpointError,
+        ConfigError,
+        LayerBlock,
+        Model,
+        ModelSpec,
+        UnsupportedCheckpointError,
+        inspect,
+        load,
+        open_source,
+        restore_params,
+        save_params,
+        stream_layers,
+    )
+    from spectrax.run.analysis import RunConfig, analyze
+    from spectrax.run.comparison import compare
+    from spectrax.run.streaming import collect
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"spectrax.{name}")
+    else:
+        raise AttributeError(f"module 'spectrax' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))

@@ -9,15 +9,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from spectrax.analyses.registry import ANALYSES
-from spectrax.backend import configure_cpu, enable_compilation_cache
 from spectrax.data import TINY_LLAMA
-from spectrax.io import CheckpointError
-from spectrax.io.inspect import inspect
-from spectrax.run.streaming import parse_layers
-from spectrax.run.store import count_parts, partial_path
 
 __all__ = ["main"]
+
+# The analyses `--analyses` offers (the names in spectrax.analyses.registry.ANALYSES, which the tests
+# hold this equal to), written out so that building the parser, and `--help`, imports neither JAX nor the
+# analyses: the command imports them once the arguments are parsed.
+ANALYSIS_NAMES = ("laws", "rank", "kernel", "esd")
 
 
 def _human_bytes(n: int) -> str:
@@ -66,6 +65,8 @@ def format_inspect(info: dict) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from spectrax.io.inspect import inspect
+
     info = inspect(args.path, strict=not args.allow_unknown_config, tower=args.tower)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -101,6 +102,7 @@ def _configs(args: argparse.Namespace):
     before any checkpoint is opened)."""
     from spectrax.analyses.base import Options
     from spectrax.run.analysis import RunConfig
+    from spectrax.run.streaming import parse_layers
 
     options = Options(num_draws=args.null_draws, seed=args.seed, crop=args.crop, top_k=args.top_k,
                       shuffle_draws=args.shuffle_draws)
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def analysis_options(p: argparse.ArgumentParser, default: str) -> None:
         p.add_argument("--analyses", default=default,
-                       help=f"comma-separated, from {', '.join(ANALYSES)} (default {default})")
+                       help=f"comma-separated, from {', '.join(ANALYSIS_NAMES)} (default {default})")
         p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per Gaussian null (default 16)")
         p.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls")
         p.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "wins); default: the small model embedded in spectrax")
     p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>); "
                    "rerunning an interrupted run with the same --out and settings resumes it")
-    analysis_options(p, ",".join(ANALYSES))
+    analysis_options(p, ",".join(ANALYSIS_NAMES))
     p.set_defaults(run=_cmd_analyze)
 
     p = sub.add_parser("compare", help="two checkpoints of one architecture side by side, differences against null spread")
@@ -196,6 +198,8 @@ def use_every_core() -> None:
     the CPU devices are not used for the analyses). Nothing changes when JAX has already started
     (`main` called inside a running program: tests, a notebook).
     """
+    from spectrax.backend import configure_cpu
+
     chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     try:
         configure_cpu(None if chosen else os.cpu_count() or 1)
@@ -205,6 +209,8 @@ def use_every_core() -> None:
 
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted run left to resume from, as the end of a one-line message."""
+    from spectrax.run.store import count_parts, partial_path
+
     out = getattr(args, "out", None)
     if out is None or not os.path.isdir(partial_path(out)):
         return "nothing was kept"
@@ -213,9 +219,12 @@ def _kept(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and --version exit here, before JAX is imported
     _default_out(args)
     use_every_core()
+    from spectrax.backend import enable_compilation_cache
+    from spectrax.io import CheckpointError
+
     if not args.no_compile_cache:
         # The C++ side logs a harmless CPU-tuning-flag mismatch at error level on every cache hit.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

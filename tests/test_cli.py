@@ -170,3 +170,34 @@ def test_piping_into_head_is_quiet():
     done = subprocess.run(f"{sys.executable} -m spectrax inspect {CHECKPOINTS / 'llama_sharded'} --tensors | true",
                           shell=True, capture_output=True, text=True, timeout=120)
     assert done.stderr == "", done.stderr
+
+
+def test_help_imports_neither_jax_nor_the_analyses():
+    """`spectrax --help` and `spectrax analyze --help` parse arguments only (see benchmarks/RESULTS.md
+    for the time): JAX, numpy, matplotlib and the analyses are imported once a command runs."""
+    code = ("import sys, spectrax, spectrax.cli\n"
+            "for argv in (['--help'], ['analyze', '--help'], ['--version']):\n"
+            "    try:\n        spectrax.cli.main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
+            "heavy = [m for m in ('jax', 'numpy', 'matplotlib', 'spectrax.analyses', 'spectrax.io') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "laws, rank, kernel, esd" in subprocess.run(
+        [sys.executable, "-m", "spectrax", "analyze", "--help"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "300"}).stdout
+
+
+def test_the_help_lists_every_analysis():
+    from spectrax import cli
+    from spectrax.analyses.registry import ANALYSES
+
+    assert cli.ANALYSIS_NAMES == tuple(ANALYSES)
+
+
+def test_lazy_package_attributes():
+    import spectrax
+
+    assert spectrax.load is spectrax.io.load and spectrax.spectral.svd is not None
+    assert {"load", "io", "spectral", "configure_cpu"} <= set(dir(spectrax))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        spectrax.nothing

@@ -222,6 +222,22 @@ def kernel_null(key: jax.Array, q, k, *, num_draws: int = 16, batch_size: int = 
     }
 
 
+def _pooled_over_heads(nulls: dict[str, sp.NullSummary], q, k) -> dict[str, sp.NullSummary]:
+    """Each head's kernel null pooled over the layer's heads (`spectral.pool_null`), which share
+    one shape: `num_draws * H` draws per head. `kernel_sigma_max` scales with `rms(W_Q,h) *
+    rms(W_K,g)`, so its draws are pooled in those units and scaled back per head."""
+    H, KV = q.shape[0], k.shape[0]
+    scale = np.asarray(_rms(q), np.float64) * np.asarray(_rms(k), np.float64)[sp.kv_head_index(H, KV)]
+    pooled = {}
+    for name, null in nulls.items():
+        head_scale = scale if name == "kernel_sigma_max" else None
+        draws = np.asarray(null.draws, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero head: NaN, flagged by `finite`
+            unit = draws if head_scale is None else draws / head_scale
+            pooled[name] = sp.pool_null(sp.NullSummary(None, None, unit), axis=0, scale=head_scale)
+    return pooled
+
+
 # ----------------------------------------------------------------------------- FFN alignment null
 
 
@@ -301,7 +317,7 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     if w is not None and w.shape[1] != E:
         raise ValueError(f"MLP input matrix {w.shape} does not read the hidden size {E}")
     stats, basis, ffn, finite = _observe(q, k, w, top_k=k_eff)
-    nulls = kernel_null(key, q, k, num_draws=num_draws)
+    nulls = _pooled_over_heads(kernel_null(key, q, k, num_draws=num_draws), q, k)
     if w is None:
         nulls["ffn_alignment"] = sp.NullSummary(np.float64(k_eff / E), np.float64(np.nan))
     else:

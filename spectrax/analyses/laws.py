@@ -67,9 +67,13 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
 
     Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
     Spectrum statistics get a Monte Carlo null drawn directly in singular values
-    (`gaussian_spectrum_draws`: shape- and scale-matched Gaussian matrices, exact in law, far
-    cheaper than drawing whole matrices), one set of draws per matrix shared by all its
-    statistics; singular-vector statistics get their exact nulls.
+    (`gaussian_spectrum_draws`: Gaussian matrices of the same shape, exact in law, far cheaper
+    than drawing whole matrices), one set of draws per matrix shared by all its statistics, and
+    pooled over the heads of a layer (`pool_null`): all query heads share one shape, so each
+    head's null rests on `num_draws * H` draws (`num_draws * KV` for key and value heads). Each
+    stand-in has exactly the head's Frobenius norm (its entry RMS), which only the statistics
+    that depend on scale (`sigma_max`, `alpha`, `alpha_mse`) see. Singular-vector statistics get
+    their exact nulls.
 
     Args:
       attn: canonical attention of the block: `q (n, H, D, E)`, `k`, `v (n, KV, D, E)`.
@@ -90,7 +94,9 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
     exact = sp.exact_pair_nulls((D, E))
     # One set of Gaussian stand-in spectra per matrix serves all six nulls (each null is still
     # exact in law; the q draws are shared by the qk, qv and q nulls).
-    draws = dict(zip(MATRICES, sp.gaussian_spectrum_draws(key, q, k, v, num_draws=num_draws)))
+    draws = {m: _unit_rms(s, D * E) for m, s in
+             zip(MATRICES, sp.gaussian_spectrum_draws(key, q, k, v, num_draws=num_draws, match_scale=False))}
+    rms = {m: _rms(x) for m, x in (("q", q), ("k", k), ("v", v))}
     cols: dict[str, np.ndarray] = {}
 
     def add(tag: str, columns: dict[str, np.ndarray], per_kv_head: bool) -> None:
@@ -100,11 +106,14 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
         pair_spectra = sp.spectra_pair_statistics if per_kv else _GQA_SPECTRA
         pair_vectors = _vector_pair_statistics if per_kv else _GQA_VECTORS
         observed = {**pair_spectra(decomposed[a].s, decomposed[b].s), **pair_vectors(decomposed[a], decomposed[b])}
-        null = sp.split_null(sp.null_from_draws(pair_spectra, draws[a], draws[b]))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero matrix: degenerate, blanked below
+            alpha_scale = rms[a] / (rms[b] if per_kv else rms[b][:, kv_of])
+        null = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
+                       {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2})
         add(tag, _columns(observed, {**null, **exact}), per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
-        null = sp.split_null(sp.null_from_draws(_spectrum_statistics, draws[m]))
+        null = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]})
         add(m, _columns(observed, null), m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
@@ -113,6 +122,27 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
     _blank_undefined(cols, per_head)
     cols["degenerate"] = _describe_degeneracy(per_head)
     return cols, np.asarray(decomposed["q"].s)
+
+
+def _rms(x: np.ndarray) -> np.ndarray:
+    """RMS of each matrix of `x (n, heads, D, E)`, float64: the scale of its Gaussian stand-in."""
+    return np.sqrt(np.mean(np.square(np.asarray(x, np.float64)), axis=(-2, -1)))
+
+
+def _unit_rms(s, size: int) -> np.ndarray:
+    """Spectra `s (..., k)` of stand-ins rescaled to an entry RMS of exactly 1 (`|s|_2 = sqrt(size)`).
+
+    A head's null is then the Gaussian null *at its own Frobenius norm*: its RMS is known exactly,
+    so a stand-in whose norm fluctuates would spread `sigma_max` or `alpha` wider than any
+    observation can (in a calibration run their percentiles bunched in the middle)."""
+    s = np.asarray(s, np.float64)
+    return (s * np.sqrt(size) / np.linalg.norm(s, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray]) -> dict[str, sp.NullSummary]:
+    """Per statistic, the null of unit-variance stand-ins pooled over the heads (axis 1 of `(n,
+    heads)`), times each head's scale factor for the statistics in `scales`."""
+    return {name: sp.pool_null(one, axis=1, scale=scales.get(name)) for name, one in sp.split_null(null).items()}
 
 
 DEGENERACY = ("", "rank-deficient", "subnormal", "zero")

@@ -422,9 +422,9 @@ def parse_config(config: Mapping[str, Any], *, source: str = "config.json", stri
         accepted and listed in `ModelSpec.unknown_keys`.
 
     Raises:
-      ConfigError naming `source` and the field when a value has the wrong type or range, a field
-        is missing or inconsistent, the model_type is unknown, or a key/value is not understood.
-      UnsupportedCheckpointError for quantized checkpoints.
+      ConfigError: naming `source` and the field, when a value has the wrong type or range, a
+        field is missing or inconsistent, the model_type is unknown, or a key/value is not understood.
+      UnsupportedCheckpointError: for quantized checkpoints.
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: expected a JSON object, got {type(config).__name__}")

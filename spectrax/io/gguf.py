@@ -33,14 +33,16 @@ import glob
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gguf
 import ml_dtypes
 import numpy as np
 
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
 from spectrax.io.safetensors import TensorInfo
+
+if TYPE_CHECKING:  # imported when a file is read: an optional extra, and slow to import
+    import gguf
 
 __all__ = ["GGUF_ARCHITECTURES", "GGUFTensorInfo", "find_gguf", "read_gguf", "quantize_roundtrip"]
 
@@ -107,7 +109,7 @@ class GGUFTensorInfo(TensorInfo):
         if self.dtype in _FLOATS:
             array = np.array(data).view(_FLOATS[self.dtype])  # a copy out of the memory map
         else:
-            array = gguf.quants.dequantize(data, self.tensor.tensor_type)
+            array = _gguf().quants.dequantize(data, self.tensor.tensor_type)
         array = array.reshape(self.shape)
         if self.unpermute_heads:
             array = _unpermute_rows(array, self.unpermute_heads)
@@ -194,6 +196,7 @@ def _hf_name(name: str, arch: str) -> tuple[str, str]:
 
 
 def _open_reader(path: str) -> gguf.GGUFReader:
+    gguf = _gguf()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -227,6 +230,7 @@ def _readable(kind: gguf.GGMLQuantizationType) -> bool:
     (integer types and types without a decoder raise NotImplementedError there)."""
     if kind.name in _FLOATS:
         return True
+    gguf = _gguf()
     try:
         gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[kind][1]), np.uint8), kind)
     except NotImplementedError:
@@ -240,8 +244,14 @@ def quantize_roundtrip(x: np.ndarray, ggml_type: str) -> np.ndarray | None:
     None where that is not a block type `gguf` can quantize (float and integer types, and the
     K- and IQ-types, for which it has decoders only) or `n` is not a whole number of blocks.
     """
+    if ggml_type in _FLOATS:
+        return None
+    try:
+        import gguf
+    except ImportError:  # then no matrix was read from a GGUF file
+        return None
     kind = getattr(gguf.GGMLQuantizationType, ggml_type, None)
-    if kind is None or ggml_type in _FLOATS or not _quantizable(kind):
+    if kind is None or not _quantizable(kind):
         return None
     if x.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
         return None
@@ -250,12 +260,23 @@ def quantize_roundtrip(x: np.ndarray, ggml_type: str) -> np.ndarray | None:
 
 @functools.cache
 def _quantizable(kind: gguf.GGMLQuantizationType) -> bool:
+    gguf = _gguf()
     block = gguf.GGML_QUANT_SIZES[kind][0]
     try:
         gguf.quants.quantize(np.zeros((1, block), np.float32), kind)
     except (NotImplementedError, ValueError):
         return False
     return True
+
+
+def _gguf():
+    """llama.cpp's `gguf` package, imported when a GGUF file is first read (the `gguf` extra)."""
+    try:
+        import gguf
+    except ImportError:
+        raise UnsupportedCheckpointError(
+            "reading GGUF files needs llama.cpp's gguf package: pip install 'spectrax[gguf]'") from None
+    return gguf
 
 
 def _gguf_version() -> str:
@@ -289,7 +310,7 @@ class _Metadata:
         if field is None:
             return default
         value = field.contents()
-        if field.types and field.types[0] in (gguf.GGUFValueType.FLOAT32,):
+        if field.types and field.types[0] in (_gguf().GGUFValueType.FLOAT32,):
             # The shortest decimal that identifies the stored float32: what the source config said.
             value = float(str(np.float32(value)))
         return value

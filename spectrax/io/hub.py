@@ -190,7 +190,11 @@ def open_hub(ref: str, repo_id: str, revision: str | None, *, disk_budget: int |
     each tensor's `file` is where its file is or will be on disk) and the `HubShards` that
     downloads them. Every failure is a `CheckpointError` of one line naming `ref`.
     """
-    from huggingface_hub import HfApi, constants, hf_hub_download
+    try:
+        from huggingface_hub import HfApi, constants, hf_hub_download
+    except ImportError:
+        raise UnsupportedCheckpointError(f"{ref}: not a local path; reading Hugging Face Hub repo ids needs "
+                                         "huggingface_hub: pip install 'spectrax[hub]'") from None
 
     budget = None if disk_budget is None else parse_size(disk_budget)
     api = HfApi()

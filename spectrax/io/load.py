@@ -27,8 +27,8 @@ from spectrax.io.layout import Layout, find_layout
 from spectrax.io.safetensors import TensorInfo, read_tensor
 
 __all__ = [
-    "Model", "LayerBlock", "Source", "check_shapes", "open_source", "load", "load_globals", "stream_layers", "convert_layer",
-    "convert_globals",
+    "Model", "LayerBlock", "Source", "check_shapes", "open_source", "layer", "load", "load_globals", "stream_layers",
+    "convert_layer", "convert_globals",
 ]
 
 Tree = dict[str, Any]
@@ -85,8 +85,10 @@ class Model:
       spec: the parsed `ModelSpec`.
       params: `{"embed": ..., "layers": (group, ...), "final_norm": ..., "lm_head": ...}`; each group
         is `{"layer_ids": (n,) int32, "attn": ..., "mlp": ..., "norms": ...}` with leaves stacked
-        `(n, ...)` over its layers (one group when all layers have the same shapes). A tied
-        `lm_head["weight"]` is the very array of `embed["tokens"]`.
+        `(n, ...)` over its layers (one group when all layers have the same shapes). So
+        `params["layers"][0]` is the first *group*, not layer 0: `model.layer(i)` (or
+        `spectrax.io.layer(params, i)`) is layer `i` alone. A tied `lm_head["weight"]` is the very
+        array of `embed["tokens"]`.
       meta: architecture, source path and dtypes, tied/aliased tensors, transformations applied,
         tensors deliberately not converted.
     """
@@ -94,6 +96,42 @@ class Model:
     spec: ModelSpec
     params: Tree
     meta: dict[str, Any]
+
+    def layer(self, index: int) -> Tree:
+        """Layer `index` alone, leaves without the stacking axis; see `spectrax.io.layer`."""
+        return layer(self.params, index)
+
+
+def layer(params: Tree, index: int) -> Tree:
+    """Layer `index` of a canonical tree, its leaves without the group's stacking axis.
+
+    `params["layers"]` stacks layers with the same stored tensors, shapes and dtypes into groups
+    (`layer_ids (n,)`, leaves `(n, ...)`), and a group's layers need not be consecutive (layers 0
+    and 2 in one group, layer 1 with an extra bias in another), so layer `i` is the slot of `i` in
+    the group whose `layer_ids` hold it:
+
+        q = sx.io.layer(model.params, 3)["attn"]["q"]     # (H, D, E), layer 3's query heads
+
+    Args:
+      params: `Model.params` (or any tree with its `"layers"` groups; numpy or jax leaves).
+      index: layer number, `0 <= index < num_layers`; negative counts from the end, as for a list.
+
+    Returns:
+      `{"attn": ..., "mlp": ..., "norms": ...}` with every leaf indexed at the layer's slot (views of
+      the stacked numpy arrays, no copy).
+
+    Raises:
+      IndexError: no such layer.
+    """
+    groups = params["layers"]
+    num_layers = sum(len(g["layer_ids"]) for g in groups)
+    i = int(index) + num_layers if int(index) < 0 else int(index)
+    for group in groups:
+        slots = np.flatnonzero(np.asarray(group["layer_ids"]) == i)
+        if slots.size:
+            rest = {k: v for k, v in group.items() if k != "layer_ids"}
+            return jax.tree.map(lambda leaf: leaf[int(slots[0])], rest)
+    raise IndexError(f"layer {index} out of range for a {num_layers}-layer model (layers 0 to {num_layers - 1})")
 
 
 def open_source(

@@ -376,11 +376,14 @@ def capture(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
     """Logits, the residual stream after every layer and (optionally) attention maps and projections.
 
     Args:
-      params, spec, input_ids, dtype: as in `forward`.
+      params: as in `forward`.
+      spec: as in `forward`.
+      input_ids: as in `forward`.
       attention: also return the `(L, B, H, T, T)` attention probabilities (memory grows as T^2).
       projections: also return every layer's q/k/v projections (see `Activations`).
       taps: optional `Taps` added to the activations (see `zero_taps`), with `attention` and
         `projections` present exactly when captured; `activation_grads` differentiates through them.
+      dtype: as in `forward`.
     Returns:
       `Activations(logits, hidden, attention or None, projections or None)`.
     """
@@ -402,10 +405,13 @@ def activation_grads(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.nd
     """A scalar loss of the logits, the activations, and the loss's gradients with respect to them.
 
     Args:
-      params, spec, input_ids, dtype: as in `forward`.
+      params: as in `forward`.
+      spec: as in `forward`.
+      input_ids: as in `forward`.
       loss_fn: `(B, T, V)` logits -> scalar, e.g. next-token cross-entropy.
-      attention, projections: also capture (and differentiate) the attention probabilities and
-        the q/k/v projections.
+      attention: also capture (and differentiate) the attention probabilities.
+      projections: also capture (and differentiate) the q/k/v projections.
+      dtype: as in `forward`.
     Returns:
       `(loss, activations, grads)`: `activations` as from `capture`; `grads` an `Activations` of
       the same shapes holding d loss / d logits, d loss / d hidden[l] (the gradient reaching the

@@ -84,7 +84,8 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
     Args:
       x: `(B, T, heads, D)`.
-      cos, sin: `(T, R/2)` with `R <= D`.
+      cos: `(T, R/2)` with `R <= D`.
+      sin: `(T, R/2)`, as `cos`.
     """
     chex.assert_rank(x, 4)
     half = cos.shape[-1]
@@ -144,7 +145,8 @@ def attention(
       attn: `q (H, D, E)`, `k`/`v (KV, D, E)`, `o (H, D, E)`; optional `q_bias (H, D)`,
         `k_bias`/`v_bias (KV, D)`, `o_bias (E,)`, and `q_norm`/`k_norm`: `(D,)` per head when
         `qk_norm == "head"`, `(H*D,)`/`(KV*D,)` over the projection when `"projection"`.
-      cos, sin: `(T, R/2)` rotary tables.
+      cos: `(T, R/2)` rotary table (`rope_tables`).
+      sin: `(T, R/2)` rotary table.
       mask: `(T, T)` boolean, True = attend.
       scale: softmax scale applied to `q . k`.
       softcap: if set, scores become `softcap * tanh(scores / softcap)` before masking.

@@ -1,10 +1,14 @@
 """Pure jnp spectral kernels: batched SVDs, factored QK/OV kernels, metrics, ESD fits, nulls.
 
 Every kernel takes arrays batched over leading axes such as `(layers, heads, head_dim, hidden)`,
-upcasts bf16/f16 to float32 inside, and is jit-compiled once per shape. See docs/spectral.md.
+upcasts bf16/f16 to float32 inside, and is jit-compiled once per shape. Every matrix product runs
+at `Precision.HIGHEST` (full float32 on TPUs and TF32 GPUs, whatever `jax.default_matmul_precision`
+says); float64 is used where asked for and the backend has it (`float64_unavailable`), float32
+otherwise. See docs/spectral.md.
 """
 
 from spectrax.spectral import alignment
+from spectrax.spectral._util import Float64Unavailable, float64_unavailable
 from spectrax.spectral.bidiagonal import (
     Bidiagonal,
     bidiagonal_singular_values,
@@ -71,6 +75,7 @@ from spectrax.spectral.nulls import (
     null_columns,
     null_from_draws,
     percentile,
+    pool_null,
     shuffle_entries,
     shuffle_null,
     split_null,
@@ -102,6 +107,9 @@ from spectrax.spectral.sharding import (
 
 __all__ = [
     "alignment",
+    # float64 where the backend has it
+    "Float64Unavailable",
+    "float64_unavailable",
     # decompose
     "LQ",
     "METHODS",
@@ -171,6 +179,7 @@ __all__ = [
     "null_columns",
     "null_from_draws",
     "percentile",
+    "pool_null",
     "shuffle_entries",
     "shuffle_null",
     "split_null",

@@ -1,28 +1,80 @@
-"""Private helpers shared by the spectral kernels: dtype policy and entry checks."""
+"""Helpers shared by the spectral kernels: dtype policy (float64 where the backend has it) and entry checks.
+
+float64 needs `jax_enable_x64` and a backend with float64 arithmetic (CPUs and GPUs; TPUs have
+none). Where a kernel is asked for float64 that the process cannot compute (a float64 array under
+x64 on a TPU, a `dtype=float64` argument with x64 off) it says so once per compiled shape with a
+`Float64Unavailable` warning and computes in float32 instead; docs/spectral.md ("float64 and
+accelerators") lists what each float32 method is accurate to. A numpy float64 array passed with
+x64 off is already float32 when a kernel sees it (JAX converts every input then, silently), so
+with x64 off every kernel is a float32 kernel.
+"""
 
 from __future__ import annotations
 
+import warnings
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "Float64Unavailable",
     "as_float",
     "check_min_rank",
     "common_float",
     "finfo_eps",
+    "float64_unavailable",
+    "float_dtype",
     "swap_last",
 ]
 
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 
+class Float64Unavailable(UserWarning):
+    """A kernel was asked for float64 that this process cannot compute and computes in float32."""
+
+
+def float64_unavailable(platform: str | None = None) -> str | None:
+    """Why float64 cannot be computed on `platform` (default: JAX's default backend), or None if it can.
+
+    Returns `"jax_enable_x64 is off"` or `"TPUs have no float64 arithmetic"`.
+    """
+    if not jax.config.jax_enable_x64:
+        return "jax_enable_x64 is off"
+    if (platform or jax.default_backend()) == "tpu":
+        return "TPUs have no float64 arithmetic"
+    return None
+
+
+def _fall_back(why: str, what: str) -> None:
+    warnings.warn(f"{what} in float32: float64 was asked for but {why} (see 'float64 and accelerators' in "
+                  "docs/spectral.md for the float32 methods' accuracy)", Float64Unavailable, stacklevel=3)
+
+
+def float_dtype(dtype, what: str = "computing") -> np.dtype:
+    """The floating dtype a kernel computes in when asked for `dtype`: float64 falls back to float32
+    (with a `Float64Unavailable` warning) where `float64_unavailable()`."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        why = float64_unavailable()
+        if why:
+            _fall_back(why, what)
+            return np.dtype(np.float32)
+    return dtype
+
+
 def as_float(x) -> jnp.ndarray:
-    """Returns `x` as a jnp float array: bf16/f16 upcast to f32; f32/f64 kept.
+    """Returns `x` as a jnp float array: bf16/f16 upcast to f32; f32 kept; f64 kept where the backend
+    computes it, else f32 with a `Float64Unavailable` warning (x64 on a TPU).
 
     Integer, boolean and complex inputs are refused rather than guessed at.
     """
     x = jnp.asarray(x)
     if x.dtype in _LOW_PRECISION:
+        return x.astype(jnp.float32)
+    if x.dtype == jnp.float64 and float64_unavailable():
+        _fall_back(float64_unavailable(), "computing")
         return x.astype(jnp.float32)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"spectral kernels take real floating arrays, got {x.dtype}")

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectrax.spectral._util import as_float
+from spectrax.spectral._util import as_float, float_dtype
 
 __all__ = [
     "Bidiagonal",
@@ -92,10 +92,12 @@ def chi_bidiagonal(key, diag_dof, off_dof, batch: tuple[int, ...] = (), dtype=jn
     `diag_dof (k,)`, `off_dof (k-1,)`: degrees of freedom (traced, so one compile serves any values
     of a size); `chi_degrees_of_freedom(shape)` gives the law of a Gaussian matrix's singular
     values (`gaussian_bidiagonal`), other values other ensembles (the tests use that to show a
-    wrong choice is caught). Returns `diag (*batch, k)`, `off (*batch, k-1)`.
+    wrong choice is caught). Returns `diag (*batch, k)`, `off (*batch, k-1)` in `dtype` (float32
+    where float64 is unavailable, with a `Float64Unavailable` warning).
     """
     chex.assert_rank([diag_dof, off_dof], 1)
     chex.assert_axis_dimension(off_dof, 0, diag_dof.shape[0] - 1)
+    dtype = float_dtype(dtype, "chi bidiagonals")
     kd, ko = jax.random.split(key)
     return Bidiagonal(_chi(kd, diag_dof, batch, dtype), _chi(ko, off_dof, batch, dtype))
 

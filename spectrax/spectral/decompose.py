@@ -18,7 +18,9 @@ Four methods, chosen by the `method` argument (a static string):
   squaring the matrix squares its condition number: the relative error of sigma_i is
   `O(eps * cond_i^2)`. In float32 (eps ~ 1.2e-7) a singular value 1e3 below the largest keeps about
   one digit and one 1e4 below is lost entirely; in float64 (eps ~ 2.2e-16) it is accurate to
-  ~1e-8 relative at cond 1e4. Use it in float64, or for the top of the spectrum.
+  ~1e-8 relative at cond 1e4. Use it in float64, or for the top of the spectrum. A float64 `"gram"`
+  where the backend has no float64 (x64 on a TPU) runs as a float32 `"cholqr"`, with a
+  `Float64Unavailable` warning.
 - `"svd"`: `jnp.linalg.svd(..., full_matrices=False)`, the reference.
 
 Every method upcasts bf16/f16 inputs to float32, keeps float32/float64, and never allocates an
@@ -35,7 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from spectrax.spectral._util import as_float, check_min_rank, swap_last
+from spectrax.spectral._util import as_float, check_min_rank, float64_unavailable, swap_last
 
 __all__ = ["LQ", "METHODS", "SVDResult", "fix_signs", "lq", "matmul", "singular_values", "svd"]
 
@@ -250,12 +252,18 @@ def _batched(fn, x, batch_size):
 
 
 def _checked_input(x, method: str):
-    """Upcast and validate `x (..., m, n)` and `method`."""
-    x = as_float(x)
-    check_min_rank(x, 2)
+    """Upcast and validate `x (..., m, n)` and `method`: `(x, method)`.
+
+    A float64 `"gram"` where float64 is unavailable (x64 on a TPU) becomes a float32 `"cholqr"`:
+    the Gram matrix in float32 loses singular values 1e3 below the largest (module docstring).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    return x
+    if method == "gram" and jnp.asarray(x).dtype == jnp.float64 and float64_unavailable():
+        method = "cholqr"
+    x = as_float(x)
+    check_min_rank(x, 2)
+    return x, method
 
 
 @functools.partial(jax.jit, static_argnames=("method", "batch_size"))
@@ -271,7 +279,8 @@ def singular_values(x, method: str = "cholqr", batch_size: int | None = None) ->
     Returns:
       `(..., min(m, n))`; NaN for matrices holding NaN/Inf.
     """
-    return _batched(functools.partial(_values, method=method), _checked_input(x, method), batch_size)
+    x, method = _checked_input(x, method)
+    return _batched(functools.partial(_values, method=method), x, batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "batch_size"))
@@ -289,4 +298,5 @@ def svd(x, method: str = "cholqr", batch_size: int | None = None) -> SVDResult:
       column pair is signed so the largest-|entry| of the `u` column is positive. NaN for matrices
       holding NaN/Inf.
     """
-    return _batched(functools.partial(_vectors, method=method), _checked_input(x, method), batch_size)
+    x, method = _checked_input(x, method)
+    return _batched(functools.partial(_vectors, method=method), x, batch_size)

@@ -12,7 +12,7 @@ Convention: `X` is `(p, n)` with i.i.d. entries of variance `sigma2`; the eigenv
   (the nonzero eigenvalues of `X^T X / n`).
 
 Everything broadcasts over `x`, `ratio` and `sigma2` and computes in the dtype of `x`
-(float32 unless `x` is float64).
+(float32 unless `x` is float64 and the backend computes float64; see `_util.float64_unavailable`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from spectrax.spectral._util import as_float
+from spectrax.spectral._util import as_float, float_dtype
 
 __all__ = [
     "aspect_ratio",
@@ -53,6 +53,7 @@ def _sqrt0(x):
 
 def mp_edges(ratio, sigma2=1.0, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
     """Bulk edges `(lambda_minus, lambda_plus) = sigma2 (1 -+ sqrt(ratio))^2`."""
+    dtype = float_dtype(dtype, "MP edges")
     y = jnp.asarray(ratio, dtype)
     sig = jnp.asarray(sigma2, dtype)
     r = jnp.sqrt(y)
@@ -66,7 +67,7 @@ def singular_value_edges(shape, sigma=1.0, dtype=jnp.float32) -> tuple[jax.Array
     """
     m, n = shape[-2:]
     big, small = math.sqrt(max(m, n)), math.sqrt(min(m, n))
-    sig = jnp.asarray(sigma, dtype)
+    sig = jnp.asarray(sigma, float_dtype(dtype, "singular value edges"))
     return sig * (big - small), sig * (big + small)
 
 

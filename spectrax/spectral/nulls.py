@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectrax.spectral._util import as_float
+from spectrax.spectral._util import as_float, float_dtype
 from spectrax.spectral.bidiagonal import bidiagonal_singular_values, gaussian_bidiagonal
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "null_columns",
     "null_from_draws",
     "percentile",
+    "pool_null",
     "shuffle_entries",
     "shuffle_null",
     "split_null",
@@ -182,10 +184,12 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None =
     (`bidiagonal.bidiagonal_singular_values`), no dense SVD. Below, the Bartlett decomposition: the
     triangular QR factor of an `(N, k)` Gaussian matrix has independent entries,
     `R_ii = sqrt(chi2(N - i))` and `R_ij ~ N(0, 1)` above the diagonal, and a `(k, k)` SVD of it.
-    `method` (`"bisection"` or `"bartlett"`) forces one. Returns `(..., k)` descending.
+    `method` (`"bisection"` or `"bartlett"`) forces one. Returns `(..., k)` descending, in `dtype`
+    (float32 where float64 is unavailable, with a `Float64Unavailable` warning).
     """
     *batch, m, n = shape
     k, big = min(m, n), max(m, n)
+    dtype = float_dtype(dtype, "Gaussian singular values")
     if method not in (None, "bisection", "bartlett"):
         raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
     if method == "bisection" or (method is None and k >= BISECTION_FROM_K):
@@ -304,10 +308,12 @@ def gaussian_spectrum_draws(
     """Singular values of `num_draws` independent shape-matched Gaussian stand-ins per template.
 
     Args:
-      key, num_draws, match_scale: as in `gaussian_null`.
+      key: PRNG key, as in `gaussian_null`.
       *templates: real arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s; every matrix gets its own
         draws.
+      num_draws: as in `gaussian_null`.
       batch_size: draws generated at once (each holds `(..., k)` bidiagonals and bisection brackets).
+      match_scale: as in `gaussian_null`.
 
     Returns:
       one `(num_draws, ..., min(m, n))` array per template, descending along the last axis.
@@ -401,7 +407,7 @@ def _pct(obs, draws):
     draws = jnp.asarray(draws, obs.dtype)
     below = jnp.sum(draws < obs, axis=0).astype(obs.dtype)
     ties = jnp.sum(draws == obs, axis=0).astype(obs.dtype)
-    pct = 100.0 * (below + 0.5 * ties) / draws.shape[0]
+    pct = 100.0 * (below + 0.5 * ties) / jnp.sum(~jnp.isnan(draws), axis=0).astype(obs.dtype)
     return jnp.where(jnp.isnan(obs), jnp.nan, pct)
 
 
@@ -436,6 +442,42 @@ def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dic
         if null.draws is not None:
             cols[f"{name}_pct"] = _pct(obs, null.draws)
     return cols
+
+
+def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
+    """One null for every matrix of one shape: the draws of all of them pooled.
+
+    Matrices of one shape (the query heads of a layer, its key heads) have one Gaussian null up to
+    their scale, so pooling their draws gives each of them a null resting on `num_draws * size`
+    draws instead of `num_draws`, at no extra cost: a null std from 16 draws is off by up to
+    ~40%, from 16 x 9 by ~12%.
+
+    Args:
+      null: Monte Carlo null of one statistic from unit-variance stand-ins (`match_scale=False`):
+        `draws (num_draws, *shape)`.
+      axis: the axis of `shape` (counted without the draw axis) along which the matrices share a shape.
+      scale: None for a statistic that does not change with the matrices' scale (pearson, ssr,
+        cond, erank, ...); otherwise `(*shape)` factors, each matrix's null being the unit null times its
+        factor (RMS for `sigma_max`, `rms_a / rms_b` for `alpha`, `rms_a**2` for `alpha_mse`).
+
+    Returns:
+      `NullSummary` with `mean`, `std` of `shape` and `draws (num_draws * size, *shape)`. NaN
+      draws (the stand-ins of an all-zero matrix) are left out of the mean, std and percentiles.
+    """
+    draws = np.asarray(null.draws)
+    if draws.ndim < 2 or not 0 <= axis < draws.ndim - 1:
+        raise ValueError(f"pool_null: axis {axis} is not an axis of draws shaped {draws.shape} after the draw axis")
+    pooled = np.moveaxis(draws, axis + 1, 1)
+    pooled = np.moveaxis(pooled.reshape((-1, 1) + pooled.shape[2:]), 1, axis + 1)  # (N * size, ..., 1, ...)
+    shape = draws.shape[1:]
+    with warnings.catch_warnings():  # a position whose every draw is NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.broadcast_to(np.nanmean(pooled, axis=0), shape)
+        std = np.broadcast_to(np.nanstd(pooled, axis=0, ddof=1), shape)
+    if scale is None:
+        return NullSummary(mean, std, pooled)
+    scale = np.asarray(scale, pooled.dtype)
+    return NullSummary(mean * scale, std * scale, pooled * scale)
 
 
 def split_null(null: NullSummary) -> dict[str, NullSummary]:

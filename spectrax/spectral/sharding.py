@@ -255,7 +255,8 @@ def gather_layers(
       num_layers: total number of layers.
       axes: the layer axis of each leaf, int or pytree prefix; default as `sharded`'s `out_axes`
         (0, and 1 for a `NullSummary`'s draws).
-      process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
+      process_index: default `jax.process_index()`.
+      process_count: default `jax.process_count()`.
 
     Returns:
       The same pytree of numpy arrays with `num_layers` entries along the layer axis, layer `l`

@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 from spectrax.io.hub import parse_repo_id, parse_size
+from tests.conftest import FAST_COMPILE
 from tests.conftest import CHECKPOINTS
 from tests.io.hub_server import FakeHub, disk_usage
 
@@ -24,8 +25,6 @@ SHARDED = CHECKPOINTS / "llama_sharded"
 REPO = "spectrax-test/llama-sharded"
 SHARDS = sorted(p.name for p in SHARDED.glob("*.safetensors"))
 TOKEN = "hf_spectrax_test_token"
-# What a test here checks is downloads and files, not numbers: unoptimized XLA compiles ~40% faster.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 @pytest.fixture

@@ -109,3 +109,36 @@ def test_load_to_device_equals_host_load(name):
     ids = np.array([[1, 2, 3, 4, 5]])
     np.testing.assert_array_equal(np.asarray(forward(dev.params, dev.spec, ids)),
                                   np.asarray(forward(host.params, host.spec, ids)))
+
+
+def test_layer_is_layer_i_whatever_the_grouping():
+    """`io.layer(params, i)` is what `stream_layers` yields for layer i, also when groups interleave
+    (a group's layers need not be consecutive), counts from the end like a list, and names the range."""
+    model = sx.load(CHECKPOINTS / "gemma3_text")
+    streamed = {b.layer_ids[0]: jax.tree.map(lambda x: x[0], b.params) for b in sx.stream_layers(CHECKPOINTS / "gemma3_text")}
+    (group,) = model.params["layers"]
+
+    def pick(slots):
+        sub = jax.tree.map(lambda a: a[np.asarray(slots)], {k: v for k, v in group.items() if k != "layer_ids"})
+        return {"layer_ids": np.asarray(slots, np.int32), **sub}
+
+    interleaved = {**model.params, "layers": (pick([1]), pick([0, 2]))}
+    for params in (model.params, interleaved):
+        for i in range(3):
+            got = sx.io.layer(params, i)
+            assert set(got) == {"attn", "mlp", "norms"}
+            jax.tree.map(np.testing.assert_array_equal, got, streamed[i])
+    assert sx.io.layer(model.params, 0)["attn"]["q"].shape == (4, 24, 64)      # (H, D, E)
+    assert np.shares_memory(sx.io.layer(model.params, 1)["attn"]["q"], group["attn"]["q"])  # a view
+    jax.tree.map(np.testing.assert_array_equal, model.layer(-1), streamed[2])
+    jax.tree.map(np.testing.assert_array_equal, sx.io.layer(interleaved, -3), streamed[0])
+    for bad in (3, -4):
+        with pytest.raises(IndexError, match=f"layer {bad} out of range for a 3-layer model"):
+            model.layer(bad)
+
+
+def test_layer_of_device_weights():
+    model = sx.load(CHECKPOINTS / "llama", device=True)
+    q = model.layer(1)["attn"]["q"]
+    assert isinstance(q, jax.Array)
+    np.testing.assert_array_equal(q, model.params["layers"][0]["attn"]["q"][1])

@@ -217,3 +217,17 @@ def test_spectrum_draws_shared_by_statistics_equal_the_one_call_null():
     np.testing.assert_allclose(ratio, np.full_like(ratio, np.sqrt(40) + np.sqrt(8)), rtol=0.1)
     with pytest.raises(ValueError):
         nulls.null_from_draws(metrics.sigma_max, draws[0][:1])
+
+
+def test_pool_null_shares_one_null_over_an_axis_and_scales_it():
+    draws = np.arange(2 * 3 * 4, dtype=np.float64).reshape(2, 3, 4)  # (draws, layers, heads)
+    pooled = nulls.pool_null(nulls.NullSummary(None, None, draws), axis=1)
+    assert pooled.draws.shape == (8, 3, 1) and pooled.mean.shape == (3, 4)
+    np.testing.assert_allclose(pooled.mean[:, 0], draws.mean(axis=(0, 2)))
+    np.testing.assert_allclose(pooled.std[:, 2], [np.std(draws[:, i].ravel(), ddof=1) for i in range(3)])
+    scale = np.array([1.0, 2.0, 3.0, 4.0])
+    scaled = nulls.pool_null(nulls.NullSummary(None, None, draws), axis=1, scale=scale)
+    np.testing.assert_allclose(scaled.mean, pooled.mean * scale)
+    np.testing.assert_allclose(scaled.draws[:, 1, 3], pooled.draws[:, 1, 0] * 4)
+    with pytest.raises(ValueError, match="axis 2"):
+        nulls.pool_null(nulls.NullSummary(None, None, draws), axis=2)
