@@ -3,7 +3,7 @@
 For each depth, writes a Llama-format checkpoint with real per-layer shapes (default Qwen2.5-14B:
 E=5120, H=40, KV=8, D=128, F=13824; one layer per shard), then in a fresh process per mode:
 `stream` reads every layer (`spectrax.stream_layers`), `load` loads the whole model
-(`spectrax.load`), `analyze` runs `spectrax.analyses.analyze` (default `--analyses laws`, 16 null
+(`spectrax.load`), `analyze` runs `spectrax.run.analysis` (default `--analyses laws`, 16 null
 draws) end to end into a scratch folder on one CPU device, `analyze-cores` the same with one CPU
 device per core, as the command line runs it. Reports wall time, read bandwidth and peak RSS of each,
 so "time linear, memory flat in depth" can be read off.
@@ -45,7 +45,7 @@ start = time.perf_counter()
 checksum = 0.0
 if mode.startswith("analyze"):
     import tempfile
-    from spectrax.analyses import analyze
+    from spectrax.run import analyze
     with tempfile.TemporaryDirectory() as scratch:
         analyze(path, scratch + "/out", analyses=sys.argv[3].split(","), progress=False)
 elif mode == "stream":

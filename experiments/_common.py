@@ -17,11 +17,12 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from spectrax.analyses.pipeline import parse_layers
+from spectrax.run.streaming import parse_layers
 from spectrax.io import CheckpointError
-from spectrax.report.output import atomic_output_dir
-from spectrax.report.tables import format_number as fmt
-from spectrax.report.tables import to_markdown, write_csv
+from spectrax.run.store import atomic_output_dir
+from spectrax.analyses.tables import format_number as fmt
+from spectrax.analyses.tables import to_markdown
+from spectrax.report.tables import write_csv
 
 __all__ = [
     "add_common_options",

@@ -64,7 +64,7 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax.analyses import compare  # noqa: E402
+from spectrax.run import compare  # noqa: E402
 from spectrax.analyses.aggregate import (  # noqa: E402
     group_means,
     layer_groups,

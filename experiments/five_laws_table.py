@@ -47,7 +47,7 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax.analyses import Options, collect  # noqa: E402
+from spectrax.run import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import layer_means, model_values  # noqa: E402
 from spectrax.io.load import open_source  # noqa: E402
 

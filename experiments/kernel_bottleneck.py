@@ -56,7 +56,7 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax.analyses import Options, collect  # noqa: E402
+from spectrax.run import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import layer_means  # noqa: E402
 from spectrax.analyses.kernel import kernel_summary, layer_similarity  # noqa: E402
 from spectrax.io.load import open_source  # noqa: E402

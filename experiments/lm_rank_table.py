@@ -63,7 +63,7 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax.analyses import Options, collect  # noqa: E402
+from spectrax.run import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import finite_mean  # noqa: E402
 from spectrax.analyses.weights import layer_matrices  # noqa: E402
 from spectrax.dynamics.prime_gaps import source_ks  # noqa: E402

@@ -53,7 +53,7 @@ from experiments._common import (  # noqa: E402
     run_main,
     write_table,
 )
-from spectrax.analyses import Options, collect  # noqa: E402
+from spectrax.run import Options, collect  # noqa: E402
 from spectrax.analyses.aggregate import finite_mean, layer_groups  # noqa: E402
 from spectrax.analyses.laws import PAIRS  # noqa: E402
 from spectrax.io.load import open_source  # noqa: E402

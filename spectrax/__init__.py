@@ -5,6 +5,8 @@
     model = sx.load("path/to/checkpoint")            # canonical per-head pytree
     for block in sx.stream_layers("path/to/checkpoint"):   # one layer at a time
         q = block.params["attn"]["q"]                # (1, heads, head_dim, hidden)
+    tables = sx.collect("path/to/checkpoint", analyses=["laws"])    # per-head table, nulls beside
+    sx.analyze("path/to/checkpoint", "results/")     # tables, report.md, plots/
 
 Importing spectrax changes nothing in the process (environment, matplotlib backend, JAX
 configuration); `sx.configure_cpu()` sizes JAX's CPU backend for batched decompositions when
@@ -28,8 +30,13 @@ _EXPORTS = {
          "inspect", "load", "open_source", "restore_params", "save_params", "stream_layers"],
         "spectrax.io",
     ),
+    "Options": "spectrax.analyses.base",
+    "RunConfig": "spectrax.run.analysis",
+    "analyze": "spectrax.run.analysis",
+    "collect": "spectrax.run.streaming",
+    "compare": "spectrax.run.comparison",
 }
-_SUBPACKAGES = ("analyses", "backend", "cli", "data", "dynamics", "io", "models", "optim", "report", "spectral")
+_SUBPACKAGES = ("analyses", "backend", "cli", "data", "dynamics", "io", "models", "optim", "report", "run", "spectral")
 
 __all__ = [
     "CheckpointError",
@@ -37,8 +44,13 @@ __all__ = [
     "LayerBlock",
     "Model",
     "ModelSpec",
+    "Options",
+    "RunConfig",
     "UnsupportedCheckpointError",
     "__version__",
+    "analyze",
+    "collect",
+    "compare",
     "configure_cpu",
     "enable_compilation_cache",
     "inspect",
@@ -50,6 +62,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what static tools see
+    from spectrax.analyses.base import Options
     from spectrax.backend import configure_cpu, enable_compilation_cache
     from spectrax.io import (
         CheckpointError,
@@ -65,6 +78,9 @@ if TYPE_CHECKING:  # what static tools see
         save_params,
         stream_layers,
     )
+    from spectrax.run.analysis import RunConfig, analyze
+    from spectrax.run.comparison import compare
+    from spectrax.run.streaming import collect
 
 
 def __getattr__(name: str):

@@ -13,8 +13,8 @@ from spectrax.data import TINY_LLAMA
 
 __all__ = ["main"]
 
-# The analyses `--analyses` offers (spectrax.analyses.pipeline.ANALYSES, which the tests hold this
-# equal to), written out so that building the parser, and `--help`, imports neither JAX nor the
+# The analyses `--analyses` offers (the names in spectrax.analyses.registry.ANALYSES, which the tests
+# hold this equal to), written out so that building the parser, and `--help`, imports neither JAX nor the
 # analyses: the command imports them once the arguments are parsed.
 ANALYSIS_NAMES = ("laws", "rank", "kernel", "esd")
 
@@ -80,11 +80,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from spectrax.analyses.analyze import analyze
+    from spectrax.run.analysis import analyze
 
     if args.path is None:
         print(f"spectrax analyze: no checkpoint given; analyzing the embedded one at {TINY_LLAMA}", file=sys.stderr)
-    written = analyze(args.path or str(TINY_LLAMA), args.out, tower=args.tower, **_analysis_options(args))
+    written = analyze(args.path or str(TINY_LLAMA), args.out, *_configs(args))
     _print_report(written)
     return 0
 
@@ -97,14 +97,20 @@ def _default_out(args: argparse.Namespace) -> None:
         args.out = os.path.join("spectrax-results", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _analysis_options(args: argparse.Namespace) -> dict:
-    from spectrax.analyses.pipeline import parse_layers
+def _configs(args: argparse.Namespace):
+    """The statistics' `Options` and the run's `RunConfig` from the command line (checked here,
+    before any checkpoint is opened)."""
+    from spectrax.analyses.base import Options
+    from spectrax.run.analysis import RunConfig
+    from spectrax.run.streaming import parse_layers
 
-    return dict(
-        analyses=[a for a in args.analyses.split(",") if a], num_draws=args.null_draws, seed=args.seed,
-        layers=parse_layers(args.layers), strict=not args.allow_unknown_config, crop=args.crop, top_k=args.top_k,
-        shuffle_draws=args.shuffle_draws, force=args.force, disk_budget=args.disk_budget,
-    )
+    options = Options(num_draws=args.null_draws, seed=args.seed, crop=args.crop, top_k=args.top_k,
+                      shuffle_draws=args.shuffle_draws)
+    layers = parse_layers(args.layers)
+    config = RunConfig(analyses=tuple(a for a in args.analyses.split(",") if a),
+                       layers=None if layers is None else tuple(layers), strict=not args.allow_unknown_config,
+                       tower=args.tower, disk_budget=args.disk_budget, force=args.force)
+    return options, config
 
 
 def _print_report(folder: str) -> None:
@@ -114,9 +120,9 @@ def _print_report(folder: str) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from spectrax.analyses.compare import compare
+    from spectrax.run.comparison import compare
 
-    written = compare(args.a, args.b, args.out, tower=args.tower, **_analysis_options(args))
+    written = compare(args.a, args.b, args.out, *_configs(args))
     _print_report(written)
     return 0
 
@@ -203,7 +209,7 @@ def use_every_core() -> None:
 
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted run left to resume from, as the end of a one-line message."""
-    from spectrax.report.output import count_parts, partial_path
+    from spectrax.run.store import count_parts, partial_path
 
     out = getattr(args, "out", None)
     if out is None or not os.path.isdir(partial_path(out)):

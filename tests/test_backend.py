@@ -27,7 +27,7 @@ import jax, matplotlib           # what these two do on import is theirs, not sp
 matplotlib.use("svg")            # a user's choice of backend (a notebook's inline backend, say)
 before = dict(os.environ)
 import spectrax, spectrax.analyses, spectrax.cli, spectrax.dynamics, spectrax.models, spectrax.optim
-import spectrax.report.output, spectrax.report.plots, spectrax.report.sections, spectrax.spectral
+import spectrax.run.store, spectrax.report.plots, spectrax.report.sections, spectrax.spectral
 changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
 assert not changed, changed
 assert matplotlib.get_backend() == "svg", matplotlib.get_backend()

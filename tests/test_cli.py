@@ -120,7 +120,7 @@ def test_dangling_symlink_and_read_only_out_refused_before_any_work(tmp_path, mo
     (tmp_path / "link").symlink_to(tmp_path / "gone")
     assert main(["analyze", str(CHECKPOINTS / "gpt2"), "--out", str(tmp_path / "link"), "--analyses", "rank"]) == 2
     _only_error_line(capsys.readouterr().err, "symbolic link")
-    from spectrax.report import output
+    from spectrax.run import store as output
 
     monkeypatch.setattr(output.os, "access", lambda path, mode: False)  # what a read-only mount answers
     assert main(["analyze", str(CHECKPOINTS / "gpt2"), "--out", str(tmp_path / "ro" / "out"), "--analyses", "rank"]) == 2
@@ -129,8 +129,8 @@ def test_dangling_symlink_and_read_only_out_refused_before_any_work(tmp_path, mo
 
 
 def test_ctrl_c_and_a_full_disk_are_one_line_and_resume(tmp_path, monkeypatch, capsys):
-    from spectrax.analyses import pipeline
-    from spectrax.report.output import RunFolder
+    from spectrax.run import streaming as pipeline
+    from spectrax.run.store import RunFolder
 
     out = tmp_path / "out"
     argv = ["analyze", str(CHECKPOINTS / "gpt2"), "--out", str(out), "--analyses", "rank", "--null-draws", "2", "--crop", "16"]
@@ -189,9 +189,9 @@ def test_help_imports_neither_jax_nor_the_analyses():
 
 def test_the_help_lists_every_analysis():
     from spectrax import cli
-    from spectrax.analyses.pipeline import ANALYSES
+    from spectrax.analyses.registry import ANALYSES
 
-    assert cli.ANALYSIS_NAMES == ANALYSES
+    assert cli.ANALYSIS_NAMES == tuple(ANALYSES)
 
 
 def test_lazy_package_attributes():

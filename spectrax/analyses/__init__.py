@@ -1,7 +1,17 @@
-"""Research analyses composed from the kernels and the streaming loader.
+"""Research analyses composed from the kernels: pure statistics, no file I/O.
 
-    from spectrax.analyses import analyze, compare, collect, Options
-    analyze("path/to/checkpoint", "results/")                 # the `spectrax analyze` folder
+An analysis is a value (`Analysis`: one layer's rows, the summary of the tables, the description
+of its report section); `registry.ANALYSES` lists those `spectrax analyze` knows by name:
+
+- `laws`: per-head Q/K/V spectra and singular vectors against Gaussian and exact nulls;
+- `rank`: whole-matrix rank statistics of every 2-D weight;
+- `kernel`: QK-kernel spectra, FFN alignment, layer x layer subspace similarity, bottleneck;
+- `esd`: empirical spectral densities (Marchenko-Pastur, spikes, power-law tail) against
+  Gaussian and shuffled baselines.
+
+Streaming a checkpoint through them and writing result folders is `spectrax.run`'s job:
+
+    from spectrax.run import Options, analyze, collect
     tables = collect("path/to/checkpoint", analyses=["laws", "kernel"], options=Options(num_draws=32))
     tables.heads["ssr_qk"], tables.heads["ssr_qk_null_mean"]   # per (layer, head) columns
 
@@ -11,8 +21,8 @@ alignments of the q/k/v projections, each beside its null.
 """
 
 from spectrax.analyses import activations
-from spectrax.analyses.analyze import analyze
-from spectrax.analyses.pipeline import ANALYSES, Options, Tables, collect
-from spectrax.analyses.compare import compare
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
+from spectrax.analyses.registry import ANALYSES
 
-__all__ = ["ANALYSES", "Options", "Tables", "activations", "analyze", "collect", "compare"]
+__all__ = ["ANALYSES", "Analysis", "LayerInput", "LayerOutput", "Options", "Plot", "Section", "Spectrum", "Tables",
+           "activations"]

@@ -32,7 +32,7 @@ import numpy as np
 
 from spectrax import spectral as sp
 from spectrax.analyses.kernel import ffn_alignment_null
-from spectrax.analyses.pipeline import matrix_table
+from spectrax.analyses.registry import matrix_table
 from spectrax.spectral import alignment as al
 
 __all__ = [

@@ -16,14 +16,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["finite_mean", "layer_means", "pseudo_bulk", "layer_groups", "group_means", "relative_change", "model_values"]
+from spectrax.analyses.tables import json_value
+
+__all__ = ["NUM_GROUPS", "by_kind", "finite_mean", "layer_means", "layer_table", "pseudo_bulk", "layer_groups",
+           "group_means", "relative_change", "model_values"]
+
+NUM_GROUPS = 4  # layer groups of the source's tables
 
 _NULL = ("_null_mean", "_null_std")
 
 
 def finite_mean(x) -> float:
-    """Mean over the non-NaN entries; NaN (and no warning) when there are none."""
-    return _nan_reduce(np.mean, x)
+    """Mean over the finite entries (NaN and ±inf left out); NaN (and no warning) when there are none."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(np.mean(x)) if x.size else float("nan")
 
 
 def _nan_reduce(fn, x: np.ndarray) -> float:
@@ -63,7 +70,7 @@ def pseudo_bulk(table: dict[str, np.ndarray], stat: str) -> tuple[np.ndarray, fl
     return per_layer, _nan_reduce(np.median, list(group_medians.values()))
 
 
-def layer_groups(layers: Sequence[int], num_groups: int = 4) -> list[tuple[int, ...]]:
+def layer_groups(layers: Sequence[int], num_groups: int = NUM_GROUPS) -> list[tuple[int, ...]]:
     """Split the sorted layer indices into `num_groups` consecutive blocks of (near) equal size,
     the larger blocks first (48 layers -> 0-11, 12-23, 24-35, 36-47 as in the source)."""
     layers = sorted(layers)
@@ -116,4 +123,35 @@ def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray],
             out[suffix[1:]] = clean(_nan_reduce(np.mean, per_layer[stat + suffix]))
     if f"{stat}_z" in table:
         out["mean_z"] = clean(_nan_reduce(np.mean, table[f"{stat}_z"]))
+    return out
+
+
+def layer_table(table: dict[str, np.ndarray], stats: Sequence[str], spread: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """`layer_means` of `stats`, then (with `kv_head`) each stat's per-layer pseudo-bulk `X_bulk`,
+    then each `spread` stat's coefficient of variation over the layer's heads `X_cv` (NaN-ignoring
+    std / mean): the rows of `layers.csv`."""
+    per_layer = layer_means(table, stats)
+    if "kv_head" in table:
+        for stat in stats:
+            per_layer[f"{stat}_bulk"] = pseudo_bulk(table, stat)[0]
+    layers = np.asarray(table["layer"])
+    for stat in spread:
+        values = np.asarray(table[stat], float)
+        per_layer[f"{stat}_cv"] = np.array(
+            [np.nanstd(values[layers == i]) / np.nanmean(values[layers == i]) for i in per_layer["layer"]])
+    return per_layer
+
+
+def by_kind(matrices: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, dict[str, dict[str, object]]]:
+    """Per matrix kind (`attn.q`, ..., in table order), per stat: the mean over layers of the
+    stat (`mean`) and of its `_null_mean`, `_z` and `_shuffle_mean` columns where present, as
+    JSON values."""
+    out = {}
+    for kind in dict.fromkeys(matrices["matrix"].tolist()):
+        rows = matrices["matrix"] == kind
+        out[kind] = {
+            stat: {suffix.lstrip("_") or "mean": json_value(finite_mean(np.asarray(matrices[stat + suffix], float)[rows]))
+                   for suffix in ("", "_null_mean", "_z", "_shuffle_mean") if stat + suffix in matrices}
+            for stat in stats
+        }
     return out

@@ -61,6 +61,7 @@ the mean eigenvalue); no exception in either case.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping
@@ -71,8 +72,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses.aggregate import by_kind
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
+from spectrax.analyses.tables import Table, list_markdown
+from spectrax.analyses.weights import matrix_columns
 
-__all__ = ["ESD_STATISTICS", "MIN_TAIL", "WW_SUMMARY", "esd_statistics", "esd_summary", "matrix_esd_rows"]
+__all__ = ["ESD_STATISTICS", "EsdSummary", "MIN_TAIL", "WW_SUMMARY", "analysis", "esd_statistics", "esd_summary",
+           "matrix_esd_rows", "render", "summarize"]
 
 ESD_STATISTICS = (
     # WeightWatcher 0.7 `analyze(mp_fit=True)` columns: same names, same rules, same units
@@ -248,3 +254,83 @@ def esd_summary(rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, float
         values = values[np.isfinite(values)]
         summary[name] = float(values.mean()) if values.size else float("nan")
     return summary
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
+    """Rows of one layer's matrices; in a layer (not the embedding), the singular values of the
+    matrix with the most spikes are kept for the report's spectrum figure."""
+    shapes = {name: tuple(w.shape) for name, w in inputs.matrices.items()}
+    rows = matrix_columns(matrix_esd_rows(dict(inputs.matrices), key, num_draws=options.num_draws,
+                                          shuffle_draws=options.shuffle_draws), shapes)
+    spikes = np.asarray(rows["num_spikes"], float)
+    if inputs.layer is None or not np.isfinite(spikes).any():
+        return LayerOutput(rows)
+    name = str(rows["matrix"][int(np.nanargmax(spikes))])
+    w = np.asarray(inputs.matrices[name], np.float32)
+    return LayerOutput(rows, {"spectrum": np.asarray(sp.singular_values(w)), "shape": np.array(w.shape),
+                              "matrix": np.array(name)})
+
+
+@dataclasses.dataclass(frozen=True)
+class EsdSummary:
+    """Per matrix kind, per statistic: the mean over layers of the statistic, its Gaussian-null
+    mean, z and shuffled-baseline mean (`aggregate.by_kind`); `shuffle_draws` as run. Kept for the
+    report: the per-matrix table and the spectrum of the layer matrix with the most spikes."""
+
+    by_kind: Mapping[str, Mapping[str, Mapping[str, object]]]
+    shuffle_draws: int
+    matrices: Table = dataclasses.field(repr=False)
+    spectra: tuple[Spectrum, ...] = ()
+    weightwatcher: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {**self.by_kind, "weightwatcher_summary": dict(self.weightwatcher)}
+
+
+def summarize(tables: Tables, spec, options: Options) -> EsdSummary:
+    matrices, spectra = tables.matrices, ()
+    spikes = np.asarray(matrices["num_spikes"], float)
+    inside = np.asarray(matrices["layer"]) >= 0
+    if (np.isfinite(spikes) & inside).any():
+        i = int(np.nanargmax(np.where(inside, spikes, np.nan)))
+        kept = tables.arrays.get("esd", {}).get(int(matrices["layer"][i]))
+        if kept is not None:
+            spectra = (Spectrum(int(matrices["layer"][i]), str(kept["matrix"]), None, "most spikes", kept["spectrum"],
+                                tuple(int(n) for n in kept["shape"])),)
+    rows = {i: {c: matrices[c][i] for c in WW_SUMMARY} for i in range(len(matrices["matrix"]))}
+    return EsdSummary(by_kind(matrices, ESD_STATISTICS), options.shuffle_draws, matrices, spectra, esd_summary(rows))
+
+
+def render(summary: EsdSummary) -> Section:
+    """The report's ESD section and the z heatmap of the largest eigenvalue."""
+    kinds = list(summary.by_kind)
+    rows: dict[str, list] = {"matrix": kinds}
+    for stat in ("alpha", "num_spikes"):
+        if stat not in summary.by_kind[kinds[0]]:
+            continue
+        rows[stat] = [summary.by_kind[k][stat]["mean"] for k in kinds]
+        rows[f"{stat} Gaussian null"] = [summary.by_kind[k][stat]["null_mean"] for k in kinds]
+        rows[f"{stat} shuffled"] = [summary.by_kind[k][stat].get("shuffle_mean") for k in kinds]
+    shuffled = (f"and against the same matrix with its entries shuffled ({summary.shuffle_draws} draws: the entry "
+                "distribution kept, the correlations destroyed)" if summary.shuffle_draws else
+                "(shuffled baselines were skipped: `--shuffle-draws 0`)")
+    text = "\n".join([
+        "## Empirical spectral densities (esd)",
+        "",
+        "WeightWatcher's statistics with its rules and units (0.7): eigenvalues λ = s² of every weight matrix, "
+        "a Marchenko-Pastur fit (bulk edge, spikes above it with their Tracy-Widom margin) and the power-law "
+        f"tail exponent α (maximum likelihood, x_min by minimum KS), each against shape-matched Gaussian matrices {shuffled}. A heavy tail that the shuffled matrix "
+        "shares comes from the entry distribution, not from learned correlations. Mean over layers per kind:",
+        "",
+        list_markdown(rows),
+        "",
+    ])
+    plot = Plot("matrix_heatmap", "heatmap_matrices_lambda_max_z", (summary.matrices, "lambda_max_z"),
+                {"title": "largest eigenvalue per weight matrix: z against Gaussian null"})
+    return Section(text, plots=(plot,), spectra=summary.spectra)
+
+
+analysis = Analysis(name="esd", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=3)

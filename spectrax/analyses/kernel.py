@@ -48,6 +48,7 @@ scale-free statistics, the alignment and its basis (its subspace is undefined).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -57,9 +58,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
+from spectrax.analyses.aggregate import finite_mean
+from spectrax.analyses.tables import Table, format_number, json_value, list_markdown
 
 __all__ = [
+    "HEADLINE",
     "KERNEL_STATISTICS",
+    "KernelSummary",
+    "analysis",
     "ffn_alignment_null",
     "ffn_input",
     "kernel_layer",
@@ -67,6 +74,8 @@ __all__ = [
     "kernel_statistics",
     "kernel_summary",
     "layer_similarity",
+    "render",
+    "summarize",
 ]
 
 KERNEL_STATISTICS = ("kernel_erank", "kernel_erank_squared", "kernel_stable_rank", "kernel_sigma_max")
@@ -357,18 +366,6 @@ def layer_similarity(bases) -> np.ndarray:
     return np.stack(out).astype(np.float32) if out else np.zeros((0, L, L), np.float32)
 
 
-def _json_float(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _mean(x) -> float:
-    """Mean over the finite entries; NaN if none (without numpy's empty-slice warning)."""
-    x = np.asarray(x, np.float64)
-    x = x[np.isfinite(x)]
-    return float(np.mean(x)) if x.size else math.nan
-
-
 def _cv(x) -> float:
     """Coefficient of variation over the finite entries: population std / mean."""
     x = np.asarray(x, np.float64)
@@ -404,7 +401,7 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
         raise ValueError(f"need 0 < top_k <= hidden, got {top_k}, {hidden}")
     chance = top_k / hidden
     if "ffn_alignment_null_mean" in rows:
-        stored = _mean(rows["ffn_alignment_null_mean"])
+        stored = finite_mean(rows["ffn_alignment_null_mean"])
         if math.isfinite(stored) and not math.isclose(stored, chance, rel_tol=1e-4):
             raise ValueError(
                 f"the table's chance level {stored:.6g} != top_k / hidden = {chance:.6g}; pass the "
@@ -415,18 +412,18 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
     per_layer = []
     for lid in ids:
         m = layer == lid
-        ffn_mean = _mean(rows["ffn_alignment"][m])
+        ffn_mean = finite_mean(rows["ffn_alignment"][m])
         per_layer.append({
             "layer": int(lid),
             "heads": int(np.sum(np.isfinite(np.asarray(rows["kernel_erank"][m], np.float64)))),
-            "kernel_erank_mean": _mean(rows["kernel_erank"][m]),
-            "kernel_erank_null_mean": _mean(rows["kernel_erank_null_mean"][m]),
-            "kernel_erank_null_std": _mean(rows["kernel_erank_null_std"][m]),
+            "kernel_erank_mean": finite_mean(rows["kernel_erank"][m]),
+            "kernel_erank_null_mean": finite_mean(rows["kernel_erank_null_mean"][m]),
+            "kernel_erank_null_std": finite_mean(rows["kernel_erank_null_std"][m]),
             "kernel_erank_cv": _cv(rows["kernel_erank"][m]),
-            "kernel_erank_z": _mean(rows["kernel_erank_z"][m]),
+            "kernel_erank_z": finite_mean(rows["kernel_erank_z"][m]),
             "ffn_alignment_mean": ffn_mean,
             "ffn_alignment_ratio": ffn_mean / chance,
-            "ffn_alignment_z": _mean(rows["ffn_alignment_z"][m]),
+            "ffn_alignment_z": finite_mean(rows["ffn_alignment_z"][m]),
         })
     bottleneck = None
     candidates = [p for p in per_layer if math.isfinite(p["kernel_erank_mean"])]
@@ -448,14 +445,11 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
         "top_k": int(top_k),
         "hidden": int(hidden),
         "chance": chance,
-        "layers": [{k: _json_value(v) for k, v in p.items()} for p in per_layer],
-        "bottleneck": None if bottleneck is None else {k: _json_value(v) for k, v in bottleneck.items()},
+        "layers": [{k: json_value(v) if isinstance(v, float) else v for k, v in p.items()} for p in per_layer],
+        "bottleneck": None if bottleneck is None else {k: json_value(v) if isinstance(v, float) else v
+                                                       for k, v in bottleneck.items()},
         "adjacent_similarity": _adjacent(similarity, ids, top_k, hidden),
     }
-
-
-def _json_value(v):
-    return _json_float(v) if isinstance(v, float) else v
 
 
 def _adjacent(similarity, ids, top_k: int, hidden: int) -> dict | None:
@@ -473,9 +467,125 @@ def _adjacent(similarity, ids, top_k: int, hidden: int) -> dict | None:
         s = sim[:, i, i + 1]
         pairs.append({
             "layers": [int(ids[i]), int(ids[i + 1])],
-            "similarity": _json_float(_mean(s)),
-            "z": _json_float(_mean((s - float(null.mean)) / std)) if std > 0 else None,
+            "similarity": json_value(finite_mean(s)),
+            "z": json_value(finite_mean((s - float(null.mean)) / std)) if std > 0 else None,
         })
     finite = [p for p in pairs if p["similarity"] is not None]
     largest = max(finite, key=lambda p: p["similarity"]) if finite else None
     return {"chance": float(null.mean), "null_std": std, "pairs": pairs, "largest": largest}
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+HEADLINE = ("kernel_erank", "kernel_stable_rank", "ffn_alignment")
+
+
+def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
+    """`kernel_layer` of one streamed layer; its key-side bases are kept for `layer_similarity`."""
+    attn, mlp = ({k: v[0] for k, v in inputs.params[part].items()} for part in ("attn", "mlp"))  # views
+    rows, basis = kernel_layer(attn, mlp, key, top_k=options.top_k, num_draws=options.num_draws)
+    return LayerOutput(rows, {"basis": np.asarray(basis, np.float32)})
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSummary:
+    """`kernel_summary`'s findings (`top_k`, `hidden`, `chance`, per-layer values, the bottleneck,
+    adjacent-layer similarity) and, not in the JSON, what the report draws: the per-head table and
+    the layer x layer similarity (`similarity`: `kernel_similarity.csv`'s rows; `mean_similarity`
+    `(L, L)` over `layer_ids`), None for fewer than two layers of one shape."""
+
+    top_k: int
+    hidden: int
+    chance: float
+    layers: tuple[dict, ...]
+    bottleneck: dict | None
+    adjacent_similarity: dict | None
+    heads: Table = dataclasses.field(repr=False)
+    similarity: Table | None = dataclasses.field(default=None, repr=False)
+    mean_similarity: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    layer_ids: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    basis_dim: int | None = None
+
+    def to_json(self) -> dict:
+        return {"top_k": self.top_k, "hidden": self.hidden, "chance": self.chance, "layers": list(self.layers),
+                "bottleneck": self.bottleneck, "adjacent_similarity": self.adjacent_similarity}
+
+
+def summarize(tables: Tables, spec, options: Options) -> KernelSummary:
+    """`KernelSummary` of a run: `top_k` clipped to the head dimension, E = `spec.hidden_size`."""
+    heads, bases, hidden = tables.heads, tables.kernel_bases, spec.hidden_size
+    top_k = min(options.top_k, *spec.head_dims)
+    similarity = table = mean = ids = k = None
+    if bases is not None and len(bases) > 1:
+        similarity = layer_similarity(bases)  # (H, L, L)
+        ids = np.unique(heads["layer"])
+        mean, std = np.nanmean(similarity, axis=0), np.nanstd(similarity, axis=0)
+        a, b = np.meshgrid(np.arange(len(ids)), np.arange(len(ids)), indexing="ij")
+        k = bases.shape[-1]
+        table = {"layer_a": ids[a.ravel()], "layer_b": ids[b.ravel()], "similarity": mean.ravel(),
+                 "similarity_head_std": std.ravel(), "chance": np.full(a.size, k / hidden)}
+    found = kernel_summary(heads, similarity, top_k=top_k, hidden=hidden)
+    return KernelSummary(top_k=found["top_k"], hidden=found["hidden"], chance=found["chance"],
+                         layers=tuple(found["layers"]), bottleneck=found["bottleneck"],
+                         adjacent_similarity=found["adjacent_similarity"], heads=heads, similarity=table,
+                         mean_similarity=mean, layer_ids=ids, basis_dim=k)
+
+
+def render(summary: KernelSummary) -> Section:
+    """The report's kernel section, `kernel_similarity.csv`, its heatmap and the per-layer trends."""
+    k, chance = summary.top_k, summary.chance
+    per_layer = summary.layers
+    lines = [
+        "## QK-kernel subspaces (kernel)",
+        "",
+        "For every query head the kernel K_h = W_Q,hᵀ W_K,g (E x E, rank <= D) is decomposed from QR factors "
+        "of both sides, never formed. Its effective rank is set against kernels of shape- and scale-matched "
+        "Gaussian W_Q, W_K (drawn exactly in law from Bartlett factors); the \"bottleneck\" is the layer of lowest "
+        f"mean effective rank. FFN alignment is the fraction of the MLP input matrix's energy inside the head's "
+        f"top-{k} key-side kernel subspace (exact null: mean k/E = {chance:.4g} for any matrix, std from its "
+        "spectrum). Layer x layer similarity is the Grassmann similarity of those subspaces (chance k/E). Heads "
+        "sharing a KV head share W_K.",
+        "",
+        list_markdown({name: [p[key] for p in per_layer] for name, key in (
+            ("layer", "layer"), ("kernel erank", "kernel_erank_mean"), ("null", "kernel_erank_null_mean"),
+            ("z", "kernel_erank_z"), ("CV over heads", "kernel_erank_cv"),
+            ("FFN alignment / chance", "ffn_alignment_ratio"), ("FFN z", "ffn_alignment_z"))}),
+        "",
+        "What stands out:",
+        "",
+    ]
+    b = summary.bottleneck
+    if b:
+        verdict = ("more than 3 null std below random kernels" if b["below_null_3std"]
+                   else "within 3 null std of random kernels: the lowest of the layers, but not distinguishable from what random heads of this shape give")
+        lines.append(f"- The bottleneck (lowest mean kernel effective rank) is layer {b['layer']}: {format_number(b['kernel_erank'])} "
+                     f"vs {format_number(b['kernel_erank_null_mean'])} ± {format_number(b['kernel_erank_null_std'], 2)} for random kernels, {verdict}.")
+        z = b["ffn_alignment_z"]
+        verdict = ("no more and no less than a random subspace would" if z is None or abs(z) < 2 else
+                   "more than a random subspace would" if z > 0 else "less than a random subspace would")
+        lines.append(f"- FFN alignment at the bottleneck is {format_number(b['ffn_alignment_ratio'], 3)}x chance (mean z "
+                     f"{format_number(z, 3)}): the MLP input overlaps the heads' kernel subspaces {verdict}.")
+    adjacent = summary.adjacent_similarity
+    if adjacent and adjacent.get("largest"):
+        top = adjacent["largest"]
+        lines.append(f"- The most similar adjacent layers are {top['layers'][0]} and {top['layers'][1]}: similarity "
+                     f"{format_number(top['similarity'], 3)} vs chance {format_number(adjacent['chance'], 3)} ± {format_number(adjacent['null_std'], 2)} "
+                     f"(mean z {format_number(top['z'], 3)}).")
+    lines.append("")
+    plots, tables = [], {}
+    if summary.similarity is not None:
+        tables["kernel_similarity.csv"] = summary.similarity
+        d = summary.basis_dim
+        plots.append(Plot("similarity_heatmap", "kernel_similarity", (summary.mean_similarity, summary.layer_ids),
+                          {"chance": d / summary.hidden,
+                           "title": f"QK-kernel top-{d} key-side subspaces: layer x layer similarity (mean over heads)"}))
+    for stat in ("kernel_erank", "ffn_alignment"):
+        plots.append(Plot("layer_trend", f"trend_{stat}", (summary.heads, stat),
+                          {"title": f"{stat} per layer vs random null"}))
+    plots.append(Plot("head_heatmap", "heatmap_kernel_erank_z", (summary.heads, "kernel_erank_z"),
+                      {"title": "QK-kernel effective rank: z-score against Gaussian null"}))
+    return Section("\n".join(lines), tables, tuple(plots))
+
+
+analysis = Analysis(name="kernel", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,
+                    key_id=2, headline=HEADLINE, spread=("kernel_erank",))

@@ -21,15 +21,22 @@ its zero singular values, so its `cos_u`, `cos_v` and `grassmann` are undefined.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping
 
 import chex
 import jax
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
+from spectrax.analyses.precision import precision_table
+from spectrax.analyses.tables import Table, format_number, json_value, list_markdown, short_list
 
-__all__ = ["DEGENERACY", "MATRICES", "PAIRS", "degeneracy", "head_laws", "laws_layer"]
+__all__ = ["DEGENERACY", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analysis", "degeneracy", "head_laws",
+           "laws_layer", "render", "summarize"]
 
 PAIRS = ("qk", "qv", "kv")
 MATRICES = ("q", "k", "v")
@@ -51,7 +58,12 @@ def _columns(observed: dict, nulls: dict) -> dict[str, np.ndarray]:
 
 
 def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
-    """Statistics for a block of layers.
+    """Statistics for a block of layers (see `_head_laws`)."""
+    return _head_laws(attn, key, num_draws)[0]
+
+
+def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Statistics for a block of layers, and the singular values `(n, H, min(D, E))` of its query heads.
 
     Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
     Spectrum statistics get a Monte Carlo null drawn directly in singular values
@@ -68,7 +80,8 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
       key: PRNG key for the Monte Carlo nulls.
       num_draws: Monte Carlo draws per null.
     Returns:
-      `{column: (n, H)}` with every statistic, its null columns and `finite`.
+      `({column: (n, H)}, s_q)`: every statistic, its null columns and `finite`; the query heads'
+      singular values.
     """
     q, k, v = (np.asarray(attn[m]) for m in MATRICES)
     chex.assert_rank([q, k, v], 4)
@@ -108,7 +121,7 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
                 ((m, degeneracy(x, decomposed[m].s)) for m, x in (("q", q), ("k", k), ("v", v)))}
     _blank_undefined(cols, per_head)
     cols["degenerate"] = _describe_degeneracy(per_head)
-    return cols
+    return cols, np.asarray(decomposed["q"].s)
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
@@ -198,6 +211,174 @@ def _name(column: str, tag: str) -> str:
 def laws_layer(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
     """Rows for one unstacked layer's attention `q (H, D, E)`, `k`, `v (KV, D, E)`: one per query
     head, with `head`, `kv_head` and every statistic of `head_laws`."""
-    cols = head_laws(jax.tree.map(lambda x: np.asarray(x)[None], attn), key, num_draws=num_draws)
-    H, KV = np.shape(attn["q"])[0], np.shape(attn["k"])[0]
-    return {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}
+    return _block_rows(jax.tree.map(lambda x: np.asarray(x)[None], attn), key, num_draws)[0]
+
+
+def _block_rows(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`laws_layer`'s rows from a one-layer block, leaves `(1, ...)` as `stream_layers` yields them,
+    and the singular values `(H, min(D, E))` of its query heads."""
+    cols, s_q = _head_laws(attn, key, num_draws)
+    H, KV = np.shape(attn["q"])[1], np.shape(attn["k"])[1]
+    rows = {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}
+    return rows, s_q[0]
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+HEADLINE = tuple(f"{s}_{p}" for p in PAIRS for s in ("pearson", "ssr", "cos_u", "cos_v", "grassmann"))
+_Z_NOTABLE = 3.0
+
+
+def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
+    """Rows of one layer, and the singular values of its query heads (those of the statistics;
+    of each head's top-left block under `options.crop`), kept for the spectrum figures."""
+    attn = inputs.params["attn"]
+    rows, spectra = _block_rows(attn, key, options.num_draws)
+    q = np.asarray(attn["q"][0])
+    if options.crop and options.crop < max(q.shape[1:]):
+        q = q[:, : options.crop, : options.crop]
+        spectra = sp.singular_values(np.asarray(q, np.float32))
+    return LayerOutput(rows, {"q_spectra": np.asarray(spectra, np.float32), "q_shape": np.array(q.shape[1:])})
+
+
+@dataclasses.dataclass(frozen=True)
+class LawsSummary:
+    """The model-level findings of `laws`.
+
+    `model`: per `HEADLINE` statistic, `model_values` (median and mean over layers, pseudo-bulk,
+    null mean/std, mean z); `groups`: per layer group ("0-11"), SSR_qk, its null mean and
+    Pearson_qk; `precision`: per floating format, the depth limits of `precision_table`;
+    `nonfinite_heads` (layer, head) and `degenerate_heads` (layer, head, what). Not in the JSON:
+    the tables the report draws from, and the query-head spectra picked for figures.
+    """
+
+    model: Mapping[str, Mapping[str, float | None]]
+    groups: Mapping[str, Mapping[str, object]]
+    precision: Mapping[str, Mapping[str, object]]
+    median_cond_qk: float | None
+    nonfinite_heads: tuple[tuple[int, int], ...]
+    degenerate_heads: tuple[tuple[int, int, str], ...]
+    heads: Table = dataclasses.field(repr=False)
+    precision_table: Table = dataclasses.field(repr=False)
+    spectra: tuple[Spectrum, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"model": dict(self.model), "groups": dict(self.groups), "precision": dict(self.precision),
+                "median_cond_qk": self.median_cond_qk,
+                "nonfinite_heads": [list(h) for h in self.nonfinite_heads],
+                "degenerate_heads": [list(h) for h in self.degenerate_heads]}
+
+
+def summarize(tables: Tables, spec, options: Options) -> LawsSummary:
+    """`LawsSummary` of a run's per-head table."""
+    heads = tables.heads
+    per_layer = layer_means(heads, HEADLINE)
+    mean_ssr = model_values(heads, per_layer, "ssr_qk")["mean_over_layers"]
+    measured = np.concatenate([np.asarray(heads["cond_q"], float), np.asarray(heads["cond_k"], float)])
+    precision = precision_table(mean_ssr if mean_ssr is not None else float("nan"), measured_kappa=measured)
+    groups = group_means(per_layer, HEADLINE, layer_groups(per_layer["layer"]))
+    return LawsSummary(
+        model={stat: model_values(heads, per_layer, stat) for stat in HEADLINE},
+        groups={str(g): {s: json_value(groups[s][i]) for s in ("ssr_qk", "ssr_qk_null_mean", "pearson_qk")}
+                for i, g in enumerate(groups["group"])},
+        precision={str(f): {c: json_value(precision[c][i]) for c in precision if c != "format"}
+                   for i, f in enumerate(precision["format"])},
+        median_cond_qk=json_value(np.nanmedian(measured)),
+        nonfinite_heads=tuple((int(l), int(h)) for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f),
+        degenerate_heads=tuple((int(l), int(h), str(d))
+                               for l, h, d in zip(heads["layer"], heads["head"], heads["degenerate"]) if d),
+        heads=heads, precision_table=precision, spectra=_spectra(tables),
+    )
+
+
+def _spectra(tables: Tables) -> tuple[Spectrum, ...]:
+    """The query head whose Q/K SSR departs most from its null, and a typical one."""
+    z = np.asarray(tables.heads["ssr_qk_z"], float)
+    kept = tables.arrays.get("laws", {})
+    if not np.isfinite(z).any() or not kept:
+        return ()
+    picks = []
+    for i, why in ((int(np.nanargmax(np.abs(z))), "largest |z| of ssr_qk"),
+                   (int(np.nanargmin(np.abs(z - np.nanmedian(z)))), "median z of ssr_qk")):
+        layer, head = int(tables.heads["layer"][i]), int(tables.heads["head"][i])
+        arrays = kept[layer]
+        picks.append(Spectrum(layer, "attn.q", head, why, arrays["q_spectra"][head], tuple(int(n) for n in arrays["q_shape"])))
+    return tuple(picks)
+
+
+def render(summary: LawsSummary) -> Section:
+    """The report's per-head section, `precision.csv`, z heatmaps and per-layer trends."""
+    model = summary.model
+    rows: dict[str, list] = {"statistic": [], "median over layers": [], "mean over layers": [], "pseudo-bulk": [],
+                             "null mean": [], "null std": [], "mean z": []}
+    for stat, v in model.items():
+        for column, key in (("statistic", None), ("median over layers", "median_over_layers"),
+                            ("mean over layers", "mean_over_layers"), ("pseudo-bulk", "pseudo_bulk"),
+                            ("null mean", "null_mean"), ("null std", "null_std"), ("mean z", "mean_z")):
+            rows[column].append(stat if key is None else v.get(key))
+    lines = [
+        "## Per-head statistics (laws)",
+        "",
+        "For every query head h and its key/value head g = h // (H/KV): the Pearson correlation and spectral "
+        "shape residual (SSR) of the singular values of W_Q,h and W_K,g (`_qk`), of W_Q,h and W_V,g (`_qv`), and of "
+        "W_K,g and W_V,g (`_kv`); the mean |cosine| of index-matched left (`cos_u`) and right (`cos_v`) singular "
+        "vectors; and the Grassmann similarity of their row spaces. Spectrum statistics are set against "
+        "Monte Carlo Gaussian spectra; cosine and Grassmann nulls are exact (E|cos| = Γ(d/2)/(√π Γ((d+1)/2)), "
+        "Grassmann k/d). Aggregated as the source does: per-layer mean over heads, then median and mean over "
+        "layers; pseudo-bulk = median over the query heads of each (layer, KV head), then median across groups.",
+        "",
+        list_markdown(rows),
+        "",
+        "Layer groups (four equal blocks of layers; `groups.csv` has every statistic):",
+        "",
+        list_markdown({"layers": list(summary.groups),
+                   "ssr_qk": [g["ssr_qk"] for g in summary.groups.values()],
+                   "ssr_qk null": [g["ssr_qk_null_mean"] for g in summary.groups.values()],
+                   "pearson_qk": [g["pearson_qk"] for g in summary.groups.values()]}),
+        "",
+        "What stands out:",
+        "",
+    ]
+    notable = [(s, v) for s, v in model.items() if v.get("mean_z") is not None and abs(v["mean_z"]) > _Z_NOTABLE]
+    if notable:
+        lines += [f"- `{s}` departs from the random null: mean z = {v['mean_z']:.1f} "
+                  f"(observed {format_number(v['median_over_layers'])} vs null {format_number(v['null_mean'])})." for s, v in notable]
+    else:
+        lines.append(f"- No statistic departs from its random null by more than {_Z_NOTABLE:g} standard deviations on average.")
+    pearson = model.get("pearson_qk", {})
+    if pearson.get("null_mean") and pearson["null_mean"] > 0.9:
+        lines.append(f"- Pearson r of sorted Q/K spectra is {pearson['null_mean']:.3f} for random matrices already: "
+                     "a value near 1 is not, by itself, evidence of structure.")
+    if summary.nonfinite_heads:
+        lines.append(f"- {len(summary.nonfinite_heads)} heads hold NaN/Inf weights (layer, head): "
+                     f"{[list(h) for h in summary.nonfinite_heads[:10]]}; their statistics are NaN.")
+    degenerate = summary.degenerate_heads
+    if degenerate:
+        shown = short_list((f"layer {l} head {h} ({what})" for l, h, what in degenerate), 10)
+        lines.append(f"- {len(degenerate)} heads have a zero, subnormal or rank-deficient matrix: {shown}"
+                     + "; the statistics these leave undefined are empty (`degenerate` column of `heads.csv`).")
+    precision = summary.precision
+    lines += [
+        "",
+        "\"Third law\" depth limits, L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
+        "log2(max finite)/log2 κ), with κ = 2 as the source fixes it and with the median measured condition "
+        f"number of the Q and K heads (κ = {format_number(summary.median_cond_qk)}); the formula is the source's heuristic, "
+        "not a derived bound (`precision.csv`):",
+        "",
+        list_markdown({"format": list(precision),
+                   **{c: [row[c] for row in precision.values()]
+                      for c in ("mantissa_bits", "L_info", "L_quant", "L_dyn_fixed", "L_dyn_measured", "L_max_fixed",
+                                "L_max_measured", "binding_measured")}}),
+        "",
+    ]
+    plots = []
+    for stat in ("pearson_qk", "ssr_qk", "cos_u_qk"):
+        plots.append(Plot("head_heatmap", f"heatmap_{stat}_z", (summary.heads, f"{stat}_z"),
+                          {"title": f"{stat}: z-score against Gaussian null"}))
+        plots.append(Plot("layer_trend", f"trend_{stat}", (summary.heads, stat),
+                          {"title": f"{stat} per layer vs random null"}))
+    return Section("\n".join(lines), {"precision.csv": summary.precision_table}, tuple(plots), summary.spectra)
+
+
+analysis = Analysis(name="laws", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,
+                    key_id=0, headline=HEADLINE)

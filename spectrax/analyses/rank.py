@@ -24,6 +24,7 @@ can only decode (K- and IQ-types) keep the Gaussian null, with `quant_error` NaN
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -33,9 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses.aggregate import by_kind
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
+from spectrax.analyses.tables import Table, list_markdown
+from spectrax.analyses.weights import matrix_columns
 from spectrax.io.gguf import quantize_roundtrip
 
-__all__ = ["rank_statistics", "matrix_rank_rows", "RANK_STATISTICS"]
+__all__ = ["RANK_STATISTICS", "RankSummary", "analysis", "matrix_rank_rows", "rank_statistics", "render", "summarize"]
 
 RANK_STATISTICS = ("erank", "erank_squared", "max_mean", "stable_rank", "sigma_max", "ks_mp", "ks_gauss")
 _REFERENCE_DRAWS = 4  # Gaussian matrices pooled into the ks_gauss reference sample
@@ -123,3 +128,57 @@ def _quantized_null(w: np.ndarray, kind: str, key: jax.Array, observed: dict, re
     null = sp.split_null(sp.null_from_draws(functools.partial(_statistics, shape=w.shape), draws, fixed))
     columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
     return {**columns, "quant_error": np.float32(np.mean(errors))}
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
+    rows = matrix_rank_rows(dict(inputs.matrices), key, num_draws=options.num_draws, storage=inputs.storage)
+    return LayerOutput(matrix_columns(rows, {name: tuple(w.shape) for name, w in inputs.matrices.items()}))
+
+
+@dataclasses.dataclass(frozen=True)
+class RankSummary:
+    """Per matrix kind, per statistic: the mean over layers of the statistic, its null mean and
+    its z (`aggregate.by_kind`); `crop` as run. The per-matrix table is kept for the figures."""
+
+    by_kind: Mapping[str, Mapping[str, Mapping[str, object]]]
+    crop: int | None
+    matrices: Table = dataclasses.field(repr=False)
+
+    def to_json(self) -> dict:
+        return dict(self.by_kind)
+
+
+def summarize(tables: Tables, spec, options: Options) -> RankSummary:
+    return RankSummary(by_kind(tables.matrices, RANK_STATISTICS), options.crop, tables.matrices)
+
+
+def render(summary: RankSummary) -> Section:
+    """The report's whole-matrix section and z heatmaps of erank and ks_mp."""
+    kinds = list(summary.by_kind)
+    rows: dict[str, list] = {"matrix": kinds}
+    for stat in ("erank", "stable_rank", "max_mean", "ks_mp"):
+        rows[stat] = [summary.by_kind[k][stat]["mean"] for k in kinds]
+        rows[f"{stat} null"] = [summary.by_kind[k][stat]["null_mean"] for k in kinds]
+        rows[f"{stat} z"] = [summary.by_kind[k][stat]["z"] for k in kinds]
+    crop = summary.crop
+    cropped = f" (top-left {crop}x{crop} block only, as in the source)" if crop else ""
+    text = "\n".join([
+        "## Whole-matrix statistics (rank)",
+        "",
+        f"Effective rank, stable rank, max/mean singular value and the KS distance of the scale-normalized "
+        f"spectrum to Marchenko-Pastur, for every weight matrix{cropped}; mean over layers per matrix kind "
+        "(`embed.tokens`/`lm_head` are single matrices). z: mean over layers of the z-score against "
+        "shape-matched Gaussian matrices.",
+        "",
+        list_markdown(rows),
+        "",
+    ])
+    plots = tuple(Plot("matrix_heatmap", f"heatmap_matrices_{stat}_z", (summary.matrices, f"{stat}_z"),
+                       {"title": f"{stat} per weight matrix: z-score against Gaussian null"}) for stat in ("erank", "ks_mp"))
+    return Section(text, plots=plots)
+
+
+analysis = Analysis(name="rank", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=1)

@@ -152,7 +152,7 @@ def save_hf_checkpoint(
     """
     from safetensors.numpy import save_file
 
-    from spectrax.report.output import foreign_files, replace_folder
+    from spectrax.run.store import foreign_files, replace_folder
 
     directory = os.path.abspath(os.fspath(directory))
     written = {"config.json", "model.safetensors", *(extra_files or {})}

@@ -1,12 +1,13 @@
-"""Rendering results: tables, figures and report text, and the folders they are written into.
+"""Rendering results: tables, figures and report text. Nothing here computes a statistic or keeps
+state between runs (resumable folders are `spectrax.run.store`'s).
 
-- `tables`: column tables (`{column: 1-D array}`) to CSV, JSON and Markdown;
-- `plots`: figures (matplotlib's object API; importing it never touches pyplot or the backend);
-- `sections`: the Markdown sections of `report.md`, from an analysis's summary;
-- `output`: result folders written atomically and resumable after an interruption.
+- `tables`: column tables (`{column: 1-D array}`) written as CSV and JSON;
+- `plots`: figures (matplotlib's object API; importing it never touches pyplot or the backend),
+  and `draw` for an analysis's `Plot`;
+- `sections`: `report.md`'s header, each analysis's `Section` written out, the comparison report.
 
 The submodules are imported where they are used (`from spectrax.report import tables`), so that
-reading a table does not load matplotlib.
+writing a table does not load matplotlib.
 """
 
-__all__ = ["output", "plots", "sections", "tables"]
+__all__ = ["plots", "sections", "tables"]

@@ -12,10 +12,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from spectrax import spectral as sp
-from spectrax.report.tables import Table
+from spectrax.analyses.base import Plot, Spectrum
+from spectrax.analyses.tables import Table
 
 __all__ = ["subplots", "save_figure", "head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap",
-           "spectrum_vs_mp", "compare_trend"]
+           "spectrum_vs_mp", "compare_trend", "draw", "draw_spectrum"]
 
 # z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
@@ -203,3 +204,19 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, lab
     bottom.legend(fontsize=7)
     fig.suptitle(title or stat, fontsize=10)
     save_figure(fig, path)
+
+
+def draw(plot: Plot, folder: str | os.PathLike) -> str:
+    """Draw an analysis's `Plot` into `folder/<plot.name>.png`; returns the path."""
+    kinds = {f.__name__: f for f in (head_heatmap, layer_trend, matrix_heatmap, similarity_heatmap, spectrum_vs_mp,
+                                     compare_trend)}
+    path = os.path.join(folder, f"{plot.name}.png")
+    kinds[plot.kind](*plot.args, path, **plot.kwargs)
+    return path
+
+
+def draw_spectrum(spectrum: Spectrum, folder: str | os.PathLike) -> str:
+    """`spectrum_vs_mp` of a `Spectrum` into `folder/<spectrum.name>.png`; returns the path."""
+    path = os.path.join(folder, f"{spectrum.name}.png")
+    spectrum_vs_mp(spectrum.s, spectrum.shape, path, title=spectrum.title)
+    return path

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from spectrax.analyses.pipeline import Options, collect
+from spectrax.run import Options, collect
 from spectrax.analyses.laws import head_laws
 from tests.conftest import CHECKPOINTS
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 import spectrax as sx
-from spectrax.analyses.pipeline import Options, collect
+from spectrax.run import Options, collect
 from spectrax.analyses.rank import matrix_rank_rows
 from tests.conftest import CHECKPOINTS
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from spectrax import spectral as sp
-from spectrax.analyses import Options, collect
+from spectrax.run import Options, collect
 from spectrax.analyses.aggregate import (
     group_means,
     layer_groups,

@@ -216,7 +216,7 @@ def test_real_smollm2_gguf_predicts_sensible_next_tokens():
 
 
 def test_matrices_table_reports_storage_and_quantization_error(tmp_path):
-    from spectrax.analyses.pipeline import Options, collect
+    from spectrax.run import Options, collect
 
     def table(path):
         return collect(path, analyses=["rank"], options=Options(num_draws=2), progress=False).matrices

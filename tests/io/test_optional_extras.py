@@ -12,7 +12,7 @@ from tests.conftest import CHECKPOINTS
 
 def test_spectrax_imports_and_reads_safetensors_without_the_extras():
     code = ("import sys; sys.modules['gguf'] = None; sys.modules['huggingface_hub'] = None\n"
-            "import spectrax, spectrax.cli, spectrax.analyses.analyze, spectrax.models, spectrax.dynamics\n"
+            "import spectrax, spectrax.cli, spectrax.run.analysis, spectrax.models, spectrax.dynamics\n"
             f"m = spectrax.load({str(CHECKPOINTS / 'llama')!r}); assert m.layer(0)['attn']['q'].ndim == 3\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

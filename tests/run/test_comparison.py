@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from spectrax.analyses.compare import compare, difference_table
+from spectrax.run.comparison import compare, difference_table
 from spectrax.cli import main
 from tests.conftest import CHECKPOINTS, snapshot
 
@@ -95,7 +95,7 @@ def test_cli_compare(tmp_path, capsys):
 
 
 def test_compare_interrupted_after_the_first_checkpoint_resumes(tmp_path, monkeypatch):
-    compare_module = importlib.import_module("spectrax.analyses.compare")  # the package exports the function
+    compare_module = importlib.import_module("spectrax.run.comparison")  # the package exports the function
 
     options = dict(analyses=["rank"], num_draws=2, crop=16, progress=False)
     real = compare_module.write_results

@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from spectrax.report import output
-from spectrax.report.output import MARKER, atomic_output_dir, check_output_path, run_folder
+from spectrax.run import store as output
+from spectrax.run.store import MARKER, atomic_output_dir, check_output_path, run_folder
 
 
 def _marked(folder):

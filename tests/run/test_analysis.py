@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import spectrax as sx
-from spectrax.analyses import pipeline as pipeline
-from spectrax.analyses.analyze import analyze
+from spectrax.run import streaming as pipeline
+from spectrax.run.analysis import analyze
 from spectrax.cli import main
-from spectrax.report.output import MARKER, atomic_output_dir
+from spectrax.run.store import MARKER, atomic_output_dir
 from tests.conftest import CHECKPOINTS, snapshot
 
 

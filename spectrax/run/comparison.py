@@ -15,22 +15,26 @@ Folder layout: `a/` and `b/` (the full analyses, as `spectrax analyze` writes th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterable
 
 import numpy as np
 
-from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, relative_change
-from spectrax.analyses.analyze import HEADLINE, KERNEL_HEADLINE, NUM_GROUPS, report_resume, source_fingerprint, write_results
-from spectrax.analyses.pipeline import Options, check_analyses, collect
+from spectrax.analyses.aggregate import NUM_GROUPS, group_means, layer_groups, layer_means, relative_change
+from spectrax.analyses.base import Options
+from spectrax.analyses.tables import json_value
 from spectrax.io.load import open_source
 from spectrax.report import plots, sections
-from spectrax.report.output import run_folder
-from spectrax.report.tables import json_value, write_csv
+from spectrax.report.tables import write_csv
+from spectrax.run.analysis import RunConfig, configs, headline_statistics, report_resume, run_summary, source_fingerprint, write_results
+from spectrax.run.streaming import collect
+from spectrax.run.store import run_folder
 
-__all__ = ["compare", "difference_table", "statistic_columns"]
+__all__ = ["DEFAULT", "compare", "difference_table", "statistic_columns"]
+
+DEFAULT = RunConfig(analyses=("laws", "rank"))  # what `compare` runs unless told otherwise
 
 _KEYS = ("layer", "head", "kv_head", "matrix", "rows", "cols")
 _DERIVED = ("_null_mean", "_null_std", "_z", "_pct", "_shuffle_mean", "_shuffle_std", "_shuffle_z", "_bulk", "_cv")
@@ -67,52 +71,36 @@ def _check_same_architecture(spec_a, spec_b, path_a, path_b) -> None:
         raise ValueError(f"{path_a} and {path_b} are not the same architecture ({'; '.join(differ)})")
 
 
-def compare(
-    path_a: str | os.PathLike,
-    path_b: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    analyses: Iterable[str] = ("laws", "rank"),
-    num_draws: int = 16,
-    seed: int = 0,
-    layers: Iterable[int] | None = None,
-    strict: bool = True,
-    crop: int | None = None,
-    top_k: int = 16,
-    shuffle_draws: int = 4,
-    force: bool = False,
-    progress: bool = True,
-    tower: str | None = None,
-    disk_budget: int | str | None = None,
-) -> str:
+def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, out: str | os.PathLike,
+            options: Options | None = None, config: RunConfig | None = None, **fields) -> str:
     """Compare two checkpoints (folders or Hub repo ids) into the folder `out` (resumable and atomic
-    like `analyze`); `disk_budget` as in `analyze`, for each checkpoint in turn."""
-    analyses = check_analyses(analyses)
-    source_a, source_b = (open_source(p, strict=strict, tower=tower, disk_budget=disk_budget) for p in (path_a, path_b))
+    like `analyze`); `options`, `config` and keyword arguments as in `analyze` (default analyses
+    `laws` and `rank`), `disk_budget` for each checkpoint in turn."""
+    options, config = configs(options, config, fields, DEFAULT)
+    source_a, source_b = (open_source(p, strict=config.strict, tower=config.tower, disk_budget=config.disk_budget)
+                          for p in (path_a, path_b))
     _check_same_architecture(source_a.spec, source_b.spec, source_a.path, source_b.path)
-    options = Options(num_draws=num_draws, seed=seed, crop=crop, top_k=top_k, shuffle_draws=shuffle_draws)
-    chosen = list(range(source_a.spec.num_layers)) if layers is None else sorted(set(layers))
+    chosen = list(range(source_a.spec.num_layers)) if config.layers is None else list(config.layers)
     labels = _labels(source_a.name, source_b.name)
     settings = {
-        "checkpoints": [source_a.path, source_b.path], "analyses": list(analyses), "layers": chosen,
-        "files": [source_fingerprint(s) for s in (source_a, source_b)], **vars(options),
+        "checkpoints": [source_a.path, source_b.path], "analyses": config.names, "layers": chosen,
+        "files": [source_fingerprint(s) for s in (source_a, source_b)], **dataclasses.asdict(options),
     }
     started = time.time()
-    with run_folder(out, settings=settings, checkpoints=[source_a.path, source_b.path], force=force) as folder:
-        report_resume(folder, progress)
+    with run_folder(out, settings=settings, checkpoints=[source_a.path, source_b.path], force=config.force) as folder:
+        report_resume(folder, config.progress)
         tables = {}
         for tag, source in (("a", source_a), ("b", source_b)):
-            tables[tag] = collect(source, analyses=analyses, layers=chosen, options=options, folder=folder,
-                                  progress=progress, part_prefix=f"{tag}-")
-            summary = {"checkpoint": source.path, "spec": source.spec.to_dict(), "analyses": list(analyses),
-                       "layers": chosen, "options": vars(options), "resumed_parts": len(folder.resumed),
-                       "hub": source.hub.describe() if source.hub is not None else None}
+            tables[tag] = collect(source, analyses=config.analyses, layers=chosen, options=options, folder=folder,
+                                  progress=config.progress, part_prefix=f"{tag}-")
+            summary = run_summary(source, config, chosen, options, folder)
             os.makedirs(os.path.join(folder.path, tag), exist_ok=True)
-            write_results(tables[tag], os.path.join(folder.path, tag), summary, source=source)
+            write_results(tables[tag], os.path.join(folder.path, tag), summary, analyses=config.analyses,
+                          spec=source.spec, options=options)
             with open(os.path.join(folder.path, tag, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
-        summary = _write_differences(tables["a"], tables["b"], folder.path, labels)
-        summary.update(checkpoints=[source_a.path, source_b.path], options=vars(options), layers=chosen,
+        summary = _write_differences(tables["a"], tables["b"], folder.path, labels, config)
+        summary.update(checkpoints=[source_a.path, source_b.path], options=dataclasses.asdict(options), layers=chosen,
                        seconds=round(time.time() - started, 2))
         with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
@@ -126,13 +114,13 @@ def _labels(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a != b else ("a", "b")
 
 
-def _write_differences(ta, tb, folder: str, labels: tuple[str, str]) -> dict:
+def _write_differences(ta, tb, folder: str, labels: tuple[str, str], config: RunConfig) -> dict:
     os.makedirs(os.path.join(folder, "plots"), exist_ok=True)
     summary: dict = {"labels": list(labels), "heads": {}, "matrices": {}}
     if ta.heads is not None:
         heads = difference_table(ta.heads, tb.heads)
         write_csv(heads, os.path.join(folder, "heads_diff.csv"))
-        stats = [s for s in (*HEADLINE, *KERNEL_HEADLINE) if s in ta.heads]
+        stats, _ = headline_statistics(config.analyses, ta.heads)
         for stat in stats:
             z = np.asarray(heads.get(f"{stat}_diff_z", np.full(len(heads["layer"]), np.nan)), float)
             i = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0

@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from spectrax.report.tables import short_list
+from spectrax.analyses.tables import short_list
 
 __all__ = [
     "MARKER",

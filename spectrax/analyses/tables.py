@@ -1,0 +1,65 @@
+"""Column tables, `{column: 1-D array}`: joining them, and their cells as JSON and Markdown text.
+
+Pure functions with no file I/O, so that analyses can describe their report sections and the
+report and run layers can write them (`spectrax.report.tables` writes CSV and JSON files).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Table", "concat", "format_number", "json_value", "list_markdown", "short_list", "to_markdown"]
+
+Table = Mapping[str, np.ndarray]
+
+
+def json_value(x) -> object:
+    """A table cell or summary value as JSON has it: str, int, float, None for NaN/None, and
+    "inf"/"-inf" for infinities (which JSON cannot hold)."""
+    if isinstance(x, (str, np.str_)):
+        return str(x)
+    if x is None:
+        return None
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    x = float(x)
+    if math.isnan(x):
+        return None
+    return str(x) if math.isinf(x) else x
+
+
+def format_number(x, digits: int = 4) -> str:
+    """A value for a Markdown cell: `digits` significant digits, "n/a" for NaN/None."""
+    x = json_value(x)
+    if x is None:
+        return "n/a"
+    return x if isinstance(x, str) else str(x) if isinstance(x, int) else f"{x:.{digits}g}"
+
+
+def concat(tables: Sequence[Table]) -> dict[str, np.ndarray]:
+    """Row-wise concatenation of tables with the same columns."""
+    return {k: np.concatenate([np.asarray(t[k]) for t in tables]) for k in tables[0]}
+
+
+def to_markdown(table: Table, columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    columns = list(columns or table)
+    rows = len(table[columns[0]])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_number(table[c][i], digits) for c in columns) + " |" for i in range(rows)]
+    return "\n".join(lines)
+
+
+def list_markdown(rows: Mapping[str, Sequence]) -> str:
+    """`to_markdown` of `{column: list}`: a column holding text stays text, any other is float
+    (None -> NaN -> "n/a")."""
+    return to_markdown({k: np.array(v, dtype=object if any(isinstance(x, str) for x in v) else float)
+                        for k, v in rows.items()})
+
+
+def short_list(items, limit: int = 3) -> str:
+    """`a, b, c and 4 more`: a list that keeps an error or report line short, however long it is."""
+    items = [str(x) for x in items]
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
