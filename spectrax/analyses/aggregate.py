@@ -23,8 +23,6 @@ __all__ = ["NUM_GROUPS", "by_kind", "finite_mean", "layer_means", "layer_table",
 
 NUM_GROUPS = 4  # layer groups of the source's tables
 
-_NULL = ("_null_mean", "_null_std")
-
 
 def finite_mean(x) -> float:
     """Mean over the finite entries (NaN and ±inf left out); NaN (and no warning) when there are none."""
@@ -40,17 +38,44 @@ def _nan_reduce(fn, x: np.ndarray) -> float:
 
 
 def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, np.ndarray]:
-    """`(layers,)` columns: the mean over each layer's heads of each stat and of its null mean/std
-    (when the table has them)."""
+    """`(layers,)` columns: the mean over each layer's heads of each stat and of its null mean, the
+    null std *of that mean* and its z (when the table has them).
+
+    The null std of a layer mean is the table's `<stat>_layer_null_std` (the analysis's estimate,
+    counting heads that share a K/V head), else the heads' null std over sqrt(heads) (independent
+    heads). The mean of the per-head null stds would be sqrt(heads) too wide.
+    """
     layers = np.asarray(table["layer"])
     ids = np.unique(layers)
     out = {"layer": ids}
     for stat in stats:
-        for column in (stat, *(stat + s for s in _NULL)):
+        for column in (stat, stat + "_null_mean"):
             if column in table:
                 values = np.asarray(table[column], float)
                 out[column] = np.array([_nan_reduce(np.mean, values[layers == i]) for i in ids])
+        if stat + "_layer_null_std" in table:
+            values = np.asarray(table[stat + "_layer_null_std"], float)
+            out[stat + "_null_std"] = np.array([_nan_reduce(np.mean, values[layers == i]) for i in ids])
+        elif stat + "_null_std" in table:
+            values, counted = np.asarray(table[stat + "_null_std"], float), ~np.isnan(np.asarray(table[stat], float))
+            out[stat + "_null_std"] = np.array([_nan_reduce(np.mean, values[layers == i])
+                                                / np.sqrt(max(np.sum(counted & (layers == i)), 1)) for i in ids])
+        if stat + "_null_std" in out and stat in out:
+            out[stat + "_z"] = _z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"])
     return out
+
+
+def _z(value, mean, std) -> np.ndarray:
+    value, mean, std = (np.asarray(x, float) for x in (value, mean, std))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(std > 0, (value - mean) / np.where(std > 0, std, 1.0), np.nan)
+
+
+def _mean_std(stds) -> float:
+    """Null std of a mean over independent layers (or groups), from each one's null std."""
+    stds = np.asarray(stds, float)
+    stds = stds[~np.isnan(stds)]
+    return float(np.sqrt(np.sum(stds**2)) / stds.size) if stds.size else float("nan")
 
 
 def pseudo_bulk(table: dict[str, np.ndarray], stat: str) -> tuple[np.ndarray, float]:
@@ -89,10 +114,14 @@ def group_means(per_layer: dict[str, np.ndarray], stats: Sequence[str], groups: 
         "last": np.array([g[-1] for g in groups]),
     }
     for stat in stats:
-        for column in (stat, *(stat + s for s in _NULL)):
+        for column in (stat, stat + "_null_mean"):
             if column in per_layer:
                 values = np.asarray(per_layer[column], float)
                 out[column] = np.array([_nan_reduce(np.mean, values[np.isin(layers, g)]) for g in groups])
+        if stat + "_null_std" in per_layer:  # layers are independent under the null
+            values = np.asarray(per_layer[stat + "_null_std"], float)
+            out[stat + "_null_std"] = np.array([_mean_std(values[np.isin(layers, g)]) for g in groups])
+            out[stat + "_z"] = _z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"])
     return out
 
 
@@ -106,8 +135,9 @@ def relative_change(base, other):
 
 def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray], stat: str) -> dict[str, float | None]:
     """Model-level aggregates of one stat: median and mean over layers of the per-layer mean, the
-    pseudo-bulk (when the table has `kv_head`), the null mean/std averaged over layers, and the
-    mean z over heads."""
+    pseudo-bulk (when the table has `kv_head`), the null of the mean over layers (`null_mean`,
+    `null_std`: layers independent, so `sqrt(sum std_l^2) / L` from each layer mean's null std)
+    with its `z`, and the mean per-head z."""
 
     def clean(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
@@ -118,9 +148,12 @@ def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray],
     }
     if "kv_head" in table:
         out["pseudo_bulk"] = clean(pseudo_bulk(table, stat)[1])
-    for suffix in _NULL:
-        if stat + suffix in per_layer:
-            out[suffix[1:]] = clean(_nan_reduce(np.mean, per_layer[stat + suffix]))
+    if stat + "_null_mean" in per_layer:
+        out["null_mean"] = clean(_nan_reduce(np.mean, per_layer[stat + "_null_mean"]))
+    if stat + "_null_std" in per_layer:  # of the mean over layers, layers independent under the null
+        out["null_std"] = clean(_mean_std(per_layer[stat + "_null_std"]))
+        if out["null_mean"] is not None and out["null_std"] and out["mean_over_layers"] is not None:
+            out["z"] = (out["mean_over_layers"] - out["null_mean"]) / out["null_std"]
     if f"{stat}_z" in table:
         out["mean_z"] = clean(_nan_reduce(np.mean, table[f"{stat}_z"]))
     return out

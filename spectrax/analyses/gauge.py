@@ -205,6 +205,8 @@ def _classify(column: str, invariant: bool, null_by_shape: bool, monte_carlo: bo
     word = {True: "invariant", False: "parametrization"}
     cols = {column: word[invariant], f"{column}_null_mean": word[null_by_shape],
             f"{column}_null_std": word[null_by_shape], f"{column}_z": word[invariant and null_by_shape]}
+    if column != "ffn_alignment":  # the null std of a layer mean (every statistic with per-head draws or an exact null)
+        cols[f"{column}_layer_null_std"] = word[null_by_shape]
     if monte_carlo:
         cols[f"{column}_pct"] = word[invariant and null_by_shape]
     return cols

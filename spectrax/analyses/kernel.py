@@ -317,7 +317,8 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     if w is not None and w.shape[1] != E:
         raise ValueError(f"MLP input matrix {w.shape} does not read the hidden size {E}")
     stats, basis, ffn, finite = _observe(q, k, w, top_k=k_eff)
-    nulls = _pooled_over_heads(kernel_null(key, q, k, num_draws=num_draws), q, k)
+    per_head = kernel_null(key, q, k, num_draws=num_draws)
+    nulls = _pooled_over_heads(per_head, q, k)
     if w is None:
         nulls["ffn_alignment"] = sp.NullSummary(np.float64(k_eff / E), np.float64(np.nan))
     else:
@@ -326,6 +327,9 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     cols = {"kv_head": sp.kv_head_index(H, KV)}
     cols.update({name: np.asarray(value) for name, value in columns.items()})
     cols["ffn_alignment_ratio"] = cols["ffn_alignment"] / np.float32(k_eff / E)
+    for name, null in per_head.items():  # the null of the layer mean: heads reading one key head share it
+        std = sp.mean_null_std(np.asarray(null.draws, np.float64), sp.kv_head_index(H, KV))
+        cols[f"{name}_layer_null_std"] = np.full(H, std, np.float32)
     cols["finite"] = np.asarray(finite).astype(np.int64)
     return cols, np.asarray(basis, np.float32)
 

@@ -108,13 +108,16 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
         observed = {**pair_spectra(decomposed[a].s, decomposed[b].s), **pair_vectors(decomposed[a], decomposed[b])}
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero matrix: degenerate, blanked below
             alpha_scale = rms[a] / (rms[b] if per_kv else rms[b][:, kv_of])
-        null = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
-                       {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2})
-        add(tag, _columns(observed, {**null, **exact}), per_kv)
+        groups = np.arange(k.shape[1]) if per_kv else kv_of  # query heads reading one K/V head share its draw
+        null, layer_std = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
+                                  {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
+        layer_std.update({name: _independent_mean_std(one.std, groups, n) for name, one in exact.items()})
+        add(tag, {**_columns(observed, {**null, **exact}), **_layer_columns(layer_std, len(groups))}, per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
-        null = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]})
-        add(m, _columns(observed, null), m != "q")
+        groups = np.arange(H if m == "q" else k.shape[1])
+        null, layer_std = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
+        add(m, {**_columns(observed, null), **_layer_columns(layer_std, len(groups))}, m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
     per_head = {m: c if m == "q" else c[:, kv_of] for m, c in
@@ -139,10 +142,33 @@ def _unit_rms(s, size: int) -> np.ndarray:
     return (s * np.sqrt(size) / np.linalg.norm(s, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray]) -> dict[str, sp.NullSummary]:
+def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray], groups: np.ndarray
+            ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray]]:
     """Per statistic, the null of unit-variance stand-ins pooled over the heads (axis 1 of `(n,
-    heads)`), times each head's scale factor for the statistics in `scales`."""
-    return {name: sp.pool_null(one, axis=1, scale=scales.get(name)) for name, one in sp.split_null(null).items()}
+    heads)`), times each head's scale factor for the statistics in `scales`; and `(n,)` the null
+    std of each layer's mean over its heads (`spectral.mean_null_std`: heads of one `groups` entry
+    share a draw of their K/V head, so their means are correlated)."""
+    pooled, layer_std = {}, {}
+    for name, one in sp.split_null(null).items():
+        scale = scales.get(name)
+        pooled[name] = sp.pool_null(one, axis=1, scale=scale)
+        draws = np.asarray(one.draws, np.float64) * (1.0 if scale is None else np.asarray(scale, np.float64))
+        layer_std[name] = sp.mean_null_std(draws, groups)
+    return pooled, layer_std
+
+
+def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
+    """Null std of a layer mean over independent heads: an exact null's per-head std over sqrt(heads).
+
+    Singular vectors of Gaussian matrices are uniform and independent of everything else, so two
+    query heads compared with one key head are independent under the null although they share it."""
+    return np.broadcast_to(np.asarray(std, np.float64) / np.sqrt(len(groups)), (layers,))
+
+
+def _layer_columns(layer_std: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
+    """`<stat>_layer_null_std` columns `(n, heads)`: each layer's value repeated on its heads' rows."""
+    return {f"{name}_layer_null_std": np.repeat(np.reshape(np.asarray(std, np.float32), (-1, 1)), heads, axis=1)
+            for name, std in layer_std.items()}
 
 
 DEGENERACY = ("", "rank-deficient", "subnormal", "zero")
@@ -197,7 +223,7 @@ def _spectrum_statistics(s) -> dict:
     return {name: stats[name] for name in _SPECTRUM}
 
 
-_SUFFIXES = ("_null_mean", "_null_std", "_z", "_pct")
+_SUFFIXES = ("_layer_null_std", "_null_mean", "_null_std", "_z", "_pct")
 
 
 def _name(column: str, tag: str) -> str:
@@ -227,6 +253,20 @@ def _block_rows(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, n
 
 HEADLINE = tuple(f"{s}_{p}" for p in PAIRS for s in ("pearson", "ssr", "cos_u", "cos_v", "grassmann"))
 _Z_NOTABLE = 3.0
+_ALIKE = {"pearson": 1, "ssr": -1, "cos_u": 1, "cos_v": 1, "grassmann": 1}  # which way means "more alike"
+
+
+def _direction(stat: str, z: float) -> str:
+    """A departure in words, relative to the laws' claim that the matrices are alike: `pearson_qk`
+    below its null reads "less alike than random: against the claim"."""
+    family, _, pair = stat.rpartition("_")
+    sign = _ALIKE.get(family)
+    if sign is None:
+        return "above the random null" if z > 0 else "below the random null"
+    more = sign * z > 0
+    what = "spectra" if family in ("pearson", "ssr") else "singular vectors"
+    return (f"{pair.upper()[0]} and {pair.upper()[1]} {what} {'more' if more else 'less'} alike than random matrices: "
+            f"{'in the direction of' if more else 'against'} the claim that they are alike")
 
 
 def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
@@ -309,12 +349,12 @@ def _spectra(tables: Tables) -> tuple[Spectrum, ...]:
 def render(summary: LawsSummary) -> Section:
     """The report's per-head section, `precision.csv`, z heatmaps and per-layer trends."""
     model = summary.model
-    rows: dict[str, list] = {"statistic": [], "median over layers": [], "mean over layers": [], "pseudo-bulk": [],
-                             "null mean": [], "null std": [], "mean z": []}
+    columns = (("statistic", None), ("median over layers", "median_over_layers"), ("mean over layers", "mean_over_layers"),
+               ("pseudo-bulk", "pseudo_bulk"), ("null mean", "null_mean"), ("null std of the mean", "null_std"),
+               ("z of the mean", "z"), ("mean per-head z", "mean_z"))
+    rows: dict[str, list] = {column: [] for column, _ in columns}
     for stat, v in model.items():
-        for column, key in (("statistic", None), ("median over layers", "median_over_layers"),
-                            ("mean over layers", "mean_over_layers"), ("pseudo-bulk", "pseudo_bulk"),
-                            ("null mean", "null_mean"), ("null std", "null_std"), ("mean z", "mean_z")):
+        for column, key in columns:
             rows[column].append(stat if key is None else v.get(key))
     lines = [
         "## Per-head statistics (laws)",
@@ -325,7 +365,10 @@ def render(summary: LawsSummary) -> Section:
         "vectors; and the Grassmann similarity of their row spaces. Spectrum statistics are set against "
         "Monte Carlo Gaussian spectra; cosine and Grassmann nulls are exact (E|cos| = Γ(d/2)/(√π Γ((d+1)/2)), "
         "Grassmann k/d). Aggregated as the source does: per-layer mean over heads, then median and mean over "
-        "layers; pseudo-bulk = median over the query heads of each (layer, KV head), then median across groups.",
+        "layers; pseudo-bulk = median over the query heads of each (layer, KV head), then median across groups. "
+        "The null of the mean over layers is that of the mean itself: each layer mean's null std counts the "
+        "correlation of query heads that share a key/value head, and layers are independent; its z is what "
+        "says whether the model as a whole departs from random matrices.",
         "",
         list_markdown(rows),
         "",
@@ -339,12 +382,16 @@ def render(summary: LawsSummary) -> Section:
         "What stands out:",
         "",
     ]
-    notable = [(s, v) for s, v in model.items() if v.get("mean_z") is not None and abs(v["mean_z"]) > _Z_NOTABLE]
+    notable = [(s, v) for s, v in model.items() if v.get("z") is not None and abs(v["z"]) > _Z_NOTABLE]
     if notable:
-        lines += [f"- `{s}` departs from the random null: mean z = {v['mean_z']:.1f} "
-                  f"(observed {format_number(v['median_over_layers'])} vs null {format_number(v['null_mean'])})." for s, v in notable]
+        lines += [f"- `{s}`: {_direction(s, v['z'])} (mean over layers {format_number(v['mean_over_layers'])} vs null "
+                  f"{format_number(v['null_mean'])}, z = {v['z']:.1f} of the mean; difference "
+                  f"{format_number(v['mean_over_layers'] - v['null_mean'])}, ratio "
+                  f"{format_number(v['mean_over_layers'] / v['null_mean']) if v['null_mean'] else 'n/a'})."
+                  for s, v in notable]
     else:
-        lines.append(f"- No statistic departs from its random null by more than {_Z_NOTABLE:g} standard deviations on average.")
+        lines.append(f"- No statistic's mean over layers departs from its random null by more than {_Z_NOTABLE:g} "
+                     "standard deviations of that mean.")
     pearson = model.get("pearson_qk", {})
     if pearson.get("null_mean") and pearson["null_mean"] > 0.9:
         lines.append(f"- Pearson r of sorted Q/K spectra is {pearson['null_mean']:.3f} for random matrices already: "

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from spectrax import spectral as sp
+from spectrax.analyses.aggregate import layer_means
 from spectrax.analyses.base import Plot, Spectrum
 from spectrax.analyses.tables import Table
 
@@ -80,13 +81,14 @@ def head_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: s
 
 
 def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Per-layer mean over heads of `stat`, with the null mean and a ±2 null-std band."""
-    layers = np.asarray(table["layer"])
-    ids = np.unique(layers)
-    per_layer = lambda c: np.array([np.nanmean(np.asarray(table[c], float)[layers == i]) for i in ids])
-    observed, null_mean, null_std = per_layer(stat), per_layer(f"{stat}_null_mean"), per_layer(f"{stat}_null_std")
+    """Per-layer mean over heads of `stat`, with the null mean and a ±2 band of the null std *of the
+    layer mean* (`aggregate.layer_means`), not of one head."""
+    per_layer = layer_means(table, [stat])
+    ids, observed = per_layer["layer"], per_layer[stat]
+    null_mean, null_std = per_layer[f"{stat}_null_mean"], per_layer[f"{stat}_null_std"]
     fig, ax = subplots(figsize=(6, 3.5))
-    ax.fill_between(ids, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.8", label="random null ±2σ")
+    ax.fill_between(ids, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.8",
+                    label="random null of the layer mean ±2σ")
     ax.plot(ids, null_mean, color="0.4", lw=1, ls="--", label="random null mean")
     ax.plot(ids, observed, "o-", color="C3", label=f"{stat} (mean over heads)")
     ax.set_xlabel("layer")

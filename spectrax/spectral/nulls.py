@@ -485,17 +485,16 @@ def mean_null_std(draws, groups) -> np.ndarray:
     """Null std of the mean of a statistic over the heads of a layer, from its per-head draws.
 
     Under the null, heads in different groups are independent, and heads in one group (query
-    heads reading one key/value head) are exchangeable and correlated through what they share. So
-    `Var(mean) = var / H * (1 + sum_g n_g (n_g - 1) / H * rho)`, with `var` the per-head null
-    variance and `rho` the correlation of two heads of one group, both estimated from all draws:
-    `rho` from every pair of distinct heads of a group within one draw (they share that draw's
-    key head). A layer mean is then `sqrt(H_eff)` times tighter than one head, `H_eff` between
-    the number of groups and `H`; dividing by `sqrt(H)` overstates it for statistics of shared heads.
+    heads reading one key/value head) are correlated through what they share:
+    `Var(mean) = (sum_h var_h + sum_{h != h' in one group} cov_hh') / H^2`, each variance and
+    covariance estimated from the draws (a pair of heads shares its group's draw of the shared
+    matrix within one draw). A layer mean is thus between `sqrt(groups)` and `sqrt(H)` times
+    tighter than one head; dividing by `sqrt(H)` overstates it for statistics of shared heads.
 
     Args:
-      draws: `(num_draws, ..., H)` per-head null draws, heads last (a pooled null's draws are
-        not per head; pass the draws before pooling); NaN draws are left out.
-      groups: `(H,)` group of each head (`kv_head_index`); all heads distinct for per-query statistics.
+      draws: `(num_draws, ..., H)` per-head null draws, heads last, each head at its own scale
+        (not pooled); NaN draws are left out.
+      groups: `(H,)` group of each head (`kv_head_index`); all distinct for independent heads.
 
     Returns:
       `(...)` null std of the mean over the H heads.
@@ -507,20 +506,16 @@ def mean_null_std(draws, groups) -> np.ndarray:
         raise ValueError(f"mean_null_std: groups {groups.shape} do not match {H} heads")
     with warnings.catch_warnings():  # a position whose every draw is NaN stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        centered = x - np.nanmean(x, axis=(0, -1), keepdims=True)
-        var = np.nanmean(centered**2, axis=(0, -1)) * _bessel(np.sum(np.isfinite(x), axis=(0, -1)))
+        centered = x - np.nanmean(x, axis=0)
+        dof = np.maximum(np.sum(np.isfinite(x), axis=0) - 1, 0)
+        var = np.nansum(centered**2, axis=0) / np.where(dof > 0, dof, np.nan)
+        total = np.sum(var, axis=-1)
         same = (groups[:, None] == groups[None, :]) & ~np.eye(H, dtype=bool)
-        pairs = int(same.sum())
-        if pairs:
-            products = np.einsum("...i,...j->...ij", np.nan_to_num(centered), np.nan_to_num(centered))[..., same]
-            rho = np.sum(products, axis=(0, -1)) / (pairs * x.shape[0]) / var
-        else:
-            rho = 0.0
-        return np.sqrt(var / H * (1 + pairs / H * rho))
-
-
-def _bessel(n):
-    return np.where(n > 1, n / np.maximum(n - 1, 1), np.nan)
+        if same.any():
+            c = np.nan_to_num(centered)
+            cov = np.einsum("n...i,n...j->...ij", c, c)[..., same] / np.max(np.where(dof > 0, dof, np.nan), axis=-1)[..., None]
+            total = total + np.sum(cov, axis=-1)
+        return np.sqrt(np.maximum(total, 0.0)) / H
 
 
 def split_null(null: NullSummary) -> dict[str, NullSummary]:

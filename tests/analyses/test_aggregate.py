@@ -22,7 +22,8 @@ def _table():
 def test_layer_means_skip_nan_heads():
     per_layer = layer_means(_table(), ["ssr"])
     np.testing.assert_allclose(per_layer["ssr"], [(1 + 3 + 10 + 20) / 4, (2 + 4 + 8) / 3])
-    np.testing.assert_allclose(per_layer["ssr_null_std"], [1.0, 2.0])
+    # the null std of a mean over the layer's finite heads, taken as independent (no `ssr_layer_null_std` column)
+    np.testing.assert_allclose(per_layer["ssr_null_std"], [1.0 / np.sqrt(4), 2.0 / np.sqrt(3)])
 
 
 def test_pseudo_bulk_is_median_of_group_medians():
@@ -37,8 +38,18 @@ def test_model_values():
     v = model_values(table, layer_means(table, ["ssr"]), "ssr")
     assert v["median_over_layers"] == pytest.approx(np.median([8.5, 14 / 3]))
     assert v["mean_over_layers"] == pytest.approx(np.mean([8.5, 14 / 3]))
-    assert v["pseudo_bulk"] == pytest.approx(4.0) and v["null_std"] == pytest.approx(1.5)
+    # the null of the mean over layers: the layers' null stds of their means (0.5, 2/sqrt(3)) combined
+    layer_stds = np.array([0.5, 2 / np.sqrt(3)])
+    assert v["pseudo_bulk"] == pytest.approx(4.0) and v["null_std"] == pytest.approx(np.sqrt(np.sum(layer_stds**2)) / 2)
+    assert v["z"] == pytest.approx((v["mean_over_layers"] - 5.0) / v["null_std"])
     assert v["mean_z"] == pytest.approx(30 / 7)
+
+
+def test_layer_means_use_the_analysis_null_of_a_layer_mean_where_given():
+    table = {**_table(), "ssr_layer_null_std": np.array([0.7] * 4 + [0.9] * 4)}
+    per_layer = layer_means(table, ["ssr"])
+    np.testing.assert_allclose(per_layer["ssr_null_std"], [0.7, 0.9])
+    np.testing.assert_allclose(per_layer["ssr_z"], (per_layer["ssr"] - 5.0) / np.array([0.7, 0.9]))
 
 
 def test_layer_groups_match_the_source_blocks():
