@@ -64,6 +64,13 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Test files holding end-to-end (`slow`) runs first, so that the two workers start on the
+    long files and finish together on the short ones (each worker takes whole files in this order)."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)
+
+
 def _memory_maps() -> tuple[int, int] | None:
     """(memory mappings this process holds, the kernel's limit), or None off Linux."""
     try:
