@@ -17,7 +17,6 @@ import textwrap
 import pytest
 
 from spectrax.io.hub import parse_repo_id, parse_size
-from tests.conftest import FAST_COMPILE
 from tests.conftest import CHECKPOINTS
 from tests.io.hub_server import FakeHub, disk_usage
 
@@ -219,7 +218,7 @@ def test_budgeted_analyze_resumes_after_a_dropped_download(tmp_path, hub):
         mark("failed")
         second = cli(*{argv!r})
         print(json.dumps({{"first": first, "second": second}}))
-    """, hub, tmp_path, XLA_FLAGS=FAST_COMPILE)
+    """, hub, tmp_path)
     rc, err = out["first"]
     assert rc == 2 and error_line(err).startswith(f"{REPO}: ") and "rerun to resume" in err, err
     assert out["second"][0] == 0
