@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from spectrax.analyses.tables import Table
+from spectrax.analyses.tables import ColumnTable, Table
 
 __all__ = ["Analysis", "LayerInput", "LayerOutput", "Options", "Plot", "Section", "Spectrum", "Tables", "layer_key"]
 
@@ -80,11 +80,18 @@ class Tables:
     """`heads`: one row per (layer, query head) (laws and kernel columns); `matrices`: one row per
     (layer, weight matrix), layer -1 for the embedding and output head (rank and esd columns);
     `arrays`: `{analysis: {layer: {name: array}}}`, what each analysis kept per layer. Absent
-    analyses leave `None` (or no entry)."""
+    analyses leave `None` (or no entry). Each table is a `ColumnTable`, a dict of columns with
+    `.to_pandas()` (`tables.heads.to_pandas()`, the `pandas` extra)."""
 
-    heads: dict[str, np.ndarray] | None
-    matrices: dict[str, np.ndarray] | None
+    heads: ColumnTable | None
+    matrices: ColumnTable | None
     arrays: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("heads", "matrices"):
+            table = getattr(self, name)
+            if table is not None and not isinstance(table, ColumnTable):
+                object.__setattr__(self, name, ColumnTable(table))
 
     @property
     def kernel_bases(self) -> np.ndarray | None:

@@ -1,7 +1,9 @@
-"""Column tables, `{column: 1-D array}`: joining them, and their cells as JSON and Markdown text.
+"""Column tables, `{column: 1-D array}`: joining them, their cells as JSON and Markdown text, and
+as pandas DataFrames.
 
 Pure functions with no file I/O, so that analyses can describe their report sections and the
-report and run layers can write them (`spectrax.report.tables` writes CSV and JSON files).
+report and run layers can write them (`spectrax.report.tables` writes CSV and JSON files; a
+DataFrame writes Parquet: `to_pandas(table).to_parquet(path)`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,34 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Table", "concat", "format_number", "json_value", "list_markdown", "short_list", "to_markdown"]
+__all__ = ["ColumnTable", "Table", "concat", "format_number", "json_value", "list_markdown", "short_list",
+           "to_markdown", "to_pandas"]
 
 Table = Mapping[str, np.ndarray]
+
+
+def to_pandas(table: Table):
+    """`table` as a `pandas.DataFrame`, one column per entry in order (text columns stay text,
+    NaN stays NaN). pandas is the optional `pandas` extra, imported here; Parquet needs pyarrow,
+    in the same extra: `to_pandas(table).to_parquet("heads.parquet")`.
+
+    Raises:
+      ImportError: pandas is not installed (one line naming the extra).
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("tables as DataFrames need pandas: pip install 'spectrax[pandas]'") from None
+    return pd.DataFrame({column: np.asarray(values) for column, values in table.items()})
+
+
+class ColumnTable(dict):
+    """A column table `{column: (rows,) array}` (a plain dict) that converts itself to a DataFrame:
+    `tables.heads.to_pandas()`."""
+
+    def to_pandas(self):
+        """This table as a `pandas.DataFrame` (`to_pandas`; the `pandas` extra)."""
+        return to_pandas(self)
 
 
 def json_value(x) -> object:
@@ -39,9 +66,9 @@ def format_number(x, digits: int = 4) -> str:
     return x if isinstance(x, str) else str(x) if isinstance(x, int) else f"{x:.{digits}g}"
 
 
-def concat(tables: Sequence[Table]) -> dict[str, np.ndarray]:
+def concat(tables: Sequence[Table]) -> ColumnTable:
     """Row-wise concatenation of tables with the same columns."""
-    return {k: np.concatenate([np.asarray(t[k]) for t in tables]) for k in tables[0]}
+    return ColumnTable({k: np.concatenate([np.asarray(t[k]) for t in tables]) for k in tables[0]})
 
 
 def to_markdown(table: Table, columns: Sequence[str] | None = None, digits: int = 3) -> str:

@@ -1,9 +1,15 @@
 """Figures: layer x head heatmaps, per-layer trends against the null band, layer x layer
-similarity, spectra against Marchenko-Pastur, and A-vs-B differences."""
+similarity, spectra against Marchenko-Pastur, and A-vs-B differences.
+
+Every plotting function returns a `matplotlib.figure.Figure` (shown inline by a notebook) and
+writes a PNG only when given a `path`. Figures are built with matplotlib's object API, never
+pyplot: no global figure list, backend or rcParams is touched.
+"""
 
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 import matplotlib.colors
@@ -23,18 +29,40 @@ __all__ = ["subplots", "save_figure", "head_heatmap", "layer_trend", "matrix_hea
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
 
 
-def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs):
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
+             layout: str | None = None, **kwargs):
     """`(figure, axes)` like `pyplot.subplots`, without pyplot: a `Figure` no backend or global
     figure list knows about (so it never switches the user's backend, opens a window or leaks);
-    `kwargs` go to `Figure.subplots` (sharex, squeeze, height_ratios, gridspec_kw, ...)."""
-    fig = Figure(figsize=figsize)
+    `layout` is the figure's layout engine (this module's figures use `"constrained"`, which keeps
+    colour bars and titles inside the figure; None: `save_figure` applies `tight_layout`), `kwargs`
+    go to `Figure.subplots` (sharex, squeeze, height_ratios, gridspec_kw, ...)."""
+    fig = Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-    """Lay out and write (120 dpi) a figure; nothing holds it afterwards."""
-    fig.tight_layout()
+    """Write (120 dpi) a figure, laid out first if it has no layout engine of its own."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _done(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _set_title(ax, text: str, width: float, fontsize: float = 10) -> None:
+    """A title wrapped to the axes' figure width (inches), so a narrow figure does not cut it."""
+    chars = max(16, int(width * 72 / (0.55 * fontsize)) - 4)
+    ax.set_title("\n".join(textwrap.wrap(text, chars)), fontsize=fontsize)
+
+
+def _heatmap_size(columns: int, rows: int) -> tuple[float, float]:
+    """Inches for a heatmap of `columns` x `rows` cells and a colour bar: cells shrink past 40
+    columns or rows, so 64 heads (or 80 layers) still fit a notebook's width (or a screen)."""
+    return min(14.0, max(5.0, 0.3 * columns + 2.5)), min(12.0, max(3.5, 0.28 * rows + 1.8))
 
 
 def _z_norm(grid: np.ndarray) -> matplotlib.colors.Normalize:
@@ -46,12 +74,21 @@ def _z_norm(grid: np.ndarray) -> matplotlib.colors.Normalize:
     return matplotlib.colors.SymLogNorm(linthresh=3.0, linscale=1.0, vmin=-bound, vmax=bound, base=10)
 
 
-def _z_colorbar(fig, im, ax, label: str) -> None:
-    bar = fig.colorbar(im, ax=ax, label=label)
+def _z_colorbar(fig: Figure, im, ax, label: str, height: float) -> None:
+    """Colour bar of a z-score heatmap `height` inches tall: ticks at 0, ±3, ±10, ... and ±the
+    bound, those closer than a label's height to a kept one dropped; a logarithmic scale says so."""
+    log = isinstance(im.norm, matplotlib.colors.SymLogNorm)
+    bar = fig.colorbar(im, ax=ax, label=f"{label}\n(symlog: linear within ±3, log beyond)" if log else label)
     bound = im.norm.vmax
-    ticks = [t for t in (3, 10, 30, 100, 300, 1000, 3000) if t < bound * 0.6] + [bound]
-    bar.set_ticks([-t for t in reversed(ticks)] + [0] + ticks)
-    bar.set_ticklabels([f"{-t:.0f}" for t in reversed(ticks)] + ["0"] + [f"{t:.0f}" for t in ticks])
+    gap = 0.2 / max(height - 1.0, 1.0)  # a tick label's height, as a fraction of the bar
+    kept = [0.0, bound]
+    for t in (3, 10, 30, 100, 300, 1000, 3000, 10000):
+        if t < bound and all(abs(float(im.norm(t)) - float(im.norm(k))) >= gap for k in kept):
+            kept.append(float(t))
+    ticks = sorted({-t for t in kept if t} | set(kept))
+    bar.set_ticks(ticks)
+    bar.set_ticklabels([f"{t:.0f}" for t in ticks])
+    bar.minorticks_off()
 
 
 def _grid(table: Table, column: str) -> np.ndarray:
@@ -62,31 +99,49 @@ def _grid(table: Table, column: str) -> np.ndarray:
     return grid
 
 
-def head_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Layer x head heatmap of `column`; a z-score column gets a symmetric diverging scale."""
+def head_heatmap(table: Table, column: str, path: str | os.PathLike | None = None, *,
+                 title: str | None = None) -> Figure:
+    """Layer x head heatmap of `column`; a z-score column gets a symmetric diverging scale.
+    Returns the figure; writes it to `path` when given."""
     grid = _grid(table, column)
     ids = np.unique(np.asarray(table["layer"]))
-    fig, ax = subplots(figsize=(max(4, 0.35 * grid.shape[1] + 2), max(3, 0.3 * grid.shape[0] + 1.5)))
+    size = _heatmap_size(grid.shape[1], grid.shape[0])
+    fig, ax = subplots(figsize=size, layout="constrained")
     if column.endswith("_z"):
         im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, norm=_z_norm(grid), interpolation="nearest")
-        _z_colorbar(fig, im, ax, column)
+        _z_colorbar(fig, im, ax, column, size[1])
     else:
         im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
         fig.colorbar(im, ax=ax, label=column)
     ax.set_xlabel("query head")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=16, integer=True))
     ax.set_ylabel("layer")
-    ax.set_yticks(range(len(ids)), [str(i) for i in ids]) if len(ids) <= 40 else None
-    ax.set_title(title or column)
-    save_figure(fig, path)
+    _layer_ticks(ax, ids)
+    _set_title(ax, title or column, size[0])
+    return _done(fig, path)
 
 
-def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str | None = None) -> None:
+def _labelled(ids: np.ndarray, most: int = 40) -> list[int]:
+    """Which rows of a layer axis get a label: all up to `most` rows, else those of layers 0, 5,
+    10, ... (a step of 2, 5, 10, 20, ...: about 20 labels); the embeddings' row (-1) always."""
+    step = 1 if len(ids) <= most else next((s for s in (2, 5, 10, 20, 50, 100, 200, 500) if len(ids) <= 20 * s), 1000)
+    return [r for r, i in enumerate(ids) if i < 0 or i % step == 0]
+
+
+def _layer_ticks(ax, ids: np.ndarray) -> None:
+    rows = _labelled(ids)
+    ax.set_yticks(rows, ["emb" if ids[r] < 0 else str(ids[r]) for r in rows])
+
+
+def layer_trend(table: Table, stat: str, path: str | os.PathLike | None = None, *,
+                title: str | None = None) -> Figure:
     """Per-layer mean over heads of `stat`, with the null mean and a ±2 band of the null std *of the
-    layer mean* (`aggregate.layer_means`), not of one head."""
+    layer mean* (`aggregate.layer_means`), not of one head. Returns the figure; writes it to
+    `path` when given."""
     per_layer = layer_means(table, [stat])
     ids, observed = per_layer["layer"], per_layer[stat]
     null_mean, null_std = per_layer[f"{stat}_null_mean"], per_layer[f"{stat}_null_std"]
-    fig, ax = subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5), layout="constrained")
     ax.fill_between(ids, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.8",
                     label="random null of the layer mean ±2σ")
     ax.plot(ids, null_mean, color="0.4", lw=1, ls="--", label="random null mean")
@@ -94,38 +149,41 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike, *, title: str 
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(stat)
-    ax.set_title(title or stat)
+    _set_title(ax, title or stat, 6)
     ax.legend(fontsize=8)
-    save_figure(fig, path)
+    return _done(fig, path)
 
 
-def matrix_heatmap(table: Table, column: str, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Layer x matrix heatmap of a z-score column of the rank table (rows: layers, -1 = embeddings)."""
+def matrix_heatmap(table: Table, column: str, path: str | os.PathLike | None = None, *,
+                   title: str | None = None) -> Figure:
+    """Layer x matrix heatmap of a z-score column of the rank table (rows: layers, -1 = embeddings).
+    Returns the figure; writes it to `path` when given."""
     layers = np.asarray(table["layer"])
     names = list(dict.fromkeys(np.asarray(table["matrix"]).tolist()))
     ids = np.unique(layers)
     grid = np.full((len(ids), len(names)), np.nan)
     for layer, name, value in zip(layers, table["matrix"], np.asarray(table[column], float)):
         grid[np.searchsorted(ids, layer), names.index(name)] = value
-    fig, ax = subplots(figsize=(max(5, 0.7 * len(names) + 2), max(3, 0.3 * len(ids) + 1.5)))
+    size = (min(14.0, max(5.0, 0.7 * len(names) + 2.5)), _heatmap_size(1, len(ids))[1] + 0.8)  # + rotated names
+    fig, ax = subplots(figsize=size, layout="constrained")
     im = ax.imshow(grid, aspect="auto", cmap=_DIVERGING, norm=_z_norm(grid), interpolation="nearest")
-    _z_colorbar(fig, im, ax, column)
+    _z_colorbar(fig, im, ax, column, size[1] - 0.8)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(ids)), ["emb" if i < 0 else str(i) for i in ids]) if len(ids) <= 40 else None
+    _layer_ticks(ax, ids)
     ax.set_ylabel("layer")
-    ax.set_title(title or column)
-    save_figure(fig, path)
+    _set_title(ax, title or column, size[0])
+    return _done(fig, path)
 
 
-def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.PathLike, *, chance: float,
-                       title: str | None = None) -> None:
+def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.PathLike | None = None, *,
+                       chance: float, title: str | None = None) -> Figure:
     """Layer x layer similarity with the diagonal (always 1) masked, so the colour scale spends
     itself on the off-diagonal values; the chance level is marked on the colour bar and values are
-    written in the cells of small matrices."""
+    written in the cells of small matrices. Returns the figure; writes it to `path` when given."""
     grid = np.array(matrix, float)
     np.fill_diagonal(grid, np.nan)
     top = max(float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0, 2 * chance, 0.05)
-    fig, ax = subplots(figsize=(6.5, 5.5))
+    fig, ax = subplots(figsize=(6.5, 5.5), layout="constrained")
     im = ax.imshow(grid, cmap=matplotlib.colormaps["magma"].with_extremes(bad="0.85"), vmin=0, vmax=top,
                    interpolation="nearest")
     bar = fig.colorbar(im, ax=ax, label="Grassmann similarity (diagonal = 1, masked)")
@@ -136,27 +194,29 @@ def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.Pa
                 if i != j and np.isfinite(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="w" if grid[i, j] < 0.6 * top else "k")
-    ticks = np.arange(len(layers)) if len(layers) <= 24 else np.linspace(0, len(layers) - 1, 12).astype(int)
+    ticks = _labelled(np.asarray(layers), most=24)
     ax.set_xticks(ticks, [str(layers[t]) for t in ticks])
     ax.set_yticks(ticks, [str(layers[t]) for t in ticks])
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
-    ax.set_title(f"{title or 'layer x layer similarity'}\nchance level {chance:.3g}: cyan line on the colour bar", fontsize=9)
-    save_figure(fig, path)
+    _set_title(ax, f"{title or 'layer x layer similarity'}; chance level {chance:.3g}: cyan line on the colour bar",
+               6.5, fontsize=9)
+    return _done(fig, path)
 
 
-def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLike, *, title: str | None = None) -> None:
+def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLike | None = None, *,
+                   title: str | None = None) -> Figure:
     """The ESD of one matrix against its fitted Marchenko-Pastur law, on log axes so the bulk and
     the outliers both show: a histogram of log10 of `lambda = s^2 / max(m, n)` with the MP density,
     and the ranked eigenvalues against MP quantiles (spikes leave the diagonal at the top, a heavy
-    tail bends away from it)."""
+    tail bends away from it). Returns the figure; writes it to `path` when given."""
     shape = tuple(int(d) for d in shape)
     lam = np.sort(np.asarray(sp.eigenvalues(s, shape), float))
     fit = sp.mp_fit(np.asarray(s, np.float32), shape)
     ratio, sigma2, edge = sp.aspect_ratio(shape), float(fit.sigma2), float(fit.lambda_plus)
     lo_edge = float(sp.mp_edges(ratio, sigma2)[0])
     positive = lam[lam > 0]
-    fig, (left, right) = subplots(1, 2, figsize=(10.5, 3.9))
+    fig, (left, right) = subplots(1, 2, figsize=(10.5, 3.9), layout="constrained")
     if positive.size:
         y = np.log10(positive)
         left.hist(y, bins=min(60, max(12, y.size // 4)), density=True, color="C0", alpha=0.6, label="eigenvalues s²/N")
@@ -175,19 +235,32 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
     span = [min(quantiles[keep].min(), lam[keep].min()), max(quantiles[keep].max(), lam[keep].max())] if keep.any() else [1e-3, 1]
     right.loglog(span, span, color="k", lw=1, label="= Marchenko-Pastur")
     right.axhline(edge, color="C3", ls="--", lw=1)
+    for axis in (right.xaxis, right.yaxis):
+        axis.set_minor_formatter(_minor_log_labels(span[1] / span[0]))
     right.set_xlabel("Marchenko-Pastur quantile")
     right.set_ylabel("observed eigenvalue")
     right.legend(fontsize=7)
     fig.suptitle(title or "spectrum vs Marchenko-Pastur", fontsize=10)
-    save_figure(fig, path)
+    return _done(fig, path)
 
 
-def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, labels: tuple[str, str],
-                  title: str | None = None) -> None:
+def _minor_log_labels(ratio: float) -> matplotlib.ticker.Formatter:
+    """Minor tick labels of a log axis spanning `ratio`: 2x and 5x each power of ten under two
+    decades (matplotlib's own labels every minor tick there, and they overlap), none beyond."""
+    def label(v: float, _) -> str:
+        lead = round(v / 10.0 ** np.floor(np.log10(v))) if v > 0 else 0
+        return f"{v:.2g}" if ratio < 100 and lead in (2, 5) else ""
+
+    return matplotlib.ticker.FuncFormatter(label)
+
+
+def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike | None = None, *,
+                  labels: tuple[str, str], title: str | None = None) -> Figure:
     """Per-layer means of `stat` for two checkpoints over the null band (top) and their
-    difference b - a against ±2 standard deviations of the difference of two null draws (bottom)."""
+    difference b - a against ±2 standard deviations of the difference of two null draws (bottom).
+    Returns the figure; writes it to `path` when given."""
     layers = np.asarray(a["layer"], float)
-    fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2))
+    fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2), layout="constrained")
     null_mean = np.asarray(a[f"{stat}_null_mean"], float)
     null_std = np.asarray(a[f"{stat}_null_std"], float)
     top.fill_between(layers, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.85", label="random null ±2σ")
@@ -205,7 +278,7 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike, *, lab
     bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     bottom.legend(fontsize=7)
     fig.suptitle(title or stat, fontsize=10)
-    save_figure(fig, path)
+    return _done(fig, path)
 
 
 def draw(plot: Plot, folder: str | os.PathLike) -> str:
@@ -213,12 +286,12 @@ def draw(plot: Plot, folder: str | os.PathLike) -> str:
     kinds = {f.__name__: f for f in (head_heatmap, layer_trend, matrix_heatmap, similarity_heatmap, spectrum_vs_mp,
                                      compare_trend)}
     path = os.path.join(folder, f"{plot.name}.png")
-    kinds[plot.kind](*plot.args, path, **plot.kwargs)
+    kinds[plot.kind](*plot.args, path=path, **plot.kwargs)
     return path
 
 
 def draw_spectrum(spectrum: Spectrum, folder: str | os.PathLike) -> str:
     """`spectrum_vs_mp` of a `Spectrum` into `folder/<spectrum.name>.png`; returns the path."""
     path = os.path.join(folder, f"{spectrum.name}.png")
-    spectrum_vs_mp(spectrum.s, spectrum.shape, path, title=spectrum.title)
+    spectrum_vs_mp(spectrum.s, spectrum.shape, path=path, title=spectrum.title)
     return path
