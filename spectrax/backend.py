@@ -1,8 +1,8 @@
 """JAX's CPU backend sized for batched decompositions: an explicit call, never a side effect of import.
 
     import spectrax as sx
-    sx.configure_cpu()                  # first thing, before any JAX array exists
-    sx.configure_cpu(num_devices=2)     # or one CPU device per core, as the command line does
+    sx.configure_cpu()                  # first thing, before any JAX array exists: one CPU device per core
+    sx.configure_cpu(num_devices=2)     # or a chosen number of CPU devices
     sx.enable_compilation_cache()       # compiled programs kept on disk: the next run compiles nothing
 
 In a notebook, call it in the first cell after the imports (before anything creates an array);
@@ -44,8 +44,13 @@ def configure_cpu(num_devices: int | None = None) -> None:
       inside each call oversubscribes the cores (2.5-16x slower on 2 cores, benchmarks/RESULTS.md).
       numpy's own OpenBLAS, loaded when numpy was imported, keeps its threads.
 
-    and, if `num_devices` is given, that many CPU devices (`jax_num_cpu_devices`; otherwise JAX's
-    choice: one, or `--xla_force_host_platform_device_count` from `XLA_FLAGS`).
+    and `num_devices` CPU devices (`jax_num_cpu_devices`), by default one per core, as the command
+    line runs: the per-head analyses split their heads over `jax.local_devices()` at call time, and
+    jaxlib's CPU decompositions (the Householder fallback, the SVD of each head's triangle) use one
+    core per matrix, so one device per core keeps every core busy. A count the user already chose
+    (`jax_num_cpu_devices`, `JAX_NUM_CPU_DEVICES`, or `--xla_force_host_platform_device_count` in
+    `XLA_FLAGS`) is kept when `num_devices` is None. On a GPU or TPU the analyses run on the
+    accelerators and the CPU devices stay idle.
 
     Raises:
       RuntimeError: JAX's backends have already started (an array was created or a function
@@ -57,6 +62,10 @@ def configure_cpu(num_devices: int | None = None) -> None:
     if _jax_started():
         raise RuntimeError("configure_cpu must be called before JAX starts (before the first array is created "
                            "or function compiled); restart the process or notebook kernel and call it first")
+    chosen = (jax.config.jax_num_cpu_devices != -1
+              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    if num_devices is None and not chosen:
+        num_devices = os.cpu_count() or 1
     if num_devices is not None:
         jax.config.update("jax_num_cpu_devices", int(num_devices))
     os.environ.setdefault("NPROC", str(max(8, 4 * (os.cpu_count() or 1))))

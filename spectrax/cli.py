@@ -189,20 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def use_every_core() -> None:
-    """`configure_cpu` with one JAX CPU device per core, unless the user chose a device count.
-
-    The default kernel (CholeskyQR2) is matrix products that use every core anyway; its
-    Householder fallback and the Householder/SVD kernels are jaxlib LAPACK calls that decompose
-    one matrix at a time on one core, and the per-head analyses split their heads over the local
-    devices, so one device per core keeps every core busy on those too (on a GPU or TPU machine
-    the CPU devices are not used for the analyses). Nothing changes when JAX has already started
+    """`configure_cpu()`: one JAX CPU device per core unless the user chose a device count (what
+    `sx.configure_cpu()` does from Python too). Nothing changes when JAX has already started
     (`main` called inside a running program: tests, a notebook).
     """
     from spectrax.backend import configure_cpu
 
-    chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     try:
-        configure_cpu(None if chosen else os.cpu_count() or 1)
+        configure_cpu()
     except RuntimeError:
         pass
 

@@ -55,8 +55,11 @@ def pytest_configure(config):
     suite compiles almost nothing; with `-p no:cacheprovider` it lives in a folder for this run.
     """
     # What the command line and scripts do: XLA's pool sized for batched decompositions. Here, not at
-    # import: test modules import this file again as `tests.conftest`, after JAX has started.
-    spectrax.configure_cpu()
+    # import: test modules import this file again as `tests.conftest`, after JAX has started. One
+    # CPU device unless XLA_FLAGS asks for more (users get one per core): each test worker shares the 2 cores with the other, and
+    # several devices are tested in their own processes (test_sharding, test_laws, the CLI's runs).
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    spectrax.configure_cpu(num_devices=None if forced else 1)
     cache = config.cache.mkdir("jax-compilation-cache") if getattr(config, "cache", None) else None
     if cache is None:
         cache = tempfile.mkdtemp(prefix="spectrax-jax-cache-")

@@ -55,6 +55,15 @@ except RuntimeError as err:
     assert out[1].startswith("refused: configure_cpu must be called before JAX starts")
 
 
+def test_configure_cpu_defaults_to_one_device_per_core_unless_a_count_was_chosen():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    code = "import jax, spectrax; spectrax.configure_cpu(); print(jax.local_device_count())"
+    assert _python(code, env=env).stdout.split() == [str(os.cpu_count())]
+    forced = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    assert _python(code, env=forced).stdout.split() == ["3"]
+    assert _python(code, env={**env, "JAX_NUM_CPU_DEVICES": "5"}).stdout.split() == ["5"]
+
+
 def test_configure_cpu_keeps_the_users_settings_and_refuses_zero_devices():
     env = {**os.environ, "NPROC": "5", "OPENBLAS_NUM_THREADS": "2"}
     out = _python("import os, spectrax; spectrax.configure_cpu(); print(os.environ['NPROC'], os.environ['OPENBLAS_NUM_THREADS'])",

@@ -123,16 +123,24 @@ def ffn_input(mlp: dict | None) -> jax.Array | None:
     raise ValueError(f"MLP has neither 'gate' nor 'up' (keys: {sorted(mlp)}); cannot pick its input matrix")
 
 
-@functools.partial(jax.jit, static_argnames=("top_k",))
-def _observe(q, k, w, top_k):
-    """Kernel statistics `{name: (H,)}`, key-side bases `(H, E, k)`, alignment `(H,)`, finite `(H,)`."""
+def _kernel_svd(q, k, top_k: int):
+    """`qk_kernel_svd` of one layer, `q (H, D, E)`, `k (KV, D, E)`, its KV groups split over the
+    local devices at call time (`spectral.sharded`; one device gives the plain call)."""
+    H, KV = q.shape[0], k.shape[0]
+    grouped = sp.sharded(sp.qk_kernel_svd)(q.reshape(KV, H // KV, *q.shape[1:]), k[:, None], top_k=top_k)
+    return jax.tree.map(lambda x: x.reshape(H, *x.shape[2:]), grouped)
+
+
+@jax.jit
+def _observe(s, key_vectors, q, k, w):
+    """Kernel statistics `{name: (H,)}`, key-side bases `(H, E, k)`, alignment `(H,)`, finite `(H,)`
+    from the kernels' singular values `s (H, r)` and key-side vectors `(H, E, k)`."""
     H, KV = q.shape[0], k.shape[0]
     kv_of = sp.kv_head_index(H, KV)
-    out = sp.qk_kernel_svd(q, k, top_k=top_k)
-    stats = kernel_statistics(out.s)
+    stats = kernel_statistics(s)
     # A zero kernel has no top-k subspace (the QR/SVD would return arbitrary axes): NaN it.
-    defined = jnp.isfinite(out.s[:, 0]) & (out.s[:, 0] > 0)
-    basis = jnp.where(defined[:, None, None], out.key, jnp.full((), jnp.nan, out.key.dtype))
+    defined = jnp.isfinite(s[:, 0]) & (s[:, 0] > 0)
+    basis = jnp.where(defined[:, None, None], key_vectors, jnp.full((), jnp.nan, key_vectors.dtype))
     if w is None:
         ffn = jnp.full((H,), jnp.nan, basis.dtype)
     else:
@@ -316,7 +324,8 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     w = ffn_input(mlp)
     if w is not None and w.shape[1] != E:
         raise ValueError(f"MLP input matrix {w.shape} does not read the hidden size {E}")
-    stats, basis, ffn, finite = _observe(q, k, w, top_k=k_eff)
+    out = _kernel_svd(q, k, k_eff)
+    stats, basis, ffn, finite = _observe(out.s, out.key, q, k, w)
     per_head = kernel_null(key, q, k, num_draws=num_draws)
     nulls = _pooled_over_heads(per_head, q, k)
     if w is None:

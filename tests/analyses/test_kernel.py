@@ -378,3 +378,51 @@ def test_end_to_end_layers_feed_the_summary():
     json.dumps(out, allow_nan=False)
     assert out["bottleneck"]["layer"] == 1 and out["bottleneck"]["below_null_3std"] is True
     assert len(out["adjacent_similarity"]["pairs"]) == 2
+
+
+_KERNEL_ON_DEVICES = r"""
+import sys
+import jax
+import numpy as np
+from spectrax.analyses import kernel as kn
+assert jax.local_device_count() == 4, jax.devices()
+data = dict(np.load(sys.argv[1]))
+svd, devices = kn.sp.qk_kernel_svd, []
+def spy(q, k, top_k):  # the kernel SVD sees its inputs spread over every device
+    devices.append(len(q.sharding.device_set))
+    return svd(q, k, top_k=top_k)
+kn.sp.qk_kernel_svd = spy
+cols, bases = kn.kernel_layer({"q": data["q"], "k": data["k"]}, {"gate": data["gate"]}, jax.random.key(5),
+                              top_k=4, num_draws=4)
+assert devices == [4], devices
+np.savez(sys.argv[2], bases=bases, **cols)
+"""
+
+
+def test_kv_groups_split_over_four_cpu_devices_give_the_one_device_table(tmp_path):
+    """6 query / 3 KV heads (3 groups, padded to 4) on 4 emulated CPU devices: the same table and
+    bases as on one device (the Python API and the command line split them over the local devices)."""
+    import os
+    import subprocess
+    import sys
+
+    from spectrax.spectral import sharding
+
+    rng = np.random.default_rng(8)
+    data = {"q": rng.standard_normal((6, 8, 48)), "k": rng.standard_normal((3, 8, 48)),
+            "gate": rng.standard_normal((40, 48))}
+    data = {n: x.astype(np.float32) for n, x in data.items()}
+    np.savez(tmp_path / "layer.npz", **data)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = sharding.cpu_devices_env(4)
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", _KERNEL_ON_DEVICES, str(tmp_path / "layer.npz"), str(tmp_path / "out.npz")],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    four = np.load(tmp_path / "out.npz")
+    cols, bases = kn.kernel_layer({"q": data["q"], "k": data["k"]}, {"gate": data["gate"]}, jax.random.key(5),
+                                  top_k=4, num_draws=4)
+    assert set(four.files) == set(cols) | {"bases"}
+    np.testing.assert_allclose(four["bases"], bases, rtol=2e-5, atol=1e-5)
+    for name, value in cols.items():
+        np.testing.assert_allclose(four[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
