@@ -130,6 +130,22 @@ def run_as_user(function: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def run_on_cpu_devices(code: str, *args: str, devices: int = 4) -> None:
+    """Run the Python `code` (`args` in its `sys.argv[1:]`; it asserts) in a fresh interpreter with
+    `devices` emulated CPU devices (`sharding.cpu_devices_env`), the repository on its path."""
+    import subprocess
+    import sys
+
+    from spectrax.spectral import sharding
+
+    root = str(pathlib.Path(__file__).parent.parent)
+    env = sharding.cpu_devices_env(devices)
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 def experiment(name: str):
     """The script module `experiments/<name>.py` (the repository root is on pytest's path)."""
     return importlib.import_module(f"experiments.{name}")

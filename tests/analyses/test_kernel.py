@@ -10,6 +10,7 @@ import pytest
 
 from spectrax import spectral as sp
 from spectrax.analyses import kernel as kn
+from tests.conftest import run_on_cpu_devices
 
 # One layer shape, top_k and draw count for most tests: each distinct combination is a compile.
 DRAWS, TOP_K = 16, 4
@@ -402,23 +403,12 @@ np.savez(sys.argv[2], bases=bases, **cols)
 def test_kv_groups_split_over_four_cpu_devices_give_the_one_device_table(tmp_path):
     """6 query / 3 KV heads (3 groups, padded to 4) on 4 emulated CPU devices: the same table and
     bases as on one device (the Python API and the command line split them over the local devices)."""
-    import os
-    import subprocess
-    import sys
-
-    from spectrax.spectral import sharding
-
     rng = np.random.default_rng(8)
     data = {"q": rng.standard_normal((6, 8, 48)), "k": rng.standard_normal((3, 8, 48)),
             "gate": rng.standard_normal((40, 48))}
     data = {n: x.astype(np.float32) for n, x in data.items()}
     np.savez(tmp_path / "layer.npz", **data)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = sharding.cpu_devices_env(4)
-    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-c", _KERNEL_ON_DEVICES, str(tmp_path / "layer.npz"), str(tmp_path / "out.npz")],
-                          env=env, cwd=root, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_cpu_devices(_KERNEL_ON_DEVICES, str(tmp_path / "layer.npz"), str(tmp_path / "out.npz"))
     four = np.load(tmp_path / "out.npz")
     cols, bases = kn.kernel_layer({"q": data["q"], "k": data["k"]}, {"gate": data["gate"]}, jax.random.key(5),
                                   top_k=4, num_draws=4)

@@ -5,7 +5,7 @@ import numpy as np
 
 from spectrax.run import Options, collect
 from spectrax.analyses.laws import head_laws
-from tests.conftest import CHECKPOINTS
+from tests.conftest import CHECKPOINTS, run_on_cpu_devices
 
 
 def laws_table(path, layers=None, num_draws=4):
@@ -159,23 +159,12 @@ np.savez(sys.argv[2], **{k: v.astype(str) if v.dtype == object else v for k, v i
 def test_heads_split_over_four_cpu_devices_give_the_one_device_table(tmp_path):
     """6 query / 2 KV heads (padded to 8 / 4) on 4 emulated CPU devices: the same table, draws
     included, as on one device; the command line sets up one CPU device per core."""
-    import os
-    import subprocess
-    import sys
-
     import jax
-
-    from spectrax.spectral import sharding
 
     rng = np.random.default_rng(8)
     attn = {m: rng.standard_normal((1, n, 8, 48)).astype(np.float32) for m, n in (("q", 6), ("k", 2), ("v", 2))}
     np.savez(tmp_path / "attn.npz", **attn)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = sharding.cpu_devices_env(4)
-    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-c", _LAWS_ON_DEVICES, str(tmp_path / "attn.npz"), str(tmp_path / "out.npz")],
-                          env=env, cwd=root, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_cpu_devices(_LAWS_ON_DEVICES, str(tmp_path / "attn.npz"), str(tmp_path / "out.npz"))
     four = np.load(tmp_path / "out.npz")
     one = head_laws(attn, jax.random.key(5), num_draws=4)
     assert set(four.files) == set(one)
