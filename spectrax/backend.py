@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 
 import jax
 
@@ -34,11 +35,11 @@ def configure_cpu(num_devices: int | None = None) -> None:
 
     Sets, in this process's environment:
 
-    - `NPROC` (XLA's CPU thread pool size, read when the CPU client starts) to 4x the cores, at
-      least 8, unless already set. jaxlib's batched CPU LAPACK kernels (QR, SVD) block a pool
-      thread while their sub-tasks wait in that same pool, so a program with as many
-      decompositions in flight as pool threads (2 on a 2-core machine) deadlocks; 4x the cores
-      because the command line runs one CPU device per core, each with its own in flight.
+    - `NPROC` (XLA's CPU thread pool size, read when the CPU client starts) to 4x the cores or
+      the CPU devices, whichever is more, at least 8, unless already set. jaxlib's batched CPU
+      LAPACK kernels (QR, SVD) block a pool thread while their sub-tasks wait in that same pool,
+      so a program with as many decompositions in flight as pool threads (2 on a 2-core machine)
+      deadlocks; every CPU device has its own in flight (8 emulated devices hung with a pool of 8).
     - `OPENBLAS_NUM_THREADS=1`, unless already set, for the OpenBLAS that jaxlib's LAPACK calls use
       (scipy's, loaded at the first decomposition): with the larger pool, multithreaded OpenBLAS
       inside each call oversubscribes the cores (2.5-16x slower on 2 cores, benchmarks/RESULTS.md).
@@ -62,13 +63,14 @@ def configure_cpu(num_devices: int | None = None) -> None:
     if _jax_started():
         raise RuntimeError("configure_cpu must be called before JAX starts (before the first array is created "
                            "or function compiled); restart the process or notebook kernel and call it first")
-    chosen = (jax.config.jax_num_cpu_devices != -1
-              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
-    if num_devices is None and not chosen:
-        num_devices = os.cpu_count() or 1
-    if num_devices is not None:
+    forced = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    chosen = jax.config.jax_num_cpu_devices if jax.config.jax_num_cpu_devices != -1 else (
+        int(forced[-1]) if forced else None)
+    if num_devices is None:
+        num_devices = chosen or os.cpu_count() or 1
+    if num_devices != chosen:
         jax.config.update("jax_num_cpu_devices", int(num_devices))
-    os.environ.setdefault("NPROC", str(max(8, 4 * (os.cpu_count() or 1))))
+    os.environ.setdefault("NPROC", str(max(8, 4 * (os.cpu_count() or 1), 4 * num_devices)))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 

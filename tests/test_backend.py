@@ -51,17 +51,19 @@ try:
 except RuntimeError as err:
     print("refused:", err)
 """, env=env).stdout.split("\n")
-    assert out[0] == f"{max(8, 4 * (os.cpu_count() or 1))} 1 3"
+    assert out[0] == f"{max(8, 4 * (os.cpu_count() or 1), 4 * 3)} 1 3"  # a pool thread per decomposition in flight
     assert out[1].startswith("refused: configure_cpu must be called before JAX starts")
 
 
 def test_configure_cpu_defaults_to_one_device_per_core_unless_a_count_was_chosen():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    code = "import jax, spectrax; spectrax.configure_cpu(); print(jax.local_device_count())"
-    assert _python(code, env=env).stdout.split() == [str(os.cpu_count())]
-    forced = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
-    assert _python(code, env=forced).stdout.split() == ["3"]
-    assert _python(code, env={**env, "JAX_NUM_CPU_DEVICES": "5"}).stdout.split() == ["5"]
+    env.pop("NPROC", None)
+    code = "import os, jax, spectrax; spectrax.configure_cpu(); print(jax.local_device_count(), os.environ['NPROC'])"
+    cores = os.cpu_count() or 1
+    assert _python(code, env=env).stdout.split() == [str(cores), str(max(8, 4 * cores))]
+    forced = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=12"}
+    assert _python(code, env=forced).stdout.split() == ["12", str(max(48, 4 * cores))]
+    assert _python(code, env={**env, "JAX_NUM_CPU_DEVICES": "5"}).stdout.split() == ["5", str(max(8, 4 * cores, 20))]
 
 
 def test_configure_cpu_keeps_the_users_settings_and_refuses_zero_devices():
