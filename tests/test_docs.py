@@ -39,5 +39,6 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
                        and f'id="{package}.{name}"' not in html and f'id="{package}.{name}.{name}"' not in html
                        and f'id="spectrax.io.{name}.{name}"' not in html]
             assert not missing, f"api/{page}.md: {package}.{', '.join(missing)} not documented"
-    for guide in ("statistics", "spectral", "findings", "dynamics", "architecture"):
+    for guide in ("statistics", "spectral", "findings", "dynamics", "architecture", "examples/quickstart",
+                  "examples/accelerators"):
         assert (site / guide / "index.html").is_file()
