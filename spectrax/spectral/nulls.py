@@ -35,11 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax.spectral._util import as_float, float_dtype
-from spectrax.spectral.bidiagonal import bidiagonal_singular_values, gaussian_bidiagonal
+from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_variates, gaussian_bidiagonal
 
 __all__ = [
     "NullSummary",
     "abs_cos_std",
+    "bartlett_factor",
     "cos_null",
     "expected_abs_cos",
     "gaussian_null",
@@ -195,12 +196,20 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None =
         raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
     if method == "bisection" or (method is None and k >= BISECTION_FROM_K):
         return bidiagonal_singular_values(*gaussian_bidiagonal(key, shape, dtype))
+    return jnp.linalg.svd(bartlett_factor(key, shape, dtype), full_matrices=False, compute_uv=False)
+
+
+def bartlett_factor(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """The triangular factor `R (..., k, k)` of the thin QR of i.i.d. N(0, 1) matrices of
+    `shape (..., m, n)`, drawn directly (Bartlett decomposition): independent entries
+    `R_ii = chi_{N - i}` and `R_ij ~ N(0, 1)` above the diagonal, `k = min(m, n)`, `N = max(m, n)`.
+    `R` has the singular values of the matrix, and `R^T R` its Gram matrix in law."""
+    *batch, m, n = shape
+    k, big = min(m, n), max(m, n)
     kd, ko = jax.random.split(key)
-    dof = jnp.asarray(big - np.arange(k), dtype)
-    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, dof / 2.0, tuple(batch) + (k,), dtype))
+    diag = chi_variates(kd, big - np.arange(k), tuple(batch), dtype)
     upper = jnp.triu(jax.random.normal(ko, tuple(batch) + (k, k), dtype), 1)
-    r = upper + diag[..., None] * jnp.eye(k, dtype=dtype)
-    return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
+    return upper + diag[..., None] * jnp.eye(k, dtype=dtype)
 
 
 def _scaled(g, scale):
