@@ -346,9 +346,18 @@ def stream_layers(
       layers: which layer indices to read (default all), in increasing order.
       block_size: up to this many consecutive, same-shaped layers are stacked in one block.
       disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
+      strict: as in `load`.
+      tower: as in `load`.
+
     Yields:
       `LayerBlock`s whose leaves are `(n, ...)` numpy arrays. Memory held at once is one block's
       weights; the caller drops a block before asking for the next.
+
+    Example:
+        >>> import spectrax as sx
+        >>> for block in sx.stream_layers(sx.data.TINY_LLAMA, layers=[1, 2], block_size=2):
+        ...     print(block.layer_ids, block.params["attn"]["q"].shape, block.params["mlp"]["down"].shape)
+        (1, 2) (2, 4, 16, 64) (2, 64, 128)
     """
     if not isinstance(source, Source):
         source = open_source(source, strict=strict, tower=tower, disk_budget=disk_budget)
@@ -400,8 +409,20 @@ def load(
         the model plus one layer, and `spectrax.models.forward` then uses the weights without
         copying them (numpy leaves are copied to the device on every call).
       disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
+
     Returns:
       A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
+
+    Example:
+        >>> import spectrax as sx
+        >>> model = sx.load(sx.data.TINY_LLAMA)    # 4-layer llama, bf16
+        >>> model.spec.model_type, model.spec.num_layers, model.meta["source_dtypes"]
+        ('llama', 4, ['BF16'])
+        >>> (group,) = model.params["layers"]      # one group: every layer has the same shapes
+        >>> group["layer_ids"], group["attn"]["q"].shape    # (layers, H, D, E)
+        (array([0, 1, 2, 3], dtype=int32), (4, 4, 16, 64))
+        >>> model.layer(2)["attn"]["k"].shape       # (KV, D, E): layer 2 alone
+        (2, 16, 64)
     """
     source = open_source(path, strict=strict, tower=tower, disk_budget=disk_budget)
     if source.hub is not None:
