@@ -35,7 +35,7 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
     Returns:
       The summary dict described above.
 
-    Example:
+    Examples:
         >>> import spectrax as sx
         >>> info = sx.inspect(sx.data.TINY_LLAMA)   # headers only, no tensor is read
         >>> info["model_type"], info["num_layers"], info["num_heads"], info["num_kv_heads"], info["head_dim"]

@@ -353,7 +353,7 @@ def stream_layers(
       `LayerBlock`s whose leaves are `(n, ...)` numpy arrays. Memory held at once is one block's
       weights; the caller drops a block before asking for the next.
 
-    Example:
+    Examples:
         >>> import spectrax as sx
         >>> for block in sx.stream_layers(sx.data.TINY_LLAMA, layers=[1, 2], block_size=2):
         ...     print(block.layer_ids, block.params["attn"]["q"].shape, block.params["mlp"]["down"].shape)
@@ -413,7 +413,7 @@ def load(
     Returns:
       A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
 
-    Example:
+    Examples:
         >>> import spectrax as sx
         >>> model = sx.load(sx.data.TINY_LLAMA)    # 4-layer llama, bf16
         >>> model.spec.model_type, model.spec.num_layers, model.meta["source_dtypes"]

@@ -368,7 +368,7 @@ def forward(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
     Returns:
       `(B, T, V)` logits in `dtype`.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import spectrax as sx
         >>> from spectrax.models import forward
@@ -402,7 +402,7 @@ def capture(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
     Returns:
       `Activations(logits, hidden, attention or None, projections or None)`.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import spectrax as sx
         >>> from spectrax.models import capture

@@ -51,7 +51,7 @@ class Decoder(nnx.Module):
     Raises:
       UnsupportedCheckpointError: a family or option the forward pass does not implement.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import spectrax as sx
         >>> from spectrax.models.nnx import Decoder

@@ -125,7 +125,7 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike, options: Options | 
       ValueError: a bad option, or an existing `out` without `force`.
       CheckpointError: an unreadable or unsupported checkpoint.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import spectrax as sx
         >>> with tempfile.TemporaryDirectory() as tmp:

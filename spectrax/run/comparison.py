@@ -92,7 +92,7 @@ def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, out: str | os.
     Raises:
       ValueError: a bad option, an existing `out` without `force`, or checkpoints of different shapes.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import spectrax as sx
         >>> with tempfile.TemporaryDirectory() as tmp:

@@ -94,7 +94,7 @@ def collect(
     Raises:
       ValueError: a layer out of range.
 
-    Example:
+    Examples:
         >>> import spectrax as sx
         >>> tables = sx.collect(sx.data.TINY_LLAMA, analyses=["laws"], layers=[0],
         ...                     options=sx.Options(num_draws=4), progress=False)

@@ -279,7 +279,7 @@ def singular_values(x, method: str = "cholqr", batch_size: int | None = None) ->
     Returns:
       `(..., min(m, n))`; NaN for matrices holding NaN/Inf.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> import spectrax as sx
         >>> from spectrax.spectral import singular_values

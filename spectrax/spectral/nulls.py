@@ -307,7 +307,7 @@ def gaussian_spectrum_null(
       `NullSummary(mean, std, draws)` with `stat_fn`'s output structure; `draws` leaves are
       `(num_draws, ...)`.
 
-    Example:
+    Examples:
         >>> import jax
         >>> import spectrax as sx
         >>> from spectrax.spectral import gaussian_spectrum_null, singular_values, stable_rank, zscore
