@@ -302,6 +302,31 @@ def gaussian_spectrum_null(
     MP/KS statistics; statistics of singular vectors need `gaussian_null`. Equal to
     `null_from_draws(stat_fn, *gaussian_spectrum_draws(key, *templates, ...))`; several statistics
     of the same matrices can share one set of draws that way.
+
+    Args:
+      key: as in `gaussian_null`.
+      stat_fn: `stat_fn(*spectra) -> pytree of arrays`, batched over leading axes (e.g.
+        `metrics.stable_rank`); module-level or a `functools.partial`, as in `gaussian_null`.
+      *templates: as in `gaussian_null`: arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s.
+      num_draws: Monte Carlo draws (>= 2).
+      batch_size: draws evaluated at once; `None`: all.
+      match_scale: as in `gaussian_null`.
+
+    Returns:
+      `NullSummary(mean, std, draws)` with `stat_fn`'s output structure; `draws` leaves are
+      `(num_draws, ...)`.
+
+    Examples:
+        >>> import jax
+        >>> import spectrax as sx
+        >>> from spectrax.spectral import gaussian_spectrum_null, singular_values, stable_rank, zscore
+        >>> q = sx.load(sx.data.TINY_LLAMA).layer(0)["attn"]["q"]    # (H, D, E) = (4, 16, 64)
+        >>> null = gaussian_spectrum_null(jax.random.key(0), stable_rank, q, num_draws=8)
+        >>> null.mean.shape, null.draws.shape    # per head, and per draw and head
+        ((4,), (8, 4))
+        >>> z = zscore(stable_rank(singular_values(q)), null)   # trained heads against shape-matched noise
+        >>> bool((z < -2).all())                 # every trained head is far more low-rank than noise
+        True
     """
     draws = gaussian_spectrum_draws(key, *templates, num_draws=num_draws, batch_size=batch_size,
                                     match_scale=match_scale)
