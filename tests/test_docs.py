@@ -17,7 +17,7 @@ PAGES = {
     "io": ["spectrax.io"],
     "spectral": ["spectrax.spectral", "spectrax.spectral.alignment"],
     "analyses": ["spectrax.analyses"],
-    "models": ["spectrax.models"],
+    "models": ["spectrax.models", "spectrax.models.nnx"],
     "report": ["spectrax.report"],
     "dynamics": ["spectrax.dynamics"],
     "optim": ["spectrax.optim"],

@@ -75,7 +75,7 @@ from spectrax import spectral as sp
 from spectrax.analyses.aggregate import by_kind
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
 from spectrax.analyses.tables import Table, list_markdown
-from spectrax.analyses.weights import matrix_columns
+from spectrax.analyses.weights import float_matrix, matrix_columns
 
 __all__ = ["ESD_STATISTICS", "EsdSummary", "MIN_TAIL", "WW_SUMMARY", "analysis", "esd_statistics", "esd_summary",
            "matrix_esd_rows", "render", "summarize"]
@@ -173,16 +173,6 @@ def _matrix_statistics(w):
     return esd_statistics(sp.singular_values(w, method="qr"), w.shape[-2:])
 
 
-def _as_float_matrix(name: str, w) -> np.ndarray:
-    """`w` as a float32/float64 numpy matrix; narrower floats (bf16, f16, fp8) upcast to f32."""
-    w = np.asarray(w)
-    if not jnp.issubdtype(w.dtype, jnp.floating):
-        raise TypeError(f"matrix {name!r} must be a real floating array, got {w.dtype}")
-    if w.ndim != 2:
-        raise ValueError(f"matrix {name!r} must be 2-D, got shape {w.shape}")
-    return w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)
-
-
 def matrix_esd_rows(
     matrices: dict[str, np.ndarray],
     key: jax.Array,
@@ -212,7 +202,7 @@ def matrix_esd_rows(
     if shuffle_draws == 1 or shuffle_draws < 0:
         raise ValueError(f"shuffle_draws must be 0 (skip) or >= 2 for a std, got {shuffle_draws}")
     by_shape: dict[tuple[int, int], list[str]] = {}
-    floats = {name: _as_float_matrix(name, w) for name, w in matrices.items()}
+    floats = {name: float_matrix(name, w) for name, w in matrices.items()}
     for name, w in floats.items():
         by_shape.setdefault(tuple(w.shape), []).append(name)
     rows: dict[str, dict[str, np.ndarray]] = {}

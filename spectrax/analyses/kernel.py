@@ -152,15 +152,6 @@ def _observe(s, key_vectors, q, k, w):
 # ----------------------------------------------------------------------------- kernel null
 
 
-def _bartlett(key, batch: int, d: int, n: int, dtype) -> jax.Array:
-    """`(batch, d, d)` upper-triangular R of the thin QR of `(n, d)` N(0, 1) matrices, `n >= d`."""
-    kd, ko = jax.random.split(key)
-    dof = jnp.asarray(n - np.arange(d), dtype)
-    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, dof / 2.0, (batch, d), dtype))
-    upper = jnp.triu(jax.random.normal(ko, (batch, d, d), dtype), 1)
-    return upper + diag[..., None] * jnp.eye(d, dtype=dtype)
-
-
 def _kernel_factors(key, scale_q, scale_k, d: int, n: int):
     """Scaled Bartlett factors `(H, d, d)` per query head and per query head's KV head.
 
@@ -169,8 +160,8 @@ def _kernel_factors(key, scale_q, scale_k, d: int, n: int):
     """
     H, KV = scale_q.shape[0], scale_k.shape[0]
     kq, kk = jax.random.split(key)
-    rq = _bartlett(kq, H, d, n, scale_q.dtype) * scale_q[:, None, None]
-    rk = _bartlett(kk, KV, d, n, scale_k.dtype) * scale_k[:, None, None]
+    rq = sp.bartlett_factor(kq, (H, n, d), scale_q.dtype) * scale_q[:, None, None]
+    rk = sp.bartlett_factor(kk, (KV, n, d), scale_k.dtype) * scale_k[:, None, None]
     return rq, rk[sp.kv_head_index(H, KV)]
 
 

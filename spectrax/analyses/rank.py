@@ -28,7 +28,6 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +36,7 @@ from spectrax import spectral as sp
 from spectrax.analyses.aggregate import by_kind
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
 from spectrax.analyses.tables import Table, list_markdown
-from spectrax.analyses.weights import matrix_columns
+from spectrax.analyses.weights import float_matrix, matrix_columns
 from spectrax.io.gguf import quantize_roundtrip
 
 __all__ = ["RANK_STATISTICS", "RankSummary", "analysis", "matrix_rank_rows", "rank_statistics", "render", "summarize"]
@@ -82,9 +81,9 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
       `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`
       (and `quant_error` with `storage`).
     """
+    matrices = {name: float_matrix(name, w) for name, w in matrices.items()}
     by_shape: dict[tuple[int, int], list[str]] = {}
     for name, w in matrices.items():
-        chex.assert_rank(w, 2)
         by_shape.setdefault(tuple(w.shape), []).append(name)
     rows: dict[str, dict[str, np.ndarray]] = {}
     for i, (shape, names) in enumerate(sorted(by_shape.items())):

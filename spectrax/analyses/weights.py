@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
 from spectrax.io.load import Source, load_globals
 
-__all__ = ["layer_matrices", "global_matrices", "matrix_columns", "matrix_storage", "skipped_matrices"]
+__all__ = ["float_matrix", "layer_matrices", "global_matrices", "matrix_columns", "matrix_storage", "skipped_matrices"]
 
 # Canonical matrix -> the stored tensors it may come from (separate or fused projections).
 _STORED_AS = {
@@ -25,6 +26,20 @@ _STORED_AS = {
 
 # Stored names of fused projections, which the adapters split into canonical parts.
 _FUSED = ("qkv_proj.", "query_key_value.", "c_attn.", "gate_up_proj.", "in_proj_weight")
+
+
+def float_matrix(name: str, w) -> np.ndarray:
+    """`w` as a float32/float64 numpy matrix; narrower floats (bf16, f16, fp8) upcast to f32 (exactly).
+
+    Both per-matrix analyses take their input through this, so `rank` and `esd` of one layer run the
+    same compiled spectrum and null programs instead of one per storage dtype.
+    """
+    w = np.asarray(w)
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+        raise TypeError(f"matrix {name!r} must be a real floating array, got {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"matrix {name!r} must be 2-D, got shape {w.shape}")
+    return w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)
 
 
 def layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:

@@ -26,6 +26,22 @@ def inspect(path: str | os.PathLike, *, strict: bool = True, tower: str | None =
     `tower`, `other_towers`, `layer_groups` (layers with identical shapes), `layer_differences`
     (per-layer fields that differ from layer 0), `rope_interleaved`, `ignored_config_keys` (present
     and known not to matter), `unknown_config_keys` (accepted only under `strict=False`).
+
+    Args:
+      path: a checkpoint folder, a GGUF file or a Hub repo id.
+      strict: refuse config.json options spectrax does not know.
+      tower: the tensor-name root of the tower to describe in a multimodal checkpoint.
+
+    Returns:
+      The summary dict described above.
+
+    Examples:
+        >>> import spectrax as sx
+        >>> info = sx.inspect(sx.data.TINY_LLAMA)   # headers only, no tensor is read
+        >>> info["model_type"], info["num_layers"], info["num_heads"], info["num_kv_heads"], info["head_dim"]
+        ('llama', 4, 4, 2, 16)
+        >>> info["dtype"], info["num_tensors"], info["layer_groups"]
+        ('bfloat16', 39, [[0, 1, 2, 3]])
     """
     source = open_source(path, strict=strict, tower=tower)
     spec, files = source.spec, source.files

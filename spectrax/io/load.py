@@ -91,6 +91,11 @@ class Model:
         array of `embed["tokens"]`.
       meta: architecture, source path and dtypes, tied/aliased tensors, transformations applied,
         tensors deliberately not converted.
+
+    A `Model` is a registered pytree whose leaves are the weights (`params` without the integer
+    `layer_ids`, and a tied head once): `jax.tree.map(lambda a: a.astype(jnp.float32), model)` is a
+    float32 `Model`, and `jax.jit`/`jax.grad` take it as an argument; `spec`, `meta` and the
+    `layer_ids` are static.
     """
 
     spec: ModelSpec
@@ -100,6 +105,58 @@ class Model:
     def layer(self, index: int) -> Tree:
         """Layer `index` alone, leaves without the stacking axis; see `spectrax.io.layer`."""
         return layer(self.params, index)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ModelStructure:
+    """What a `Model` pytree keeps out of its leaves: the spec, the metadata, each group's
+    `layer_ids` (None for a group without them) and whether the head is tied (`lm_head["weight"]`
+    is `embed["tokens"]`: one leaf, restored as one array). Equal only when the spec's config is
+    equal too (`ModelSpec` equality leaves `config` out, but the forward pass reads it), so
+    `jax.jit` never reuses a program traced for another config."""
+
+    spec: ModelSpec
+    meta: dict[str, Any]
+    layer_ids: tuple[tuple[int, ...] | None, ...]
+    tied: bool
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _ModelStructure)
+                and (self.spec, self.layer_ids, self.tied) == (other.spec, other.layer_ids, other.tied)
+                and dict(self.spec.config) == dict(other.spec.config) and self.meta == other.meta)
+
+    def __hash__(self) -> int:
+        return hash((self.spec, self.layer_ids, self.tied))
+
+
+def _flatten_model(model: Model):
+    ids = tuple(None if "layer_ids" not in g else tuple(int(i) for i in np.asarray(g["layer_ids"]))
+                for g in model.params["layers"])
+    weights = {**model.params, "layers": tuple({k: v for k, v in g.items() if k != "layer_ids"}
+                                               for g in model.params["layers"])}
+    head = model.params.get("lm_head", {})
+    tied = head.get("weight") is not None and head.get("weight") is model.params.get("embed", {}).get("tokens")
+    if tied:
+        weights["lm_head"] = {k: v for k, v in head.items() if k != "weight"}
+    structure = _ModelStructure(model.spec, model.meta, ids, tied)
+    return ((jax.tree_util.GetAttrKey("params"), weights),), structure
+
+
+def _unflatten_model(structure: _ModelStructure, children) -> Model:
+    (weights,) = children
+    groups = tuple(g if ids is None else {"layer_ids": np.asarray(ids, np.int32), **g}
+                   for g, ids in zip(weights["layers"], structure.layer_ids))
+    params = {**weights, "layers": groups}
+    if structure.tied:
+        params["lm_head"] = {**weights["lm_head"], "weight": weights["embed"]["tokens"]}
+    return Model(structure.spec, params, structure.meta)
+
+
+# A Model is a pytree whose leaves are its weights: `jax.tree.map(lambda a: a.astype(jnp.float32), model)`,
+# `jax.device_put(model)`, `jax.jit(f)(model)` and `jax.grad` see the float tensors; the spec, the
+# metadata and the integer `layer_ids` (which fix the order of the layers) are static structure, and
+# a tied head is one leaf (its gradient sums both uses; a map keeps it tied).
+jax.tree_util.register_pytree_with_keys(Model, _flatten_model, _unflatten_model)
 
 
 def layer(params: Tree, index: int) -> Tree:
@@ -289,9 +346,18 @@ def stream_layers(
       layers: which layer indices to read (default all), in increasing order.
       block_size: up to this many consecutive, same-shaped layers are stacked in one block.
       disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
+      strict: as in `load`.
+      tower: as in `load`.
+
     Yields:
       `LayerBlock`s whose leaves are `(n, ...)` numpy arrays. Memory held at once is one block's
       weights; the caller drops a block before asking for the next.
+
+    Examples:
+        >>> import spectrax as sx
+        >>> for block in sx.stream_layers(sx.data.TINY_LLAMA, layers=[1, 2], block_size=2):
+        ...     print(block.layer_ids, block.params["attn"]["q"].shape, block.params["mlp"]["down"].shape)
+        (1, 2) (2, 4, 16, 64) (2, 64, 128)
     """
     if not isinstance(source, Source):
         source = open_source(source, strict=strict, tower=tower, disk_budget=disk_budget)
@@ -343,8 +409,20 @@ def load(
         the model plus one layer, and `spectrax.models.forward` then uses the weights without
         copying them (numpy leaves are copied to the device on every call).
       disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
+
     Returns:
       A `Model`; `params["layers"]` is a tuple of groups of same-shaped layers, leaves `(n, ...)`.
+
+    Examples:
+        >>> import spectrax as sx
+        >>> model = sx.load(sx.data.TINY_LLAMA)    # 4-layer llama, bf16
+        >>> model.spec.model_type, model.spec.num_layers, model.meta["source_dtypes"]
+        ('llama', 4, ['BF16'])
+        >>> (group,) = model.params["layers"]      # one group: every layer has the same shapes
+        >>> group["layer_ids"], group["attn"]["q"].shape    # (layers, H, D, E)
+        (array([0, 1, 2, 3], dtype=int32), (4, 4, 16, 64))
+        >>> model.layer(2)["attn"]["k"].shape       # (KV, D, E): layer 2 alone
+        (2, 16, 64)
     """
     source = open_source(path, strict=strict, tower=tower, disk_budget=disk_budget)
     if source.hub is not None:

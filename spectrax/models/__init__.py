@@ -1,5 +1,8 @@
 """Forward passes from converted pytrees (logits, captured activations and their gradients), random
-init, and export back to Hugging Face checkpoints."""
+init, and export back to Hugging Face checkpoints.
+
+`spectrax.models.nnx.Decoder` is the same forward pass as a Flax NNX module over the loaded arrays
+(for training with `nnx.Optimizer`); that submodule imports flax, this package does not."""
 
 from spectrax.models.decoder import (
     SUPPORTED_FAMILIES,

@@ -364,8 +364,22 @@ def forward(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
       spec: the checkpoint's `ModelSpec`.
       input_ids: `(B, T)` integer token ids; positions are `0..T-1`, causal mask.
       dtype: compute dtype (float32 by default, float64 under x64).
+
     Returns:
       `(B, T, V)` logits in `dtype`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import spectrax as sx
+        >>> from spectrax.models import forward
+        >>> model = sx.load(sx.data.TINY_LLAMA)    # trained to copy: [BOS, x_1..x_16, SEP, x_1..x_16]
+        >>> x = np.arange(20, 36)
+        >>> ids = np.concatenate([[0], x, [1], x])[None]          # (B, T) = (1, 34)
+        >>> logits = forward(model.params, model.spec, ids)
+        >>> logits.shape, logits.dtype
+        ((1, 34, 64), dtype('float32'))
+        >>> bool((np.asarray(logits[0, 17:33]).argmax(-1) == x).all())    # after SEP it copies x
+        True
     """
     weights, options, runs = _prepare(params, spec, input_ids)
     return _forward(weights, input_ids, None, options=options, runs=runs, dtype=jnp.dtype(dtype), keep=None)
@@ -384,8 +398,20 @@ def capture(params: Tree, spec: ModelSpec, input_ids: jax.Array | np.ndarray, *,
       taps: optional `Taps` added to the activations (see `zero_taps`), with `attention` and
         `projections` present exactly when captured; `activation_grads` differentiates through them.
       dtype: as in `forward`.
+
     Returns:
       `Activations(logits, hidden, attention or None, projections or None)`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import spectrax as sx
+        >>> from spectrax.models import capture
+        >>> model = sx.load(sx.data.TINY_LLAMA)
+        >>> acts = capture(model.params, model.spec, np.array([[0, 5, 9, 13, 1]]))
+        >>> acts.hidden.shape, acts.attention.shape     # (L + 1, B, T, E), (L, B, H, T, T)
+        ((5, 1, 5, 64), (4, 1, 4, 5, 5))
+        >>> bool(np.allclose(np.asarray(acts.attention).sum(-1), 1, atol=1e-5))    # each query's weights sum to 1
+        True
     """
     weights, options, runs = _prepare(params, spec, input_ids)
     if projections:

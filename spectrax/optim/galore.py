@@ -67,9 +67,9 @@ _FLOATS = (jnp.float32, jnp.float64)
 
 class GaLoreState(NamedTuple):
     """count `()` int32: updates so far. projectors: the params' structure, a projector `(k, r)`
-    (k = min(m, n)) at each projected `(m, n)` leaf and `optax.MaskedNode()` elsewhere.
-    base_state: the base optimizer's state over the low-rank tree (projected leaves `(m, r)` or
-    `(r, n)`, others at full size)."""
+    (k = min(m, n)) at each projected `(m, n)` leaf (`(..., k, r)` for a stack `(..., m, n)`) and
+    `optax.MaskedNode()` elsewhere. base_state: the base optimizer's state over the low-rank tree
+    (projected leaves `(..., m, r)` or `(..., r, n)`, others at full size)."""
 
     count: jax.Array
     projectors: Any
@@ -128,9 +128,9 @@ def _resolve_mask(mask: Any, params: Any) -> Any:
     chosen = mask(params) if callable(mask) else mask
 
     def check(path, p, flag):
-        if flag and np.ndim(p) != 2:
+        if flag and np.ndim(p) < 2:
             raise ValueError(f"mask selects {jax.tree_util.keystr(path)} of shape {np.shape(p)} for "
-                             "projection; GaLore projects 2-D matrices only")
+                             "projection; GaLore projects 2-D matrices (or stacks of them, (..., m, n))")
         return bool(flag)
 
     return jax.tree_util.tree_map_with_path(check, params, chosen)
@@ -148,8 +148,9 @@ def galore(rank: int, *, base: optax.GradientTransformation, update_proj_gap: in
       update_proj_gap: T, steps between SVD refreshes of the projectors (step 0 included).
       scale: α, applied to the projected-back updates of projected matrices only (paper: 0.25).
       mask: None (project every 2-D leaf), or a params-shaped tree of bools / a callable
-        `params -> tree of bools`; True projects a leaf (must be 2-D), False sends it to `base`
-        at full size.
+        `params -> tree of bools`; True projects a leaf, False sends it to `base` at full size.
+        A selected leaf of more than two axes `(..., m, n)` is a stack of `(m, n)` matrices, each
+        with its own projector `(..., k, r)` (e.g. the stacked layers of `spectrax.load`).
 
     Returns:
       An `optax.GradientTransformation` whose state is a `GaLoreState`.
@@ -168,10 +169,10 @@ def galore(rank: int, *, base: optax.GradientTransformation, update_proj_gap: in
         def leaf(p, flag):
             if not flag:
                 return optax.MaskedNode(), p
-            m, n = p.shape
-            k, r = projector_shape(p.shape, rank)
-            low = (m, r) if projection_side(p.shape) == "right" else (r, n)
-            return jnp.zeros((k, r), p.dtype), jnp.zeros(low, p.dtype)
+            *stack, m, n = p.shape
+            k, r = projector_shape((m, n), rank)
+            low = (m, r) if projection_side((m, n)) == "right" else (r, n)
+            return jnp.zeros((*stack, k, r), p.dtype), jnp.zeros((*stack, *low), p.dtype)
 
         pairs = jax.tree.map(leaf, params, flags)
         projectors = jax.tree.map(lambda _, pair: pair[0], params, pairs)
@@ -186,9 +187,9 @@ def galore(rank: int, *, base: optax.GradientTransformation, update_proj_gap: in
         def down(g, p):
             if isinstance(p, optax.MaskedNode):
                 return p, g
-            chex.assert_rank(g, 2)
-            p = jax.lax.cond(refresh, lambda: top_projector(g, rank), lambda: p)
-            return p, project(g, p)
+            chex.assert_equal_rank([g, p])
+            p = jax.lax.cond(refresh, lambda: _per_matrix(lambda m: top_projector(m, rank), g.ndim)(g), lambda: p)
+            return p, _per_matrix(project, g.ndim)(g, p)
 
         pairs = jax.tree.map(down, updates, state.projectors)
         projectors = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
@@ -198,12 +199,20 @@ def galore(rank: int, *, base: optax.GradientTransformation, update_proj_gap: in
         def up(g, n, p):
             if isinstance(p, optax.MaskedNode):
                 return n
-            return (scale * project_back(n, p, g.shape)).astype(g.dtype)
+            back = _per_matrix(lambda n, p: project_back(n, p, g.shape[-2:]), g.ndim)(n, p)
+            return (scale * back).astype(g.dtype)
 
         out = jax.tree.map(up, updates, low_updates, projectors)
         return out, GaLoreState(optax.safe_int32_increment(state.count), projectors, base_state)
 
     return optax.GradientTransformation(init, update)
+
+
+def _per_matrix(fn: Callable, ndim: int) -> Callable:
+    """`fn` of `(m, n)` matrices (array arguments) mapped over the leading axes of `ndim`-axis stacks."""
+    for _ in range(ndim - 2):
+        fn = jax.vmap(fn)
+    return fn
 
 
 def galore_adam(learning_rate: float, rank: int, *, update_proj_gap: int = 200, scale: float = 0.25,

@@ -110,6 +110,29 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike, options: Options | 
     interrupted, the same call resumes from the layers already done. `out` appears only when
     everything is written. An existing `out` is refused unless `force`, which replaces it (and
     discards an interrupted run with other settings) once the new run has finished.
+
+    Args:
+      path: a checkpoint folder, GGUF file or Hub repo id.
+      out: the folder to write (tables, `summary.json`, `report.md`, `plots/`).
+      options: `Options` (default `Options()`).
+      config: `RunConfig` (default `RunConfig()`).
+      **fields: fields of `Options` or `RunConfig` to replace.
+
+    Returns:
+      The absolute path of `out`.
+
+    Raises:
+      ValueError: a bad option, or an existing `out` without `force`.
+      CheckpointError: an unreadable or unsupported checkpoint.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import spectrax as sx
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     out = sx.analyze(sx.data.TINY_LLAMA, os.path.join(tmp, "tiny"), analyses=["laws"], layers=[0],
+        ...                      num_draws=4, progress=False)
+        ...     print(all(os.path.isfile(os.path.join(out, f)) for f in ("report.md", "heads.csv", "summary.json")))
+        True
     """
     options, config = configs(options, config, fields)
     source = open_source(path, strict=config.strict, tower=config.tower, disk_budget=config.disk_budget)

@@ -75,7 +75,32 @@ def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, out: str | os.
             options: Options | None = None, config: RunConfig | None = None, **fields) -> str:
     """Compare two checkpoints (folders or Hub repo ids) into the folder `out` (resumable and atomic
     like `analyze`); `options`, `config` and keyword arguments as in `analyze` (default analyses
-    `laws` and `rank`), `disk_budget` for each checkpoint in turn."""
+    `laws` and `rank`), `disk_budget` for each checkpoint in turn.
+
+    Args:
+      path_a: the first checkpoint (the reference: differences are b - a).
+      path_b: the second checkpoint, of the same architecture.
+      out: the folder to write: `a/` and `b/` (each a full analysis), the differences in
+        null-spread units (`heads_diff.csv`, `layers_diff.csv`, ...), `report.md`.
+      options: as in `analyze`.
+      config: as in `analyze`.
+      **fields: as in `analyze`.
+
+    Returns:
+      The absolute path of `out`.
+
+    Raises:
+      ValueError: a bad option, an existing `out` without `force`, or checkpoints of different shapes.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import spectrax as sx
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     out = sx.compare(sx.data.TINY_LLAMA, sx.data.TINY_LLAMA, os.path.join(tmp, "same"),
+        ...                      analyses=["laws"], layers=[0], num_draws=4, progress=False)
+        ...     print(sorted(f for f in os.listdir(out) if f.endswith("_diff.csv")))
+        ['groups_diff.csv', 'heads_diff.csv', 'layers_diff.csv']
+    """
     options, config = configs(options, config, fields, DEFAULT)
     source_a, source_b = (open_source(p, strict=config.strict, tower=config.tower, disk_budget=config.disk_budget)
                           for p in (path_a, path_b))

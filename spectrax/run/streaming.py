@@ -77,6 +77,33 @@ def collect(
     With `folder`, finished layers are stored in it and layers stored by an earlier, interrupted
     run with the same settings are read back instead of recomputed; parts are named
     `<part_prefix>layer-<i>` (a prefix lets two checkpoints share one folder).
+
+    Args:
+      source: a checkpoint path or Hub repo id, or an opened `Source`.
+      analyses: registered names (`laws`, `rank`, `kernel`, `esd`) or `Analysis` values.
+      layers: layer numbers to visit (default all).
+      options: the settings that change the numbers (null draws, seed, crop, top_k, shuffle draws).
+      folder: a `Store` keeping each finished layer, for resuming.
+      progress: show a progress bar.
+      part_prefix: prefix of the stored parts' names.
+
+    Returns:
+      `Tables`: `heads` (one row per layer and query head), `matrices` (one row per weight matrix),
+      `arrays` (what each analysis kept per layer); None where no chosen analysis fills a table.
+
+    Raises:
+      ValueError: a layer out of range.
+
+    Examples:
+        >>> import spectrax as sx
+        >>> tables = sx.collect(sx.data.TINY_LLAMA, analyses=["laws"], layers=[0],
+        ...                     options=sx.Options(num_draws=4), progress=False)
+        >>> len(tables.heads["layer"]), tables.matrices     # layer 0's 4 query heads; no per-matrix analysis
+        (4, None)
+        >>> tables.heads["kv_head"]                           # GQA: query head h reads KV head h // 2
+        array([0, 0, 1, 1])
+        >>> [c for c in tables.heads if c.startswith("pearson_qk")][:3]    # each statistic beside its null
+        ['pearson_qk', 'pearson_qk_null_mean', 'pearson_qk_null_std']
     """
     analyses = resolve(analyses)
     if not isinstance(source, Source):

@@ -14,6 +14,7 @@ from spectrax.spectral.bidiagonal import (
     bidiagonal_singular_values,
     chi_bidiagonal,
     chi_degrees_of_freedom,
+    chi_variates,
     gaussian_bidiagonal,
 )
 from spectrax.spectral.decompose import LQ, METHODS, SVDResult, lq, singular_values, svd
@@ -67,6 +68,7 @@ from spectrax.spectral.metrics import (
 from spectrax.spectral.nulls import (
     NullSummary,
     abs_cos_std,
+    bartlett_factor,
     cos_null,
     expected_abs_cos,
     gaussian_null,
@@ -171,10 +173,12 @@ __all__ = [
     "bidiagonal_singular_values",
     "chi_bidiagonal",
     "chi_degrees_of_freedom",
+    "chi_variates",
     "gaussian_bidiagonal",
     # nulls
     "NullSummary",
     "abs_cos_std",
+    "bartlett_factor",
     "cos_null",
     "expected_abs_cos",
     "gaussian_null",

@@ -35,11 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax.spectral._util import as_float, float_dtype
-from spectrax.spectral.bidiagonal import bidiagonal_singular_values, gaussian_bidiagonal
+from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_variates, gaussian_bidiagonal
 
 __all__ = [
     "NullSummary",
     "abs_cos_std",
+    "bartlett_factor",
     "cos_null",
     "expected_abs_cos",
     "gaussian_null",
@@ -195,12 +196,20 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None =
         raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
     if method == "bisection" or (method is None and k >= BISECTION_FROM_K):
         return bidiagonal_singular_values(*gaussian_bidiagonal(key, shape, dtype))
+    return jnp.linalg.svd(bartlett_factor(key, shape, dtype), full_matrices=False, compute_uv=False)
+
+
+def bartlett_factor(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """The triangular factor `R (..., k, k)` of the thin QR of i.i.d. N(0, 1) matrices of
+    `shape (..., m, n)`, drawn directly (Bartlett decomposition): independent entries
+    `R_ii = chi_{N - i}` and `R_ij ~ N(0, 1)` above the diagonal, `k = min(m, n)`, `N = max(m, n)`.
+    `R` has the singular values of the matrix, and `R^T R` its Gram matrix in law."""
+    *batch, m, n = shape
+    k, big = min(m, n), max(m, n)
     kd, ko = jax.random.split(key)
-    dof = jnp.asarray(big - np.arange(k), dtype)
-    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, dof / 2.0, tuple(batch) + (k,), dtype))
+    diag = chi_variates(kd, big - np.arange(k), tuple(batch), dtype)
     upper = jnp.triu(jax.random.normal(ko, tuple(batch) + (k, k), dtype), 1)
-    r = upper + diag[..., None] * jnp.eye(k, dtype=dtype)
-    return jnp.linalg.svd(r, full_matrices=False, compute_uv=False)
+    return upper + diag[..., None] * jnp.eye(k, dtype=dtype)
 
 
 def _scaled(g, scale):
@@ -293,6 +302,31 @@ def gaussian_spectrum_null(
     MP/KS statistics; statistics of singular vectors need `gaussian_null`. Equal to
     `null_from_draws(stat_fn, *gaussian_spectrum_draws(key, *templates, ...))`; several statistics
     of the same matrices can share one set of draws that way.
+
+    Args:
+      key: as in `gaussian_null`.
+      stat_fn: `stat_fn(*spectra) -> pytree of arrays`, batched over leading axes (e.g.
+        `metrics.stable_rank`); module-level or a `functools.partial`, as in `gaussian_null`.
+      *templates: as in `gaussian_null`: arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s.
+      num_draws: Monte Carlo draws (>= 2).
+      batch_size: draws evaluated at once; `None`: all.
+      match_scale: as in `gaussian_null`.
+
+    Returns:
+      `NullSummary(mean, std, draws)` with `stat_fn`'s output structure; `draws` leaves are
+      `(num_draws, ...)`.
+
+    Examples:
+        >>> import jax
+        >>> import spectrax as sx
+        >>> from spectrax.spectral import gaussian_spectrum_null, singular_values, stable_rank, zscore
+        >>> q = sx.load(sx.data.TINY_LLAMA).layer(0)["attn"]["q"]    # (H, D, E) = (4, 16, 64)
+        >>> null = gaussian_spectrum_null(jax.random.key(0), stable_rank, q, num_draws=8)
+        >>> null.mean.shape, null.draws.shape    # per head, and per draw and head
+        ((4,), (8, 4))
+        >>> z = zscore(stable_rank(singular_values(q)), null)   # trained heads against shape-matched noise
+        >>> bool((z < -2).all())                 # every trained head is far more low-rank than noise
+        True
     """
     draws = gaussian_spectrum_draws(key, *templates, num_draws=num_draws, batch_size=batch_size,
                                     match_scale=match_scale)

@@ -259,3 +259,25 @@ def test_state_memory_matches_the_paper_and_beats_adam():
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda x: x.astype(jnp.float64), params)
         assert gl.state_bytes(jax.eval_shape(gl.galore_adam(1e-3, r).init, p64)) == 2 * expected - 2 * 4
+
+
+def test_a_stack_of_matrices_is_projected_matrix_by_matrix():
+    """A selected `(s, t, m, n)` leaf gets one projector per matrix: the same updates as the s*t
+    matrices given as separate 2-D leaves, across a projector refresh (tall and wide alike)."""
+    stack = {"tall": jax.random.normal(jax.random.key(0), (2, 3, 6, 4)),
+             "wide": jax.random.normal(jax.random.key(1), (3, 4, 7))}
+    grads = [jax.tree.map(lambda x, i=i: x * (1 + 0.3 * i) + 0.1 * i, stack) for i in range(3)]
+    split = lambda tree: {f"{name}{j}": m for name, x in tree.items()  # noqa: E731
+                          for j, m in enumerate(x.reshape(-1, *x.shape[-2:]))}
+    opt = gl.galore(2, base=optax.adam(0.1), update_proj_gap=2, scale=0.5, mask=lambda p: jax.tree.map(lambda _: True, p))
+    stacked_state, separate_state = opt.init(stack), opt.init(split(stack))
+    assert stacked_state.projectors["tall"].shape == (2, 3, 4, 2)  # right side, k = n = 4
+    assert stacked_state.projectors["wide"].shape == (3, 4, 2)  # left side, k = m = 4
+    for g in grads:
+        with jax.numpy_dtype_promotion("standard"):  # optax's Adam raises a float to the int32 count
+            stacked, stacked_state = jax.jit(opt.update)(g, stacked_state)
+            separate, separate_state = jax.jit(opt.update)(split(g), separate_state)
+        for key, value in split(stacked).items():
+            np.testing.assert_allclose(value, separate[key], atol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="2-D"):
+        gl.galore(2, base=optax.sgd(0.1), mask={"v": True}).init({"v": jnp.zeros(3)})

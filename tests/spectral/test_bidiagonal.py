@@ -77,6 +77,18 @@ def dense_spectra():
     return get
 
 
+@pytest.mark.parametrize("dof", [1, 2, 3, 9, 200, 13824])
+def test_chi_variates_have_the_chi_law(dof):
+    """Every degree of freedom the bidiagonals use (1 is the alpha < 1 branch of the sampler)
+    against numpy's chi-square, two-sample KS; a dof off by one is rejected at these sizes."""
+    x = np.asarray(bd.chi_variates(jax.random.key(dof), np.full(DRAWS, dof), (2,)), np.float64).ravel()
+    ref = np.sqrt(np.random.default_rng(dof).chisquare(dof, 2 * DRAWS))
+    assert _ks(x, ref) < _critical(x.size, ref.size)
+    if dof < 10:
+        wrong = np.sqrt(np.random.default_rng(dof).chisquare(dof + 1, 2 * DRAWS))
+        assert _ks(x, wrong) > _critical(x.size, wrong.size)
+
+
 def test_degrees_of_freedom():
     for shape in [(5, 3), (3, 5)]:
         diag, off = bd.chi_degrees_of_freedom(shape)

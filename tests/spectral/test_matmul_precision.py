@@ -136,6 +136,8 @@ KERNEL_CALLS = {
     # chi bidiagonals
     "bidiagonal_singular_values": functools.partial(sp.bidiagonal_singular_values, S, S[..., 1:]),
     "chi_bidiagonal": functools.partial(sp.chi_bidiagonal, KEY, *sp.chi_degrees_of_freedom((12, 20)), (2,)),
+    "chi_variates": functools.partial(sp.chi_variates, KEY, np.arange(1, 9), (2,)),
+    "bartlett_factor": functools.partial(sp.bartlett_factor, KEY, (2, 20, 12)),
     "gaussian_bidiagonal": functools.partial(sp.gaussian_bidiagonal, KEY, (2, 12, 20)),
     # nulls: the dense Bartlett path and the bisection path, each statistic's draws
     "gaussian_null": functools.partial(sp.gaussian_null, KEY, sp.gqa_pair_statistics, Q, K, num_draws=2),

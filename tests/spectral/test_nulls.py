@@ -197,8 +197,10 @@ def test_spectrum_null_agrees_with_full_gaussian_null(gaussian_heads):
 
 
 def test_spectrum_draws_shared_by_statistics_equal_the_one_call_null():
-    """`null_from_draws(f, *gaussian_spectrum_draws(...))` is `gaussian_spectrum_null(f, ...)` to
-    the bit, draws are scale-matched per matrix, and one set of draws serves several statistics."""
+    """`null_from_draws(f, *gaussian_spectrum_draws(...))` is `gaussian_spectrum_null(f, ...)` (to
+    float32 rounding: a different `batch_size` vectorizes the chi sampler's arithmetic differently,
+    which moves a few draws by an ulp), draws are scale-matched per matrix, and one set of draws
+    serves several statistics."""
     rng = np.random.default_rng(58)
     q = rng.standard_normal((2, 4, 8, 40)).astype(np.float32) * np.array([1.0, 3.0])[:, None, None, None]
     k = rng.standard_normal((2, 2, 8, 40)).astype(np.float32)
@@ -208,13 +210,16 @@ def test_spectrum_draws_shared_by_statistics_equal_the_one_call_null():
     assert all(np.all(np.diff(np.asarray(d), axis=-1) <= 0) for d in draws)
     one_call = nulls.gaussian_spectrum_null(key, _pearson_and_scale, q, k, num_draws=6)
     shared = nulls.null_from_draws(_pearson_and_scale, *draws)
-    chex.assert_trees_all_equal(shared, one_call)
+    chex.assert_trees_all_close(shared, one_call, rtol=1e-5)
+    chex.assert_trees_all_equal(shared, nulls.gaussian_spectrum_null(key, _pearson_and_scale, q, k, num_draws=6,
+                                                                     batch_size=2))
     # a statistic of q alone from the same draws: sigma_max's null follows each layer's RMS
     alone = nulls.null_from_draws(lambda s: metrics.sigma_max(s), draws[0], batch_size=4)
     np.testing.assert_array_equal(alone.draws, np.asarray(shared.draws["sigma_max_q"]))
     rms = np.sqrt(np.mean(q.astype(np.float64) ** 2, axis=(-2, -1)))
     ratio = np.asarray(alone.mean) / rms
-    np.testing.assert_allclose(ratio, np.full_like(ratio, np.sqrt(40) + np.sqrt(8)), rtol=0.1)
+    dense = np.linalg.svd(rng.standard_normal((4000, 8, 40)), compute_uv=False)[:, 0].mean()  # ~8.53
+    np.testing.assert_allclose(ratio, np.full_like(ratio, dense), rtol=0.1)  # 6 draws: SE 2.4%
     with pytest.raises(ValueError):
         nulls.null_from_draws(metrics.sigma_max, draws[0][:1])
 
