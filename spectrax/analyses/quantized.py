@@ -91,8 +91,17 @@ def noise_spectra(key: jax.Array, shape: tuple[int, ...], kind: str | None, *, n
             return None
         gaussian, rounded = drawn
         errors.append(np.linalg.norm(rounded - gaussian) / np.linalg.norm(gaussian))
-        spectra.append(np.linalg.svd(rounded, compute_uv=False))  # numpy: no new compiled program
+        spectra.append(_singular_values(rounded))
     return np.stack(spectra).astype(np.float32), np.asarray(errors, np.float32)
+
+
+def _singular_values(w: np.ndarray) -> np.ndarray:
+    """Singular values `(..., k)`, descending, of `w (..., m, n)` from the float64 Gram matrix of
+    its shorter side: numpy, so no compiled program is added, and several times faster than
+    numpy's SVD; far more accurate than float32 for the well-conditioned noise matrices drawn here."""
+    w = np.asarray(w, np.float64)
+    gram = w @ np.swapaxes(w, -1, -2) if w.shape[-2] <= w.shape[-1] else np.swapaxes(w, -1, -2) @ w
+    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[..., ::-1], 0, None))
 
 
 def head_spectra(key: jax.Array, heads: Mapping[str, np.ndarray], storage: Mapping[str, str] | None, *,
