@@ -19,6 +19,8 @@ Per head (`kernel_layer`):
   two `(D, D)` Bartlett factors and one `(D, D)` SVD per head instead of `(D, E)` Gaussians and
   QRs. The key-side factor is drawn once per KV head and shared by the query heads of its group,
   exactly as the real W_K is, so the null keeps the within-group dependence of the real table.
+  Where W_Q or W_K is stored in a GGUF block type, the draws are whole Gaussian heads quantized
+  the same way (`quantized_kernel_null`; rounding is not rotation invariant).
 - `ffn_alignment`: the fraction of the MLP input matrix's energy inside the head's top-k key-side
   kernel subspace, `||W P||_F^2 / ||W||_F^2` with `P = V_k V_k^T` from the kernel's right (key
   side) singular vectors, as the source document's code computed it (`Vh[:k].T @ Vh[:k]`). The MLP
@@ -76,6 +78,7 @@ __all__ = [
     "kernel_statistics",
     "kernel_summary",
     "layer_similarity",
+    "quantized_kernel_null",
     "render",
     "summarize",
 ]

@@ -23,7 +23,6 @@ and rounding to the nearest of a grid of step d leaves an error of variance d^2 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import jax
@@ -65,9 +64,8 @@ def _draw(key: jax.Array, shape: tuple[int, ...], kind: str | None, axis: int) -
     return gaussian, rounded
 
 
-@functools.cache
 def _quantizable(kind: str, length: int) -> bool:
-    """Whether rows of `length` entries can go through `kind`'s round trip."""
+    """Whether rows of `length` entries can go through `kind`'s round trip (a one-row probe)."""
     return quantize_roundtrip(np.zeros((1, length), np.float32), kind) is not None
 
 

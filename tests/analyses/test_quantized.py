@@ -121,3 +121,18 @@ def test_gguf_models_nulls_float_unchanged_quantized_through_their_type(tmp_path
         actual = np.linalg.norm(quantize_roundtrip(q.astype(np.float32), kind) - q) / np.linalg.norm(q)
         assert matrices["quant_error"][row] == pytest.approx(actual, rel=0.1)
         assert matrices["quant_error"][row] == pytest.approx(error, rel=0.3)
+
+
+def test_whole_matrix_kernel_null_agrees_in_law_with_the_bartlett_null(monkeypatch):
+    """With a lossless "format" the quantized kernel null draws plain Gaussian heads: its means
+    must match `kernel_null`'s exact-in-law Bartlett draws within Monte Carlo error, scale included."""
+    attn = {m: x[0] * s for (m, x), s in zip(_attn(seed=1).items(), (1.0, 3.0, 1.0))}
+    key = jax.random.key(5)
+    assert kernel.quantized_kernel_null(key, attn["q"], attn["k"], {"attn.q": "F32"}, num_draws=4) is None
+    monkeypatch.setattr(quantized, "quantize_roundtrip", lambda x, kind: x)
+    whole = kernel.quantized_kernel_null(key, attn["q"], attn["k"], {"attn.q": "Q8_0"}, num_draws=64)
+    bartlett = kernel.kernel_null(key, attn["q"], attn["k"], num_draws=64)
+    for name in kernel.KERNEL_STATISTICS:
+        a, b = whole[name], bartlett[name]
+        error = np.sqrt(np.asarray(a.std) ** 2 + np.asarray(b.std) ** 2) / np.sqrt(64)
+        assert np.all(np.abs(np.asarray(a.mean) - np.asarray(b.mean)) < 5 * error), name
