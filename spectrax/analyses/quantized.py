@@ -123,12 +123,17 @@ def block_scale_error(w: np.ndarray, kind: str | None, *, axis: int = -1) -> np.
     `w (m, n)` stored as `kind` with blocks along `axis`, from each block's scale d (module
     docstring); NaN for types without a scale rule here, or a row that is not whole blocks."""
     rule = _SCALES.get(kind or "")
-    w = np.asarray(w, np.float64)
+    w = np.asarray(w)
     w = np.swapaxes(w, -1, -2) if axis in (-2, w.ndim - 2) else w
     if rule is None or w.shape[-1] % rule[0]:
         return np.float32(np.nan)
     length, scale = rule
-    d = scale(w.reshape(*w.shape[:-1], -1, length))
-    rms = np.sqrt(np.mean(w * w))
+    rows = w.reshape(-1, w.shape[-1])
+    sum_d2 = sum_w2 = 0.0
+    # ~4M entries at a time: an embedding is summed without a float64 copy of it.
+    for chunk in np.array_split(rows, max(1, rows.size >> 22)):
+        chunk = chunk.astype(np.float64)
+        sum_d2 += float(np.sum(np.square(scale(chunk.reshape(-1, length)))))
+        sum_w2 += float(np.sum(np.square(chunk)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.float32(np.sqrt(np.mean(d * d) / 12) / rms)
+        return np.float32(np.sqrt(sum_d2 / (rows.size // length) / 12) / np.sqrt(sum_w2 / rows.size))
