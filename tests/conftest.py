@@ -65,6 +65,11 @@ def pytest_configure(config):
         cache = tempfile.mkdtemp(prefix="spectrax-jax-cache-")
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    # The same cache for the interpreters tests start (the command line, scripts, notebooks, the
+    # benchmarks): JAX reads its options from these variables at import, and spectrax's own cache
+    # setup keeps a folder already configured. Otherwise each would compile cold, or fill ~/.cache.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -84,6 +84,7 @@ def test_configure_cpu_after_jax_started_raises():
 def test_compilation_cache_folder_per_cpu_opt_out_and_respect_for_a_chosen_one(tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     env.pop("SPECTRAX_CACHE_DIR", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test run's own cache (conftest)
     code = "import spectrax; print(spectrax.enable_compilation_cache())"
     path = _python(code, env=env).stdout.strip()
     assert path.startswith(str(tmp_path / "spectrax" / f"xla-jax{jax.__version__}-")) and os.path.isdir(path)
@@ -98,6 +99,7 @@ def test_the_second_run_of_the_command_compiles_nothing_and_gives_the_same_table
     from tests.conftest import CHECKPOINTS
 
     env = {**os.environ, "SPECTRAX_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test run's own cache (conftest)
     cached = lambda: sorted(p for _, _, files in os.walk(tmp_path / "cache") for p in files)  # noqa: E731
     tables = []
     for run in ("cold", "warm"):

@@ -38,7 +38,8 @@ questions:
 
 - the Gaussian null (`X_null_mean`, `X_null_std`, `X_z`, `X_pct`): shape- and scale-matched
   i.i.d. Gaussian matrices, drawn directly in singular values (`gaussian_spectrum_null`, cheap).
-  It asks "is this ESD what a random matrix of this shape gives?";
+  It asks "is this ESD what a random matrix of this shape gives?"; for a matrix stored in a GGUF
+  block type the draws are whole Gaussian matrices quantized the same way (`quantized`);
 - the shuffled-entries baseline (`X_shuffle_mean`, `X_shuffle_std`, `X_shuffle_z`): the same
   matrix with its entries permuted (`shuffle_null`; needs an SVD per draw, so it is the
   expensive one). It asks "is it more than its entry distribution gives?". Heavy-tailed entries
@@ -72,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses import quantized
 from spectrax.analyses.aggregate import by_kind
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
 from spectrax.analyses.tables import Table, list_markdown
@@ -179,6 +181,7 @@ def matrix_esd_rows(
     *,
     num_draws: int = 16,
     shuffle_draws: int = 4,
+    storage: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """ESD statistics of named 2-D matrices, each beside a Gaussian null and a shuffle baseline.
 
@@ -190,6 +193,8 @@ def matrix_esd_rows(
       shuffle_draws: entry-shuffled copies per matrix (>= 2), each needing a full SVD; 0 skips the
         shuffle baseline and leaves its columns NaN (the column set never changes, so tables from
         different runs line up).
+      storage: `{name: storage type}`; a matrix stored in a quantizable GGUF type gets a Gaussian
+        null of matrices quantized the same way along its stored rows (`quantized.noise_spectra`).
 
     Returns:
       `{name: {column: scalar array}}`; for each `X` in `ESD_STATISTICS` the columns `X`,
@@ -213,7 +218,15 @@ def matrix_esd_rows(
         # A partial of a module-level function compares equal across calls: one compile per shape.
         stat_fn = functools.partial(esd_statistics, shape=shape)
         null = sp.split_null(sp.gaussian_spectrum_null(k_gauss, stat_fn, batch, num_draws=num_draws))
-        columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
+        columns = {c: np.array(v) for c, v in sp.null_columns(observed, null).items()}  # writable copies
+        for j, name in enumerate(names):
+            drawn = quantized.noise_spectra(jax.random.fold_in(k_gauss, j), shape, (storage or {}).get(name),
+                                            num_draws=num_draws, axis=quantized.stored_axis(name))
+            if drawn is not None:  # a quantized matrix: its null is quantized noise at its RMS
+                rms = np.sqrt(np.mean(np.square(floats[name], dtype=np.float64)))
+                one = sp.split_null(sp.null_from_draws(stat_fn, jnp.asarray(drawn[0] * np.float32(rms))))
+                for c, v in sp.null_columns({stat: x[j] for stat, x in observed.items()}, one).items():
+                    columns[c][j] = np.asarray(v)
         if shuffle_draws:
             shuffled = sp.shuffle_null(k_shuffle, _matrix_statistics, batch, num_draws=shuffle_draws)
             for name, summary in sp.split_null(shuffled).items():
@@ -254,7 +267,7 @@ def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOu
     matrix with the most spikes are kept for the report's spectrum figure."""
     shapes = {name: tuple(w.shape) for name, w in inputs.matrices.items()}
     rows = matrix_columns(matrix_esd_rows(dict(inputs.matrices), key, num_draws=options.num_draws,
-                                          shuffle_draws=options.shuffle_draws), shapes)
+                                          shuffle_draws=options.shuffle_draws, storage=inputs.storage), shapes)
     spikes = np.asarray(rows["num_spikes"], float)
     if inputs.layer is None or not np.isfinite(spikes).any():
         return LayerOutput(rows)

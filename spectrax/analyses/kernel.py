@@ -19,6 +19,8 @@ Per head (`kernel_layer`):
   two `(D, D)` Bartlett factors and one `(D, D)` SVD per head instead of `(D, E)` Gaussians and
   QRs. The key-side factor is drawn once per KV head and shared by the query heads of its group,
   exactly as the real W_K is, so the null keeps the within-group dependence of the real table.
+  Where W_Q or W_K is stored in a GGUF block type, the draws are whole Gaussian heads quantized
+  the same way (`quantized_kernel_null`; rounding is not rotation invariant).
 - `ffn_alignment`: the fraction of the MLP input matrix's energy inside the head's top-k key-side
   kernel subspace, `||W P||_F^2 / ||W||_F^2` with `P = V_k V_k^T` from the kernel's right (key
   side) singular vectors, as the source document's code computed it (`Vh[:k].T @ Vh[:k]`). The MLP
@@ -51,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 
 import chex
 import jax
@@ -58,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses import quantized
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
 from spectrax.analyses.aggregate import finite_mean
 from spectrax.analyses.tables import Table, format_number, json_value, list_markdown
@@ -74,6 +78,7 @@ __all__ = [
     "kernel_statistics",
     "kernel_summary",
     "layer_similarity",
+    "quantized_kernel_null",
     "render",
     "summarize",
 ]
@@ -221,6 +226,34 @@ def kernel_null(key: jax.Array, q, k, *, num_draws: int = 16, batch_size: int = 
     }
 
 
+def quantized_kernel_null(key: jax.Array, q, k, storage: Mapping[str, str] | None, *,
+                          num_draws: int = 16) -> dict[str, sp.NullSummary] | None:
+    """`kernel_null` for projections stored in a GGUF block type: each draw is whole Gaussian
+    heads `(H, D, E)`, `(KV, D, E)` (one per KV head, shared by its group), those of a quantized
+    projection quantized and dequantized along E as stored (`quantized.noise_matrix`), scaled to
+    each real head's RMS; the kernel's singular values are those of the `(D, D)` core of the two
+    thin QRs, as in `sp.qk_kernel_svd`. Rounding is not rotation invariant, so the Bartlett
+    shortcut of `kernel_null` does not apply. None where neither W_Q nor W_K is quantizable."""
+    kinds = {m: (storage or {}).get(f"attn.{m}") for m in ("q", "k")}
+    heads = {"q": np.asarray(q, np.float64), "k": np.asarray(k, np.float64)}
+    scale = {m: np.sqrt(np.mean(x * x, axis=(-2, -1))) for m, x in heads.items()}
+    kv_of = sp.kv_head_index(heads["q"].shape[0], heads["k"].shape[0])
+    draws = []
+    for d in range(num_draws):
+        keys = {m: jax.random.fold_in(jax.random.fold_in(key, d), i) for i, m in enumerate(heads)}
+        drawn = {m: quantized.noise_matrix(keys[m], x.shape, kinds[m]) for m, x in heads.items()}
+        if all(w is None for w in drawn.values()):
+            return None
+        r = {}
+        for m, w in drawn.items():
+            w = np.asarray(jax.random.normal(keys[m], heads[m].shape, np.float32)) if w is None else w
+            r[m] = np.linalg.qr(np.swapaxes(w, -1, -2).astype(np.float64), mode="r") * scale[m][:, None, None]
+        core = r["q"] @ np.swapaxes(r["k"][kv_of], -1, -2)
+        draws.append(kernel_statistics(np.linalg.svd(core, compute_uv=False).astype(np.float32)))
+    stacked = {name: np.stack([np.asarray(one[name]) for one in draws]) for name in draws[0]}
+    return {name: sp.NullSummary(d.mean(axis=0), d.std(axis=0, ddof=1), d) for name, d in stacked.items()}
+
+
 def _pooled_over_heads(nulls: dict[str, sp.NullSummary], q, k) -> dict[str, sp.NullSummary]:
     """Each head's kernel null pooled over the layer's heads (`spectral.pool_null`), which share
     one shape: `num_draws * H` draws per head. `kernel_sigma_max` scales with `rms(W_Q,h) *
@@ -286,8 +319,8 @@ def ffn_alignment_null(w, k: int) -> sp.NullSummary:
 # ----------------------------------------------------------------------------- one layer
 
 
-def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 16,
-                 num_draws: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 16, num_draws: int = 16,
+                 storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-head QK-kernel statistics of one unstacked layer, with nulls.
 
     Args:
@@ -298,6 +331,8 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
       key: PRNG key for the Monte Carlo kernel null.
       top_k: dimension of each head's key-side subspace, clipped to D (the kernel has rank <= D).
       num_draws: Monte Carlo draws of the kernel null (>= 2).
+      storage: `{matrix: storage type}`; with `attn.q` or `attn.k` in a quantizable GGUF type,
+        the kernel null is `quantized_kernel_null`.
     Returns:
       `(columns, bases)`: `columns` maps each name to an `(H,)` numpy array: `kv_head`; every
       `KERNEL_STATISTICS` name with `_null_mean`, `_null_std`, `_z`, `_pct`; `ffn_alignment` with
@@ -317,7 +352,7 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
         raise ValueError(f"MLP input matrix {w.shape} does not read the hidden size {E}")
     out = _kernel_svd(q, k, k_eff)
     stats, basis, ffn, finite = _observe(out.s, out.key, q, k, w)
-    per_head = kernel_null(key, q, k, num_draws=num_draws)
+    per_head = quantized_kernel_null(key, q, k, storage, num_draws=num_draws) or kernel_null(key, q, k, num_draws=num_draws)
     nulls = _pooled_over_heads(per_head, q, k)
     if w is None:
         nulls["ffn_alignment"] = sp.NullSummary(np.float64(k_eff / E), np.float64(np.nan))
@@ -487,7 +522,8 @@ HEADLINE = ("kernel_erank", "kernel_stable_rank", "ffn_alignment")
 def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
     """`kernel_layer` of one streamed layer; its key-side bases are kept for `layer_similarity`."""
     attn, mlp = ({k: v[0] for k, v in inputs.params[part].items()} for part in ("attn", "mlp"))  # views
-    rows, basis = kernel_layer(attn, mlp, key, top_k=options.top_k, num_draws=options.num_draws)
+    rows, basis = kernel_layer(attn, mlp, key, top_k=options.top_k, num_draws=options.num_draws,
+                               storage=inputs.storage)
     return LayerOutput(rows, {"basis": np.asarray(basis, np.float32)})
 
 

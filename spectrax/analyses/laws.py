@@ -10,6 +10,7 @@ For every (layer, query head h) with its key/value head g = h // (H // KV):
 
 Each statistic X comes with `X_null_mean`, `X_null_std`, `X_z` (and `X_pct` for Monte Carlo
 nulls). Heads holding NaN/Inf weights get NaN statistics and `finite = 0`; the run goes on.
+Projections stored in a GGUF block type get stand-ins quantized the same way (`quantized`).
 
 Degenerate matrices are flagged per head in `degenerate` (e.g. `"k zero; v rank-deficient"`) and
 their undefined statistics left empty (NaN): an all-zero matrix, or one whose entries are all
@@ -30,6 +31,7 @@ import jax
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses import quantized
 from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
 from spectrax.analyses.precision import precision_table
@@ -41,6 +43,7 @@ __all__ = ["DEGENERACY", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analys
 PAIRS = ("qk", "qv", "kv")
 MATRICES = ("q", "k", "v")
 _SPECTRUM = ("sigma_max", "cond", "erank", "stable_rank", "max_mean")
+_QUANTIZED = 1  # key fold of the quantized stand-ins (the Gaussian draws keep the layer key itself)
 
 
 def _vector_pair_statistics(a: sp.SVDResult, b: sp.SVDResult) -> dict:
@@ -62,7 +65,8 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
     return _head_laws(attn, key, num_draws)[0]
 
 
-def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _head_laws(attn: dict, key: jax.Array, num_draws: int,
+               storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Statistics for a block of layers, and the singular values `(n, H, min(D, E))` of its query heads.
 
     Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
@@ -79,6 +83,8 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
       attn: canonical attention of the block: `q (n, H, D, E)`, `k`, `v (n, KV, D, E)`.
       key: PRNG key for the Monte Carlo nulls.
       num_draws: Monte Carlo draws per null.
+      storage: `{matrix: storage type}` (`"attn.q"`: `"Q4_0"`, ...): the stand-ins of a matrix
+        stored in a quantizable type are quantized the same way (`quantized.head_spectra`).
     Returns:
       `({column: (n, H)}, s_q)`: every statistic, its null columns and `finite`; the query heads'
       singular values.
@@ -96,6 +102,8 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np
     # exact in law; the q draws are shared by the qk, qv and q nulls).
     draws = {m: _unit_rms(s, D * E) for m, s in
              zip(MATRICES, sp.gaussian_spectrum_draws(key, q, k, v, num_draws=num_draws, match_scale=False))}
+    draws.update({m: _unit_rms(s, D * E) for m, s in quantized.head_spectra(
+        jax.random.fold_in(key, _QUANTIZED), {"q": q, "k": k, "v": v}, storage, num_draws=num_draws).items()})
     rms = {m: _rms(x) for m, x in (("q", q), ("k", k), ("v", v))}
     cols: dict[str, np.ndarray] = {}
 
@@ -240,10 +248,11 @@ def laws_layer(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, 
     return _block_rows(jax.tree.map(lambda x: np.asarray(x)[None], attn), key, num_draws)[0]
 
 
-def _block_rows(attn: dict, key: jax.Array, num_draws: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _block_rows(attn: dict, key: jax.Array, num_draws: int,
+                storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """`laws_layer`'s rows from a one-layer block, leaves `(1, ...)` as `stream_layers` yields them,
     and the singular values `(H, min(D, E))` of its query heads."""
-    cols, s_q = _head_laws(attn, key, num_draws)
+    cols, s_q = _head_laws(attn, key, num_draws, storage)
     H, KV = np.shape(attn["q"])[1], np.shape(attn["k"])[1]
     rows = {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}
     return rows, s_q[0]
@@ -273,7 +282,7 @@ def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOu
     """Rows of one layer, and the singular values of its query heads (those of the statistics;
     of each head's top-left block under `options.crop`), kept for the spectrum figures."""
     attn = inputs.params["attn"]
-    rows, spectra = _block_rows(attn, key, options.num_draws)
+    rows, spectra = _block_rows(attn, key, options.num_draws, inputs.storage)
     q = np.asarray(attn["q"][0])
     if options.crop and options.crop < max(q.shape[1:]):
         q = q[:, : options.crop, : options.crop]

@@ -17,9 +17,10 @@ The pipeline's `crop=c` hands in only each matrix's top-left `c x c` block, to r
 source's 256 x 256 protocol.
 
 A matrix stored quantized (a GGUF block type such as Q4_0) is compared with quantized noise: each
-null draw is a Gaussian matrix quantized and dequantized in the same type (`gguf.quants`) before
-its statistics, and `quant_error` reports the relative error that round trip makes. Types `gguf`
-can only decode (K- and IQ-types) keep the Gaussian null, with `quant_error` NaN.
+null draw is a Gaussian matrix quantized and dequantized in the same type along its stored rows
+(`spectrax.analyses.quantized`) before its statistics, and `quant_error_null` reports the relative
+error that round trip makes. Types `gguf` can only decode (K- and IQ-types) keep the Gaussian
+null, with `quant_error_null` NaN.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
+from spectrax.analyses import quantized
 from spectrax.analyses.aggregate import by_kind
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
 from spectrax.analyses.tables import Table, list_markdown
 from spectrax.analyses.weights import float_matrix, matrix_columns
-from spectrax.io.gguf import quantize_roundtrip
 
 __all__ = ["RANK_STATISTICS", "RankSummary", "analysis", "matrix_rank_rows", "rank_statistics", "render", "summarize"]
 
@@ -76,10 +77,10 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
       matrices: `{name: (m, n)}` (any float dtype); same-shaped matrices are batched in one call.
       key: PRNG key for the reference samples and the nulls.
       storage: `{name: storage type}` (`"BF16"`, `"Q4_0"`, ...); a matrix in a type `gguf` can
-        quantize gets the quantization-aware null, and every row a `quant_error` column.
+        quantize gets the quantization-aware null, and every row a `quant_error_null` column.
     Returns:
       `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`
-      (and `quant_error` with `storage`).
+      (and `quant_error_null` with `storage`).
     """
     matrices = {name: float_matrix(name, w) for name, w in matrices.items()}
     by_shape: dict[tuple[int, int], list[str]] = {}
@@ -104,29 +105,26 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
             rows[name] = {c: v[j] for c, v in columns.items()}
             if storage is not None:
                 rows[name].update(_quantized_null(batch[j], storage.get(name, ""), jax.random.fold_in(k_null, j),
-                                                  {c: v[j] for c, v in observed.items()}, reference, num_draws))
+                                                  {c: v[j] for c, v in observed.items()}, reference, num_draws,
+                                                  quantized.stored_axis(name)))
     return rows
 
 
 def _quantized_null(w: np.ndarray, kind: str, key: jax.Array, observed: dict, reference: jax.Array,
-                    num_draws: int) -> dict[str, np.ndarray]:
-    """Null columns over RMS-matched Gaussian draws quantized and dequantized as `kind`, and the
-    mean relative error of that round trip; only `quant_error` (NaN) where `kind` is not a
-    quantizable block type."""
+                    num_draws: int, axis: int) -> dict[str, np.ndarray]:
+    """Null columns over RMS-matched Gaussian draws quantized and dequantized as `kind` along
+    `axis` (`quantized.noise_spectra`), and `quant_error_null`, the mean relative error of that
+    round trip; only `quant_error_null` (NaN) where `kind` is not a quantizable block type."""
+    drawn = quantized.noise_spectra(key, w.shape, kind, num_draws=num_draws, axis=axis)
+    if drawn is None:
+        return {"quant_error_null": np.float32(np.nan)}
+    spectra, errors = drawn
     rms = np.sqrt(np.mean(np.square(np.asarray(w, np.float64))))
-    spectra, errors = [], []
-    for d in range(num_draws):
-        gaussian = np.asarray(jax.random.normal(jax.random.fold_in(key, d), w.shape, jnp.float32)) * np.float32(rms)
-        quantized = quantize_roundtrip(gaussian, kind)
-        if quantized is None:
-            return {"quant_error": np.float32(np.nan)}
-        errors.append(np.linalg.norm(quantized - gaussian) / np.linalg.norm(gaussian))
-        spectra.append(sp.singular_values(quantized[None], method="qr")[0])
-    draws = jnp.stack(spectra)
+    draws = jnp.asarray(spectra * np.float32(rms))
     fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
     null = sp.split_null(sp.null_from_draws(functools.partial(_statistics, shape=w.shape), draws, fixed))
     columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
-    return {**columns, "quant_error": np.float32(np.mean(errors))}
+    return {**columns, "quant_error_null": np.float32(np.mean(errors))}
 
 
 # ----------------------------------------------------------------------------- the analysis

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from spectrax.analyses import esd, kernel, laws, rank
+from spectrax.analyses import esd, kernel, laws, quantized, rank
 from spectrax.analyses.base import Analysis, LayerInput, Options, layer_key
 from spectrax.analyses.weights import layer_matrices
 
@@ -58,10 +58,15 @@ def _matrix_inputs(matrices: Mapping[str, np.ndarray], layer: int | None, option
     return LayerInput(layer=layer, params=params, matrices=matrices, storage=storage)
 
 
-def _matrix_rows(merged: dict[str, np.ndarray], storage: Mapping[str, str] | None, names) -> dict[str, np.ndarray]:
+def _matrix_rows(merged: dict[str, np.ndarray], storage: Mapping[str, str] | None,
+                 matrices: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The table's leading columns, then the analyses'; with `storage`, each matrix's `storage`
+    type and `quant_error`, its rounding error estimated from its block scales (whole matrices)."""
     keys = {c: merged.pop(c) for c in ("matrix", "rows", "cols")}
     if storage is not None:
-        keys["storage"] = np.array([storage.get(name, "") for name in names], dtype=object)
+        keys["storage"] = np.array([storage.get(name, "") for name in matrices], dtype=object)
+        keys["quant_error"] = np.array([quantized.block_scale_error(w, storage.get(name), axis=quantized.stored_axis(name))
+                                        for name, w in matrices.items()], np.float32)
     return {**keys, **merged}
 
 

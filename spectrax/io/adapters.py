@@ -26,7 +26,7 @@ import numpy as np
 from spectrax.io.config import ModelSpec
 from spectrax.io.errors import CheckpointError
 
-__all__ = ["Tensors", "LayerAdapter", "GlobalAdapter", "ADAPTERS", "layer_pattern", "IGNORED_BUFFERS"]
+__all__ = ["Tensors", "LayerAdapter", "GlobalAdapter", "ADAPTERS", "layer_pattern", "IGNORED_BUFFERS", "norm_placements"]
 
 Array = np.ndarray
 Tree = dict[str, Any]
@@ -155,7 +155,9 @@ def _plain_mlp(t: Tensors, spec: ModelSpec, up: str, down: str) -> Tree:
 # Per-family layer adapters.
 
 
-def _llama_norm_placements(spec: ModelSpec) -> Mapping[str, str]:
+def norm_placements(spec: ModelSpec) -> Mapping[str, str]:
+    """`{canonical norm: stored norm}` of a llama-like layer: where the family puts its RMSNorms
+    (gemma2/3 around both blocks, olmo2 after them, the rest before them)."""
     if spec.model_type in ("gemma2", "gemma3_text"):
         return {
             "attn_norm": "input_layernorm",
@@ -196,7 +198,7 @@ def llama_layer(t: Tensors, spec: ModelSpec, layer: int) -> Tree:
     elif spec.qk_norm == "projection":
         attn["q_norm"] = t.get(p + "q_norm.weight", (H * D,))
         attn["k_norm"] = t.get(p + "k_norm.weight", (KV * D,))
-    return {"attn": attn, "mlp": _gated_mlp(t, spec), "norms": _norms(t, _llama_norm_placements(spec), E)}
+    return {"attn": attn, "mlp": _gated_mlp(t, spec), "norms": _norms(t, norm_placements(spec), E)}
 
 
 def phi3_layer(t: Tensors, spec: ModelSpec, layer: int) -> Tree:

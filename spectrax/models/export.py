@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from spectrax.io.adapters import _llama_norm_placements
+from spectrax.io.adapters import norm_placements
 from spectrax.io.config import ModelSpec
 
 __all__ = ["to_hf_llama", "save_hf_checkpoint", "LLAMA_LIKE"]
@@ -57,7 +57,7 @@ def _layer_tensors(attn: Tree, mlp: Tree, norms: Tree, spec: ModelSpec) -> dict[
         if f"{key}_bias" in mlp:
             out[f"mlp.{name}.bias"] = np.asarray(mlp[f"{key}_bias"])
             leftover.discard(f"mlp.{key}_bias")
-    for placement, name in _llama_norm_placements(spec).items():
+    for placement, name in norm_placements(spec).items():
         if placement in norms:
             norm = dict(norms[placement])
             out[f"{name}.weight"] = np.asarray(norm.pop("scale"))

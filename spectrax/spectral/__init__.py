@@ -67,6 +67,7 @@ from spectrax.spectral.metrics import (
 )
 from spectrax.spectral.nulls import (
     NullSummary,
+    StaticFn,
     abs_cos_std,
     bartlett_factor,
     cos_null,
@@ -85,6 +86,7 @@ from spectrax.spectral.nulls import (
     shuffle_entries,
     shuffle_null,
     split_null,
+    summarize_draws,
     zscore,
 )
 from spectrax.spectral.pairs import (
@@ -177,6 +179,7 @@ __all__ = [
     "gaussian_bidiagonal",
     # nulls
     "NullSummary",
+    "StaticFn",
     "abs_cos_std",
     "bartlett_factor",
     "cos_null",
@@ -195,6 +198,7 @@ __all__ = [
     "shuffle_entries",
     "shuffle_null",
     "split_null",
+    "summarize_draws",
     "zscore",
     # bundled statistics
     "PAIR_STATISTICS",

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from spectrax.spectral._util import as_float, check_min_rank, common_float
 from spectrax.spectral.decompose import matmul
 from spectrax.spectral.metrics import pearson
-from spectrax.spectral.nulls import NullSummary, _StaticFn, _summarize, null_columns, split_null
+from spectrax.spectral.nulls import NullSummary, StaticFn, null_columns, split_null, summarize_draws
 
 __all__ = [
     "ALIGNMENTS",
@@ -336,7 +336,7 @@ def _random_basis_null(key, spectra, stat_fn, num_draws, batch_size):
             mats.append(matmul(q * lam[..., None, :], jnp.swapaxes(q, -1, -2)))
         return stat_fn(LayerMatrices(*mats))
 
-    return _summarize(jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws))
+    return summarize_draws(jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws))
 
 
 def random_basis_null(key, m: LayerMatrices, stat_fn: Callable[[LayerMatrices], Any] = alignment_statistics, *,
@@ -357,7 +357,7 @@ def random_basis_null(key, m: LayerMatrices, stat_fn: Callable[[LayerMatrices], 
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"{name} must be square matrices (..., d, d), got shape {x.shape}")
     spectra = tuple(jnp.linalg.eigvalsh(x) for x in m)
-    return _random_basis_null(key, spectra, _StaticFn(stat_fn), num_draws, batch_size)
+    return _random_basis_null(key, spectra, StaticFn(stat_fn), num_draws, batch_size)
 
 
 def alignment_table(key, m: LayerMatrices, k: int | None = None, *, num_draws: int = 32,

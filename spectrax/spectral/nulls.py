@@ -39,6 +39,7 @@ from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_variate
 
 __all__ = [
     "NullSummary",
+    "StaticFn",
     "abs_cos_std",
     "bartlett_factor",
     "cos_null",
@@ -57,6 +58,7 @@ __all__ = [
     "shuffle_entries",
     "shuffle_null",
     "split_null",
+    "summarize_draws",
     "zscore",
 ]
 
@@ -124,7 +126,7 @@ def grassmann_null(k: int, d: int) -> NullSummary:
 # ----------------------------------------------------------------------------- Monte Carlo
 
 
-class _StaticFn:
+class StaticFn:
     """A statistic function as a jit static argument, equal by content for `functools.partial`.
 
     So `gaussian_null(key, functools.partial(f, k=8), ...)` built afresh for every layer reuses
@@ -150,10 +152,12 @@ class _StaticFn:
         return hash(self.key)
 
     def __eq__(self, other):
-        return isinstance(other, _StaticFn) and self.key == other.key
+        return isinstance(other, StaticFn) and self.key == other.key
 
 
-def _summarize(draws) -> NullSummary:
+def summarize_draws(draws) -> NullSummary:
+    """`NullSummary` of Monte Carlo draws: a pytree of `(num_draws, ...)` arrays -> mean and
+    sample std (ddof 1) over the draws, and the draws."""
     mean = jax.tree.map(lambda d: jnp.mean(d, axis=0), draws)
     std = jax.tree.map(lambda d: jnp.std(d, axis=0, ddof=1), draws)
     return NullSummary(mean, std, draws)
@@ -190,7 +194,7 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None =
     (float32 where float64 is unavailable, with a `Float64Unavailable` warning).
     """
     *batch, m, n = shape
-    k, big = min(m, n), max(m, n)
+    k = min(m, n)
     dtype = float_dtype(dtype, "Gaussian singular values")
     if method not in (None, "bisection", "bartlett"):
         raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
@@ -234,7 +238,7 @@ def _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, sample, then
 
 @functools.partial(jax.jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size"))
 def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
-    return _summarize(_mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, jax.random.normal, stat_fn))
+    return summarize_draws(_mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, jax.random.normal, stat_fn))
 
 
 @functools.partial(jax.jit, static_argnames=("shapes", "dtypes", "num_draws", "batch_size"))
@@ -245,7 +249,7 @@ def _spectrum_draws(key, refs, shapes, dtypes, num_draws, batch_size):
 
 @functools.partial(jax.jit, static_argnames=("stat_fn", "batch_size"))
 def _null_of_draws(draws, stat_fn, batch_size):
-    return _summarize(jax.lax.map(lambda d: stat_fn(*d), draws, batch_size=batch_size or draws[0].shape[0]))
+    return summarize_draws(jax.lax.map(lambda d: stat_fn(*d), draws, batch_size=batch_size or draws[0].shape[0]))
 
 
 def gaussian_null(
@@ -279,7 +283,7 @@ def gaussian_null(
     """
     _check_draws(num_draws, batch_size)
     refs, shapes, dtypes = _templates(templates, match_scale)
-    return _gaussian_null(key, refs, stat_fn=_StaticFn(stat_fn), shapes=shapes, dtypes=dtypes,
+    return _gaussian_null(key, refs, stat_fn=StaticFn(stat_fn), shapes=shapes, dtypes=dtypes,
                           num_draws=num_draws, batch_size=batch_size)
 
 
@@ -362,7 +366,7 @@ def null_from_draws(stat_fn: Callable[..., Any], *draws, batch_size: int | None 
     """`NullSummary` of `stat_fn` evaluated on each draw: `draws` are `(num_draws, ...)` arrays, one
     per `stat_fn` argument (e.g. from `gaussian_spectrum_draws`); `batch_size` draws at a time."""
     _check_draws(draws[0].shape[0], batch_size)
-    return _null_of_draws(tuple(draws), stat_fn=_StaticFn(stat_fn), batch_size=batch_size)
+    return _null_of_draws(tuple(draws), stat_fn=StaticFn(stat_fn), batch_size=batch_size)
 
 
 def _templates(templates, match_scale):
@@ -395,7 +399,7 @@ def _shuffle_null(key, arrays, stat_fn, num_draws, batch_size):
         return stat_fn(*[shuffle_entries(ki, a) for ki, a in zip(ks, arrays)])
 
     keys = jax.random.split(key, num_draws)
-    return _summarize(jax.lax.map(draw, keys, batch_size=batch_size or num_draws))
+    return summarize_draws(jax.lax.map(draw, keys, batch_size=batch_size or num_draws))
 
 
 def shuffle_null(
@@ -417,7 +421,7 @@ def shuffle_null(
         if a.ndim < 2:
             raise ValueError(f"arrays must be (..., m, n) matrices, got shape {a.shape}")
     return _shuffle_null(
-        key, arrays, stat_fn=_StaticFn(stat_fn), num_draws=num_draws, batch_size=batch_size
+        key, arrays, stat_fn=StaticFn(stat_fn), num_draws=num_draws, batch_size=batch_size
     )
 
 

@@ -63,7 +63,7 @@ def test_crop_reproduces_the_top_left_block_protocol():
 
 
 def test_quantized_matrices_get_nulls_that_went_through_the_same_quantization(monkeypatch):
-    from spectrax.analyses import rank
+    from spectrax.analyses import quantized
     from spectrax.io.gguf import quantize_roundtrip
 
     rng = np.random.default_rng(0)
@@ -72,14 +72,14 @@ def test_quantized_matrices_get_nulls_that_went_through_the_same_quantization(mo
     for stat in ("erank", "stable_rank", "ks_mp", "ks_gauss", "sigma_max"):
         assert np.abs([rows[n][f"{stat}_z"] for n in stored]).mean() < 2.0, stat
     # Q4_0 on Gaussian entries: ~8.6% relative error (a 16-level grid over each 32-block's range).
-    assert all(0.07 < rows[n]["quant_error"] < 0.10 for n in stored)
+    assert all(0.07 < rows[n]["quant_error_null"] < 0.10 for n in stored)
     # K-types have no quantizer in gguf: the Gaussian null, and no error estimate.
     plain = matrix_rank_rows(stored, jax.random.key(1), num_draws=16)
     k_type = matrix_rank_rows(stored, jax.random.key(1), num_draws=16, storage=dict.fromkeys(stored, "Q4_K"))
-    assert np.isnan(k_type["g0"]["quant_error"]) and k_type["g0"]["erank_null_mean"] == plain["g0"]["erank_null_mean"]
+    assert np.isnan(k_type["g0"]["quant_error_null"]) and k_type["g0"]["erank_null_mean"] == plain["g0"]["erank_null_mean"]
     # The draws really pass through the storage type's round trip: a "format" that zeroes half of
     # the columns leaves 80 of 96 dimensions (effective rank ~68 instead of ~87), and the Gaussian
     # weight stands far above that null.
-    monkeypatch.setattr(rank, "quantize_roundtrip", lambda x, kind: x * (np.arange(x.shape[-1]) < x.shape[-1] // 2))
+    monkeypatch.setattr(quantized, "quantize_roundtrip", lambda x, kind: x * (np.arange(x.shape[-1]) < x.shape[-1] // 2))
     halved = matrix_rank_rows(stored, jax.random.key(1), num_draws=16, storage=dict.fromkeys(stored, "Q4_0"))
     assert halved["g0"]["erank_null_mean"] < 0.85 * plain["g0"]["erank_null_mean"] and halved["g0"]["erank_z"] > 10
