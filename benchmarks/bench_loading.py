@@ -40,7 +40,7 @@ if mode == "analyze-cores":   # as the command line runs: one CPU device per cor
     from spectrax.cli import use_every_core
     use_every_core()
 else:
-    sx.configure_cpu()
+    sx.configure_cpu(num_devices=1)
 start = time.perf_counter()
 checksum = 0.0
 if mode.startswith("analyze"):
