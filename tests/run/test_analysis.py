@@ -117,14 +117,14 @@ def test_force_replaces_only_an_earlier_spectrax_result(tmp_path):
     with atomic_output_dir(tmp_path / "res") as earlier:  # what an earlier spectrax run published
         pathlib.Path(os.path.join(earlier, "stale.txt")).write_text("old")
     with pytest.raises(FileExistsError, match="already exists"):
-        analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=2, progress=False)
-    out = analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=2, force=True, progress=False)
+        analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=4, progress=False)
+    out = analyze(CHECKPOINTS / "gpt2", tmp_path / "res", analyses=["rank"], num_draws=4, force=True, progress=False)
     assert "stale.txt" not in os.listdir(out) and "matrices.csv" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["res"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not written by spectrax"):
-        analyze(CHECKPOINTS / "gpt2", tmp_path / "mine", analyses=["rank"], num_draws=2, force=True, progress=False)
+        analyze(CHECKPOINTS / "gpt2", tmp_path / "mine", analyses=["rank"], num_draws=4, force=True, progress=False)
     assert os.listdir(tmp_path / "mine") == ["a.txt"]
 
 
