@@ -65,9 +65,11 @@ from spectrax.spectral.metrics import (
     stable_rank,
 )
 from spectrax.spectral.nulls import (
+    RESOLVED_BOUND,
     NullSummary,
     abs_cos_std,
     cos_null,
+    effect_sizes,
     expected_abs_cos,
     gaussian_null,
     gaussian_singular_values,
@@ -76,13 +78,16 @@ from spectrax.spectral.nulls import (
     grassmann_chance,
     grassmann_null,
     mean_null_std,
+    monte_carlo_error,
     null_columns,
     null_from_draws,
     percentile,
     pool_null,
+    resolved,
     shuffle_entries,
     shuffle_null,
     split_null,
+    unit_rms,
     zscore,
 )
 from spectrax.spectral.pairs import (
@@ -174,6 +179,8 @@ __all__ = [
     "gaussian_bidiagonal",
     # nulls
     "NullSummary",
+    "RESOLVED_BOUND",
+    "effect_sizes",
     "abs_cos_std",
     "cos_null",
     "expected_abs_cos",
@@ -184,6 +191,8 @@ __all__ = [
     "grassmann_chance",
     "grassmann_null",
     "mean_null_std",
+    "monte_carlo_error",
+    "resolved",
     "null_columns",
     "null_from_draws",
     "percentile",
@@ -191,6 +200,7 @@ __all__ = [
     "shuffle_entries",
     "shuffle_null",
     "split_null",
+    "unit_rms",
     "zscore",
     # bundled statistics
     "PAIR_STATISTICS",
