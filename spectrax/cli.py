@@ -16,7 +16,8 @@ __all__ = ["main"]
 # The analyses `--analyses` offers (the names in spectrax.analyses.registry.ANALYSES, which the tests
 # hold this equal to), written out so that building the parser, and `--help`, imports neither JAX nor the
 # analyses: the command imports them once the arguments are parsed.
-ANALYSIS_NAMES = ("laws", "rank", "kernel", "esd")
+ANALYSIS_NAMES = ("laws", "rank", "kernel", "esd", "charge")
+DEFAULT_ANALYSES = ("laws", "rank", "kernel", "esd")  # spectrax.analyses.registry.DEFAULT
 
 
 def _human_bytes(n: int) -> str:
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "wins); default: the small model embedded in spectrax")
     p.add_argument("--out", default=None, help="new output folder (default: spectrax-results/<name>-<time>); "
                    "rerunning an interrupted run with the same --out and settings resumes it")
-    analysis_options(p, ",".join(ANALYSIS_NAMES))
+    analysis_options(p, ",".join(DEFAULT_ANALYSES))
     p.set_defaults(run=_cmd_analyze)
 
     p = sub.add_parser("compare", help="two checkpoints of one architecture side by side, differences against null spread")

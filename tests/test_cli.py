@@ -189,9 +189,9 @@ def test_help_imports_neither_jax_nor_the_analyses():
 
 def test_the_help_lists_every_analysis():
     from spectrax import cli
-    from spectrax.analyses.registry import ANALYSES
+    from spectrax.analyses.registry import ANALYSES, DEFAULT
 
-    assert cli.ANALYSIS_NAMES == tuple(ANALYSES)
+    assert cli.ANALYSIS_NAMES == tuple(ANALYSES) and cli.DEFAULT_ANALYSES == DEFAULT
 
 
 def test_lazy_package_attributes():

@@ -7,7 +7,10 @@ of its report section); `registry.ANALYSES` lists those `spectrax analyze` knows
 - `rank`: whole-matrix rank statistics of every 2-D weight;
 - `kernel`: QK-kernel spectra, FFN alignment, layer x layer subspace similarity, bottleneck;
 - `esd`: empirical spectral densities (Marchenko-Pastur, spikes, power-law tail) against
-  Gaussian and shuffled baselines.
+  Gaussian and shuffled baselines;
+- `charge` (not run by default, `registry.DEFAULT`): the conserved charge of the attention
+  reparametrization per head and the laws at the balanced point (`gauge` classifies every per-head
+  column as invariant or parametrization-dependent).
 
 Streaming a checkpoint through them and writing result folders is `spectrax.run`'s job:
 

@@ -12,14 +12,16 @@ pseudo-bulk). NaN entries (heads with non-finite weights) are left out of every 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from spectrax.analyses.tables import json_value
+from spectrax.spectral.nulls import effect_sizes, monte_carlo_error, resolved
 
 __all__ = ["NUM_GROUPS", "by_kind", "finite_mean", "layer_means", "layer_table", "pseudo_bulk", "layer_groups",
-           "group_means", "relative_change", "model_values"]
+           "group_means", "relative_change", "relative_std_error", "model_values"]
 
 NUM_GROUPS = 4  # layer groups of the source's tables
 
@@ -39,7 +41,8 @@ def _nan_reduce(fn, x: np.ndarray) -> float:
 
 def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, np.ndarray]:
     """`(layers,)` columns: the mean over each layer's heads of each stat and of its null mean, the
-    null std *of that mean* and its z (when the table has them).
+    null std *of that mean* with its Monte Carlo error (`_null_std_se`, 0 for an exact null), its z
+    and effect sizes `_diff`, `_ratio` (when the table has them).
 
     The null std of a layer mean is the table's `<stat>_layer_null_std` (the analysis's estimate,
     counting heads that share a K/V head), else the heads' null std over sqrt(heads) (independent
@@ -48,21 +51,44 @@ def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str,
     layers = np.asarray(table["layer"])
     ids = np.unique(layers)
     out = {"layer": ids}
+
+    def means(column: str) -> np.ndarray:
+        values = np.asarray(table[column], float)
+        return np.array([_nan_reduce(np.mean, values[layers == i]) for i in ids])
+
     for stat in stats:
         for column in (stat, stat + "_null_mean"):
             if column in table:
-                values = np.asarray(table[column], float)
-                out[column] = np.array([_nan_reduce(np.mean, values[layers == i]) for i in ids])
+                out[column] = means(column)
         if stat + "_layer_null_std" in table:
-            values = np.asarray(table[stat + "_layer_null_std"], float)
-            out[stat + "_null_std"] = np.array([_nan_reduce(np.mean, values[layers == i]) for i in ids])
+            out[stat + "_null_std"] = means(stat + "_layer_null_std")
+            se = stat + "_layer_null_std_se"
+            out[stat + "_null_std_se"] = means(se) if se in table else np.zeros(len(ids))
         elif stat + "_null_std" in table:
-            values, counted = np.asarray(table[stat + "_null_std"], float), ~np.isnan(np.asarray(table[stat], float))
-            out[stat + "_null_std"] = np.array([_nan_reduce(np.mean, values[layers == i])
-                                                / np.sqrt(max(np.sum(counted & (layers == i)), 1)) for i in ids])
+            counted = ~np.isnan(np.asarray(table[stat], float))
+            root = np.sqrt([max(np.sum(counted & (layers == i)), 1) for i in ids])
+            out[stat + "_null_std"] = means(stat + "_null_std") / root
+            se = stat + "_null_std_se"
+            out[stat + "_null_std_se"] = means(se) / root if se in table else np.zeros(len(ids))
         if stat + "_null_std" in out and stat in out:
-            out[stat + "_z"] = _z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"])
+            _add_z(out, stat)
     return out
+
+
+def _add_z(out: dict[str, np.ndarray], stat: str) -> None:
+    """`<stat>_z`, `<stat>_diff`, `<stat>_ratio` of aggregated columns, in place."""
+    out[stat + "_z"] = _z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"])
+    out[stat + "_diff"], out[stat + "_ratio"] = effect_sizes(out[stat], out[stat + "_null_mean"])
+
+
+def relative_std_error(means) -> np.ndarray:
+    """Monte Carlo error of a layer mean's null std relative to it, from `means (num_draws, ...)`,
+    the draws of the mean itself (each draw's mean over the layer's heads, whose std is the one
+    `spectral.mean_null_std` estimates)."""
+    std_se = monte_carlo_error(means)[1]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer without two finite draws stays NaN
+        return std_se / np.nanstd(np.asarray(means, np.float64), axis=0, ddof=1)
 
 
 def _z(value, mean, std) -> np.ndarray:
@@ -71,11 +97,18 @@ def _z(value, mean, std) -> np.ndarray:
         return np.where(std > 0, (value - mean) / np.where(std > 0, std, 1.0), np.nan)
 
 
-def _mean_std(stds) -> float:
-    """Null std of a mean over independent layers (or groups), from each one's null std."""
+def _mean_std(stds, errors=None) -> tuple[float, float]:
+    """Null std of a mean over independent layers (or groups), `sqrt(sum std_l^2) / L` from each one's
+    null std, and its Monte Carlo error from theirs (`errors`, none: 0), propagated to first order."""
     stds = np.asarray(stds, float)
-    stds = stds[~np.isnan(stds)]
-    return float(np.sqrt(np.sum(stds**2)) / stds.size) if stds.size else float("nan")
+    errors = np.zeros_like(stds) if errors is None else np.asarray(errors, float)
+    kept = ~np.isnan(stds)
+    stds, errors = stds[kept], errors[kept]
+    if not stds.size:
+        return float("nan"), float("nan")
+    total = np.sqrt(np.sum(stds**2))
+    se = np.sqrt(np.sum((stds * errors) ** 2)) / total if total > 0 else 0.0
+    return float(total / stds.size), float(se / stds.size)
 
 
 def pseudo_bulk(table: dict[str, np.ndarray], stat: str) -> tuple[np.ndarray, float]:
@@ -106,7 +139,7 @@ def layer_groups(layers: Sequence[int], num_groups: int = NUM_GROUPS) -> list[tu
 
 def group_means(per_layer: dict[str, np.ndarray], stats: Sequence[str], groups: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
     """`(groups,)` columns: `group` ("lo-hi"), `first`, `last` and the mean over the group's layers
-    of each per-layer stat (and its null columns when present)."""
+    of each per-layer stat (and its null columns, z and effect sizes when present)."""
     layers = np.asarray(per_layer["layer"])
     out = {
         "group": np.array([f"{g[0]}-{g[-1]}" for g in groups], dtype=object),
@@ -120,8 +153,12 @@ def group_means(per_layer: dict[str, np.ndarray], stats: Sequence[str], groups: 
                 out[column] = np.array([_nan_reduce(np.mean, values[np.isin(layers, g)]) for g in groups])
         if stat + "_null_std" in per_layer:  # layers are independent under the null
             values = np.asarray(per_layer[stat + "_null_std"], float)
-            out[stat + "_null_std"] = np.array([_mean_std(values[np.isin(layers, g)]) for g in groups])
-            out[stat + "_z"] = _z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"])
+            errors = per_layer.get(stat + "_null_std_se")
+            errors = np.zeros_like(values) if errors is None else np.asarray(errors, float)
+            pairs = [_mean_std(values[np.isin(layers, g)], errors[np.isin(layers, g)]) for g in groups]
+            out[stat + "_null_std"] = np.array([p[0] for p in pairs])
+            out[stat + "_null_std_se"] = np.array([p[1] for p in pairs])
+            _add_z(out, stat)
     return out
 
 
@@ -137,7 +174,9 @@ def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray],
     """Model-level aggregates of one stat: median and mean over layers of the per-layer mean, the
     pseudo-bulk (when the table has `kv_head`), the null of the mean over layers (`null_mean`,
     `null_std`: layers independent, so `sqrt(sum std_l^2) / L` from each layer mean's null std)
-    with its `z`, and the mean per-head z."""
+    with the Monte Carlo error of that std (`null_std_se`), whether it is `resolved`
+    (`spectral.resolved`), the `z` of the mean and its effect sizes `diff` (mean - null mean) and
+    `ratio` (mean / null mean), and the mean per-head z."""
 
     def clean(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
@@ -151,9 +190,14 @@ def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray],
     if stat + "_null_mean" in per_layer:
         out["null_mean"] = clean(_nan_reduce(np.mean, per_layer[stat + "_null_mean"]))
     if stat + "_null_std" in per_layer:  # of the mean over layers, layers independent under the null
-        out["null_std"] = clean(_mean_std(per_layer[stat + "_null_std"]))
+        std, se = _mean_std(per_layer[stat + "_null_std"], per_layer.get(stat + "_null_std_se"))
+        out["null_std"], out["null_std_se"] = clean(std), clean(se)
+        out["resolved"] = bool(resolved(std, se))
         if out["null_mean"] is not None and out["null_std"] and out["mean_over_layers"] is not None:
             out["z"] = (out["mean_over_layers"] - out["null_mean"]) / out["null_std"]
+    if out.get("null_mean") is not None and out["mean_over_layers"] is not None:
+        diff, ratio = effect_sizes(out["mean_over_layers"], out["null_mean"])
+        out["diff"], out["ratio"] = clean(float(diff)), clean(float(ratio))
     if f"{stat}_z" in table:
         out["mean_z"] = clean(_nan_reduce(np.mean, table[f"{stat}_z"]))
     return out
@@ -177,14 +221,17 @@ def layer_table(table: dict[str, np.ndarray], stats: Sequence[str], spread: Sequ
 
 def by_kind(matrices: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, dict[str, dict[str, object]]]:
     """Per matrix kind (`attn.q`, ..., in table order), per stat: the mean over layers of the
-    stat (`mean`) and of its `_null_mean`, `_z` and `_shuffle_mean` columns where present, as
-    JSON values."""
+    stat (`mean`) and of its `_null_mean`, `_diff`, `_ratio`, `_z` and `_shuffle_mean` columns where
+    present, as JSON values. The z is averaged over the matrices whose null is resolved
+    (`spectral.resolved`) only, and is None when none is."""
     out = {}
     for kind in dict.fromkeys(matrices["matrix"].tolist()):
         rows = matrices["matrix"] == kind
-        out[kind] = {
-            stat: {suffix.lstrip("_") or "mean": json_value(finite_mean(np.asarray(matrices[stat + suffix], float)[rows]))
-                   for suffix in ("", "_null_mean", "_z", "_shuffle_mean") if stat + suffix in matrices}
-            for stat in stats
-        }
+        out[kind] = {}
+        for stat in stats:
+            kept = {suffix: rows for suffix in ("", "_null_mean", "_diff", "_ratio", "_shuffle_mean")}
+            if stat + "_null_std" in matrices:
+                kept["_z"] = rows & resolved(matrices[stat + "_null_std"], matrices.get(stat + "_null_std_se"))
+            out[kind][stat] = {suffix.lstrip("_") or "mean": json_value(finite_mean(np.asarray(matrices[stat + suffix], float)[where]))
+                               for suffix, where in kept.items() if stat + suffix in matrices}
     return out

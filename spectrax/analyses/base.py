@@ -57,13 +57,15 @@ class LayerInput(NamedTuple):
 
     `params`: the canonical layer as `stream_layers` yields it, leaves `(1, ...)` (None for the
     globals); `matrices`: its whole 2-D weights by name (`attn.q (H*D, E)`, ..., cropped to
-    `Options.crop`); `storage`: each matrix's stored type (`"BF16"`, `"Q4_0"`, ...) or None.
+    `Options.crop`); `storage`: each matrix's stored type (`"BF16"`, `"Q4_0"`, ...) or None;
+    `spec`: the checkpoint's `ModelSpec` (rotary dimension, q/k norms), None where unknown.
     """
 
     layer: int | None
     params: dict | None
     matrices: Mapping[str, np.ndarray]
     storage: Mapping[str, str] | None = None
+    spec: Any = None
 
 
 class LayerOutput(NamedTuple):
@@ -115,7 +117,8 @@ class Plot(NamedTuple):
 class Spectrum(NamedTuple):
     """Singular values `s` of one matrix of shape `shape`, to be drawn against Marchenko-Pastur:
     `layer`'s `matrix` (`"attn.q"`, `"mlp.up"`, ...), query head `head` or None (the whole
-    matrix), and why it was chosen."""
+    matrix), and why it was chosen; with `bulk_max` and `num_spikes`, WeightWatcher's MP bulk edge
+    (units of s^2) and spike count as `esd` reports them, which the figure marks."""
 
     layer: int
     matrix: str
@@ -123,6 +126,8 @@ class Spectrum(NamedTuple):
     why: str
     s: np.ndarray
     shape: tuple[int, int]
+    bulk_max: float | None = None
+    num_spikes: int | None = None
 
     @property
     def name(self) -> str:

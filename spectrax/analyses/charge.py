@@ -39,7 +39,9 @@ laws); with biases the conserved charge also holds `b_q b_q^T - b_k b_k^T`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping
 
 import chex
 import jax
@@ -47,16 +49,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectrax import spectral as sp
-from spectrax.analyses.gauge import rotary_pairs
+from spectrax.analyses.aggregate import layer_means, model_values
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Section, Tables
+from spectrax.analyses.gauge import rotary_dim, rotary_pairs
+from spectrax.analyses.tables import format_number, list_markdown
 
 __all__ = [
     "BALANCED_STATISTICS",
     "CHARGES",
+    "ChargeSummary",
+    "analysis",
     "balance",
     "charge_layer",
     "charge_statistics",
     "commutant",
     "group_charge",
+    "render",
+    "summarize",
 ]
 
 _SPECTRUM = ("sigma_max", "cond", "erank", "stable_rank", "max_mean")
@@ -269,3 +278,87 @@ def charge_layer(attn: dict, key: jax.Array, *, rotary_dim: int, num_draws: int 
         with np.errstate(invalid="ignore", divide="ignore"):
             cols[f"{law}_charge_share"] = np.where(raw > 0, (raw - bal) / raw, np.nan)
     return cols
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+HEADLINE = ("qk_charge", "ov_charge", "pearson_qk_balanced", "ssr_qk_balanced")
+
+
+def _keeps_meaning(column: str) -> bool:
+    """Whether a column means something when q/k norms break the QK symmetry: the OV side only."""
+    return column in ("head", "kv_head") or column.startswith("ov_") or "_v_balanced" in column
+
+
+def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
+    """`charge_layer` of one layer, its rotary dimension from the checkpoint's spec; with q/k norms
+    every QK-side column is NaN (the symmetry it measures does not exist there)."""
+    if inputs.spec is None:
+        raise ValueError("the charge analysis needs the checkpoint's ModelSpec (its rotary dimension)")
+    attn = {m: np.asarray(inputs.params["attn"][m][0]) for m in ("q", "k", "v", "o")}
+    cols = charge_layer(attn, key, rotary_dim=rotary_dim(inputs.spec, attn["q"].shape[1]), num_draws=options.num_draws)
+    if inputs.spec.qk_norm is not None:
+        cols = {c: v if _keeps_meaning(c) else np.full(np.shape(v), np.nan, np.float32) for c, v in cols.items()}
+    return LayerOutput(cols)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChargeSummary:
+    """`model`: per `HEADLINE` statistic, `aggregate.model_values` (mean over layers, null, z, effect
+    sizes); `charge_share`: the median over heads of `pearson_qk_charge_share`, `ssr_qk_charge_share`;
+    `qk_norm`: whether the model normalizes q/k (then only the OV side has a charge)."""
+
+    model: Mapping[str, Mapping[str, object]]
+    charge_share: Mapping[str, float | None]
+    qk_norm: bool
+
+    def to_json(self) -> dict:
+        return {"model": dict(self.model), "charge_share": dict(self.charge_share), "qk_norm": self.qk_norm}
+
+
+def summarize(tables: Tables, spec, options: Options) -> ChargeSummary:
+    heads = tables.heads
+    per_layer = layer_means(heads, HEADLINE)
+    share = {}
+    for law, _ in _SHARES:
+        values = np.asarray(heads[f"{law}_charge_share"], float)
+        share[law] = float(np.median(values[np.isfinite(values)])) if np.isfinite(values).any() else None
+    return ChargeSummary({stat: model_values(heads, per_layer, stat) for stat in HEADLINE}, share,
+                         getattr(spec, "qk_norm", None) is not None)
+
+
+def render(summary: ChargeSummary) -> Section:
+    """The report's section on the charge and the laws at the balanced point."""
+    rows: dict[str, list] = {"statistic": [], "mean over layers": [], "null mean": [], "difference": [], "ratio": [],
+                             "z of the mean": []}
+    for stat, v in summary.model.items():
+        for column, key in (("statistic", None), ("mean over layers", "mean_over_layers"), ("null mean", "null_mean"),
+                            ("difference", "diff"), ("ratio", "ratio"), ("z of the mean", "z")):
+            value = stat if key is None else v.get(key)
+            rows[column].append(None if key == "z" and not v.get("resolved", True) else value)
+    share = summary.charge_share
+    lines = [
+        "## The symmetry's charge (charge)",
+        "",
+        "Attention is unchanged by W_Q,h → A W_Q,h, W_K,g → A⁻ᵀ W_K,g (A commuting with the rotary rotations, one per "
+        "key/value group) and W_V,g → B W_V,g, W_O,h → W_O,h B⁻¹. Gradient descent conserves the symmetry's charge "
+        "C = Σ_h W_Q,h W_Q,hᵀ − W_K,g W_K,gᵀ (with RoPE its per-frequency-pair part) and weight decay drives it to zero "
+        "(Tanaka & Kunin, \"Noether's Learning Dynamics\", NeurIPS 2021; Kunin et al., \"Neural Mechanics\", ICLR 2021). "
+        "`qk_charge`, `ov_charge`: its normalized size |P(C)| / |P(S)| per group (0 balanced, 1 one side all); "
+        "`*_balanced`: the laws at the balanced point of the orbit (zero charge, the same function), the invariant "
+        "counterparts of the laws. Each against Gaussian heads of the same shapes and scales.",
+        "",
+        list_markdown(rows),
+        "",
+        f"- Share of the Q/K laws' departure that balancing removes (median over heads; 1: all of it, 0: none): "
+        f"pearson_qk {format_number(share.get('pearson_qk'))}, ssr_qk {format_number(share.get('ssr_qk'))}.",
+    ]
+    if summary.qk_norm:
+        lines.append("- This model normalizes queries and keys: the QK symmetry does not exist, so only the OV side "
+                     "(`ov_*`, `*_v_balanced`) is reported; the QK columns are empty.")
+    lines.append("")
+    return Section("\n".join(lines))
+
+
+analysis = Analysis(name="charge", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,
+                    key_id=4, headline=HEADLINE)

@@ -36,8 +36,10 @@ tail, not a test that a power law holds.
 `matrix_esd_rows` reports each statistic beside two baselines, because they answer different
 questions:
 
-- the Gaussian null (`X_null_mean`, `X_null_std`, `X_z`, `X_pct`): shape- and scale-matched
-  i.i.d. Gaussian matrices, drawn directly in singular values (`gaussian_spectrum_null`, cheap).
+- the Gaussian null (`X_null_mean`, `X_null_std`, `X_z`, `X_pct`, with effect sizes `X_diff`,
+  `X_ratio` and Monte Carlo errors `X_null_mean_se`, `X_null_std_se`): shape- and scale-matched
+  i.i.d. Gaussian matrices, drawn directly in singular values (`gaussian_spectrum_draws`, cheap),
+  one null per shape in a layer pooled over the matrices of that shape (`_pooled_null`).
   It asks "is this ESD what a random matrix of this shape gives?"; for a matrix stored in a GGUF
   block type the draws are whole Gaussian matrices quantized the same way (`quantized`);
 - the shuffled-entries baseline (`X_shuffle_mean`, `X_shuffle_std`, `X_shuffle_z`): the same
@@ -65,6 +67,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Mapping
 
 import chex
@@ -104,7 +107,8 @@ ESD_STATISTICS = (
 )
 WW_SUMMARY = ("alpha", "alpha_weighted", "log_alpha_norm", "stable_rank", "mp_softrank")
 MIN_TAIL = 10  # smallest power-law tail; matrices with min(m, n) < MIN_TAIL get NaN tail fits
-_BASELINES = ("null_mean", "null_std", "z", "pct", "shuffle_mean", "shuffle_std", "shuffle_z")
+_BASELINES = ("null_mean", "null_std", "z", "pct", "diff", "ratio", "null_mean_se", "null_std_se", "shuffle_mean",
+              "shuffle_std", "shuffle_z")
 _COLUMNS = tuple(c for name in ESD_STATISTICS for c in (name, *(f"{name}_{b}" for b in _BASELINES)))
 
 
@@ -216,9 +220,9 @@ def matrix_esd_rows(
         batch = jnp.asarray(np.stack([floats[n] for n in names]))           # (B, m, n)
         observed = esd_statistics(sp.singular_values(batch, method="qr"), shape)  # whole matrices
         # A partial of a module-level function compares equal across calls: one compile per shape.
-        stat_fn = functools.partial(esd_statistics, shape=shape)
-        null = sp.split_null(sp.gaussian_spectrum_null(k_gauss, stat_fn, batch, num_draws=num_draws))
+        null = _pooled_null(k_gauss, batch, shape, num_draws)
         columns = {c: np.array(v) for c, v in sp.null_columns(observed, null).items()}  # writable copies
+        stat_fn = functools.partial(esd_statistics, shape=shape)
         for j, name in enumerate(names):
             drawn = quantized.noise_spectra(jax.random.fold_in(k_gauss, j), shape, (storage or {}).get(name),
                                             num_draws=num_draws, axis=quantized.stored_axis(name))
@@ -240,6 +244,32 @@ def matrix_esd_rows(
         for j, name in enumerate(names):
             rows[name] = {c: columns[c][j] for c in _COLUMNS}
     return rows
+
+
+_SQUARED_SCALE = ("xmin", "lambda_max", "bulk_max", "mp_scale", "bulk_edge")  # eigenvalue units: scale rms^2
+_LOG_SCALE = ("alpha_weighted", "log_alpha_norm")  # shift by alpha * log10(rms^2)
+
+
+def _pooled_null(key, batch, shape: tuple[int, int], num_draws: int) -> dict[str, sp.NullSummary]:
+    """The Gaussian null of `ESD_STATISTICS` shared by the matrices `batch (B, m, n)` of one shape:
+    unit-RMS stand-ins (`spectral.unit_rms`) pooled over the B matrices (`spectral.pool_null`), each
+    matrix's null being the unit null at its own RMS: eigenvalue-valued statistics times `rms^2`,
+    `alpha_weighted` and `log_alpha_norm` shifted by `alpha * log10(rms^2)` (the draw's own alpha),
+    the rest scale-free. So each null rests on `num_draws * B` draws at the cost of `num_draws`."""
+    draws = sp.gaussian_spectrum_draws(key, batch, num_draws=num_draws, match_scale=False)[0]
+    unit = jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1]))
+    null = sp.split_null(sp.null_from_draws(functools.partial(esd_statistics, shape=shape), unit))
+    rms2 = np.mean(np.square(np.asarray(batch, np.float64)), axis=(-2, -1))
+    pooled = {name: sp.pool_null(one, axis=0, scale=rms2 if name in _SQUARED_SCALE else None)
+              for name, one in null.items()}
+    alpha = np.asarray(pooled["alpha"].draws, np.float64)                      # (num_draws * B, 1)
+    for name in _LOG_SCALE:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shifted = np.asarray(pooled[name].draws, np.float64) + alpha * np.log10(rms2)
+        with warnings.catch_warnings():  # a matrix whose every draw is NaN (too small for a tail) stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pooled[name] = sp.NullSummary(np.nanmean(shifted, axis=0), np.nanstd(shifted, axis=0, ddof=1), shifted)
+    return pooled
 
 
 def esd_summary(rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, float]:
@@ -301,8 +331,10 @@ def summarize(tables: Tables, spec, options: Options) -> EsdSummary:
         i = int(np.nanargmax(np.where(inside, spikes, np.nan)))
         kept = tables.arrays.get("esd", {}).get(int(matrices["layer"][i]))
         if kept is not None:
-            spectra = (Spectrum(int(matrices["layer"][i]), str(kept["matrix"]), None, "most spikes", kept["spectrum"],
-                                tuple(int(n) for n in kept["shape"])),)
+            layer, name = int(matrices["layer"][i]), str(kept["matrix"])
+            j = int(np.flatnonzero((np.asarray(matrices["layer"]) == layer) & (matrices["matrix"] == name))[0])
+            spectra = (Spectrum(layer, name, None, "most spikes", kept["spectrum"], tuple(int(n) for n in kept["shape"]),
+                                float(matrices["bulk_max"][j]), int(matrices["num_spikes"][j])),)
     rows = {i: {c: matrices[c][i] for c in WW_SUMMARY} for i in range(len(matrices["matrix"]))}
     return EsdSummary(by_kind(matrices, ESD_STATISTICS), options.shuffle_draws, matrices, spectra, esd_summary(rows))
 

@@ -203,12 +203,14 @@ BOOKKEEPING = frozenset({"head", "kv_head", "finite", "degenerate"})
 
 def _classify(column: str, invariant: bool, null_by_shape: bool, monte_carlo: bool) -> dict[str, str]:
     word = {True: "invariant", False: "parametrization"}
-    cols = {column: word[invariant], f"{column}_null_mean": word[null_by_shape],
-            f"{column}_null_std": word[null_by_shape], f"{column}_z": word[invariant and null_by_shape]}
+    compared = word[invariant and null_by_shape]  # the statistic set against its null
+    cols = {column: word[invariant], f"{column}_null_mean": word[null_by_shape], f"{column}_null_std": word[null_by_shape],
+            f"{column}_z": compared, f"{column}_diff": compared, f"{column}_ratio": compared}
     if column != "ffn_alignment":  # the null std of a layer mean (every statistic with per-head draws or an exact null)
-        cols[f"{column}_layer_null_std"] = word[null_by_shape]
+        cols[f"{column}_layer_null_std"] = cols[f"{column}_layer_null_std_se"] = word[null_by_shape]
     if monte_carlo:
-        cols[f"{column}_pct"] = word[invariant and null_by_shape]
+        cols[f"{column}_pct"] = compared
+        cols[f"{column}_null_mean_se"] = cols[f"{column}_null_std_se"] = word[null_by_shape]
     return cols
 
 
@@ -222,7 +224,6 @@ def _invariance() -> dict[str, str]:
             out.update(_classify(f"{stat}_{m}", *flags))
     for stat, flags in _KERNEL_STATISTICS.items():
         out.update(_classify(stat, *flags))
-    out["ffn_alignment_ratio"] = "invariant"
     return out
 
 

@@ -63,7 +63,7 @@ import numpy as np
 from spectrax import spectral as sp
 from spectrax.analyses import quantized
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
-from spectrax.analyses.aggregate import finite_mean
+from spectrax.analyses.aggregate import finite_mean, relative_std_error
 from spectrax.analyses.tables import Table, format_number, json_value, list_markdown
 
 __all__ = [
@@ -335,8 +335,8 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
         the kernel null is `quantized_kernel_null`.
     Returns:
       `(columns, bases)`: `columns` maps each name to an `(H,)` numpy array: `kv_head`; every
-      `KERNEL_STATISTICS` name with `_null_mean`, `_null_std`, `_z`, `_pct`; `ffn_alignment` with
-      `_null_mean`, `_null_std`, `_z` (exact null); `ffn_alignment_ratio` (alignment / (k/E));
+      `KERNEL_STATISTICS` name with the columns of `spectral.null_columns` and `_layer_null_std(_se)`; `ffn_alignment` with
+      `_null_mean`, `_null_std`, `_z`, `_diff` and `_ratio` (exact null; the ratio is alignment / (k/E));
       `finite` (1 unless the head's W_Q,h or W_K,g holds NaN/Inf). `bases` is `(H, E, k)` float32,
       the top-k key-side kernel singular vectors of each head (NaN for non-finite or zero kernels),
       for `layer_similarity`. An MLP matrix holding NaN/Inf makes every head's alignment and its
@@ -361,10 +361,11 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     columns = sp.null_columns({**stats, "ffn_alignment": ffn}, nulls)
     cols = {"kv_head": sp.kv_head_index(H, KV)}
     cols.update({name: np.asarray(value) for name, value in columns.items()})
-    cols["ffn_alignment_ratio"] = cols["ffn_alignment"] / np.float32(k_eff / E)
     for name, null in per_head.items():  # the null of the layer mean: heads reading one key head share it
-        std = sp.mean_null_std(np.asarray(null.draws, np.float64), sp.kv_head_index(H, KV))
+        draws = np.asarray(null.draws, np.float64)
+        std = sp.mean_null_std(draws, sp.kv_head_index(H, KV))
         cols[f"{name}_layer_null_std"] = np.full(H, std, np.float32)
+        cols[f"{name}_layer_null_std_se"] = np.full(H, std * relative_std_error(np.nanmean(draws, axis=-1)), np.float32)
     cols["finite"] = np.asarray(finite).astype(np.int64)
     return cols, np.asarray(basis, np.float32)
 
@@ -584,7 +585,8 @@ def render(summary: KernelSummary) -> Section:
         f"mean effective rank. FFN alignment is the fraction of the MLP input matrix's energy inside the head's "
         f"top-{k} key-side kernel subspace (exact null: mean k/E = {chance:.4g} for any matrix, std from its "
         "spectrum). Layer x layer similarity is the Grassmann similarity of those subspaces (chance k/E). Heads "
-        "sharing a KV head share W_K.",
+        "sharing a KV head share W_K. Gauge: both statistics and their z are invariant (properties of the attention "
+        "function, `gauge.INVARIANCE`), unlike most per-head laws.",
         "",
         list_markdown({name: [p[key] for p in per_layer] for name, key in (
             ("layer", "layer"), ("kernel erank", "kernel_erank_mean"), ("null", "kernel_erank_null_mean"),

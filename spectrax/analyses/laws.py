@@ -31,11 +31,11 @@ import jax
 import numpy as np
 
 from spectrax import spectral as sp
-from spectrax.analyses import quantized
-from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values
+from spectrax.analyses import gauge, quantized
+from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values, relative_std_error
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
 from spectrax.analyses.precision import precision_table
-from spectrax.analyses.tables import Table, format_number, json_value, list_markdown, short_list
+from spectrax.analyses.tables import Table, format_number, format_percentile, json_value, list_markdown, short_list
 
 __all__ = ["DEGENERACY", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analysis", "degeneracy", "head_laws",
            "laws_layer", "render", "summarize"]
@@ -100,9 +100,9 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
     exact = sp.exact_pair_nulls((D, E))
     # One set of Gaussian stand-in spectra per matrix serves all six nulls (each null is still
     # exact in law; the q draws are shared by the qk, qv and q nulls).
-    draws = {m: _unit_rms(s, D * E) for m, s in
+    draws = {m: sp.unit_rms(s, D * E) for m, s in
              zip(MATRICES, sp.gaussian_spectrum_draws(key, q, k, v, num_draws=num_draws, match_scale=False))}
-    draws.update({m: _unit_rms(s, D * E) for m, s in quantized.head_spectra(
+    draws.update({m: sp.unit_rms(s, D * E) for m, s in quantized.head_spectra(
         jax.random.fold_in(key, _QUANTIZED), {"q": q, "k": k, "v": v}, storage, num_draws=num_draws).items()})
     rms = {m: _rms(x) for m, x in (("q", q), ("k", k), ("v", v))}
     cols: dict[str, np.ndarray] = {}
@@ -120,6 +120,7 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
         null, layer_std = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
                                   {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
         layer_std.update({name: _independent_mean_std(one.std, groups, n) for name, one in exact.items()})
+        layer_std.update({f"{name}_se": np.zeros(n) for name in exact})  # exact: no Monte Carlo error
         add(tag, {**_columns(observed, {**null, **exact}), **_layer_columns(layer_std, len(groups))}, per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
@@ -140,16 +141,6 @@ def _rms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(np.square(np.asarray(x, np.float64)), axis=(-2, -1)))
 
 
-def _unit_rms(s, size: int) -> np.ndarray:
-    """Spectra `s (..., k)` of stand-ins rescaled to an entry RMS of exactly 1 (`|s|_2 = sqrt(size)`).
-
-    A head's null is then the Gaussian null *at its own Frobenius norm*: its RMS is known exactly,
-    so a stand-in whose norm fluctuates would spread `sigma_max` or `alpha` wider than any
-    observation can (in a calibration run their percentiles bunched in the middle)."""
-    s = np.asarray(s, np.float64)
-    return (s * np.sqrt(size) / np.linalg.norm(s, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray], groups: np.ndarray
             ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray]]:
     """Per statistic, the null of unit-variance stand-ins pooled over the heads (axis 1 of `(n,
@@ -162,7 +153,9 @@ def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray], groups: np.ndar
         pooled[name] = sp.pool_null(one, axis=1, scale=scale)
         draws = np.asarray(one.draws, np.float64) * (1.0 if scale is None else np.asarray(scale, np.float64))
         layer_std[name] = sp.mean_null_std(draws, groups)
+        layer_std[f"{name}_se"] = layer_std[name] * relative_std_error(np.nanmean(draws, axis=-1))
     return pooled, layer_std
+
 
 
 def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
@@ -174,8 +167,9 @@ def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
 
 
 def _layer_columns(layer_std: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
-    """`<stat>_layer_null_std` columns `(n, heads)`: each layer's value repeated on its heads' rows."""
-    return {f"{name}_layer_null_std": np.repeat(np.reshape(np.asarray(std, np.float32), (-1, 1)), heads, axis=1)
+    """`<stat>_layer_null_std` (and `<stat>_layer_null_std_se`, its Monte Carlo error) columns `(n, heads)`:
+    each layer's value repeated on its heads' rows."""
+    return {f"{name.removesuffix('_se')}_layer_null_std{'_se' if name.endswith('_se') else ''}": np.repeat(np.reshape(np.asarray(std, np.float32), (-1, 1)), heads, axis=1)
             for name, std in layer_std.items()}
 
 
@@ -207,7 +201,7 @@ def _blank_undefined(cols: dict[str, np.ndarray], per_head: dict[str, np.ndarray
             undefined = no_spectrum[tag]
         else:
             continue
-        if undefined.any() and not name.endswith(("_null_mean", "_null_std")):  # the null itself stays defined
+        if undefined.any() and not name.endswith(("_null_mean", "_null_std", "_se")):  # the null itself stays defined
             cols[name] = np.where(undefined, np.nan, cols[name])
 
 
@@ -231,7 +225,8 @@ def _spectrum_statistics(s) -> dict:
     return {name: stats[name] for name in _SPECTRUM}
 
 
-_SUFFIXES = ("_layer_null_std", "_null_mean", "_null_std", "_z", "_pct")
+_SUFFIXES = ("_layer_null_std_se", "_layer_null_std", "_null_mean_se", "_null_std_se", "_null_mean", "_null_std", "_z",
+             "_pct", "_diff", "_ratio")
 
 
 def _name(column: str, tag: str) -> str:
@@ -309,6 +304,8 @@ class LawsSummary:
     degenerate_heads: tuple[tuple[int, int, str], ...]
     heads: Table = dataclasses.field(repr=False)
     precision_table: Table = dataclasses.field(repr=False)
+    beyond: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    counterparts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     spectra: tuple[Spectrum, ...] = ()
 
     def to_json(self) -> dict:
@@ -337,7 +334,47 @@ def summarize(tables: Tables, spec, options: Options) -> LawsSummary:
         degenerate_heads=tuple((int(l), int(h), str(d))
                                for l, h, d in zip(heads["layer"], heads["head"], heads["degenerate"]) if d),
         heads=heads, precision_table=precision, spectra=_spectra(tables),
+        beyond=_beyond_every_draw(heads, options.num_draws),
+        counterparts=_counterparts(heads),
     )
+
+
+def _counterparts(heads: Table) -> dict[str, str]:
+    """Per headline statistic, its invariant counterpart (`gauge.COUNTERPARTS`): "the statistic
+    itself" when it is invariant, the counterpart's name and, when `charge` ran beside, its mean over
+    layers; "none" where there is none."""
+    out = {}
+    for stat in HEADLINE:
+        if gauge.invariance(stat) == "invariant":
+            out[stat] = "itself"
+            continue
+        name = gauge.COUNTERPARTS.get(stat)
+        if name is None:
+            out[stat] = "none"
+        elif name in heads and np.isfinite(np.asarray(heads[name], float)).any():
+            out[stat] = f"{name} = {format_number(model_values(heads, layer_means(heads, [name]), name)['mean_over_layers'])}"
+        else:
+            out[stat] = f"{name} (`--analyses laws,charge`)"
+    return out
+
+
+def _beyond_every_draw(heads: Table, num_draws: int) -> dict[str, str]:
+    """Per headline statistic with a Monte Carlo null: how many heads lie beyond every draw of their
+    pooled null (`num_draws` per head of the layer sharing it: query heads for `_qk`, `_qv`, key
+    heads for `_kv`), as "3 of 30 < 1/96 or > 1 - 1/96"."""
+    layers = np.asarray(heads["layer"])
+    out = {}
+    for stat in HEADLINE:
+        if f"{stat}_pct" not in heads:
+            continue
+        pct = np.asarray(heads[f"{stat}_pct"], float)
+        sharing = {l: len(np.unique(np.asarray(heads["kv_head" if stat.endswith("_kv") else "head"])[layers == l]))
+                   for l in np.unique(layers)}
+        draws = min(sharing.values()) * num_draws
+        count = int(np.sum((pct <= 0) | (pct >= 100)))
+        out[stat] = (f"{count} of {int(np.sum(np.isfinite(pct)))} ({format_percentile(0, draws)} or "
+                     f"{format_percentile(100, draws)})")
+    return out
 
 
 def _spectra(tables: Tables) -> tuple[Spectrum, ...]:
@@ -360,11 +397,15 @@ def render(summary: LawsSummary) -> Section:
     model = summary.model
     columns = (("statistic", None), ("median over layers", "median_over_layers"), ("mean over layers", "mean_over_layers"),
                ("pseudo-bulk", "pseudo_bulk"), ("null mean", "null_mean"), ("null std of the mean", "null_std"),
-               ("z of the mean", "z"), ("mean per-head z", "mean_z"))
+               ("difference", "diff"), ("ratio", "ratio"), ("z of the mean", "z"), ("mean per-head z", "mean_z"))
     rows: dict[str, list] = {column: [] for column, _ in columns}
     for stat, v in model.items():
         for column, key in columns:
-            rows[column].append(stat if key is None else v.get(key))
+            value = stat if key is None else v.get(key)
+            rows[column].append(None if key in ("z", "mean_z") and not v.get("resolved", True) else value)
+    rows["heads beyond every null draw"] = [summary.beyond.get(stat, "exact null") for stat in model]
+    rows["gauge"] = [gauge.invariance(stat) for stat in model]
+    rows["invariant counterpart"] = [summary.counterparts.get(stat, "none") for stat in model]
     lines = [
         "## Per-head statistics (laws)",
         "",
@@ -377,7 +418,13 @@ def render(summary: LawsSummary) -> Section:
         "layers; pseudo-bulk = median over the query heads of each (layer, KV head), then median across groups. "
         "The null of the mean over layers is that of the mean itself: each layer mean's null std counts the "
         "correlation of query heads that share a key/value head, and layers are independent; its z is what "
-        "says whether the model as a whole departs from random matrices.",
+        "says whether the model as a whole departs from random matrices. Difference and ratio are the mean "
+        "over layers minus and over its null mean, the size of a departure that z only ranks; a z is shown "
+        f"only where the null is resolved (std > 0 with a Monte Carlo error of at most {sp.RESOLVED_BOUND:.0%} "
+        "of it; n/a otherwise). `gauge`: whether the statistic is a property of the attention function "
+        "(`invariant`) or moves under the reparametrizations that leave it unchanged (`parametrization`: "
+        "W_Q → A W_Q, W_K → A⁻ᵀ W_K with A commuting with RoPE; W_V → B W_V, W_O → W_O B⁻¹); the invariant "
+        "counterpart is the same statistic at the balanced point of that orbit (the `charge` analysis).",
         "",
         list_markdown(rows),
         "",
@@ -391,7 +438,8 @@ def render(summary: LawsSummary) -> Section:
         "What stands out:",
         "",
     ]
-    notable = [(s, v) for s, v in model.items() if v.get("z") is not None and abs(v["z"]) > _Z_NOTABLE]
+    notable = [(s, v) for s, v in model.items()
+               if v.get("resolved", True) and v.get("z") is not None and abs(v["z"]) > _Z_NOTABLE]
     if notable:
         lines += [f"- `{s}`: {_direction(s, v['z'])} (mean over layers {format_number(v['mean_over_layers'])} vs null "
                   f"{format_number(v['null_mean'])}, z = {v['z']:.1f} of the mean; difference "

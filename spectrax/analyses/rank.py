@@ -16,6 +16,10 @@ values), so `X_z` says whether the weight departs from what a random matrix of i
 The pipeline's `crop=c` hands in only each matrix's top-left `c x c` block, to reproduce the
 source's 256 x 256 protocol.
 
+Matrices of one shape in a layer (W_Q and W_O, the MLP gate and up projections) share one Gaussian
+null: every statistic but `sigma_max` is scale-free, so their draws are pooled (`spectral.pool_null`)
+and each null rests on all of them at the cost of one.
+
 A matrix stored quantized (a GGUF block type such as Q4_0) is compared with quantized noise: each
 null draw is a Gaussian matrix quantized and dequantized in the same type along its stored rows
 (`spectrax.analyses.quantized`) before its statistics, and `quant_error_null` reports the relative
@@ -74,7 +78,10 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
     """Statistics with null columns for named 2-D matrices.
 
     Args:
-      matrices: `{name: (m, n)}` (any float dtype); same-shaped matrices are batched in one call.
+      matrices: `{name: (m, n)}` (any float dtype); same-shaped matrices are batched in one call
+        and share one Gaussian null: unit-RMS stand-ins (`spectral.unit_rms`) pooled over them
+        (`spectral.pool_null`), times each matrix's RMS for `sigma_max`, so each null rests on
+        `num_draws` times the number of matrices of its shape.
       key: PRNG key for the reference samples and the nulls.
       storage: `{name: storage type}` (`"BF16"`, `"Q4_0"`, ...); a matrix in a type `gguf` can
         quantize gets the quantization-aware null, and every row a `quant_error_null` column.
@@ -96,10 +103,12 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
         # the draws), computed once here: drawn inside each draw it cost four more Gaussian
         # spectra, i.e. four (k, k) SVDs, per draw.
         reference = _reference(jax.random.key(0), shape, s.dtype)
-        draws = sp.gaussian_spectrum_draws(k_null, batch, num_draws=num_draws)
+        draws = sp.gaussian_spectrum_draws(k_null, batch, num_draws=num_draws, match_scale=False)[0]
         fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
         stat_fn = functools.partial(_statistics, shape=shape)
-        null = sp.split_null(sp.null_from_draws(stat_fn, *draws, fixed))
+        unit = sp.split_null(sp.null_from_draws(stat_fn, jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1])), fixed))
+        rms = np.sqrt(np.mean(np.square(batch.astype(np.float64)), axis=(-2, -1)))
+        null = {name: sp.pool_null(one, axis=0, scale=rms if name == "sigma_max" else None) for name, one in unit.items()}
         columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}
@@ -168,7 +177,10 @@ def render(summary: RankSummary) -> Section:
         f"Effective rank, stable rank, max/mean singular value and the KS distance of the scale-normalized "
         f"spectrum to Marchenko-Pastur, for every weight matrix{cropped}; mean over layers per matrix kind "
         "(`embed.tokens`/`lm_head` are single matrices). z: mean over layers of the z-score against "
-        "shape-matched Gaussian matrices.",
+        "shape-matched Gaussian matrices (only over matrices whose null is resolved). Gauge: the attention "
+        "projections' statistics (`attn.*`) are parametrization-dependent, since W_Q → A W_Q, W_K → A⁻ᵀ W_K, "
+        "W_V → B W_V, W_O → W_O B⁻¹ change them and not the function; the MLP and embedding matrices are "
+        "untouched by these reparametrizations.",
         "",
         list_markdown(rows),
         "",

@@ -13,15 +13,19 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from spectrax.analyses import esd, kernel, laws, quantized, rank
+from spectrax.analyses import charge, esd, kernel, laws, quantized, rank
 from spectrax.analyses.base import Analysis, LayerInput, Options, layer_key
 from spectrax.analyses.weights import layer_matrices
 
-__all__ = ["ANALYSES", "GLOBAL_SLOT", "global_results", "layer_results", "matrix_table", "resolve"]
+__all__ = ["ANALYSES", "DEFAULT", "GLOBAL_SLOT", "global_results", "layer_results", "matrix_table", "resolve"]
 
 # Append new analyses at the end: the order is the order of the report's sections within a table.
 ANALYSES: Mapping[str, Analysis] = types.MappingProxyType(
-    {a.name: a for a in (laws.analysis, rank.analysis, kernel.analysis, esd.analysis)})
+    {a.name: a for a in (laws.analysis, rank.analysis, kernel.analysis, esd.analysis, charge.analysis)})
+# What `spectrax analyze` runs unless told otherwise. `charge` balances every head and draws whole
+# Gaussian heads for its nulls (a dense SVD per head and draw, and its own compiled programs): it
+# runs when asked for (`--analyses laws,charge`).
+DEFAULT: tuple[str, ...] = ("laws", "rank", "kernel", "esd")
 GLOBAL_SLOT = 1 << 20  # the key slot of the embedding / output head
 
 
@@ -52,10 +56,10 @@ def _rows(analyses: Sequence[Analysis], inputs: LayerInput, options: Options, sl
 
 
 def _matrix_inputs(matrices: Mapping[str, np.ndarray], layer: int | None, options: Options,
-                   storage: Mapping[str, str] | None, params: dict | None = None) -> LayerInput:
+                   storage: Mapping[str, str] | None, params: dict | None = None, spec=None) -> LayerInput:
     if options.crop is not None:
         matrices = {name: w[: options.crop, : options.crop] for name, w in matrices.items()}
-    return LayerInput(layer=layer, params=params, matrices=matrices, storage=storage)
+    return LayerInput(layer=layer, params=params, matrices=matrices, storage=storage, spec=spec)
 
 
 def _matrix_rows(merged: dict[str, np.ndarray], storage: Mapping[str, str] | None,
@@ -71,16 +75,16 @@ def _matrix_rows(merged: dict[str, np.ndarray], storage: Mapping[str, str] | Non
 
 
 def layer_results(params: dict, layer: int, analyses: Sequence[Analysis], options: Options,
-                  storage: Mapping[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+                  storage: Mapping[str, str] | None = None, spec=None) -> dict[str, dict[str, np.ndarray]]:
     """All chosen analyses of one streamed layer (`params` leaves `(1, ...)`): `{"heads": ...,
     "matrices": ..., <analysis>: {name: array}}`, the tables present as the analyses need them;
-    `storage` as in `matrix_table`."""
+    `storage` as in `matrix_table`; `spec` the checkpoint's `ModelSpec` (`charge` needs it)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     by_table = {t: [a for a in analyses if a.table == t] for t in ("heads", "matrices")}
     matrices = {}
     if by_table["matrices"]:
         matrices = dict(layer_matrices(jax.tree.map(lambda x: x[0], params)))  # views, no copy
-    inputs = _matrix_inputs(matrices, layer, options, storage, params)
+    inputs = _matrix_inputs(matrices, layer, options, storage, params, spec)
     if by_table["heads"]:
         heads, arrays = _rows(by_table["heads"], inputs, options, layer)
         H = len(next(iter(heads.values())))

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["ColumnTable", "Table", "concat", "format_number", "json_value", "list_markdown", "short_list",
-           "to_markdown", "to_pandas"]
+__all__ = ["ColumnTable", "Table", "concat", "format_number", "format_percentile", "json_value", "list_markdown",
+           "short_list", "to_markdown", "to_pandas"]
 
 Table = Mapping[str, np.ndarray]
 
@@ -64,6 +64,20 @@ def format_number(x, digits: int = 4) -> str:
     if x is None:
         return "n/a"
     return x if isinstance(x, str) else str(x) if isinstance(x, int) else f"{x:.{digits}g}"
+
+
+def format_percentile(pct, draws: int, digits: int = 3) -> str:
+    """A Monte Carlo percentile (0-100) among `draws` finite draws as a report shows it: beyond every
+    draw it says only that the observation is rarer than 1 in `draws`, so 0 reads `< 1/N` and 100
+    reads `> 1 - 1/N` (N = `draws`); "n/a" for NaN/None."""
+    x = json_value(pct)
+    if x is None:
+        return "n/a"
+    if x <= 0:
+        return f"< 1/{draws}"
+    if x >= 100:
+        return f"> 1 - 1/{draws}"
+    return format_number(x, digits)
 
 
 def concat(tables: Sequence[Table]) -> ColumnTable:

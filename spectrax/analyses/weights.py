@@ -9,7 +9,8 @@ import numpy as np
 
 from spectrax.io.load import Source, load_globals
 
-__all__ = ["float_matrix", "layer_matrices", "global_matrices", "matrix_columns", "matrix_storage", "skipped_matrices"]
+__all__ = ["float_matrix", "layer_matrices", "global_matrices", "matrix_columns", "matrix_storage", "skipped_matrices",
+           "skipped_table"]
 
 # Canonical matrix -> the stored tensors it may come from (separate or fused projections).
 _STORED_AS = {
@@ -105,6 +106,27 @@ def skipped_matrices(source: Source, layer: int | None, analyzed: Mapping[str, n
     if layer is None:
         skipped.update({f"{root}*": "another tower, not analyzed" for root in source.layout.other_towers})
     return skipped
+
+
+def skipped_table(source: Source, matrices: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`skipped_matrices` of every layer in a run's per-matrix table (`layer`, `matrix`, `rows`,
+    `cols`; layer -1 the weights outside the layers) as the rows of `skipped.csv`: `matrix` (the
+    stored tensor's name), `shape` ("m x n", empty for a whole other tower) and `reason`.
+
+    The table's shapes are what was analyzed, so a run cropped to top-left blocks (`crop`) would list
+    every matrix; call it for whole matrices."""
+    layers = np.asarray(matrices["layer"])
+    rows = []
+    for layer in dict.fromkeys(layers.tolist()):
+        at = layers == layer
+        analyzed = {str(m): np.broadcast_to(np.float32(0), (int(r), int(c)))  # shapes only, no memory
+                    for m, r, c in zip(np.asarray(matrices["matrix"])[at], np.asarray(matrices["rows"])[at],
+                                       np.asarray(matrices["cols"])[at])}
+        slot = None if layer < 0 else int(layer)
+        named = source.layout.globals if slot is None else source.layout.layers[slot]
+        shapes = {info.name: " x ".join(str(n) for n in info.shape) for info in named.values()}
+        rows += [(name, shapes.get(name, ""), reason) for name, reason in skipped_matrices(source, slot, analyzed).items()]
+    return {column: np.array([row[i] for row in rows], dtype=object) for i, column in enumerate(("matrix", "shape", "reason"))}
 
 
 def matrix_storage(source: Source, layer: int | None) -> dict[str, str]:

@@ -205,11 +205,13 @@ def similarity_heatmap(matrix: np.ndarray, layers: np.ndarray, path: str | os.Pa
 
 
 def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLike | None = None, *,
-                   title: str | None = None) -> Figure:
+                   title: str | None = None, bulk_max: float | None = None, num_spikes: int | None = None) -> Figure:
     """The ESD of one matrix against its fitted Marchenko-Pastur law, on log axes so the bulk and
     the outliers both show: a histogram of log10 of `lambda = s^2 / max(m, n)` with the MP density,
     and the ranked eigenvalues against MP quantiles (spikes leave the diagonal at the top, a heavy
-    tail bends away from it). Returns the figure; writes it to `path` when given."""
+    tail bends away from it). `bulk_max` (units of s^2) and `num_spikes`: WeightWatcher's bulk edge and
+    spike count (`esd`'s columns), drawn as the edge; without them, the median fit's edge. Returns
+    the figure; writes it to `path` when given."""
     shape = tuple(int(d) for d in shape)
     lam = np.sort(np.asarray(sp.eigenvalues(s, shape), float))
     fit = sp.mp_fit(np.asarray(s, np.float32), shape)
@@ -224,7 +226,12 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
         x = 10.0 ** grid
         left.plot(grid, np.asarray(sp.mp_density(x, ratio, sigma2)) * x * np.log(10), color="k", lw=1.5,
                   label=f"Marchenko-Pastur (σ²={sigma2:.3g})")
-    left.axvline(np.log10(edge), color="C3", ls="--", lw=1, label=f"bulk edge; {int(fit.num_spikes)} spikes above")
+    if bulk_max is not None and bulk_max > 0:  # WeightWatcher's rule, in the plot's units of s^2 / N
+        edge, spikes, rule = bulk_max / max(shape), int(num_spikes), "WeightWatcher bulk edge"
+        left.axvline(np.log10(float(fit.lambda_plus)), color="0.5", ls=":", lw=1, label="median-fit edge (bulk_edge)")
+    else:
+        spikes, rule = int(fit.num_spikes), "median-fit bulk edge"
+    left.axvline(np.log10(edge), color="C3", ls="--", lw=1, label=f"{rule}; {spikes} spikes above")
     left.set_xlabel("log10 λ")
     left.set_ylabel("density")
     left.legend(fontsize=7)
@@ -293,5 +300,6 @@ def draw(plot: Plot, folder: str | os.PathLike) -> str:
 def draw_spectrum(spectrum: Spectrum, folder: str | os.PathLike) -> str:
     """`spectrum_vs_mp` of a `Spectrum` into `folder/<spectrum.name>.png`; returns the path."""
     path = os.path.join(folder, f"{spectrum.name}.png")
-    spectrum_vs_mp(spectrum.s, spectrum.shape, path=path, title=spectrum.title)
+    spectrum_vs_mp(spectrum.s, spectrum.shape, path=path, title=spectrum.title, bulk_max=spectrum.bulk_max,
+                   num_spikes=spectrum.num_spikes)
     return path

@@ -44,16 +44,21 @@ def header(summary: dict) -> str:
         f"draws, seed {options['seed']}) or an exact value. A z-score near 0 means the weights do what random "
         "matrices of the same shape do anyway.",
         "",
+        *([f"{summary['skipped_matrices']} stored 2-D weights are not analyzed as whole matrices; `skipped.csv` "
+           "lists each with its shape and the reason.", ""] if summary.get("skipped_matrices") else []),
     ])
 
 
 def files(names: Sequence[str], plots: Sequence[str]) -> str:
     described = {
-        "heads.csv": "one row per (layer, query head), each statistic with `_null_mean`, `_null_std`, `_z`",
+        "heads.csv": "one row per (layer, query head), each statistic with `_null_mean`, `_null_std`, `_z`, effect "
+                     "sizes `_diff` and `_ratio`, and Monte Carlo errors `_null_mean_se`, `_null_std_se`",
         "layers.csv": "per-layer means over heads (with null columns) and pseudo-bulk medians (`_bulk`)",
         "groups.csv": "layer-group means", "precision.csv": "third-law depth limits per format",
         "matrices.csv": "one row per weight matrix (layer -1: embedding, output head)",
         "kernel_similarity.csv": "layer x layer similarity of kernel subspaces",
+        "skipped.csv": "every stored 2-D weight not analyzed as a whole matrix (fused projections, a tied output "
+                       "head, tensors of more axes, other towers), with its shape and the reason",
         "summary.json": "model-level values, options, timings",
     }
     lines = ["## Files", ""]

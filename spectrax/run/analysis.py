@@ -23,7 +23,9 @@ from collections.abc import Iterable
 
 from spectrax.analyses.aggregate import NUM_GROUPS, group_means, layer_groups, layer_table
 from spectrax.analyses.base import Analysis, Options, Tables
-from spectrax.analyses.registry import ANALYSES, resolve
+from spectrax.analyses.registry import DEFAULT as DEFAULT_ANALYSES
+from spectrax.analyses.registry import resolve
+from spectrax.analyses.weights import skipped_table
 from spectrax.io.load import Source, open_source
 from spectrax.io.hub import parse_size
 from spectrax.report import sections
@@ -40,7 +42,8 @@ class RunConfig:
     """What a run reads and how, beside the statistics' `Options`.
 
     Attributes:
-      analyses: names (`laws`, `rank`, `kernel`, `esd`) or `Analysis` values; stored resolved.
+      analyses: names (`laws`, `rank`, `kernel`, `esd`, `charge`) or `Analysis` values; stored resolved
+        (default `registry.DEFAULT`: all but `charge`).
       layers: layer numbers to analyze (default all), stored sorted and unique.
       strict: refuse config.json options spectrax does not know (`--allow-unknown-config` clears it).
       tower: tensor-name root of the tower to read in a multimodal checkpoint.
@@ -51,7 +54,7 @@ class RunConfig:
     Checked on construction; a bad value is one `ValueError` naming the command-line option.
     """
 
-    analyses: tuple[str | Analysis, ...] = tuple(ANALYSES)
+    analyses: tuple[str | Analysis, ...] = DEFAULT_ANALYSES
     layers: tuple[int, ...] | None = None
     strict: bool = True
     tower: str | None = None
@@ -147,6 +150,10 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike, options: Options | 
         tables = collect(source, analyses=config.analyses, layers=chosen, options=options, folder=folder,
                          progress=config.progress)
         summary = run_summary(source, config, chosen, options, folder)
+        if tables.matrices is not None and options.crop is None:
+            skipped = skipped_table(source, tables.matrices)
+            write_csv(skipped, os.path.join(folder.path, "skipped.csv"))
+            summary["skipped_matrices"] = len(skipped["matrix"])
         write_results(tables, folder.path, summary, analyses=config.analyses, spec=source.spec, options=options)
         summary["seconds"] = round(time.time() - started, 2)
         with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:

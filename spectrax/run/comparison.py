@@ -37,7 +37,8 @@ __all__ = ["DEFAULT", "compare", "difference_table", "statistic_columns"]
 DEFAULT = RunConfig(analyses=("laws", "rank"))  # what `compare` runs unless told otherwise
 
 _KEYS = ("layer", "head", "kv_head", "matrix", "rows", "cols")
-_DERIVED = ("_null_mean", "_null_std", "_z", "_pct", "_shuffle_mean", "_shuffle_std", "_shuffle_z", "_bulk", "_cv")
+_DERIVED = ("_null_mean", "_null_std", "_se", "_z", "_pct", "_diff", "_ratio", "_shuffle_mean", "_shuffle_std", "_shuffle_z",
+            "_bulk", "_cv")
 _ARCHITECTURE_FIELDS = ("model_type", "num_layers", "num_heads", "num_kv_heads", "head_dims", "hidden_size", "intermediate_size", "vocab_size")
 
 

@@ -134,7 +134,7 @@ def collect(
         for block in stream_layers(source, layers=todo):
             (layer,) = block.layer_ids
             finish(f"{part_prefix}layer-{layer:05d}",
-                   layer_results(block.params, layer, analyses, options, matrix_storage(source, layer)))
+                   layer_results(block.params, layer, analyses, options, matrix_storage(source, layer), source.spec))
     finally:
         bar.close()
 

@@ -66,11 +66,13 @@ from spectrax.spectral.metrics import (
     stable_rank,
 )
 from spectrax.spectral.nulls import (
+    RESOLVED_BOUND,
     NullSummary,
     StaticFn,
     abs_cos_std,
     bartlett_factor,
     cos_null,
+    effect_sizes,
     expected_abs_cos,
     gaussian_null,
     gaussian_singular_values,
@@ -79,14 +81,17 @@ from spectrax.spectral.nulls import (
     grassmann_chance,
     grassmann_null,
     mean_null_std,
+    monte_carlo_error,
     null_columns,
     null_from_draws,
     percentile,
     pool_null,
+    resolved,
     shuffle_entries,
     shuffle_null,
     split_null,
     summarize_draws,
+    unit_rms,
     zscore,
 )
 from spectrax.spectral.pairs import (
@@ -180,6 +185,8 @@ __all__ = [
     # nulls
     "NullSummary",
     "StaticFn",
+    "RESOLVED_BOUND",
+    "effect_sizes",
     "abs_cos_std",
     "bartlett_factor",
     "cos_null",
@@ -191,6 +198,8 @@ __all__ = [
     "grassmann_chance",
     "grassmann_null",
     "mean_null_std",
+    "monte_carlo_error",
+    "resolved",
     "null_columns",
     "null_from_draws",
     "percentile",
@@ -199,6 +208,7 @@ __all__ = [
     "shuffle_null",
     "split_null",
     "summarize_draws",
+    "unit_rms",
     "zscore",
     # bundled statistics
     "PAIR_STATISTICS",

@@ -43,6 +43,7 @@ __all__ = [
     "abs_cos_std",
     "bartlett_factor",
     "cos_null",
+    "effect_sizes",
     "expected_abs_cos",
     "gaussian_null",
     "gaussian_singular_values",
@@ -50,15 +51,19 @@ __all__ = [
     "gaussian_spectrum_null",
     "grassmann_chance",
     "grassmann_null",
+    "RESOLVED_BOUND",
     "mean_null_std",
+    "monte_carlo_error",
     "null_columns",
     "null_from_draws",
     "percentile",
     "pool_null",
+    "resolved",
     "shuffle_entries",
     "shuffle_null",
     "split_null",
     "summarize_draws",
+    "unit_rms",
     "zscore",
 ]
 
@@ -460,9 +465,64 @@ def percentile(observed, null: NullSummary):
     return jax.tree.map(_pct, observed, null.draws)
 
 
+RESOLVED_BOUND = 0.25
+"""A Monte Carlo null is resolved when its std is positive and the Monte Carlo standard error of
+that std is at most this fraction of it (docs/statistics.md §4): a z from it is then off by at most
+a quarter of itself at one standard error (16 Gaussian draws give 0.18, pooled nulls far less)."""
+
+
+def monte_carlo_error(draws) -> tuple[np.ndarray, np.ndarray]:
+    """Monte Carlo standard errors `(of the null mean, of the null std)` from `draws (N, ...)`.
+
+    Over the `n` finite draws of each position: `std / sqrt(n)` for the mean, and for the sample std
+    `s` the delta method on the sample variance, `sqrt((m4 - s^4 (n - 3) / (n - 1)) / n) / (2 s)`
+    with `m4` the fourth central moment (exact to first order for any distribution with a fourth
+    moment, so heavy-tailed nulls get the larger error they have; `s / sqrt(2 (n - 1))` for a
+    Gaussian). NaN where fewer than two draws are finite; 0 for the std of constant draws.
+    """
+    xp = _array_module(draws)
+    x = xp.asarray(draws, np.float64 if xp is np else jnp.promote_types(draws.dtype, jnp.float32))
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a position without two finite draws stays NaN
+        n = xp.sum(xp.isfinite(x), axis=0).astype(x.dtype)
+        n = xp.where(n >= 2, n, np.nan)
+        centered = x - xp.nanmean(x, axis=0)
+        var = xp.nansum(centered**2, axis=0) / (n - 1)
+        m4 = xp.nansum(centered**4, axis=0) / n
+        var_of_var = xp.maximum(m4 - var**2 * (n - 3) / (n - 1), 0.0) / n
+        std = xp.sqrt(var)
+        return std / xp.sqrt(n), xp.where(std > 0, xp.sqrt(var_of_var) / (2 * xp.where(std > 0, std, 1.0)), 0.0 * std)
+
+
+def _array_module(*arrays):
+    """jax.numpy inside a trace (a caller jit-compiles `null_columns`), numpy otherwise: host columns
+    then cost no device program per shape."""
+    return jnp if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays)) else np
+
+
+def resolved(std, std_se=None) -> np.ndarray:
+    """Whether a null can carry a z: std > 0 and, for a Monte Carlo null, `std_se <= RESOLVED_BOUND * std`
+    (an exact null, `std_se=None` or 0, needs only std > 0). NaN std or error: not resolved."""
+    std = np.asarray(std, np.float64)
+    se = np.zeros_like(std) if std_se is None else np.asarray(std_se, np.float64)
+    with np.errstate(invalid="ignore"):
+        return (std > 0) & (se <= RESOLVED_BOUND * std)
+
+
+def effect_sizes(observed, mean) -> tuple[np.ndarray, np.ndarray]:
+    """`(observed - mean, observed / mean)`, the ratio NaN where the null mean is 0."""
+    xp = _array_module(observed, mean)
+    dtype = np.float64 if xp is np else jnp.promote_types(jnp.asarray(observed).dtype, jnp.float32)
+    observed, mean = xp.asarray(observed, dtype), xp.asarray(mean, dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return observed - mean, xp.where(mean != 0, observed / xp.where(mean != 0, mean, 1.0), np.nan)
+
+
 def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dict[str, Any]:
     """Table columns for each statistic: `<stat>`, `<stat>_null_mean`, `<stat>_null_std`,
-    `<stat>_z` and, for Monte Carlo nulls, `<stat>_pct`.
+    `<stat>_z`, the effect sizes `<stat>_diff` (observed - null mean) and `<stat>_ratio` (observed /
+    null mean), and, for Monte Carlo nulls, `<stat>_pct` and the Monte Carlo standard errors of the
+    null mean and std, `<stat>_null_mean_se` and `<stat>_null_std_se` (`monte_carlo_error`).
 
     observed: `{name: array}`; nulls: `{name: NullSummary}` for the names that have one (a
     Monte Carlo `NullSummary` over a dict-valued `stat_fn` converts with `split_null`).
@@ -475,12 +535,30 @@ def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dic
         null = nulls.get(name)
         if null is None:
             continue
-        cols[f"{name}_null_mean"] = jnp.broadcast_to(jnp.asarray(null.mean, obs.dtype), obs.shape)
-        cols[f"{name}_null_std"] = jnp.broadcast_to(jnp.asarray(null.std, obs.dtype), obs.shape)
+        xp = _array_module(obs, null)
+        mean = xp.broadcast_to(xp.asarray(null.mean, obs.dtype), obs.shape)
+        cols[f"{name}_null_mean"] = mean
+        cols[f"{name}_null_std"] = xp.broadcast_to(xp.asarray(null.std, obs.dtype), obs.shape)
         cols[f"{name}_z"] = _z(obs, null.mean, null.std)
+        diff, ratio = effect_sizes(obs, mean)
+        cols[f"{name}_diff"], cols[f"{name}_ratio"] = diff.astype(obs.dtype), ratio.astype(obs.dtype)
         if null.draws is not None:
             cols[f"{name}_pct"] = _pct(obs, null.draws)
+            for column, se in zip(("null_mean_se", "null_std_se"), monte_carlo_error(null.draws)):
+                cols[f"{name}_{column}"] = xp.broadcast_to(se.astype(obs.dtype), obs.shape)
     return cols
+
+
+def unit_rms(s, size: int) -> np.ndarray:
+    """Spectra `s (..., k)` of stand-ins for `size`-entry matrices rescaled to an entry RMS of exactly
+    1 (`|s|_2 = sqrt(size)`), float32: the unit null that `pool_null` shares among matrices of one shape.
+
+    A matrix's null is then the Gaussian null *at its own Frobenius norm*: its RMS is known exactly,
+    so a stand-in whose norm fluctuates would spread scale-dependent statistics (`sigma_max`,
+    `alpha`) wider than any observation can (in a calibration run their percentiles bunched in the
+    middle)."""
+    s = np.asarray(s, np.float64)
+    return (s * np.sqrt(size) / np.linalg.norm(s, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:

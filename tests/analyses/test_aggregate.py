@@ -52,6 +52,25 @@ def test_layer_means_use_the_analysis_null_of_a_layer_mean_where_given():
     np.testing.assert_allclose(per_layer["ssr_z"], (per_layer["ssr"] - 5.0) / np.array([0.7, 0.9]))
 
 
+def test_effect_sizes_and_monte_carlo_errors_carry_up_to_the_model():
+    table = {**_table(), "ssr_layer_null_std": np.array([0.7] * 4 + [0.9] * 4),
+             "ssr_layer_null_std_se": np.array([0.07] * 4 + [0.2] * 4)}
+    per_layer = layer_means(table, ["ssr"])
+    np.testing.assert_allclose(per_layer["ssr_diff"], per_layer["ssr"] - 5.0)
+    np.testing.assert_allclose(per_layer["ssr_ratio"], per_layer["ssr"] / 5.0)
+    np.testing.assert_allclose(per_layer["ssr_null_std_se"], [0.07, 0.2])
+    v = model_values(table, per_layer, "ssr")
+    assert v["diff"] == pytest.approx(v["mean_over_layers"] - 5.0) and v["ratio"] == pytest.approx(v["mean_over_layers"] / 5)
+    # first-order propagation through sqrt(0.7^2 + 0.9^2) / 2
+    total = np.hypot(0.7, 0.9)
+    assert v["null_std_se"] == pytest.approx(np.hypot(0.7 * 0.07, 0.9 * 0.2) / total / 2)
+    assert v["resolved"] is True
+    coarse = {**table, "ssr_layer_null_std_se": np.array([0.07] * 4 + [0.9] * 4)}   # layer 1's std unknown
+    assert model_values(coarse, layer_means(coarse, ["ssr"]), "ssr")["resolved"] is False
+    groups = group_means(per_layer, ["ssr"], [(0,), (1,)])
+    np.testing.assert_allclose(groups["ssr_null_std_se"], [0.07, 0.2])
+
+
 def test_layer_groups_match_the_source_blocks():
     assert layer_groups(range(48)) == [tuple(range(0, 12)), tuple(range(12, 24)), tuple(range(24, 36)), tuple(range(36, 48))]
     assert [len(g) for g in layer_groups(range(10))] == [3, 3, 2, 2]

@@ -207,3 +207,22 @@ def test_weight_decay_drives_the_charge_to_zero_and_the_laws_to_balance(R, H, KV
             np.testing.assert_allclose(record.observed[name][-1, 0], record.observed[name.removesuffix("_balanced")][-1, 0],
                                        atol=1e-4)
 
+
+
+def test_the_registered_analysis_reads_the_rotary_dimension_and_keeps_only_ov_under_qk_norms():
+    from spectrax.analyses.base import LayerInput, Options
+
+    for name, qk_norm in (("qwen3", True), ("gpt_neox", False)):
+        model = sx.load(CHECKPOINTS / name)
+        params = jax.tree.map(lambda a: np.asarray(a[:1]), model.params["layers"][0])
+        inputs = LayerInput(layer=0, params=params, matrices={}, spec=model.spec)
+        rows = charge.analysis.layer_rows(inputs, jax.random.key(0), Options(num_draws=2)).rows
+        attn = jax.tree.map(lambda a: a[0], params["attn"])
+        direct = charge.charge_layer(attn, jax.random.key(0), num_draws=2,
+                                     rotary_dim=gauge.rotary_dim(model.spec, attn["q"].shape[1]))
+        np.testing.assert_array_equal(rows["ov_charge"], direct["ov_charge"])
+        assert np.isnan(rows["qk_charge"]).all() == qk_norm and np.isnan(rows["pearson_qk_balanced"]).all() == qk_norm
+        if not qk_norm:
+            np.testing.assert_array_equal(rows["qk_charge"], direct["qk_charge"])
+    with pytest.raises(ValueError, match="ModelSpec"):
+        charge.analysis.layer_rows(inputs._replace(spec=None), jax.random.key(0), Options(num_draws=2))

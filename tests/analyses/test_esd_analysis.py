@@ -186,6 +186,7 @@ def test_columns_are_fixed_and_a_skipped_shuffle_is_nan():
     full = matrix_esd_rows(mats, jax.random.key(3), num_draws=4, shuffle_draws=2)
     skipped = matrix_esd_rows(mats, jax.random.key(3), num_draws=4, shuffle_draws=0)
     expected = [c for s in ESD_STATISTICS for c in (s, f"{s}_null_mean", f"{s}_null_std", f"{s}_z", f"{s}_pct",
+                                                     f"{s}_diff", f"{s}_ratio", f"{s}_null_mean_se", f"{s}_null_std_se",
                                                      f"{s}_shuffle_mean", f"{s}_shuffle_std", f"{s}_shuffle_z")]
     for name in mats:
         assert list(full[name]) == expected and list(skipped[name]) == expected
@@ -219,3 +220,18 @@ def test_one_compile_per_shape_across_calls():
     before = [k._cache_size() for k in kernels]
     matrix_esd_rows(draw(), jax.random.key(1), num_draws=4, shuffle_draws=2)   # same shapes, new values
     assert [k._cache_size() for k in kernels] == before
+
+
+def test_matrices_of_one_shape_share_one_pooled_null_at_their_own_scale():
+    rng = np.random.default_rng(4)
+    mats = {"a": rng.standard_normal((40, 24)).astype(np.float32) * 0.05, "b": rng.standard_normal((40, 24)).astype(np.float32)}
+    rows = matrix_esd_rows(mats, jax.random.key(2), num_draws=4, shuffle_draws=0)
+    a, b = rows["a"], rows["b"]
+    assert a["alpha_null_mean"] == b["alpha_null_mean"] and a["num_spikes_null_std"] == b["num_spikes_null_std"]
+    ms = {n: np.mean(np.square(w, dtype=np.float64)) for n, w in mats.items()}
+    np.testing.assert_allclose(b["lambda_max_null_mean"] / a["lambda_max_null_mean"], ms["b"] / ms["a"], rtol=1e-5)
+    # alpha_weighted = alpha log10(lambda_max): the null moves by alpha log10(rms^2) with the scale
+    shift = a["alpha_null_mean"] * np.log10(ms["b"] / ms["a"])
+    np.testing.assert_allclose(b["alpha_weighted_null_mean"] - a["alpha_weighted_null_mean"], shift, rtol=1e-3)
+    for row in rows.values():   # and each sits inside it
+        assert abs(row["alpha_weighted_z"]) < 4 and abs(row["lambda_max_z"]) < 4

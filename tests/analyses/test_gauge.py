@@ -82,10 +82,10 @@ def test_every_column_is_classified():
     with pytest.raises(ValueError, match="no_such_column"):
         gauge.invariance("no_such_column")
     assert set(gauge.COUNTERPARTS) == {c for c, v in gauge.INVARIANCE.items()
-                                       if v == "parametrization" and c in laws and not c.endswith(_SUFFIXES)}
+                                       if v == "parametrization" and c in laws and not c.endswith((*_SUFFIXES, "_se"))}
 
 
-_SUFFIXES = ("_null_mean", "_null_std", "_z", "_pct")
+_SUFFIXES = ("_null_mean", "_null_std", "_z", "_pct", "_diff", "_ratio", "_null_mean_se", "_null_std_se")
 
 
 def _moved(a, b):
@@ -108,8 +108,15 @@ def test_invariant_statistics_stay_and_the_others_move():
     stay = [c for c, v in gauge.INVARIANCE.items() if v == "invariant" and _moved(before[c], after[c]) > 1e-3]
     # A statistic moves when it changes by 1% of its size or by more than its null's spread (pearson
     # sits near 1 with a spread of ~1e-3); percentiles over 4 draws saturate, so only their staying is tested.
+    # A difference from the null mean moves with the statistic, a ratio to it by the statistic's relative spread;
+    # Monte Carlo errors over 4 draws are as noisy as the percentiles.
     spread = {c: np.max(before.get(f"{c}_null_std", np.inf)) for c in gauge.INVARIANCE}
-    still = [c for c, v in gauge.INVARIANCE.items() if v == "parametrization" and not c.endswith("_pct")
+    for c in gauge.INVARIANCE:
+        stat = c.removesuffix("_diff").removesuffix("_ratio")
+        if stat != c and f"{stat}_null_std" in before:
+            relative = 1.0 if c.endswith("_diff") else np.abs(before[f"{stat}_null_mean"])
+            spread[c] = np.max(before[f"{stat}_null_std"] / relative)
+    still = [c for c, v in gauge.INVARIANCE.items() if v == "parametrization" and not c.endswith(("_pct", "_se"))
              and _moved(before[c], after[c]) < 1e-2
              and not np.nanmax(np.abs(before[c] - after[c])) > spread[c]]
     assert not stay, f"invariant columns moved: {stay}"

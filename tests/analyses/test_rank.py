@@ -83,3 +83,17 @@ def test_quantized_matrices_get_nulls_that_went_through_the_same_quantization(mo
     monkeypatch.setattr(quantized, "quantize_roundtrip", lambda x, kind: x * (np.arange(x.shape[-1]) < x.shape[-1] // 2))
     halved = matrix_rank_rows(stored, jax.random.key(1), num_draws=16, storage=dict.fromkeys(stored, "Q4_0"))
     assert halved["g0"]["erank_null_mean"] < 0.85 * plain["g0"]["erank_null_mean"] and halved["g0"]["erank_z"] > 10
+
+
+def test_matrices_of_one_shape_share_one_pooled_null():
+    """Two (48, 24) matrices at different scales: one null, the draws of both behind it, scaled to each."""
+    rng = np.random.default_rng(3)
+    mats = {"a": rng.standard_normal((48, 24)).astype(np.float32) * 0.02,
+            "b": rng.standard_normal((48, 24)).astype(np.float32), "c": rng.standard_normal((24, 12)).astype(np.float32)}
+    rows = matrix_rank_rows(mats, jax.random.key(1), num_draws=6)
+    for stat in ("erank", "stable_rank", "ks_mp"):
+        assert rows["a"][f"{stat}_null_mean"] == rows["b"][f"{stat}_null_mean"]
+        assert rows["a"][f"{stat}_null_mean_se"] < rows["c"][f"{stat}_null_mean_se"] * 1.5   # 12 draws vs 6
+    rms = {n: np.sqrt(np.mean(np.square(w, dtype=np.float64))) for n, w in mats.items()}
+    np.testing.assert_allclose(rows["b"]["sigma_max_null_mean"] / rows["a"]["sigma_max_null_mean"],
+                               rms["b"] / rms["a"], rtol=1e-5)

@@ -5,7 +5,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from spectrax.analyses.weights import global_matrices, layer_matrices, skipped_matrices
+from spectrax.analyses.weights import global_matrices, layer_matrices, skipped_matrices, skipped_table
 from spectrax.io.load import open_source, stream_layers
 
 CHECKPOINTS = Path(__file__).parents[1] / "fixtures" / "checkpoints"
@@ -47,3 +47,17 @@ def test_fused_projections_and_other_towers_are_listed():
     assert "not converted" in skipped["multi_modal_projector.mm_input_projection_weight"]
     assert any(k.startswith("vision_tower.") and "tower" in v for k, v in skipped.items())
     assert all(np.ndim(v) == 2 for v in global_matrices(multimodal).values())
+
+
+def test_skipped_table_lists_each_layer_with_shapes_from_a_run_table():
+    phi3 = open_source(CHECKPOINTS / "phi3")
+    rows = []
+    for layer, matrices in ((-1, global_matrices(phi3)), (0, _layer0(phi3))):
+        rows += [(layer, name, *w.shape) for name, w in matrices.items()]
+    table = {c: np.array([r[i] for r in rows], dtype=object if c == "matrix" else int)
+             for i, c in enumerate(("layer", "matrix", "rows", "cols"))}
+    skipped = skipped_table(phi3, table)
+    assert list(skipped) == ["matrix", "shape", "reason"]
+    fused = list(skipped["matrix"]).index("model.layers.0.self_attn.qkv_proj.weight")
+    assert "fused" in skipped["reason"][fused] and skipped["shape"][fused].count(" x ") == 1
+    assert len(skipped["matrix"]) == len(skipped_matrices(phi3, None, global_matrices(phi3))) + 2

@@ -35,7 +35,7 @@ def test_result_folder_contents(gpt2_result):
     out = gpt2_result
     files = set(os.listdir(out))
     assert {"heads.csv", "heads.json", "layers.csv", "groups.csv", "precision.csv", "matrices.csv", "matrices.json",
-            "kernel_similarity.csv", "summary.json", "report.md", "plots", MARKER} == files
+            "kernel_similarity.csv", "skipped.csv", "summary.json", "report.md", "plots", MARKER} == files
     pngs = os.listdir(os.path.join(out, "plots"))
     assert {"heatmap_pearson_qk_z.png", "trend_pearson_qk.png", "heatmap_matrices_erank_z.png",
             "kernel_similarity.png", "trend_kernel_erank.png", "heatmap_matrices_lambda_max_z.png"} <= set(pngs)
@@ -46,11 +46,21 @@ def test_result_folder_contents(gpt2_result):
     assert len(rows) == 2 * 4
     for column in ("layer", "head", "kv_head", "pearson_qk", "pearson_qk_null_mean", "pearson_qk_null_std",
                    "ssr_qk", "cos_u_qk", "cos_u_qk_null_mean", "grassmann_kv", "sigma_max_q", "cond_v",
-                   "kernel_erank", "kernel_erank_null_mean", "ffn_alignment", "ffn_alignment_null_std"):
+                   "kernel_erank", "kernel_erank_null_mean", "ffn_alignment", "ffn_alignment_null_std",
+                   "pearson_qk_diff", "pearson_qk_ratio", "pearson_qk_null_mean_se", "pearson_qk_null_std_se",
+                   "pearson_qk_layer_null_std_se", "cos_u_qk_diff"):
         assert column in rows[0]
+    skipped = _rows(os.path.join(out, "skipped.csv"))   # gpt2's fused c_attn in each layer, and the tied head
+    assert {r["matrix"] for r in skipped} == {"lm_head.weight", "transformer.h.0.attn.c_attn.weight",
+                                               "transformer.h.1.attn.c_attn.weight"}
+    assert all(r["reason"] for r in skipped) and any("fused" in r["reason"] and " x " in r["shape"] for r in skipped)
     summary = json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())
     assert summary["spec"]["model_type"] == "gpt2" and summary["laws"]["nonfinite_heads"] == []
     report = pathlib.Path(os.path.join(out, "report.md")).read_text()
+    assert "`skipped.csv`" in report and "| gauge | invariant counterpart |" in report
+    assert "grassmann_qk | " in report and "parametrization" in report
+    model = summary["laws"]["model"]["pearson_qk"]
+    assert {"diff", "ratio", "null_std_se", "resolved"} <= set(model)
     for title in ("## Per-head statistics (laws)", "## Whole-matrix statistics (rank)", "## QK-kernel subspaces (kernel)",
                   "## Empirical spectral densities (esd)", "## Files"):
         assert title in report
@@ -139,11 +149,18 @@ def test_rank_only_with_crop(tmp_path):
 
 @pytest.mark.slow
 def test_an_analysis_gives_the_same_numbers_alone_or_with_others(tmp_path, gpt2_result):
-    alone = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws"], num_draws=4, progress=False)
+    """laws beside charge (not run by default) gives the numbers it gives beside rank, kernel and esd;
+    charge adds its columns, its section and the laws' invariant counterparts."""
+    alone = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws", "charge"], num_draws=4, progress=False)
     together = {r["layer"] + "/" + r["head"]: r for r in _rows(os.path.join(gpt2_result, "heads.csv"))}
     for row in _rows(os.path.join(alone, "heads.csv")):
         other = together[row["layer"] + "/" + row["head"]]
-        assert {c: row[c] for c in row} == {c: other[c] for c in row}
+        assert {c: row[c] for c in row if c in other} == {c: other[c] for c in row if c in other}
+        assert float(row["qk_charge"]) >= 0 and "pearson_qk_balanced_z" in row and "qk_charge" not in other
+    report = pathlib.Path(alone, "report.md").read_text()
+    assert "## The symmetry's charge (charge)" in report and "pearson_qk_balanced = " in report
+    assert "## The symmetry's charge" not in pathlib.Path(gpt2_result, "report.md").read_text()
+    assert json.loads(pathlib.Path(alone, "summary.json").read_text())["charge"]["model"]["qk_charge"]["mean_over_layers"] > 0
 
 
 def test_output_inside_checkpoint_is_refused():

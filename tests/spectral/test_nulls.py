@@ -153,8 +153,14 @@ def test_zscore_percentile_and_columns_arithmetic():
         {"cos_u": jnp.full((2, 3), 0.3), "sigma_max": jnp.ones((2, 3))},
         {"cos_u": nulls.cos_null(16, 16)},
     )
-    assert set(cols) == {"cos_u", "cos_u_null_mean", "cos_u_null_std", "cos_u_z", "sigma_max"}
+    assert set(cols) == {"cos_u", "cos_u_null_mean", "cos_u_null_std", "cos_u_z", "cos_u_diff", "cos_u_ratio", "sigma_max"}
     assert cols["cos_u_null_mean"].shape == (2, 3)
+    mean = nulls.expected_abs_cos(16)
+    np.testing.assert_allclose(cols["cos_u_diff"], 0.3 - mean, rtol=1e-6)
+    np.testing.assert_allclose(cols["cos_u_ratio"], 0.3 / mean, rtol=1e-6)
+    mc = nulls.null_columns({"x": jnp.array([3.5])}, {"x": null})
+    assert {"x_pct", "x_null_mean_se", "x_null_std_se"} <= set(mc)
+    np.testing.assert_allclose(mc["x_null_mean_se"], [np.std([1, 2, 3, 4], ddof=1) / 2], rtol=1e-6)
     split = nulls.split_null(nulls.NullSummary({"a": 1.0, "b": 2.0}, {"a": 0.1, "b": 0.2}, None))
     assert split["b"].mean == 2.0 and split["a"].draws is None
 
@@ -252,3 +258,26 @@ def test_mean_null_std_counts_the_correlation_of_heads_that_share_a_key_head():
     np.testing.assert_allclose(layered, [exact, 2 * exact], rtol=0.05)
     with pytest.raises(ValueError, match="12 heads"):
         nulls.mean_null_std(draws, groups[:5])
+
+
+def test_monte_carlo_error_matches_the_spread_of_repeated_nulls():
+    """The standard errors of a null's mean and std are the spread those estimates have over repeated
+    Monte Carlo runs, for a Gaussian and for a heavy-tailed (Laplace) null."""
+    rng = np.random.default_rng(7)
+    for sample, rtol in ((rng.standard_normal, 0.12), (rng.laplace, 0.25)):  # a 4th moment from 24 draws runs low
+        runs = sample(size=(24, 4000))                          # 4000 repeated nulls of 24 draws each
+        mean_se, std_se = nulls.monte_carlo_error(runs)
+        rms = lambda x: np.sqrt(np.mean(np.square(x)))
+        np.testing.assert_allclose(rms(mean_se), np.std(runs.mean(axis=0)), rtol=0.05)
+        np.testing.assert_allclose(rms(std_se), np.std(runs.std(axis=0, ddof=1)), rtol=rtol)
+    gaussian_rule = np.std(runs, axis=0, ddof=1) / np.sqrt(2 * 23)
+    assert np.mean(std_se) > 1.1 * np.mean(gaussian_rule)      # the Laplace tail is seen
+    mean_se, std_se = nulls.monte_carlo_error(np.array([[1.0, np.nan], [1.0, np.nan], [1.0, 2.0]]))
+    assert mean_se[0] == 0 and std_se[0] == 0 and np.isnan(std_se[1])    # constant; fewer than two draws
+
+
+def test_resolved_needs_a_positive_std_known_to_the_bound():
+    std = np.array([1.0, 1.0, 0.0, np.nan, 1.0])
+    se = np.array([0.1, nulls.RESOLVED_BOUND * 1.01, 0.0, 0.0, np.nan])
+    np.testing.assert_array_equal(nulls.resolved(std, se), [True, False, False, False, False])
+    np.testing.assert_array_equal(nulls.resolved(np.array([0.3, 0.0])), [True, False])   # exact nulls
