@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     def analysis_options(p: argparse.ArgumentParser, default: str) -> None:
         p.add_argument("--analyses", default=default,
                        help=f"comma-separated, from {', '.join(ANALYSIS_NAMES)} (default {default})")
-        p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per Gaussian null (default 16)")
+        p.add_argument("--null-draws", type=int, default=16, help="Monte Carlo draws per Gaussian null (default 16; 0: none, the statistics and their exact nulls only)")
         p.add_argument("--seed", type=int, default=0, help="PRNG seed of the nulls")
         p.add_argument("--layers", default=None, help="layers to analyze, e.g. 0,4-7 (default all)")
         p.add_argument("--crop", type=int, default=None,

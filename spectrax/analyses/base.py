@@ -24,7 +24,8 @@ __all__ = ["Analysis", "LayerInput", "LayerOutput", "Options", "Plot", "Section"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
-    """Settings that change the numbers: Monte Carlo draws of the Gaussian nulls, PRNG seed,
+    """Settings that change the numbers: Monte Carlo draws of the Gaussian nulls (0: none; the
+    statistics and their exact nulls only, Monte Carlo null columns NaN), PRNG seed,
     `crop` (rank, esd: top-left block only), `top_k` (kernel: subspace dimension) and
     `shuffle_draws` (esd: entry-shuffled baselines, each a full SVD of the matrix).
 
@@ -42,7 +43,9 @@ class Options:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} (--{flag}) must be {what}, got {value!r}")
 
-        whole("num_draws", "null-draws", self.num_draws, 2, "a whole number >= 2 (a null std needs two draws)")
+        whole("num_draws", "null-draws", self.num_draws, 0, "0 (no Monte Carlo nulls) or a whole number >= 2")
+        if self.num_draws == 1:
+            raise ValueError("num_draws (--null-draws) must be 0 (no Monte Carlo nulls) or >= 2 for a null std, got 1")
         whole("seed", "seed", self.seed, 0, "a whole number >= 0")
         if self.crop is not None:
             whole("crop", "crop", self.crop, 1, "a positive whole number of rows and columns")

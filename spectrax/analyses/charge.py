@@ -239,7 +239,7 @@ def charge_layer(attn: dict, key: jax.Array, *, rotary_dim: int, num_draws: int 
       attn: `q`/`o (H, D, E)`, `k`/`v (KV, D, E)`, `D <= E`, any float dtype (other keys ignored).
       key: PRNG key of the Monte Carlo nulls.
       rotary_dim: R, each head's rotating features (`gauge.rotary_dim(spec, D)`; 0 without RoPE).
-      num_draws: Monte Carlo draws (>= 2).
+      num_draws: Monte Carlo draws (>= 2; 0: NaN nulls).
     Returns:
       `{column: (H,)}`: `head`, `kv_head`; `qk_charge`, `ov_charge` (normalized size
       `|P(C)|_F / |P(S)|_F` of the group's charge: 0 balanced, 1 one side all); `qk_charge_trace`,
@@ -262,13 +262,17 @@ def charge_layer(attn: dict, key: jax.Array, *, rotary_dim: int, num_draws: int 
     sp.group_size(H, KV)
     if D > E:
         raise ValueError(f"head_dim {D} > hidden {E}: the balanced point needs D <= E")
-    if num_draws < 2:
-        raise ValueError("num_draws must be >= 2 for a null std")
+    if num_draws == 1 or num_draws < 0:
+        raise ValueError(f"num_draws must be 0 (no Monte Carlo null) or >= 2 for a null std, got {num_draws}")
     rotary_pairs(D, rotary_dim)
     observed = charge_statistics(q, k, v, o, rotary_dim=rotary_dim)
-    draws = _null_draws(key, q, k, v, o, rotary_dim=rotary_dim, num_draws=num_draws)
-    nulls = {name: sp.NullSummary(jnp.mean(d, axis=0), jnp.std(d, axis=0, ddof=1), d)
-             for name, d in draws.items() if name in CHARGES + BALANCED_STATISTICS}
+    if num_draws == 0:
+        nan = np.full(H, np.nan, np.float32)
+        nulls = {name: sp.NullSummary(nan, nan, np.zeros((0, H), np.float32)) for name in CHARGES + BALANCED_STATISTICS}
+    else:
+        draws = _null_draws(key, q, k, v, o, rotary_dim=rotary_dim, num_draws=num_draws)
+        nulls = {name: sp.NullSummary(jnp.mean(d, axis=0), jnp.std(d, axis=0, ddof=1), d)
+                 for name, d in draws.items() if name in CHARGES + BALANCED_STATISTICS}
     shown = {name: observed[name] for name in CHARGES + BALANCED_STATISTICS}
     cols = {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV)}
     cols.update({name: np.asarray(value) for name, value in sp.null_columns(shown, nulls).items()})

@@ -208,17 +208,21 @@ def kernel_null(key: jax.Array, q, k, *, num_draws: int = 16, batch_size: int = 
     Args:
       key: PRNG key.
       q: `(H, D, E)` query heads; k: `(KV, D, E)` key heads; any float dtype.
-      num_draws: draws (>= 2); batch_size: draws evaluated at once (memory grows with it).
+      num_draws: draws (>= 2; 0: NaN nulls, no draws); batch_size: draws evaluated at once (memory grows with it).
     Returns:
       `{name: NullSummary(mean (H,), std (H,), draws (num_draws, H))}` for `KERNEL_STATISTICS`;
       std is the sample std (ddof=1). The draws do not depend on `batch_size`.
     """
     q, k = _float(q), _float(k)
     _check_heads(q, k)
-    if num_draws < 2:
-        raise ValueError("num_draws must be >= 2 for a null std")
+    if num_draws == 1 or num_draws < 0:
+        raise ValueError(f"num_draws must be 0 (no Monte Carlo null) or >= 2 for a null std, got {num_draws}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if num_draws == 0:
+        H = q.shape[0]
+        return {name: sp.NullSummary(np.full(H, np.nan, np.float32), np.full(H, np.nan, np.float32),
+                                     np.zeros((0, H), np.float32)) for name in KERNEL_STATISTICS}
     draws = _kernel_null_draws(key, q, k, num_draws=num_draws, batch_size=batch_size)
     return {
         name: sp.NullSummary(jnp.mean(d, axis=0), jnp.std(d, axis=0, ddof=1), d)
@@ -233,7 +237,10 @@ def quantized_kernel_null(key: jax.Array, q, k, storage: Mapping[str, str] | Non
     projection quantized and dequantized along E as stored (`quantized.noise_matrix`), scaled to
     each real head's RMS; the kernel's singular values are those of the `(D, D)` core of the two
     thin QRs, as in `sp.qk_kernel_svd`. Rounding is not rotation invariant, so the Bartlett
-    shortcut of `kernel_null` does not apply. None where neither W_Q nor W_K is quantizable."""
+    shortcut of `kernel_null` does not apply. None where neither W_Q nor W_K is quantizable, and
+    for `num_draws=0`."""
+    if num_draws == 0:
+        return None
     kinds = {m: (storage or {}).get(f"attn.{m}") for m in ("q", "k")}
     heads = {"q": np.asarray(q, np.float64), "k": np.asarray(k, np.float64)}
     scale = {m: np.sqrt(np.mean(x * x, axis=(-2, -1))) for m, x in heads.items()}

@@ -81,7 +81,9 @@ def noise_spectra(key: jax.Array, shape: tuple[int, ...], kind: str | None, *, n
                   axis: int = -1) -> tuple[np.ndarray, np.ndarray] | None:
     """Singular values `(num_draws, ..., min(m, n))` of `num_draws` `noise_matrix` draws (draw d
     from `fold_in(key, d)`), and `(num_draws,)` the relative error `|Q(G) - G| / |G|` of each
-    round trip; None where `noise_matrix` is."""
+    round trip; None where `noise_matrix` is, and for `num_draws=0` (no Monte Carlo null)."""
+    if num_draws == 0:
+        return None
     spectra, errors = [], []
     for d in range(num_draws):
         drawn = _draw(jax.random.fold_in(key, d), shape, kind, axis)

@@ -55,6 +55,7 @@ __all__ = [
     "mean_null_std",
     "monte_carlo_error",
     "null_columns",
+    "no_draws_null",
     "null_from_draws",
     "percentile",
     "pool_null",
@@ -168,9 +169,18 @@ def summarize_draws(draws) -> NullSummary:
     return NullSummary(mean, std, draws)
 
 
+def no_draws_null(stat_fn: Callable[..., Any], *structs) -> NullSummary:
+    """The null of `stat_fn` when no Monte Carlo draw is asked for (`num_draws=0`): NaN mean and std
+    and zero draws, shaped like `stat_fn`'s output on arrays shaped like `structs` (arrays or
+    `jax.ShapeDtypeStruct`s, without the draw axis). Traced for shapes only: nothing is compiled."""
+    out = jax.eval_shape(stat_fn, *[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in structs])
+    nan = jax.tree.map(lambda o: np.full(o.shape, np.nan, o.dtype), out)
+    return NullSummary(nan, nan, jax.tree.map(lambda o: np.zeros((0,) + o.shape, o.dtype), out))
+
+
 def _check_draws(num_draws, batch_size):
-    if num_draws < 2:
-        raise ValueError("num_draws must be >= 2 for a null std")
+    if num_draws == 1 or num_draws < 0:
+        raise ValueError(f"num_draws must be 0 (no Monte Carlo null) or >= 2 for a null std, got {num_draws}")
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1 or None (all draws at once)")
 
@@ -276,7 +286,7 @@ def gaussian_null(
         `q (layers, H, D, E)`, `k (layers, KV, D, E)`) or `jax.ShapeDtypeStruct`s. Every matrix
         gets its own independent draws, so a K head's draw is shared by its query heads exactly as
         the real W_K is.
-      num_draws: Monte Carlo draws (>= 2).
+      num_draws: Monte Carlo draws (>= 2), or 0 for none (`no_draws_null`: NaN mean and std).
       batch_size: draws evaluated at once (`jax.lax.map`); memory grows with it. `None`: all.
       match_scale: scale each drawn matrix to the RMS of its real counterpart (needed for
         scale-dependent statistics such as `sigma_max`); unit variance for `ShapeDtypeStruct`s or
@@ -288,6 +298,8 @@ def gaussian_null(
     """
     _check_draws(num_draws, batch_size)
     refs, shapes, dtypes = _templates(templates, match_scale)
+    if num_draws == 0:
+        return no_draws_null(stat_fn, *[jax.ShapeDtypeStruct(sh, dt) for sh, dt in zip(shapes, dtypes)])
     return _gaussian_null(key, refs, stat_fn=StaticFn(stat_fn), shapes=shapes, dtypes=dtypes,
                           num_draws=num_draws, batch_size=batch_size)
 
@@ -317,7 +329,7 @@ def gaussian_spectrum_null(
       stat_fn: `stat_fn(*spectra) -> pytree of arrays`, batched over leading axes (e.g.
         `metrics.stable_rank`); module-level or a `functools.partial`, as in `gaussian_null`.
       *templates: as in `gaussian_null`: arrays `(..., m, n)` or `jax.ShapeDtypeStruct`s.
-      num_draws: Monte Carlo draws (>= 2).
+      num_draws: Monte Carlo draws (>= 2), or 0 for none (`no_draws_null`: NaN mean and std).
       batch_size: draws evaluated at once; `None`: all.
       match_scale: as in `gaussian_null`.
 
@@ -364,6 +376,9 @@ def gaussian_spectrum_draws(
     """
     _check_draws(num_draws, batch_size)
     refs, shapes, dtypes = _templates(templates, match_scale)
+    if num_draws == 0:
+        return tuple(np.zeros((0, *sh[:-2], min(sh[-2:])), float_dtype(dt, "Gaussian singular values"))
+                     for sh, dt in zip(shapes, dtypes))
     return _spectrum_draws(key, refs, shapes=shapes, dtypes=dtypes, num_draws=num_draws, batch_size=batch_size)
 
 
@@ -371,6 +386,8 @@ def null_from_draws(stat_fn: Callable[..., Any], *draws, batch_size: int | None 
     """`NullSummary` of `stat_fn` evaluated on each draw: `draws` are `(num_draws, ...)` arrays, one
     per `stat_fn` argument (e.g. from `gaussian_spectrum_draws`); `batch_size` draws at a time."""
     _check_draws(draws[0].shape[0], batch_size)
+    if draws[0].shape[0] == 0:
+        return no_draws_null(stat_fn, *[jax.ShapeDtypeStruct(d.shape[1:], d.dtype) for d in draws])
     return _null_of_draws(tuple(draws), stat_fn=StaticFn(stat_fn), batch_size=batch_size)
 
 
@@ -425,6 +442,8 @@ def shuffle_null(
     for a in arrays:
         if a.ndim < 2:
             raise ValueError(f"arrays must be (..., m, n) matrices, got shape {a.shape}")
+    if num_draws == 0:
+        return no_draws_null(stat_fn, *arrays)
     return _shuffle_null(
         key, arrays, stat_fn=StaticFn(stat_fn), num_draws=num_draws, batch_size=batch_size
     )
@@ -584,6 +603,9 @@ def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
     draws = np.asarray(null.draws)
     if draws.ndim < 2 or not 0 <= axis < draws.ndim - 1:
         raise ValueError(f"pool_null: axis {axis} is not an axis of draws shaped {draws.shape} after the draw axis")
+    if draws.shape[0] == 0:  # num_draws=0: nothing to pool, the null stays NaN
+        nan = np.full(draws.shape[1:], np.nan, draws.dtype)
+        return NullSummary(nan, nan, draws)
     pooled = np.moveaxis(draws, axis + 1, 1)
     pooled = np.moveaxis(pooled.reshape((-1, 1) + pooled.shape[2:]), 1, axis + 1)  # (N * size, ..., 1, ...)
     shape = draws.shape[1:]

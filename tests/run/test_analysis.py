@@ -163,6 +163,31 @@ def test_an_analysis_gives_the_same_numbers_alone_or_with_others(tmp_path, gpt2_
     assert json.loads(pathlib.Path(alone, "summary.json").read_text())["charge"]["model"]["qk_charge"]["mean_over_layers"] > 0
 
 
+@pytest.mark.slow
+def test_no_null_draws_gives_the_statistics_and_exact_nulls_only(tmp_path, gpt2_result):
+    """`num_draws=0` (`--null-draws 0`): every statistic as with draws, every exact null as with
+    draws, every Monte Carlo null column NaN (its draws, errors and percentiles with it), and a
+    complete report."""
+    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "none", num_draws=0, shuffle_draws=0, progress=False)
+    for table in ("heads.csv", "matrices.csv"):
+        drawn, none = _rows(os.path.join(gpt2_result, table)), _rows(os.path.join(out, table))
+        assert len(drawn) == len(none) and set(drawn[0]) == set(none[0])
+        monte_carlo = {c[: -len("_pct")] for c in drawn[0] if c.endswith("_pct")}
+        exact = {c[: -len("_null_mean")] for c in drawn[0] if c.endswith("_null_mean")} - monte_carlo
+        assert monte_carlo and (exact or table == "matrices.csv")   # heads: cos_u_*, grassmann_* are exact
+        for a, b in zip(drawn, none):
+            for column, value in b.items():
+                stat = next((s for s in monte_carlo if column.startswith(s + "_")), None)
+                if column in monte_carlo or stat is None and "shuffle" not in column:
+                    assert value == a[column], (table, column)          # statistics and exact nulls
+                elif stat is not None and column[len(stat) + 1:] in ("null_mean", "null_std", "z", "pct"):
+                    assert value in ("", "nan"), (table, column)       # Monte Carlo nulls: none
+    report = pathlib.Path(os.path.join(out, "report.md")).read_text()
+    assert "## Per-head statistics (laws)" in report and "## Empirical spectral densities (esd)" in report
+    assert main(["analyze", str(CHECKPOINTS / "gpt2"), "--out", str(tmp_path / "one"), "--null-draws", "1"]) == 2
+    assert not (tmp_path / "one").exists()
+
+
 def test_output_inside_checkpoint_is_refused():
     with pytest.raises(ValueError, match="inside the checkpoint"):
         analyze(CHECKPOINTS / "gpt2", CHECKPOINTS / "gpt2" / "results", num_draws=2, progress=False)

@@ -281,3 +281,21 @@ def test_resolved_needs_a_positive_std_known_to_the_bound():
     se = np.array([0.1, nulls.RESOLVED_BOUND * 1.01, 0.0, 0.0, np.nan])
     np.testing.assert_array_equal(nulls.resolved(std, se), [True, False, False, False, False])
     np.testing.assert_array_equal(nulls.resolved(np.array([0.3, 0.0])), [True, False])   # exact nulls
+
+
+def test_zero_draws_give_nan_nulls_without_compiling_and_one_draw_is_refused():
+    q = np.ones((2, 3, 8, 20), np.float32)
+    compiled = nulls._null_of_draws._cache_size(), nulls._spectrum_draws._cache_size()
+    null = nulls.gaussian_spectrum_null(jax.random.key(0), _pearson_and_scale, q, q, num_draws=0)
+    assert (nulls._null_of_draws._cache_size(), nulls._spectrum_draws._cache_size()) == compiled
+    assert null.draws["pearson"].shape == (0, 2, 3) and np.isnan(null.mean["pearson"]).all()
+    assert null.std["sigma_max_q"].shape == (2, 3) and np.isnan(null.std["sigma_max_q"]).all()
+    assert np.isnan(nulls.gaussian_null(jax.random.key(0), metrics.sigma_max, q, num_draws=0).mean).all()
+    assert np.isnan(nulls.shuffle_null(jax.random.key(0), metrics.sigma_max, q, num_draws=0).std).all()
+    cols = nulls.null_columns({"pearson": np.zeros((2, 3))}, nulls.split_null(null))
+    assert all(np.isnan(cols[f"pearson_{c}"]).all() for c in ("null_mean", "null_std", "z", "pct", "null_std_se"))
+    pooled = nulls.pool_null(nulls.split_null(null)["pearson"], axis=1)
+    assert pooled.mean.shape == (2, 3) and np.isnan(pooled.std).all()
+    for bad in (1, -1):
+        with pytest.raises(ValueError, match="0 .no Monte Carlo null. or >= 2"):
+            nulls.gaussian_spectrum_draws(jax.random.key(0), q, num_draws=bad)

@@ -229,11 +229,13 @@ def test_gather_layers_and_layerwise_null_single_process():
     null = sharding.layerwise_null(gaussian_spectrum_null, key, [4, 5, 6],
                                    singular_value_statistics, q, num_draws=4)
     assert null.draws["erank"].shape == (4, 3, 4) and null.mean["erank"].shape == (3, 4)
-    for i, layer in enumerate([4, 5, 6]):                    # draws depend on (key, layer) only
+    # draws depend on (key, layer) only, up to float32 rounding: a vmapped layer axis vectorizes the
+    # chi sampler's arithmetic differently (`test_nulls`), which moves a draw by a few ulps
+    for i, layer in enumerate([4, 5, 6]):
         alone = gaussian_spectrum_null(jax.random.fold_in(key, layer), singular_value_statistics,
                                        q[i], num_draws=4)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[..., i, :] if a.ndim == 3 else a[i],
-                                                             b, rtol=1e-6), null, alone)
+                                                             b, rtol=2e-5), null, alone)
     full = sharding.gather_layers(null, 3, process_index=0, process_count=1)
     assert isinstance(full.draws["erank"], np.ndarray) and full.draws["erank"].shape == (4, 3, 4)
     with pytest.raises(ValueError):
