@@ -453,11 +453,13 @@ def shuffle_null(
 
 
 def _z(obs, mean, std):
-    obs = jnp.asarray(obs)
-    mean = jnp.asarray(mean, obs.dtype)
-    std = jnp.asarray(std, obs.dtype)
+    xp = _array_module(obs, mean, std)
+    obs = xp.asarray(obs)
+    mean = xp.asarray(mean, obs.dtype)
+    std = xp.asarray(std, obs.dtype)
     ok = std > 0
-    return jnp.where(ok, (obs - mean) / jnp.where(ok, std, 1.0), jnp.nan)
+    with np.errstate(invalid="ignore"):
+        return xp.where(ok, (obs - mean) / xp.where(ok, std, 1.0), np.nan).astype(obs.dtype)
 
 
 def zscore(observed, null: NullSummary):
@@ -466,12 +468,14 @@ def zscore(observed, null: NullSummary):
 
 
 def _pct(obs, draws):
-    obs = jnp.asarray(obs)
-    draws = jnp.asarray(draws, obs.dtype)
-    below = jnp.sum(draws < obs, axis=0).astype(obs.dtype)
-    ties = jnp.sum(draws == obs, axis=0).astype(obs.dtype)
-    pct = 100.0 * (below + 0.5 * ties) / jnp.sum(~jnp.isnan(draws), axis=0).astype(obs.dtype)
-    return jnp.where(jnp.isnan(obs), jnp.nan, pct)
+    xp = _array_module(obs, draws)
+    obs = xp.asarray(obs)
+    draws = xp.asarray(draws, obs.dtype)
+    below = xp.sum(draws < obs, axis=0).astype(obs.dtype)
+    ties = xp.sum(draws == obs, axis=0).astype(obs.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):  # no finite draw: NaN
+        pct = 100.0 * (below + 0.5 * ties) / xp.sum(~xp.isnan(draws), axis=0).astype(obs.dtype)
+    return xp.where(xp.isnan(obs), np.nan, pct).astype(obs.dtype)
 
 
 def percentile(observed, null: NullSummary):
@@ -549,12 +553,12 @@ def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dic
     """
     cols: dict[str, Any] = {}
     for name, obs in observed.items():
-        obs = jnp.asarray(obs)
-        cols[name] = obs
         null = nulls.get(name)
+        xp = _array_module(obs, null)   # host columns in numpy: no device program per shape
+        obs = xp.asarray(obs)
+        cols[name] = obs
         if null is None:
             continue
-        xp = _array_module(obs, null)
         mean = xp.broadcast_to(xp.asarray(null.mean, obs.dtype), obs.shape)
         cols[f"{name}_null_mean"] = mean
         cols[f"{name}_null_std"] = xp.broadcast_to(xp.asarray(null.std, obs.dtype), obs.shape)
