@@ -128,6 +128,7 @@ def test_dangling_symlink_and_read_only_out_refused_before_any_work(tmp_path, mo
     assert sorted(os.listdir(tmp_path)) == ["link"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_a_full_disk_are_one_line_and_resume(tmp_path, monkeypatch, capsys):
     from spectrax.run import streaming as pipeline
     from spectrax.run.store import RunFolder

@@ -34,6 +34,7 @@ def _run_examples(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in EXAMPLES if n not in END_TO_END])
+@pytest.mark.slow
 def test_examples(name):
     _run_examples(name)
 

@@ -21,6 +21,7 @@ def test_centered_samples():
     np.testing.assert_allclose(x, hidden.reshape(3, 10, 4) - hidden.reshape(3, 10, 4).mean(1, keepdims=True), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hidden_state_rows_against_numpy_and_null():
     """An isotropic stream sits inside its null; a rank-3 stream is far below it."""
     rng = np.random.default_rng(1)
@@ -70,6 +71,7 @@ def test_subspace_energy_and_its_nulls():
         act.subspace_energy_rows({"iso": iso}, {"B": basis[:-1]}, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_projection_alignment_rows_on_a_checkpoint():
     model = sx.load(CHECKPOINTS / "qwen2")  # q/k/v biases: h_b must be passed, not h_a W^T
     ids = jnp.asarray(np.random.default_rng(4).integers(0, 120, (4, 12)))

@@ -209,6 +209,7 @@ def test_weight_decay_drives_the_charge_to_zero_and_the_laws_to_balance(R, H, KV
 
 
 
+@pytest.mark.slow
 def test_the_registered_analysis_reads_the_rotary_dimension_and_keeps_only_ov_under_qk_norms():
     from spectrax.analyses.base import LayerInput, Options
 

@@ -117,6 +117,7 @@ def test_alpha_recovered_from_a_pareto_spectrum(alpha):
     assert np.all(np.asarray(got["alpha_ks"]) < 0.05)
 
 
+@pytest.mark.slow
 def test_gaussian_matrices_sit_inside_their_null_and_a_spike_does_not():
     rng = np.random.default_rng(3)
     m, n = SHAPE
@@ -159,6 +160,7 @@ def test_heavy_tailed_entries_match_their_shuffle_but_not_the_gaussian_null():
         assert np.median(explained) < 0.5, (stat, explained)
 
 
+@pytest.mark.slow
 def test_nonfinite_matrices_give_nan_and_zero_matrices_a_defined_row():
     rng = np.random.default_rng(5)
     ok = rng.standard_normal(SHAPE).astype(np.float32)
@@ -180,6 +182,7 @@ def test_nonfinite_matrices_give_nan_and_zero_matrices_a_defined_row():
                                            "num_spikes", "bulk_max", "alpha_weighted", "log_alpha_norm"))
 
 
+@pytest.mark.slow
 def test_columns_are_fixed_and_a_skipped_shuffle_is_nan():
     rng = np.random.default_rng(6)
     mats = {"a": rng.standard_normal((16, 40)).astype(np.float32), "b": rng.standard_normal((40, 16))}
@@ -212,6 +215,7 @@ def test_too_few_eigenvalues_for_a_tail_gives_nan_alpha_only():
         esd_statistics(s, (5, 32))                     # s must have min(m, n) entries
 
 
+@pytest.mark.slow
 def test_one_compile_per_shape_across_calls():
     rng = np.random.default_rng(7)
     draw = lambda: {f"w{i}": rng.standard_normal((24, 72)).astype(np.float32) for i in range(3)}

@@ -70,6 +70,7 @@ def test_shared_kv_heads_share_the_transformation():
         np.testing.assert_allclose(moved["o"][h].T @ moved["v"][g], attn["o"][h].T @ attn["v"][g], atol=2e-6)
 
 
+@pytest.mark.slow
 def test_every_column_is_classified():
     model = sx.load(CHECKPOINTS / "llama")
     attn = _layer(model.params)

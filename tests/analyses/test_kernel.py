@@ -400,6 +400,7 @@ np.savez(sys.argv[2], bases=bases, **cols)
 """
 
 
+@pytest.mark.slow
 def test_kv_groups_split_over_four_cpu_devices_give_the_one_device_table(tmp_path):
     """6 query / 3 KV heads (3 groups, padded to 4) on 4 emulated CPU devices: the same table and
     bases as on one device (the Python API and the command line split them over the local devices)."""

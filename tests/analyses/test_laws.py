@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from spectrax.run import Options, collect
 from spectrax.analyses.laws import head_laws
@@ -38,6 +39,7 @@ def test_table_rows_and_gqa_pairing_match_numpy():
         np.testing.assert_allclose(table["sigma_max_k"][row], sk[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gaussian_weights_sit_inside_their_null():
     rng = np.random.default_rng(1)
     attn = {"q": rng.standard_normal((3, 4, 16, 128)).astype(np.float32),
@@ -63,6 +65,7 @@ def test_structured_weights_depart_from_null():
     assert (cols["cos_u_qk"] > 0.99).all() and (cols["cos_u_qk_z"] > 10).all()
 
 
+@pytest.mark.slow
 def test_nonfinite_head_reported_per_head():
     rng = np.random.default_rng(3)
     attn = {m: rng.standard_normal((1, n, 8, 64)).astype(np.float32) for m, n in (("q", 4), ("k", 2), ("v", 2))}
@@ -130,6 +133,7 @@ def test_degeneracy_codes_follow_numpys_rank_rule():
     assert (np.linalg.matrix_rank(x[:2]) == [6, 5]).all()
 
 
+@pytest.mark.slow
 def test_streaming_over_layers_compiles_each_kernel_once_per_shape():
     """Four layers of the embedded model: every jitted kernel is traced once per distinct shape."""
     from spectrax import spectral as sp
@@ -156,6 +160,7 @@ np.savez(sys.argv[2], **{k: v.astype(str) if v.dtype == object else v for k, v i
 """
 
 
+@pytest.mark.slow
 def test_heads_split_over_four_cpu_devices_give_the_one_device_table(tmp_path):
     """6 query / 2 KV heads (padded to 8 / 4) on 4 emulated CPU devices: the same table, draws
     included, as on one device; the command line sets up one CPU device per core."""

@@ -94,6 +94,7 @@ def test_quantized_heads_get_stand_ins_that_went_through_the_round_trip(monkeypa
         {"m": one["q"].reshape(-1, 64)}, key, num_draws=4, shuffle_draws=0)["m"]["stable_rank_null_mean"]
 
 
+@pytest.mark.slow
 def test_gguf_models_nulls_float_unchanged_quantized_through_their_type(tmp_path):
     """End to end on GGUF files written with gguf.GGUFWriter: an F32 file gives the safetensors
     checkpoint's tables number for number; a Q4_0 file gets nulls of quantized noise, which

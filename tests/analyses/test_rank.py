@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 import spectrax as sx
 from spectrax.run import Options, collect
@@ -21,6 +22,7 @@ def _np_stats(w: np.ndarray) -> dict:
             "max_mean": s[0] / s.mean(), "stable_rank": (s**2).sum() / s[0] ** 2, "sigma_max": s[0]}
 
 
+@pytest.mark.slow
 def test_rank_table_matches_numpy_on_every_matrix():
     table = rank_table(CHECKPOINTS / "phi3", num_draws=4)
     model = sx.load(CHECKPOINTS / "phi3")
@@ -85,6 +87,7 @@ def test_quantized_matrices_get_nulls_that_went_through_the_same_quantization(mo
     assert halved["g0"]["erank_null_mean"] < 0.85 * plain["g0"]["erank_null_mean"] and halved["g0"]["erank_z"] > 10
 
 
+@pytest.mark.slow
 def test_matrices_of_one_shape_share_one_pooled_null():
     """Two (48, 24) matrices at different scales: one null, the draws of both behind it, scaled to each."""
     rng = np.random.default_rng(3)

@@ -119,6 +119,7 @@ def _assert_parity(got: list[dict], want: list[dict]) -> None:
     np.testing.assert_allclose(col(got, "rank_stable_rank"), col(want, "stable_rank"), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_esd_columns_equal_weightwatcher(reference):
     got, want = _compare(reference, COMPARED)
     assert len(got) == 31                                   # 6 random, bert 16, gpt2 11 less its 2 fused c_attn

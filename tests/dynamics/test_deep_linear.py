@@ -87,6 +87,7 @@ def test_noise_balance_is_the_expected_charge_drift_of_real_gradients():
         assert float(jnp.min(dl.noise_balance_residual(ws, jnp.asarray(cov), jnp.eye(3)))) > 0.05
 
 
+@pytest.mark.slow
 def test_sgd_balances_and_aligns_the_layers_and_gd_does_not():
     with jax.enable_x64(True):
         v = jnp.asarray(teacher())

@@ -223,6 +223,7 @@ def _keep_only_first_save(directory):
         shutil.rmtree(saved)
 
 
+@pytest.mark.slow
 def test_run_and_grid_resume_after_an_interruption(tmp_path):
     task = ss.make_task(1, 2)
     ref_params, ref = ss.run(jax.random.key(12), task, ss.hyper(1.0), steps=6, batch_size=16, chunk=3)

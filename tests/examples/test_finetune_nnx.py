@@ -7,6 +7,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 
 import spectrax as sx
 
@@ -20,6 +21,7 @@ def _example():
     return module
 
 
+@pytest.mark.slow
 def test_three_steps_lower_the_loss_and_the_saved_checkpoint_loads(tmp_path, capsys):
     example = _example()
     with jax.numpy_dtype_promotion("standard"):  # optax's Adam raises a float to the int32 count

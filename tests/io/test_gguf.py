@@ -215,6 +215,7 @@ def test_real_smollm2_gguf_predicts_sensible_next_tokens():
         assert tokens[int(np.argmax(logits[0, -1]))] == expected
 
 
+@pytest.mark.slow
 def test_matrices_table_reports_storage_and_quantization_error(tmp_path):
     from spectrax.run import Options, collect
 

@@ -113,6 +113,7 @@ def test_integer_weights_never_reach_the_kernels(tmp_path, capsys):
 
 # Costs follow the checkpoint's real size, not what a header or config claims.
 
+@pytest.mark.slow
 def test_huge_tensor_shape_is_refused_from_the_header_before_any_read(tmp_path, capsys):
     path = _copy(tmp_path)
     header, data = _split(path / "model.safetensors")

@@ -209,6 +209,7 @@ def test_errors_are_one_line_naming_the_id(tmp_path, hub):
     assert not [f for f in downloads(hub.log) if f.startswith("model-")]  # the budget refused before downloading
 
 
+@pytest.mark.slow
 def test_budgeted_analyze_resumes_after_a_dropped_download(tmp_path, hub):
     hub.faults[SHARDS[2]] = ["drop", "503"]  # layer 1's first shard: dropped, and the retry refused
     argv = ["analyze", REPO, "--disk-budget", "110KB", "--analyses", "rank", "--crop", "16", "--null-draws", "2",

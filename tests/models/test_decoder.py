@@ -127,6 +127,7 @@ def _tiny_spec(**overrides):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+@pytest.mark.slow
 def test_gradients_match_finite_differences(model_type):
     """Directional derivatives of the next-token loss, float64 autodiff vs central differences."""
     with jax.enable_x64(True):

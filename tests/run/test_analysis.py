@@ -138,6 +138,7 @@ def test_force_replaces_only_an_earlier_spectrax_result(tmp_path):
     assert os.listdir(tmp_path / "mine") == ["a.txt"]
 
 
+@pytest.mark.slow
 def test_rank_only_with_crop(tmp_path):
     out = analyze(CHECKPOINTS / "llama", tmp_path / "res", analyses=["rank"], crop=32, num_draws=4, progress=False)
     assert not os.path.exists(os.path.join(out, "heads.csv"))

@@ -135,6 +135,7 @@ def _data(L, H=4, KV=2, D=16, E=96):
     return q, k
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device():
     proc = subprocess.Popen([sys.executable, "-c", _FOUR_DEVICES], env=_env(4), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -153,6 +154,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_gather_the_single_process_result(tmp_path):
     port = _free_port()
     procs = [
