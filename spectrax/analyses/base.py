@@ -60,7 +60,7 @@ class LayerInput(NamedTuple):
 
     `params`: the canonical layer as `stream_layers` yields it, leaves `(1, ...)` (None for the
     globals); `matrices`: its whole 2-D weights by name (`attn.q (H*D, E)`, ..., cropped to
-    `Options.crop`); `storage`: each matrix's stored type (`"BF16"`, `"Q4_0"`, ...) or None;
+    `Options.crop`; float32, or float64 as stored); `storage`: each matrix's stored type (`"BF16"`, `"Q4_0"`, ...) or None;
     `spec`: the checkpoint's `ModelSpec` (rotary dimension, q/k norms), None where unknown.
     """
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from spectrax.analyses import charge, esd, kernel, laws, quantized, rank
 from spectrax.analyses.base import Analysis, LayerInput, Options, layer_key
-from spectrax.analyses.weights import layer_matrices
+from spectrax.analyses.weights import float_matrix, layer_matrices
 
 __all__ = ["ANALYSES", "DEFAULT", "GLOBAL_SLOT", "global_results", "layer_results", "matrix_table", "resolve"]
 
@@ -59,6 +59,8 @@ def _matrix_inputs(matrices: Mapping[str, np.ndarray], layer: int | None, option
                    storage: Mapping[str, str] | None, params: dict | None = None, spec=None) -> LayerInput:
     if options.crop is not None:
         matrices = {name: w[: options.crop, : options.crop] for name, w in matrices.items()}
+    # one float32 copy of a bf16/f16 layer for every per-matrix analysis, not one each
+    matrices = {name: float_matrix(name, w) for name, w in matrices.items()}
     return LayerInput(layer=layer, params=params, matrices=matrices, storage=storage, spec=spec)
 
 
