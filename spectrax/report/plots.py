@@ -70,6 +70,11 @@ def _legend_below(ax, ncols: int = 2) -> None:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=ncols, frameon=False)
 
 
+def _legend_beside(ax) -> None:
+    """The axes' legend right of it (for axes stacked over one x axis, where below is the next axes)."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _heatmap_size(columns: int, rows: int) -> tuple[float, float]:
     """Inches for a heatmap of `columns` x `rows` cells and a colour bar: cells shrink past 40
     columns or rows, so 64 heads (or 80 layers) still fit a notebook's width (or a screen)."""
@@ -315,14 +320,14 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike | None 
     difference b - a against ±2 standard deviations of the difference of two null draws (bottom).
     Returns the figure; writes it to `path` when given."""
     layers = np.asarray(a["layer"], float)
-    fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2), layout="constrained")
+    fig, (top, bottom) = subplots(2, 1, figsize=(8.5, 5.5), sharex=True, height_ratios=(3, 2), layout="constrained")
     null_mean = np.asarray(a[f"{stat}_null_mean"], float)
     null_std = np.asarray(a[f"{stat}_null_std"], float)
     top.fill_between(layers, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.85", label="random null ±2σ")
     top.plot(layers, np.asarray(a[stat], float), "o-", ms=3, color="C0", label=labels[0])
     top.plot(layers, np.asarray(b[stat], float), "s-", ms=3, color="C3", label=labels[1])
     top.set_ylabel(stat)
-    top.legend(fontsize=7)
+    _legend_beside(top)
     diff = np.asarray(b[stat], float) - np.asarray(a[stat], float)
     spread = np.sqrt(null_std ** 2 + np.asarray(b[f"{stat}_null_std"], float) ** 2)
     bottom.fill_between(layers, -2 * spread, 2 * spread, color="0.85", label="±2σ of a null difference")
@@ -331,7 +336,7 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike | None 
     bottom.set_xlabel("layer")
     bottom.set_ylabel("difference")
     bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    bottom.legend(fontsize=7)
+    _legend_beside(bottom)
     fig.suptitle(title or stat, fontsize=10)
     return _done(fig, path)
 

@@ -73,7 +73,7 @@ def test_plots_return_figures_and_leave_pyplot_alone(tmp_path, num_heads, num_la
 def test_heatmap_titles_fit_and_log_scales_say_so():
     args, kwargs = _calls(4, 3)["head_heatmap"]
     fig = plots.head_heatmap(*args, **kwargs)
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays the figure out as savefig does (a bare canvas draws nothing)
     title = fig.axes[0].title
     box, width = title.get_window_extent(), fig.bbox.width
     assert box.x0 >= 0 and box.x1 <= width, "title cut off"
@@ -100,3 +100,17 @@ def test_qk_spectra_shows_the_q_and_k_spectra_the_statistic_compares():
     np.testing.assert_allclose(mean_line.get_ydata(), ssr)
     assert any("null" in label for label in right.get_legend_handles_labels()[1])
     assert "query head 3" in fig.get_suptitle() and "key head 1" in fig.get_suptitle()
+
+
+@pytest.mark.parametrize("num_heads,num_layers", [(4, 3), (64, 48)])
+def test_legends_hide_no_data(num_heads, num_layers):
+    """Every legend sits outside its axes (below, or beside stacked axes), so it covers no line."""
+    for name, (args, kwargs) in _calls(num_heads, num_layers).items():
+        fig = getattr(plots, name)(*args, **kwargs)
+        fig.draw_without_rendering()  # lays the figure out as savefig does (a bare canvas's draw does not)
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                assert not legend.get_window_extent().overlaps(ax.get_window_extent()), f"{name}: legend over the data"
+                box = legend.get_window_extent()
+                assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, name
