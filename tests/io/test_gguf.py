@@ -18,6 +18,7 @@ import pytest
 import spectrax as sx
 from spectrax.cli import main
 from spectrax.io import gguf_export
+from spectrax.io.gguf import GGUFTensorInfo
 from spectrax.io.gguf_export import write_gguf
 from spectrax.io.safetensors import read_tensor
 from spectrax.io.synthetic import write_llama_checkpoint
@@ -167,6 +168,20 @@ def test_stream_layers_and_inspect_on_gguf(tmp_path, capsys):
     assert main(["inspect", path, "--tensors"]) == 0
     out = capsys.readouterr().out
     assert "blk.1.ffn_down.weight" in out and "Q8_0" in out
+
+
+def test_streaming_a_gguf_dequantizes_one_layer_at_a_time(tmp_path, monkeypatch):
+    path = write_gguf(CHECKPOINTS / "llama", tmp_path / "llama.gguf", qtype="Q8_0")
+    reads = []
+    real = GGUFTensorInfo.read
+    monkeypatch.setattr(GGUFTensorInfo, "read", lambda info: reads.append(info.name) or real(info))
+    source = sx.open_source(path)
+    assert reads == []  # opening reads metadata only
+    for block in sx.stream_layers(source):
+        (layer,) = block.layer_ids
+        assert reads and all(name.startswith(f"blk.{layer}.") for name in reads), reads
+        assert len(reads) == len(set(reads)) == len(source.layout.layers[layer])
+        reads.clear()
 
 
 def test_a_folder_holding_one_gguf_is_read_and_two_are_refused(tmp_path):
