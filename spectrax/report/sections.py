@@ -70,6 +70,8 @@ def files(names: Sequence[str], plots: Sequence[str]) -> str:
 
 def compare(summary: dict) -> str:
     a, b = summary["labels"]
+    hubs = [f"{label}: Hub repo {hub['repo']} at commit {hub['sha']}."
+            for label, hub in zip((a, b), summary.get("hubs", ())) if hub]
     lines = [
         f"# Comparison: {a} vs {b}",
         "",
@@ -78,6 +80,8 @@ def compare(summary: dict) -> str:
         "sqrt(std_a² + std_b²), so |z| < 2 is a difference random matrices of these shapes produce by chance. "
         f"Relative change per layer group is ({a} − {b}) / {a}, the source's \"improvement\".",
         "",
+        *hubs,
+        *([""] if hubs else []),
     ]
     if summary.get("layer_groups"):
         lines += ["Layer groups:", "", list_markdown(summary["layer_groups"]), ""]

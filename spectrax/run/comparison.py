@@ -126,8 +126,9 @@ def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, out: str | os.
             with open(os.path.join(folder.path, tag, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
         summary = _write_differences(tables["a"], tables["b"], folder.path, labels, config)
-        summary.update(checkpoints=[source_a.path, source_b.path], options=dataclasses.asdict(options), layers=chosen,
-                       seconds=round(time.time() - started, 2))
+        summary.update(checkpoints=[source_a.path, source_b.path],
+                       hubs=[s.hub.describe() if s.hub is not None else None for s in (source_a, source_b)],
+                       options=dataclasses.asdict(options), layers=chosen, seconds=round(time.time() - started, 2))
         with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         with open(os.path.join(folder.path, "report.md"), "w", encoding="utf-8") as f:
