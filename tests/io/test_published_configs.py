@@ -230,17 +230,18 @@ def test_shrunk_checkpoint_converts_every_tensor(name, tmp_path):
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_analyze_runs_on_every_published_config_with_no_override(name, tmp_path):
     """`spectrax analyze` end to end (per-head laws and whole-matrix rank, few draws: the numbers of
-    random weights do not matter here), strict, with the ignored keys recorded in summary.json."""
+    random weights do not matter here; no figures, whose drawing is the same for every config), strict,
+    with the ignored keys recorded in summary.json."""
     checkpoint = write_shrunk(tmp_path / "ckpt", name)
     out = tmp_path / "out"
     argv = ["analyze", str(checkpoint), "--out", str(out), "--analyses", "laws,rank", "--null-draws", "2",
-            "--shuffle-draws", "0"]
+            "--shuffle-draws", "0", "--no-plots"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     spec = parse_config(_config(name))
     assert summary["spec"]["ignored_keys"] == list(spec.ignored_keys) and summary["spec"]["unknown_keys"] == []
     assert summary["layers"] == [0, 1] and summary["hub"] is None
-    assert (out / "heads.csv").is_file() and (out / "matrices.csv").is_file()
+    assert (out / "heads.csv").is_file() and (out / "matrices.csv").is_file() and not (out / "plots").exists()
 
 
 def test_published_copies_match_the_hub_files_hashes():
