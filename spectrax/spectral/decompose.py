@@ -344,6 +344,9 @@ def gram_singular_values(x, batch_size: int | None = None) -> jax.Array:
     `singular_values(x, method="qr")` in float32: backward stable, absolute error
     `O(eps32 * sigma_max)`, so relative error `O(eps32 * sigma_max / sigma_i)`.
 
+    `spectral.sharded(gram_singular_values)(x)` splits a batch over the local devices as it does
+    `singular_values` (each device diagonalizes its own matrices).
+
     Args:
       x: `(..., m, n)` float matrices (bf16/f16 upcast).
       batch_size: as in `singular_values`.
