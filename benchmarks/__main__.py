@@ -13,12 +13,16 @@ JSON into DIR; `DIR/summary.md` collects the headline figures with the machine a
 - dynamics: the Scan-and-Snap Fig. 6 grid as one vmapped call vs a loop over configurations, and
   one configuration's jitted loop vs the same update in numpy (`bench_dynamics.py`);
 - nulls: one whole-matrix Gaussian null draw, dense SVD vs Bartlett factor vs chi bidiagonal, at
-  SmolLM2-135M and Qwen2.5-14B matrix shapes (`bench_nulls.py`).
+  SmolLM2-135M and Qwen2.5-14B matrix shapes (`bench_nulls.py`);
+- coldstart: `spectrax analyze` cold and warm (persistent compilation cache), its compile time
+  (tracing, lowering, XLA) apart from the rest, on the embedded model and on `--analyses laws` of a
+  2-layer Qwen2.5-14B-shaped checkpoint (`bench_coldstart.py`).
 
 `--quick` (CI-sized: a check that every part runs and reports, about a minute and a half on the idle
 2-core machine of RESULTS.md; not a measurement): GPT-2 heads with the explicit E x E route and
 nulls, a 2-layer small checkpoint, smaller roofline products, an 8-configuration dynamics grid, null
-draws at the two small shapes. The full suite
+draws at the two small shapes; no coldstart (a cold run is all compilation, minutes when the machine
+is shared: `tests/test_benchmarks.py` runs its smallest case on its own). The full suite
 takes ~30-60 minutes and ~10 GB of scratch disk. Figures are recorded in benchmarks/RESULTS.md.
 """
 
@@ -35,7 +39,7 @@ import time
 __all__ = ["PARTS", "main", "summarize"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("kernels", "scaling", "roofline", "dynamics", "nulls")
+PARTS = ("kernels", "scaling", "roofline", "dynamics", "nulls", "coldstart")
 
 
 def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
@@ -48,6 +52,7 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
         roofline = [[py, script("bench_roofline.py"), "--quick", "--json", f"{out}/roofline.json"]]
         dynamics = [[py, script("bench_dynamics.py"), "--quick", "--json", f"{out}/dynamics.json"]]
         nulls = [[py, script("bench_nulls.py"), "--quick", "--json", f"{out}/nulls.json"]]
+        coldstart = []  # a cold run is all compile: ~3 minutes on the shared machine, not CI-sized
     else:
         kernels = [[py, script("bench_kernels.py"), "--json", f"{out}/kernels.json"]]
         scaling = [[py, script("bench_loading.py"), "--shape", "14b", "--layers", "2", "4", "8", "16",
@@ -55,7 +60,9 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
         roofline = [[py, script("bench_roofline.py"), "--json", f"{out}/roofline.json"]]
         dynamics = [[py, script("bench_dynamics.py"), "--json", f"{out}/dynamics.json"]]
         nulls = [[py, script("bench_nulls.py"), "--json", f"{out}/nulls.json"]]
-    return {"kernels": kernels, "scaling": scaling, "roofline": roofline, "dynamics": dynamics, "nulls": nulls}
+        coldstart = [[py, script("bench_coldstart.py"), "--json", f"{out}/coldstart.json"]]
+    return {"kernels": kernels, "scaling": scaling, "roofline": roofline, "dynamics": dynamics, "nulls": nulls,
+            "coldstart": coldstart}
 
 
 def summarize(out: str) -> str:
@@ -98,6 +105,11 @@ def summarize(out: str) -> str:
             for r in report["rows"]:
                 lines.append(f"- dynamics, {r['method']}: {r['run_steps_per_s']:.0f} run-steps/s "
                              f"({r['runs']} runs x {r['steps']} steps in {r['seconds']:.2f} s)")
+        elif name == "coldstart.json":
+            for r in report["rows"]:
+                lines.append(f"- `{r['argv']}` {r['run']}: {r['wall_s']:.1f} s, of which compile {r['compile_s']:.1f} s "
+                             f"(XLA {r['backend_compile_s']:.1f} s), compute and I/O {r['compute_s']:.1f} s, "
+                             f"import {r['import_s']:.1f} s")
         elif name == "nulls.json":
             for r in report["rows"]:
                 lines.append(f"- null draw {r['shape']}, {r['method']}: {r['seconds_per_draw']:.3g} s "

@@ -5,7 +5,9 @@ E=5120, H=40, KV=8, D=128, F=13824; one layer per shard), then in a fresh proces
 `stream` reads every layer (`spectrax.stream_layers`), `load` loads the whole model
 (`spectrax.load`), `analyze` runs `spectrax.run.analysis` (default `--analyses laws`, 16 null
 draws) end to end into a scratch folder on one CPU device, `analyze-cores` the same with one CPU
-device per core, as the command line runs it. Reports wall time, read bandwidth and peak RSS of each,
+device per core, as the command line runs it, and `numpy-sv` the baseline of issue 20's whole-matrix
+target: numpy's singular values (`np.linalg.svd(compute_uv=False)`, float32) of each layer's seven
+matrices, streamed the same way. Reports wall time, read bandwidth and peak RSS of each,
 so "time linear, memory flat in depth" can be read off.
 
     python benchmarks/bench_loading.py --layers 2 4 8 [--shape 14b|8b|small] [--modes stream load analyze]
@@ -33,6 +35,7 @@ SHAPES = {
 
 _CHILD = r"""
 import json, sys, time
+import jax
 import numpy as np
 import spectrax as sx
 path, mode = sys.argv[1], sys.argv[2]
@@ -47,7 +50,14 @@ if mode.startswith("analyze"):
     import tempfile
     from spectrax.run import analyze
     with tempfile.TemporaryDirectory() as scratch:
-        analyze(path, scratch + "/out", analyses=sys.argv[3].split(","), progress=False)
+        analyze(path, scratch + "/out", analyses=sys.argv[3].split(","), num_draws=int(sys.argv[4]),
+                shuffle_draws=int(sys.argv[5]), progress=False)
+elif mode == "numpy-sv":
+    from spectrax.analyses.weights import layer_matrices
+    for block in sx.stream_layers(path, parts=["attn", "mlp"]):
+        for name, w in layer_matrices(jax.tree.map(lambda x: x[0], block.params)):
+            checksum += float(np.linalg.svd(np.asarray(w, np.float32), compute_uv=False)[0])
+        del block
 elif mode == "stream":
     for block in sx.stream_layers(path):
         checksum += float(np.asarray(block.params["attn"]["q"][0, 0, 0, :8], np.float32).sum())
@@ -69,7 +79,8 @@ def _baseline_rss() -> int:
     return int(out)
 
 
-def run(depths: list[int], shape: str, directory: str, modes: list[str], analyses: str = "laws") -> list[dict]:
+def run(depths: list[int], shape: str, directory: str, modes: list[str], analyses: str = "laws",
+        draws: tuple[int, int] = (16, 4)) -> list[dict]:
     from spectrax.io.synthetic import write_llama_checkpoint
 
     dims = SHAPES[shape]
@@ -79,8 +90,8 @@ def run(depths: list[int], shape: str, directory: str, modes: list[str], analyse
         write_llama_checkpoint(path, num_layers=layers, vocab_size=1024, dtype="bfloat16", layers_per_shard=1, **dims)
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         for mode in modes:
-            out = subprocess.run([sys.executable, "-c", _CHILD, path, mode, analyses], capture_output=True, text=True,
-                                 check=True)
+            out = subprocess.run([sys.executable, "-c", _CHILD, path, mode, analyses, *map(str, draws)],
+                                 capture_output=True, text=True, check=True)
             result = json.loads(out.stdout)
             rows.append({"shape": shape, "layers": layers, "mode": mode, "checkpoint_bytes": size, **result,
                          "read_gb_per_s": size / result["seconds"] / 1e9})
@@ -94,21 +105,23 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="14b")
     parser.add_argument("--dir", default=None, help="scratch folder for generated checkpoints")
-    parser.add_argument("--modes", nargs="+", choices=["stream", "load", "analyze", "analyze-cores"],
+    parser.add_argument("--modes", nargs="+", choices=["stream", "load", "analyze", "analyze-cores", "numpy-sv"],
                         default=["stream", "load", "analyze"])
     parser.add_argument("--analyses", default="laws", help="analyses of the analyze mode (default laws)")
+    parser.add_argument("--null-draws", type=int, default=16, help="draws of the analyze mode (default 16)")
+    parser.add_argument("--shuffle-draws", type=int, default=4, help="esd's shuffled baselines in the analyze mode")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args()
     directory = args.dir or tempfile.mkdtemp(prefix="spectrax-bench-")
     baseline = _baseline_rss()
-    rows = run(args.layers, args.shape, directory, args.modes, args.analyses)
+    rows = run(args.layers, args.shape, directory, args.modes, args.analyses, (args.null_draws, args.shuffle_draws))
     d = SHAPES[args.shape]
     E, H, KV, D, F = d["hidden_size"], d["num_heads"], d["num_kv_heads"], d["head_dim"], d["intermediate_size"]
     layer_bytes = 2 * (E * H * D * 2 + 2 * E * KV * D + 3 * E * F + 2 * E)
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "date": time.strftime("%Y-%m-%d"), "one_layer_bf16_bytes": layer_bytes,
               "one_layer_f32_bytes": 2 * layer_bytes, "import_baseline_rss_bytes": baseline, "shape": args.shape,
-              "analyses": args.analyses, "rows": rows}
+              "analyses": args.analyses, "null_draws": args.null_draws, "shuffle_draws": args.shuffle_draws, "rows": rows}
     print(f"\none layer: {layer_bytes / 2**20:.0f} MiB bf16; import baseline RSS {baseline / 2**20:.0f} MiB")
     print(f"{'layers':>6} {'mode':>8} {'seconds':>8} {'GB/s':>6} {'peak RSS MiB':>13} {'(RSS-baseline)/layer':>21}")
     for r in rows:

@@ -33,3 +33,26 @@ def test_unknown_part_and_existing_folder_are_refused(tmp_path):
     existing = subprocess.run([sys.executable, "-m", "benchmarks", "--out", str(tmp_path)], cwd=ROOT,
                               capture_output=True, text=True)
     assert existing.returncode == 2 and "already exists" in existing.stderr
+
+
+@pytest.mark.slow
+def test_cold_start_reports_compile_time_apart_from_the_rest(tmp_path):
+    from benchmarks.__main__ import summarize
+
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_coldstart.py"), "--cases", "embedded-laws",
+                    "--json", str(tmp_path / "coldstart.json")], cwd=ROOT, check=True, capture_output=True, timeout=1200)
+    cold, warm = json.loads((tmp_path / "coldstart.json").read_text())["rows"]
+    assert (cold["run"], warm["run"]) == ("cold", "warm") and cold["cache_misses"] > 0 == warm["cache_misses"]
+    assert warm["cache_hits"] == cold["cache_hits"] + cold["cache_misses"]  # the warm run compiles nothing
+    for row in (cold, warm):
+        assert 0 < row["backend_compile_s"] <= row["compile_s"] <= row["command_s"] < row["wall_s"]
+        assert row["compile_s"] + row["compute_s"] == pytest.approx(row["command_s"])
+    assert "`spectrax analyze --analyses laws` cold: " in summarize(str(tmp_path))
+
+
+def test_compile_time_counts_overlapping_traces_once():
+    from benchmarks.bench_coldstart import union_seconds
+
+    assert union_seconds([]) == 0.0
+    assert union_seconds([(0.0, 1.0), (0.25, 0.5), (2.0, 3.0)]) == 2.0  # a nested trace inside another
+    assert union_seconds([(1.0, 2.0), (0.0, 1.5)]) == 2.0  # overlapping, given out of order

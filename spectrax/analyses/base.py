@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from spectrax.analyses.tables import ColumnTable, Table
+from spectrax.io.load import LAYER_PARTS
 
 __all__ = ["Analysis", "LayerInput", "LayerOutput", "Options", "Plot", "Section", "Spectrum", "Tables", "layer_key"]
 
@@ -172,6 +173,10 @@ class Analysis(NamedTuple):
       headline: statistics averaged per layer and per layer group (`layers.csv`, `groups.csv`)
         and compared across checkpoints.
       spread: statistics whose coefficient of variation over a layer's heads goes in `layers.csv`.
+      reads: the parts of the canonical layer (`spectrax.io.LAYER_PARTS`: `attn`, `mlp`, `norms`)
+        that `layer_rows` reads from `LayerInput.params`, or whose whole matrices it reads from
+        `LayerInput.matrices`. A run streams only the union over its analyses (`--analyses laws`
+        never reads an MLP tensor); the default, every part, is always safe.
     """
 
     name: str
@@ -182,6 +187,7 @@ class Analysis(NamedTuple):
     key_id: int
     headline: tuple[str, ...] = ()
     spread: tuple[str, ...] = ()
+    reads: tuple[str, ...] = LAYER_PARTS
 
 
 def layer_key(options: Options, analysis: Analysis, slot: int) -> jax.Array:

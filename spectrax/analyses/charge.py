@@ -366,4 +366,4 @@ def render(summary: ChargeSummary) -> Section:
 
 
 analysis = Analysis(name="charge", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,
-                    key_id=4, headline=HEADLINE)
+                    key_id=4, headline=HEADLINE, reads=("attn",))

@@ -368,4 +368,5 @@ def render(summary: EsdSummary) -> Section:
     return Section(text, plots=(plot,), spectra=summary.spectra)
 
 
-analysis = Analysis(name="esd", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=3)
+analysis = Analysis(name="esd", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=3,
+                    reads=("attn", "mlp"))

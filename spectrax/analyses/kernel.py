@@ -638,4 +638,4 @@ def render(summary: KernelSummary) -> Section:
 
 
 analysis = Analysis(name="kernel", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,
-                    key_id=2, headline=HEADLINE, spread=("kernel_erank",))
+                    key_id=2, headline=HEADLINE, spread=("kernel_erank",), reads=("attn", "mlp"))

@@ -518,4 +518,4 @@ def render(summary: LawsSummary) -> Section:
 
 
 analysis = Analysis(name="laws", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,
-                    key_id=0, headline=HEADLINE)
+                    key_id=0, headline=HEADLINE, reads=("attn",))

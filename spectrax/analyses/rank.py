@@ -190,4 +190,5 @@ def render(summary: RankSummary) -> Section:
     return Section(text, plots=plots)
 
 
-analysis = Analysis(name="rank", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=1)
+analysis = Analysis(name="rank", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=1,
+                    reads=("attn", "mlp"))

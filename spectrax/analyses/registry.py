@@ -16,8 +16,10 @@ import numpy as np
 from spectrax.analyses import charge, esd, kernel, laws, quantized, rank
 from spectrax.analyses.base import Analysis, LayerInput, Options, layer_key
 from spectrax.analyses.weights import float_matrix, layer_matrices
+from spectrax.io.load import LAYER_PARTS
 
-__all__ = ["ANALYSES", "DEFAULT", "GLOBAL_SLOT", "global_results", "layer_results", "matrix_table", "resolve"]
+__all__ = ["ANALYSES", "DEFAULT", "GLOBAL_SLOT", "global_results", "layer_parts", "layer_results", "matrix_table",
+           "resolve"]
 
 # Append new analyses at the end: the order is the order of the report's sections within a table.
 ANALYSES: Mapping[str, Analysis] = types.MappingProxyType(
@@ -40,6 +42,13 @@ def resolve(analyses: Iterable[str | Analysis]) -> tuple[Analysis, ...]:
     extra = [a for a in requested if isinstance(a, Analysis) and a.name not in names]
     chosen = [a for a in ANALYSES.values() if a.name in names or a in extra]
     return tuple(chosen + [a for a in extra if a not in chosen])
+
+
+def layer_parts(analyses: Iterable[Analysis]) -> tuple[str, ...]:
+    """The canonical layer parts (`spectrax.io.LAYER_PARTS` order) that any of `analyses` reads:
+    what a run streams, so that no tensor is read that no chosen analysis needs."""
+    wanted = set().union(*(a.reads for a in analyses))
+    return tuple(part for part in LAYER_PARTS if part in wanted)
 
 
 def _rows(analyses: Sequence[Analysis], inputs: LayerInput, options: Options, slot: int):

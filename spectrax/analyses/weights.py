@@ -49,11 +49,11 @@ def layer_matrices(params: dict) -> Iterator[tuple[str, np.ndarray]]:
 
     Attention projections come as `(heads * D, E)`; `attn.o` is W_O^T (the same singular values).
     """
-    attn = params["attn"]
-    for part in ("q", "k", "v", "o"):
+    attn = params.get("attn", {})  # a part no chosen analysis reads is not streamed
+    for part in ("q", "k", "v", "o") if attn else ():
         w = np.asarray(attn[part])
         yield f"attn.{part}", w.reshape(-1, w.shape[-1])
-    for part, w in params["mlp"].items():
+    for part, w in params.get("mlp", {}).items():
         if not part.endswith("_bias"):
             yield f"mlp.{part}", np.asarray(w)
 

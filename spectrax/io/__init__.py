@@ -5,7 +5,7 @@ from spectrax.io.config import SUPPORTED_MODEL_TYPES, ModelSpec, parse_config
 from spectrax.io.errors import CheckpointError, ConfigError, UnsupportedCheckpointError
 from spectrax.io.inspect import inspect
 from spectrax.io.load import (
-    LayerBlock, Model, Source, convert_globals, convert_layer, layer, load, open_source, stream_layers,
+    LAYER_PARTS, LayerBlock, Model, Source, convert_globals, convert_layer, layer, load, open_source, stream_layers,
 )
 from spectrax.io.orbax import abstract_like, restore_params, save_params
 from spectrax.io.safetensors import SafetensorsFile, TensorInfo, read_header, read_rows, read_tensor
@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointFiles",
     "ConfigError",
+    "LAYER_PARTS",
     "LayerBlock",
     "Model",
     "ModelSpec",

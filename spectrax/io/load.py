@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,11 +28,14 @@ from spectrax.io.layout import Layout, find_layout
 from spectrax.io.safetensors import TensorInfo, read_tensor
 
 __all__ = [
-    "Model", "LayerBlock", "Source", "check_shapes", "open_source", "layer", "load", "load_globals", "stream_layers",
+    "LAYER_PARTS", "Model", "LayerBlock", "Source", "check_shapes", "open_source", "layer", "load", "load_globals", "stream_layers",
     "convert_layer", "convert_globals",
 ]
 
 Tree = dict[str, Any]
+
+# The top-level parts of a canonical layer (`spectrax.io.adapters`): what `stream_layers(parts=...)` selects.
+LAYER_PARTS: tuple[str, ...] = ("attn", "mlp", "norms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,9 +222,6 @@ def check_shapes(source: Source) -> None:
     distinct layer signature and for the globals, so a tensor the config does not imply or a
     non-float weight is refused before anything is read or any analysis starts."""
 
-    def abstract(named: Mapping[str, TensorInfo]) -> dict[str, jax.ShapeDtypeStruct]:
-        return {name: jax.ShapeDtypeStruct(info.shape, info.numpy_dtype()) for name, info in named.items()}
-
     prefix = f"{source.layout.root}{layer_pattern(source.spec.model_type)}."
     checks = [(f"layer {group[0]}", source.layout.layers[group[0]],
                functools.partial(convert_layer, spec=source.spec, layer=group[0]), f"{prefix}{group[0]}.")
@@ -228,7 +229,7 @@ def check_shapes(source: Source) -> None:
     checks.append(("the embeddings and output head", source.layout.globals,
                    lambda t, where: convert_globals(t, source.spec, where=where)[0], source.layout.root))
     for what, named, convert, names in checks:
-        tree = jax.eval_shape(lambda t: convert(t, where=_describe(named, names)), abstract(named))
+        tree = jax.eval_shape(lambda t: convert(t, where=_describe(named, names)), _abstract(named))
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 raise CheckpointError(f"{source.path}: {what}: {jax.tree_util.keystr(path)} is stored as {leaf.dtype}; "
@@ -289,13 +290,17 @@ def convert_globals(
 
 
 class _Lazy(Mapping):
-    """Tensors by relative name, each read from disk only when an adapter asks for it."""
+    """Tensors by relative name, each read from disk only when an adapter asks for it; a name in
+    `unread` gives a zero-strided stand-in of its shape and dtype instead (no bytes read or held)."""
 
-    def __init__(self, named: Mapping[str, TensorInfo]):
+    def __init__(self, named: Mapping[str, TensorInfo], unread: frozenset[str] = frozenset()):
         self._named = named
+        self._unread = unread
 
     def __getitem__(self, name: str) -> np.ndarray:
         info = self._named[name]
+        if name in self._unread:
+            return np.broadcast_to(np.zeros((), info.numpy_dtype()), tuple(info.shape))
         return info.read() if isinstance(info, GGUFTensorInfo) else read_tensor(info)
 
     def __contains__(self, name: object) -> bool:
@@ -309,10 +314,49 @@ class _Lazy(Mapping):
         return len(self._named)
 
 
-def _read_layer(source: Source, layer: int) -> Tree:
-    named = source.local(source.layout.layers[layer])
+def _abstract(named: Mapping[str, TensorInfo]) -> dict[str, jax.ShapeDtypeStruct]:
+    return {name: jax.ShapeDtypeStruct(tuple(info.shape), info.numpy_dtype()) for name, info in named.items()}
+
+
+def _feeding(source: Source, layer: int, parts: Collection[str]) -> frozenset[str]:
+    """The stored tensors (relative names) of `layer` that the canonical `parts` are made from.
+
+    Traced, not listed per family: the adapter runs once on shapes (`jax.make_jaxpr`), and each
+    output leaf's inputs are followed back through the program, so a fused tensor (`qkv_proj`,
+    `gate_up_proj`) counts for every part it feeds, whatever the family calls it."""
+    abstract = _abstract(source.layout.layers[layer])
+    closed, shape = jax.make_jaxpr(lambda t: convert_layer(t, source.spec, layer), return_shape=True)(abstract)
+    jaxpr = closed.jaxpr
+    inputs = jax.tree_util.tree_leaves_with_path(abstract)
+    depends = {var: {path[0].key} for var, (path, _) in zip(jaxpr.invars, inputs)}
+    for eqn in jaxpr.eqns:
+        feeds = set().union(*(depends.get(v, set()) for v in eqn.invars if isinstance(v, jax.extend.core.Var)))
+        depends.update((out, feeds) for out in eqn.outvars)
+    outputs = jax.tree_util.tree_leaves_with_path(shape)
+    return frozenset().union(*(depends.get(var, set()) for var, (path, _) in zip(jaxpr.outvars, outputs)
+                               if isinstance(var, jax.extend.core.Var) and path[0].key in parts))
+
+
+def _unread(source: Source, layers: Sequence[int], parts: Sequence[str]) -> dict[int, frozenset[str]]:
+    """`{layer: stored tensors none of `parts` is made from}`, traced once per layer signature."""
+    if set(LAYER_PARTS) <= set(parts):
+        return {i: frozenset() for i in layers}
+    by_signature: dict[tuple, frozenset[str]] = {}
+    for i in layers:
+        signature = source.layout.layer_signature(i)
+        if signature not in by_signature:
+            by_signature[signature] = frozenset(source.layout.layers[i]) - _feeding(source, i, parts)
+    return {i: by_signature[source.layout.layer_signature(i)] for i in layers}
+
+
+def _read_layer(source: Source, layer: int, unread: frozenset[str] = frozenset(),
+                parts: Sequence[str] = LAYER_PARTS) -> Tree:
+    """Layer `layer` converted, its tensors in `unread` never read, only the canonical `parts` kept."""
+    named = source.layout.layers[layer]
+    named = {**named, **source.local({n: i for n, i in named.items() if n not in unread})}
     prefix = f"{source.layout.root}{layer_pattern(source.spec.model_type)}.{layer}."
-    return convert_layer(_Lazy(named), source.spec, layer, where=_describe(named, prefix))
+    tree = convert_layer(_Lazy(named, unread), source.spec, layer, where=_describe(named, prefix))
+    return {part: tree[part] for part in tree if part in parts}
 
 
 def _describe(named: Mapping[str, TensorInfo], prefix: str) -> Callable[[str], str]:
@@ -338,6 +382,7 @@ def stream_layers(
     strict: bool = True,
     tower: str | None = None,
     disk_budget: int | str | None = None,
+    parts: Collection[str] = LAYER_PARTS,
 ) -> Iterator[LayerBlock]:
     """Yield the checkpoint's layers one block at a time, reading only that block's tensors.
 
@@ -348,10 +393,18 @@ def stream_layers(
       disk_budget: for a Hub repo id, the most disk its downloaded files take at once (see `open_source`).
       strict: as in `load`.
       tower: as in `load`.
+      parts: the canonical layer parts to yield (`LAYER_PARTS`: `attn`, `mlp`, `norms`; default
+        all). Only the stored tensors these parts are made from are read (and, for a Hub repo,
+        downloaded): `parts=["attn"]` never reads an MLP tensor. Which tensors feed which part is
+        found by tracing the family's adapter on shapes, so a fused tensor is read when any part
+        it feeds is asked for.
 
     Yields:
-      `LayerBlock`s whose leaves are `(n, ...)` numpy arrays. Memory held at once is one block's
-      weights; the caller drops a block before asking for the next.
+      `LayerBlock`s whose leaves are `(n, ...)` numpy arrays, holding `parts` only. Memory held
+      at once is one block's weights; the caller drops a block before asking for the next.
+
+    Raises:
+      ValueError: a layer out of range, or a part not in `LAYER_PARTS`.
 
     Examples:
         >>> import spectrax as sx
@@ -365,14 +418,19 @@ def stream_layers(
     bad = [i for i in wanted if not 0 <= i < source.spec.num_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range for a {source.spec.num_layers}-layer model")
+    parts = tuple(parts)
+    unknown = sorted(set(parts) - set(LAYER_PARTS))
+    if unknown or not parts:
+        raise ValueError(f"unknown layer parts {unknown or parts}; expected some of {', '.join(LAYER_PARTS)}")
+    unread = _unread(source, wanted, parts)
     if source.hub is not None:
-        source.hub.plan([source.layout.layers[i] for i in wanted])
-    yield from _blocks(source, wanted, block_size)
+        source.hub.plan([{n: t for n, t in source.layout.layers[i].items() if n not in unread[i]} for i in wanted])
+    yield from _blocks(source, wanted, block_size, lambda i: _read_layer(source, i, unread[i], parts))
     if source.hub is not None:
         source.hub.release()
 
 
-def _blocks(source: Source, wanted: list[int], block_size: int) -> Iterator[LayerBlock]:
+def _blocks(source: Source, wanted: list[int], block_size: int, read: Callable[[int], Tree]) -> Iterator[LayerBlock]:
     pending: list[int] = []
     for i in wanted:
         if pending and (
@@ -380,15 +438,15 @@ def _blocks(source: Source, wanted: list[int], block_size: int) -> Iterator[Laye
             or i != pending[-1] + 1
             or source.layout.layer_signature(i) != source.layout.layer_signature(pending[-1])
         ):
-            yield _block(source, pending)
+            yield _block(pending, read)
             pending = []
         pending.append(i)
     if pending:
-        yield _block(source, pending)
+        yield _block(pending, read)
 
 
-def _block(source: Source, layer_ids: list[int]) -> LayerBlock:
-    trees = [_read_layer(source, i) for i in layer_ids]
+def _block(layer_ids: list[int], read: Callable[[int], Tree]) -> LayerBlock:
+    trees = [read(i) for i in layer_ids]
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *trees) if len(trees) > 1 else jax.tree.map(lambda x: x[None], trees[0])
     return LayerBlock(tuple(layer_ids), stacked)
 

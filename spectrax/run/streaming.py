@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spectrax.analyses.base import Analysis, Options, Tables
-from spectrax.analyses.registry import ANALYSES, global_results, layer_results, resolve
+from spectrax.analyses.registry import ANALYSES, global_results, layer_parts, layer_results, resolve
 from spectrax.analyses.tables import concat, short_list
 from spectrax.analyses.weights import global_matrices, matrix_storage
 from spectrax.io.load import Source, open_source, stream_layers
@@ -131,7 +131,7 @@ def collect(
             finish(f"{part_prefix}globals",
                    global_results(global_matrices(source), analyses, options, matrix_storage(source, None)))
         todo = [i for i in chosen if f"{part_prefix}layer-{i:05d}" not in results]
-        for block in stream_layers(source, layers=todo):
+        for block in stream_layers(source, layers=todo, parts=layer_parts(analyses)):
             (layer,) = block.layer_ids
             finish(f"{part_prefix}layer-{layer:05d}",
                    layer_results(block.params, layer, analyses, options, matrix_storage(source, layer), source.spec))

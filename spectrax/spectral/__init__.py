@@ -17,7 +17,7 @@ from spectrax.spectral.bidiagonal import (
     chi_variates,
     gaussian_bidiagonal,
 )
-from spectrax.spectral.decompose import LQ, METHODS, SVDResult, lq, singular_values, svd
+from spectrax.spectral.decompose import LQ, METHODS, SVDResult, gram_singular_values, lq, singular_values, svd
 from spectrax.spectral.esd import (
     WW_EVALS_FLOOR,
     MPFit,
@@ -129,6 +129,7 @@ __all__ = [
     "LQ",
     "METHODS",
     "SVDResult",
+    "gram_singular_values",
     "lq",
     "singular_values",
     "svd",

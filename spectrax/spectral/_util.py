@@ -25,6 +25,7 @@ __all__ = [
     "as_float",
     "check_min_rank",
     "common_float",
+    "fall_back",
     "finfo_eps",
     "float64_unavailable",
     "float_dtype",
@@ -63,7 +64,8 @@ def float64_unavailable(platform: str | None = None) -> str | None:
     return None
 
 
-def _fall_back(why: str, what: str) -> None:
+def fall_back(why: str, what: str) -> None:
+    """Warns `Float64Unavailable`: `what` runs in float32 because float64 is unavailable for `why`."""
     warnings.warn(f"{what} in float32: float64 was asked for but {why} (see 'float64 and accelerators' in "
                   "docs/spectral.md for the float32 methods' accuracy)", Float64Unavailable, stacklevel=3)
 
@@ -75,7 +77,7 @@ def float_dtype(dtype, what: str = "computing") -> np.dtype:
     if dtype == np.float64:
         why = float64_unavailable()
         if why:
-            _fall_back(why, what)
+            fall_back(why, what)
             return np.dtype(np.float32)
     return dtype
 
@@ -90,7 +92,7 @@ def as_float(x) -> jnp.ndarray:
     if x.dtype in _LOW_PRECISION:
         return x.astype(jnp.float32)
     if x.dtype == jnp.float64 and float64_unavailable():
-        _fall_back(float64_unavailable(), "computing")
+        fall_back(float64_unavailable(), "computing")
         return x.astype(jnp.float32)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"spectral kernels take real floating arrays, got {x.dtype}")

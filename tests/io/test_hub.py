@@ -258,3 +258,15 @@ def test_budgeted_analyze_resumes_after_a_dropped_download(tmp_path, hub):
     assert f"Hub repo {REPO} at commit {sha}" in (tmp_path / "cmp" / "report.md").read_text()
     assert all(r.watched_bytes is None or r.watched_bytes <= 110_000 for r in split_at(hub, "analyzed")[1])
     assert not list((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_streaming_attention_only_downloads_no_shard_that_holds_only_other_parts(tmp_path, hub):
+    out = run(f"""
+        remote = list(sx.stream_layers({REPO!r}, parts=["attn"], disk_budget="110KB"))
+        local = list(sx.stream_layers(os.environ["SPECTRAX_TEST_LOCAL"]))
+        print(json.dumps({{"same": all(same(a.params["attn"], b.params["attn"]) for a, b in zip(remote, local)),
+                          "parts": [list(b.params) for b in remote]}}))
+    """, hub, tmp_path)
+    assert out == {"same": True, "parts": [["attn"], ["attn"]]}
+    # shard 2 holds layer 0's MLP and norms, shard 4 layer 1's: neither is fetched
+    assert downloads(hub.log) == [SHARDS[0], SHARDS[2]]

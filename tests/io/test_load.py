@@ -31,14 +31,11 @@ def test_stream_equals_load(name, block_size):
 @pytest.mark.parametrize("name", ["llama_sharded", "gpt_neox_bf16", "bert"])
 def test_every_tensor_is_read_once(name, monkeypatch):
     """Loading reads each stored tensor exactly once (a membership test once read it too)."""
-    load_module = importlib.import_module("spectrax.io.load")  # the package exports load()
-    reads = []
-    real = load_module.read_tensor
-    monkeypatch.setattr(load_module, "read_tensor", lambda info: reads.append(info.name) or real(info))
+    reads = _reads(monkeypatch)
     source = sx.open_source(CHECKPOINTS / name)
     for _ in sx.stream_layers(source):
         pass
-    load_module.load_globals(source)
+    importlib.import_module("spectrax.io.load").load_globals(source)
     assert len(reads) == len(set(reads)) > 0
     stored = {i.name for layer in source.layout.layers for i in layer.values()}
     stored |= {i.name for i in source.layout.globals.values()}
@@ -142,3 +139,40 @@ def test_layer_of_device_weights():
     q = model.layer(1)["attn"]["q"]
     assert isinstance(q, jax.Array)
     np.testing.assert_array_equal(q, model.params["layers"][0]["attn"]["q"][1])
+
+
+def _reads(monkeypatch) -> list[str]:
+    """The stored names `read_tensor` is asked for from now on."""
+    load_module = importlib.import_module("spectrax.io.load")  # the package exports load()
+    reads: list[str] = []
+    real = load_module.read_tensor
+    monkeypatch.setattr(load_module, "read_tensor", lambda info: reads.append(info.name) or real(info))
+    return reads
+
+
+@pytest.mark.parametrize("name", ["llama_sharded", "phi3", "gpt2", "gpt_neox_bf16", "bert", "olmo2", "opt"])
+def test_streaming_some_parts_reads_only_their_tensors(name, monkeypatch):
+    """Each part is read alone from the tensors it is made from: the three reads split the stored
+    tensors (a fused qkv or gate_up goes with its part), and the part equals a whole read's."""
+    source = sx.open_source(CHECKPOINTS / name)
+    (whole,) = sx.stream_layers(source, layers=[1])
+    reads = _reads(monkeypatch)
+    read_by_part = {}
+    for part in sx.io.LAYER_PARTS:
+        reads.clear()
+        (block,) = sx.stream_layers(source, layers=[1], parts=[part])
+        assert list(block.params) == [part]
+        jax.tree.map(np.testing.assert_array_equal, block.params[part], whole.params[part])
+        read_by_part[part] = set(reads)
+        assert len(reads) == len(set(reads))
+    stored = {info.name for info in source.layout.layers[1].values()}
+    assert set.union(*read_by_part.values()) == stored
+    assert sum(map(len, read_by_part.values())) == len(stored)  # no tensor read for two parts
+    assert read_by_part["mlp"] and all(".mlp." in n or "intermediate" in n or ".output.dense" in n or ".fc" in n
+                                       for n in read_by_part["mlp"])
+    assert not any("mlp" in n or ".fc" in n for n in read_by_part["attn"])
+
+
+def test_unknown_parts_are_refused_naming_them():
+    with pytest.raises(ValueError, match=r"unknown layer parts \['ffn'\].*attn, mlp, norms"):
+        list(sx.stream_layers(CHECKPOINTS / "llama", parts=["attn", "ffn"]))

@@ -2,6 +2,7 @@
 into the checkpoint; its tables equal the kernels computed directly."""
 
 import csv
+import importlib
 import json
 import os
 import pathlib
@@ -214,3 +215,28 @@ def test_cli_analyze_without_path_uses_embedded_checkpoint(tmp_path, capsys):
     assert "pearson_qk" in printed and "bottleneck" in printed
     assert (tmp_path / "r" / "heads.csv").exists()
     assert main(["analyze", "--out", str(tmp_path / "r"), "--null-draws", "4"]) == 2  # exists, no --force
+
+
+@pytest.mark.slow
+def test_laws_alone_never_read_an_mlp_tensor_and_give_the_numbers_they_give_beside_others(tmp_path, monkeypatch,
+                                                                                       gpt2_result):
+    load_module = importlib.import_module("spectrax.io.load")  # the package exports load()
+    reads = []
+    real = load_module.read_tensor
+    monkeypatch.setattr(load_module, "read_tensor", lambda info: reads.append(info.name) or real(info))
+    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws"], num_draws=4, progress=False)
+    assert reads and all(".attn.c_" in name for name in reads), reads  # no MLP, norm, embedding or head
+    # a weight no chosen analysis reads is not skipped for a reason: no skipped.csv without a per-matrix analysis
+    assert "skipped.csv" not in os.listdir(out) and "skipped.csv" in os.listdir(gpt2_result)
+    together = {r["layer"] + "/" + r["head"]: r for r in _rows(os.path.join(gpt2_result, "heads.csv"))}
+    for row in _rows(os.path.join(out, "heads.csv")):
+        assert row == {c: together[row["layer"] + "/" + row["head"]][c] for c in row}
+
+
+@pytest.mark.slow
+def test_reading_every_part_gives_byte_identical_tables(tmp_path, monkeypatch, gpt2_result):
+    """The default analyses stream attention and MLP only (no norms); reading everything changes nothing."""
+    monkeypatch.setattr(pipeline, "layer_parts", lambda analyses: sx.io.LAYER_PARTS)
+    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "all", num_draws=4, progress=False)
+    for table in ("heads.csv", "matrices.csv", "layers.csv", "groups.csv", "skipped.csv"):
+        assert pathlib.Path(out, table).read_bytes() == pathlib.Path(gpt2_result, table).read_bytes(), table

@@ -7,10 +7,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from spectrax.spectral import decompose
-from spectrax.spectral.decompose import METHODS, singular_values, svd
+from spectrax.spectral import Float64Unavailable, decompose
+from spectrax.spectral.decompose import METHODS, gram_singular_values, singular_values, svd
 
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 def _ill_conditioned(rng, batch, m, n, cond):
@@ -226,3 +227,61 @@ def test_refuses_what_it_does_not_understand():
         singular_values(np.ones((3, 4), np.float32), method="lanczos")
     with pytest.raises(ValueError):
         singular_values(np.ones((4,), np.float32))
+
+
+def _gram_bound(x64, ref):
+    """The documented bound of `gram_singular_values`: `eps64 (m ||x||_F^2 + k sigma_max^2) / sigma_i`,
+    plus the float32 rounding of the result."""
+    m, n = x64.shape[-2:]
+    frobenius = np.sum(x64 ** 2, axis=(-2, -1))[..., None]
+    return EPS64 * (max(m, n) * frobenius + min(m, n) * ref[..., :1] ** 2) / ref + EPS32 * ref
+
+
+@pytest.mark.parametrize("shape", [(3, 60, 200), (2, 300, 70), (50, 50)])
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e5])
+def test_gram_singular_values_are_within_their_documented_bound(shape, cond):
+    """Fresh random matrices (singular values log-spaced down to 1/cond, so 1 is a Gaussian-like
+    spectrum), rounded to float32 as weights are, against numpy's float64 SVD of the same input."""
+    rng = np.random.default_rng()  # fresh inputs each run: the bound must hold for any
+    batch = shape[:-2] or (1,)
+    x = _ill_conditioned(rng, int(np.prod(batch)), *shape[-2:], cond).reshape(shape).astype(np.float32)
+    if cond == 1.0:
+        x = rng.standard_normal(shape).astype(np.float32)
+    ref = _ref_sv(x)
+    s = np.asarray(gram_singular_values(x))
+    assert s.shape == ref.shape and s.dtype == np.float32 and np.all(np.diff(s, axis=-1) <= 0)
+    assert np.all(np.abs(s - ref) <= _gram_bound(np.asarray(x, np.float64), ref))
+    if cond >= 1e5:  # the bound has teeth: the same route in float32 breaks it
+        s32 = np.asarray(singular_values(x, method="gram"))
+        assert np.any(np.abs(s32 - ref) > _gram_bound(np.asarray(x, np.float64), ref))
+
+
+def test_gram_singular_values_leave_the_process_as_it_was_and_compile_once():
+    rng = np.random.default_rng(4)
+    assert not jax.config.jax_enable_x64
+    chex.clear_trace_counter()
+    kernel = jax.jit(chex.assert_max_traces(decompose._gram_values64.__wrapped__, n=1),
+                     static_argnames=("batch_size", "out_dtype"))
+    before = decompose._gram_values64._cache_size()
+    for _ in range(3):
+        x = rng.standard_normal((2, 9, 31)).astype(np.float32)
+        with jax.enable_x64(True):
+            np.testing.assert_array_equal(kernel(x, None, jnp.float32), gram_singular_values(x))
+    assert decompose._gram_values64._cache_size() - before == 1
+    assert not jax.config.jax_enable_x64 and gram_singular_values(x).dtype == jnp.float32
+    bad = x.copy()
+    bad[1, 0, 0] = np.nan
+    out = np.asarray(gram_singular_values(bad))
+    assert np.all(np.isnan(out[1])) and np.allclose(out[0], _ref_sv(x[0]), rtol=1e-5)
+    assert np.all(np.asarray(gram_singular_values(np.zeros((4, 6), np.float32))) == 0)
+    with jax.enable_x64(True):
+        assert gram_singular_values(x.astype(np.float64)).dtype == jnp.float64  # the caller has x64: kept
+
+
+def test_gram_singular_values_without_float64_fall_back_to_float32_householder(monkeypatch):
+    x = np.random.default_rng(6).standard_normal((2, 7, 19)).astype(np.float32)
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    with pytest.warns(Float64Unavailable, match="TPUs have no float64"):
+        s = gram_singular_values(x)
+    assert s.dtype == jnp.float32
+    np.testing.assert_array_equal(s, singular_values(x, method="qr"))

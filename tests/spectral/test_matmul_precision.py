@@ -97,6 +97,7 @@ KERNEL_CALLS = {
     **{f"singular_values[{m}]": functools.partial(sp.singular_values, Q, method=m) for m in sp.METHODS},
     **{f"svd[{m}]": functools.partial(sp.svd, Q, method=m) for m in sp.METHODS},
     "singular_values[batch_size]": functools.partial(sp.singular_values, Q, batch_size=2),
+    "gram_singular_values": functools.partial(sp.gram_singular_values, Q),
     "lq": functools.partial(sp.lq, Q),
     "lq[qr]": functools.partial(sp.lq, Q, method="qr"),
     # factored kernels and GQA

@@ -52,6 +52,8 @@ for method in sxs.METHODS:
     assert isinstance(s4, np.ndarray) and s4.shape == (6, 4, 16)
     close(s4, s1, method)
     close(s4, sxs.singular_values(q, method=method), method)
+# the float64 Gram route (its own x64 program) splits the same way
+close(sh.sharded(sxs.gram_singular_values)(q), sxs.gram_singular_values(q), "gram_singular_values")
 
 # GQA pair statistics over (layers, H, D, E), layers not divisible by 4
 st4 = sh.sharded(sxs.gqa_pair_statistics)(q, k)
