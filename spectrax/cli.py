@@ -110,7 +110,7 @@ def _configs(args: argparse.Namespace):
     layers = parse_layers(args.layers)
     config = RunConfig(analyses=tuple(a for a in args.analyses.split(",") if a),
                        layers=None if layers is None else tuple(layers), strict=not args.allow_unknown_config,
-                       tower=args.tower, disk_budget=args.disk_budget, force=args.force)
+                       tower=args.tower, disk_budget=args.disk_budget, force=args.force, plots=not args.no_plots)
     return options, config
 
 
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true",
                        help="replace an existing output folder (once the new run has finished) and discard an "
                             "interrupted run with other settings")
+        p.add_argument("--no-plots", action="store_true",
+                       help="write the tables and the report without drawing figures (seconds sooner)")
         p.add_argument("--disk-budget", default=None, metavar="SIZE",
                        help="Hub repo ids: download weight files to a scratch folder and delete each once no later "
                             "layer needs it, holding at most SIZE (e.g. 20GB) at once; default: download into the "

@@ -76,7 +76,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Test files in decreasing number of `slow` tests (runs of ~8 s or more), so that the two
     workers start on the long files and finish together on the short ones (each worker takes whole
-    files in this order): a long file left for last would run alone."""
+    files in this order; `--no-loadscope-reorder` in pyproject.toml keeps pytest-xdist from
+    reordering them by their number of tests): a long file left for last would run alone."""
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.path])
 

@@ -74,3 +74,36 @@ def test_notebook_runs(name, devices, tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= (5 if name == "quickstart" else 0), "figures were not shown inline"
+
+
+def _shown(text: str) -> list[str]:
+    """The lines a notebook front end shows for a stream's text: a carriage return rewrites its line."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widgets", [True, False], ids=["ipywidgets", "no-ipywidgets"])
+def test_analyze_shows_one_progress_display_in_a_notebook(widgets, tmp_path):
+    """`analyze()` in a Jupyter cell shows its progress as one widget (tqdm.auto with ipywidgets, the
+    `notebook` extra), or without ipywidgets as one text line rewritten in place on stderr: never a
+    line per update, and no error."""
+    nbclient = pytest.importorskip("nbclient", reason="the test extra: pip install -e '.[test]'")
+    nbformat = pytest.importorskip("nbformat")
+    hide = "" if widgets else "import sys\nsys.modules['ipywidgets'] = None  # as if it were not installed\n"
+    cell = (f"{hide}import spectrax as sx\n"
+            f"out = sx.analyze(sx.data.TINY_LLAMA, {str(tmp_path / 'run')!r}, analyses=['laws'], num_draws=2)\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=_kernel_env(None, tmp_path))
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert (tmp_path / "run" / "report.md").is_file()
+    bars = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    stderr = _shown("".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"))
+    progress = [line for line in stderr if "part" in line]
+    if widgets:
+        assert len(bars) == 1 and progress == [], (bars, stderr)
+    else:
+        assert bars == [] and len(progress) == 1 and re.search(r"100%.* (\d+)/\1 ", progress[0]), stderr
+        assert len(stderr) <= 4, stderr   # the bar and tqdm's one warning that ipywidgets is missing
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stdout"]

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from spectrax.analyses.tables import json_value
 from spectrax.spectral.nulls import effect_sizes, monte_carlo_error, resolved
@@ -26,7 +27,7 @@ __all__ = ["NUM_GROUPS", "by_kind", "finite_mean", "layer_means", "layer_table",
 NUM_GROUPS = 4  # layer groups of the source's tables
 
 
-def finite_mean(x) -> float:
+def finite_mean(x: npt.ArrayLike) -> float:
     """Mean over the finite entries (NaN and ±inf left out); NaN (and no warning) when there are none."""
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
@@ -89,7 +90,7 @@ def _add_z(out: dict[str, np.ndarray], stat: str) -> None:
     out[stat + "_diff"], out[stat + "_ratio"] = effect_sizes(out[stat], out[stat + "_null_mean"])
 
 
-def relative_std_error(means) -> np.ndarray:
+def relative_std_error(means: npt.ArrayLike) -> np.ndarray:
     """Monte Carlo error of a layer mean's null std relative to it, from `means (num_draws, ...)`,
     the draws of the mean itself (each draw's mean over the layer's heads, whose std is the one
     `spectral.mean_null_std` estimates)."""
@@ -170,7 +171,7 @@ def group_means(per_layer: dict[str, np.ndarray], stats: Sequence[str], groups: 
     return out
 
 
-def relative_change(base, other):
+def relative_change(base: npt.ArrayLike, other: npt.ArrayLike) -> np.ndarray:
     """`(base - other) / base`, the source's "improvement" (positive when `other` is smaller);
     NaN where `base` is 0."""
     base, other = np.asarray(base, float), np.asarray(other, float)

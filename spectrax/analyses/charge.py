@@ -47,6 +47,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from spectrax import spectral as sp
 from spectrax.analyses.aggregate import layer_means, model_values, shown_z
@@ -109,7 +110,7 @@ def _grouped(x, kv: int):
 
 
 @functools.partial(jax.jit, static_argnames=("rotary_dim",))
-def group_charge(x, y, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
+def group_charge(x: ArrayLike, y: ArrayLike, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
     """The conserved charge of each key/value group and the scale it is judged against.
 
     Args:
@@ -134,7 +135,7 @@ def _charge_sizes(x, y, rotary_dim: int) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("rotary_dim",))
-def balance(x, y, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
+def balance(x: ArrayLike, y: ArrayLike, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
     """The balanced point of each group's gauge orbit (module docstring): same logits, zero charge.
 
     Args:
@@ -196,7 +197,7 @@ def _laws(q, k, v) -> dict[str, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("rotary_dim",))
-def charge_statistics(q, k, v, o, rotary_dim: int) -> dict[str, jax.Array]:
+def charge_statistics(q: ArrayLike, k: ArrayLike, v: ArrayLike, o: ArrayLike, rotary_dim: int) -> dict[str, jax.Array]:
     """Per query head: `CHARGES` (of its group), `BALANCED_STATISTICS`, and the raw `pearson_qk`,
     `ssr_qk` the shares are computed from. q/o `(H, D, E)`, k/v `(KV, D, E)`; `{name: (H,)}`."""
     H, KV = q.shape[0], k.shape[0]

@@ -59,6 +59,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from spectrax import spectral as sp
 from spectrax.analyses import quantized
@@ -102,7 +103,7 @@ def _float(x) -> jax.Array:
 
 
 @jax.jit
-def kernel_statistics(s) -> dict[str, jax.Array]:
+def kernel_statistics(s: ArrayLike) -> dict[str, jax.Array]:
     """Spectrum statistics of kernel singular values `s (..., r)` -> `{name: (...)}`.
 
     Names are `KERNEL_STATISTICS`; NaN for an all-zero spectrum except `kernel_sigma_max` (0).
@@ -201,7 +202,7 @@ def _check_heads(q, k) -> tuple[int, int, int, int]:
     return H, KV, D, E
 
 
-def kernel_null(key: jax.Array, q, k, *, num_draws: int = 16, batch_size: int = 1) -> dict[str, sp.NullSummary]:
+def kernel_null(key: jax.Array, q: ArrayLike, k: ArrayLike, *, num_draws: int = 16, batch_size: int = 1) -> dict[str, sp.NullSummary]:
     """Monte Carlo null of `kernel_statistics` over scale-matched Gaussian W_Q,h and W_K,g.
 
     Exact in law via Bartlett factors (module docstring); all heads and draws in one compiled call
@@ -232,7 +233,7 @@ def kernel_null(key: jax.Array, q, k, *, num_draws: int = 16, batch_size: int = 
     }
 
 
-def quantized_kernel_null(key: jax.Array, q, k, storage: Mapping[str, str] | None, *,
+def quantized_kernel_null(key: jax.Array, q: ArrayLike, k: ArrayLike, storage: Mapping[str, str] | None, *,
                           num_draws: int = 16) -> dict[str, sp.NullSummary] | None:
     """`kernel_null` for projections stored in a GGUF block type: each draw is whole Gaussian
     heads `(H, D, E)`, `(KV, D, E)` (one per KV head, shared by its group), those of a quantized
@@ -298,7 +299,7 @@ def _concentration(w) -> jax.Array:
     return jnp.where(total > 0, jnp.sum(gram * gram) / jnp.where(total > 0, total, 1.0) ** 2, jnp.nan)
 
 
-def ffn_alignment_null(w, k: int) -> sp.NullSummary:
+def ffn_alignment_null(w: ArrayLike, k: int) -> sp.NullSummary:
     """Exact null of `sp.projector_energy(w, basis)` for a uniformly random k-subspace of R^E.
 
     Args:
@@ -458,7 +459,7 @@ def _head_similarity(bases) -> jax.Array:
     return jnp.sum(gram * gram, axis=(1, 3)) / k
 
 
-def layer_similarity(bases) -> np.ndarray:
+def layer_similarity(bases: ArrayLike) -> np.ndarray:
     """Layer x layer similarity of each head's top-k key-side kernel subspace.
 
     Args:

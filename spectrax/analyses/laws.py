@@ -29,11 +29,12 @@ from collections.abc import Mapping
 import chex
 import jax
 import numpy as np
+import numpy.typing as npt
 
 from spectrax import spectral as sp
 from spectrax.analyses import gauge, quantized
 from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values, relative_std_error, shown_z
-from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
+from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
 from spectrax.analyses.precision import precision_table
 from spectrax.analyses.tables import Table, format_number, format_percentile, json_value, list_markdown, short_list
 
@@ -66,8 +67,8 @@ def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, n
 
 
 def _head_laws(attn: dict, key: jax.Array, num_draws: int,
-               storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Statistics for a block of layers, and the singular values `(n, H, min(D, E))` of its query heads.
+               storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Statistics for a block of layers, and the spectra behind the Q/K figures (`_kept`).
 
     Each matrix is decomposed once, its heads split over the local devices (`spectral.sharded`).
     Spectrum statistics get a Monte Carlo null drawn directly in singular values
@@ -86,8 +87,8 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
       storage: `{matrix: storage type}` (`"attn.q"`: `"Q4_0"`, ...): the stand-ins of a matrix
         stored in a quantizable type are quantized the same way (`quantized.head_spectra`).
     Returns:
-      `({column: (n, H)}, s_q)`: every statistic, its null columns and `finite`; the query heads'
-      singular values.
+      `({column: (n, H)}, kept)`: every statistic, its null columns and `finite`; and `_kept`'s
+      spectra of the block.
     """
     q, k, v = (np.asarray(attn[m]) for m in MATRICES)
     chex.assert_rank([q, k, v], 4)
@@ -133,7 +134,26 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
                 ((m, degeneracy(x, decomposed[m].s)) for m, x in (("q", q), ("k", k), ("v", v)))}
     _blank_undefined(cols, per_head)
     cols["degenerate"] = _describe_degeneracy(per_head)
-    return cols, np.asarray(decomposed["q"].s)
+    return cols, _kept(decomposed["q"].s, decomposed["k"].s, draws["q"], draws["k"])
+
+
+_BAND = (2.5, 97.5)  # percentiles of the Gaussian band drawn behind the Q and K spectra
+
+
+def _kept(s_q, s_k, draws_q: np.ndarray, draws_k: np.ndarray) -> dict[str, np.ndarray]:
+    """What the Q/K figures draw of a block: `q_spectra (n, H, r)`, `k_spectra (n, KV, r)` (r =
+    min(D, E)) and `null_band (n, 2, r)`, the 2.5th and 97.5th percentiles, index by index, of the
+    unit-norm Gaussian spectra of the layer's q and k nulls (`(num_draws, n, heads, r)` each, pooled
+    over draws and heads; NaN without draws)."""
+    pooled = np.concatenate([np.asarray(draws_q, np.float64), np.asarray(draws_k, np.float64)], axis=2)
+    r = pooled.shape[-1]
+    if pooled.shape[0] == 0:
+        band = np.full((pooled.shape[1], 2, r), np.nan)
+    else:
+        unit = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+        band = np.percentile(np.moveaxis(unit, 1, 0).reshape(pooled.shape[1], -1, r), _BAND, axis=1).swapaxes(0, 1)
+    return {"q_spectra": np.asarray(s_q, np.float32), "k_spectra": np.asarray(s_k, np.float32),
+            "null_band": band.astype(np.float32)}
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
@@ -177,7 +197,7 @@ DEGENERACY = ("", "rank-deficient", "subnormal", "zero")
 _VECTOR_STATISTICS = ("cos_u", "cos_v", "grassmann")
 
 
-def degeneracy(x: np.ndarray, s) -> np.ndarray:
+def degeneracy(x: npt.ArrayLike, s: npt.ArrayLike) -> np.ndarray:
     """Per matrix of `x (..., m, n)` with singular values `s (..., k)` (descending): an index into
     `DEGENERACY`: 0 full rank, 1 rank-deficient, 2 all entries subnormal in float32, 3 all zero."""
     amax = np.max(np.abs(np.asarray(x, np.float32)), axis=(-2, -1)).astype(np.float64)
@@ -244,13 +264,13 @@ def laws_layer(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, 
 
 
 def _block_rows(attn: dict, key: jax.Array, num_draws: int,
-                storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                storage: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """`laws_layer`'s rows from a one-layer block, leaves `(1, ...)` as `stream_layers` yields them,
-    and the singular values `(H, min(D, E))` of its query heads."""
-    cols, s_q = _head_laws(attn, key, num_draws, storage)
+    and the layer's `_kept` spectra (`q_spectra (H, r)`, `k_spectra (KV, r)`, `null_band (2, r)`)."""
+    cols, kept = _head_laws(attn, key, num_draws, storage)
     H, KV = np.shape(attn["q"])[1], np.shape(attn["k"])[1]
     rows = {"head": np.arange(H), "kv_head": sp.kv_head_index(H, KV), **{name: value[0] for name, value in cols.items()}}
-    return rows, s_q[0]
+    return rows, {name: value[0] for name, value in kept.items()}
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -274,15 +294,9 @@ def _direction(stat: str, z: float) -> str:
 
 
 def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
-    """Rows of one layer, and the singular values of its query heads (those of the statistics;
-    of each head's top-left block under `options.crop`), kept for the spectrum figures."""
-    attn = inputs.params["attn"]
-    rows, spectra = _block_rows(attn, key, options.num_draws, inputs.storage)
-    q = np.asarray(attn["q"][0])
-    if options.crop and options.crop < max(q.shape[1:]):
-        q = q[:, : options.crop, : options.crop]
-        spectra = sp.singular_values(np.asarray(q, np.float32))
-    return LayerOutput(rows, {"q_spectra": np.asarray(spectra, np.float32), "q_shape": np.array(q.shape[1:])})
+    """Rows of one layer, and the Q and K spectra its statistics compared with their Gaussian
+    band, kept for the figures of the heads picked in `summarize`."""
+    return LayerOutput(*_block_rows(inputs.params["attn"], key, options.num_draws, inputs.storage))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,8 +306,10 @@ class LawsSummary:
     `model`: per `HEADLINE` statistic, `model_values` (median and mean over layers, pseudo-bulk,
     null mean/std, mean z); `groups`: per layer group ("0-11"), SSR_qk, its null mean and
     Pearson_qk; `precision`: per floating format, the depth limits of `precision_table`;
-    `nonfinite_heads` (layer, head) and `degenerate_heads` (layer, head, what). Not in the JSON:
-    the tables the report draws from, and the query-head spectra picked for figures.
+    `nonfinite_heads` (layer, head) and `degenerate_heads` (layer, head, what); `pair_plots`: the
+    figures of the Q and K spectra of the heads picked by their ssr_qk z, each beside its pick
+    (layer, head, kv_head, why; the JSON lists them).
+    Not in the JSON: the tables the report draws from.
     """
 
     model: Mapping[str, Mapping[str, float | None]]
@@ -306,13 +322,14 @@ class LawsSummary:
     precision_table: Table = dataclasses.field(repr=False)
     beyond: Mapping[str, str] = dataclasses.field(default_factory=dict)
     counterparts: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    spectra: tuple[Spectrum, ...] = ()
+    pair_plots: tuple[tuple[Mapping[str, object], Plot], ...] = ()
 
     def to_json(self) -> dict:
         return {"model": dict(self.model), "groups": dict(self.groups), "precision": dict(self.precision),
                 "median_cond_qk": self.median_cond_qk,
                 "nonfinite_heads": [list(h) for h in self.nonfinite_heads],
-                "degenerate_heads": [list(h) for h in self.degenerate_heads]}
+                "degenerate_heads": [list(h) for h in self.degenerate_heads],
+                "pair_plots": [{**pick, "file": f"plots/{plot.name}.png"} for pick, plot in self.pair_plots]}
 
 
 def summarize(tables: Tables, spec, options: Options) -> LawsSummary:
@@ -333,7 +350,7 @@ def summarize(tables: Tables, spec, options: Options) -> LawsSummary:
         nonfinite_heads=tuple((int(l), int(h)) for l, h, f in zip(heads["layer"], heads["head"], heads["finite"]) if not f),
         degenerate_heads=tuple((int(l), int(h), str(d))
                                for l, h, d in zip(heads["layer"], heads["head"], heads["degenerate"]) if d),
-        heads=heads, precision_table=precision, spectra=_spectra(tables),
+        heads=heads, precision_table=precision, pair_plots=_pair_plots(tables),
         beyond=_beyond_every_draw(heads, options.num_draws),
         counterparts=_counterparts(heads),
     )
@@ -377,19 +394,30 @@ def _beyond_every_draw(heads: Table, num_draws: int) -> dict[str, str]:
     return out
 
 
-def _spectra(tables: Tables) -> tuple[Spectrum, ...]:
-    """The query head whose Q/K SSR departs most from its null, and a typical one."""
-    z = np.asarray(tables.heads["ssr_qk_z"], float)
+def _pair_plots(tables: Tables) -> tuple[tuple[dict, Plot], ...]:
+    """`report.plots.qk_spectra` of the query head whose ssr_qk departs most from its null and of a
+    typical one (median z): the Q and K spectra the statistic compared, with their Gaussian band."""
+    heads = tables.heads
+    z = np.asarray(heads["ssr_qk_z"], float)
     kept = tables.arrays.get("laws", {})
     if not np.isfinite(z).any() or not kept:
         return ()
-    picks = []
-    for i, why in ((int(np.nanargmax(np.abs(z))), "largest |z| of ssr_qk"),
-                   (int(np.nanargmin(np.abs(z - np.nanmedian(z)))), "median z of ssr_qk")):
-        layer, head = int(tables.heads["layer"][i]), int(tables.heads["head"][i])
+    picks = {int(np.nanargmax(np.abs(z))): "largest |z| of ssr_qk"}
+    picks.setdefault(int(np.nanargmin(np.abs(z - np.nanmedian(z)))), "median z of ssr_qk")
+    plots = []
+    for i, why in picks.items():
+        layer, head, kv_head = (int(heads[c][i]) for c in ("layer", "head", "kv_head"))
         arrays = kept[layer]
-        picks.append(Spectrum(layer, "attn.q", head, why, arrays["q_spectra"][head], tuple(int(n) for n in arrays["q_shape"])))
-    return tuple(picks)
+        pick = {"layer": layer, "head": head, "kv_head": kv_head, "why": why}
+        ssr, mean, std = (float(heads[c][i]) for c in ("ssr_qk", "ssr_qk_null_mean", "ssr_qk_null_std"))
+        title = (f"layer {layer}: query head {head} and its key head {kv_head} ({why}); ssr_qk = "
+                 f"{format_number(ssr)} against a null of {format_number(mean)} ± {format_number(std)}, z = {z[i]:.1f}")
+        plots.append((pick, Plot("qk_spectra", f"qk_spectra_L{layer}_h{head}",
+                                 (arrays["q_spectra"][head], arrays["k_spectra"][kv_head]),
+                                 {"band": arrays["null_band"], "null": (mean, std), "title": title,
+                                  "band_label": f"Gaussian spectra: {_BAND[0]:g}th to {_BAND[1]:g}th percentile",
+                                  "labels": (f"W_Q head {head}", f"W_K head {kv_head}")})))
+    return tuple(plots)
 
 
 def render(summary: LawsSummary) -> Section:
@@ -475,13 +503,18 @@ def render(summary: LawsSummary) -> Section:
                                 "L_max_measured", "binding_measured")}}),
         "",
     ]
+    if summary.pair_plots:
+        shown = "; ".join(f"`plots/{plot.name}.png` ({pick['why']})" for pick, plot in summary.pair_plots)
+        lines += [f"What ssr_qk compares, for the heads picked by its z: each Q and K spectrum divided by its "
+                  f"norm, over the band of Gaussian spectra of that shape, and their difference index by index: "
+                  f"{shown}.", ""]
     plots = []
     for stat in ("pearson_qk", "ssr_qk", "cos_u_qk"):
         plots.append(Plot("head_heatmap", f"heatmap_{stat}_z", (summary.heads, f"{stat}_z"),
                           {"title": f"{stat}: z-score against Gaussian null"}))
         plots.append(Plot("layer_trend", f"trend_{stat}", (summary.heads, stat),
                           {"title": f"{stat} per layer vs random null"}))
-    return Section("\n".join(lines), {"precision.csv": summary.precision_table}, tuple(plots), summary.spectra)
+    return Section("\n".join(lines), {"precision.csv": summary.precision_table}, tuple(plots) + tuple(plot for _, plot in summary.pair_plots))
 
 
 analysis = Analysis(name="laws", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,

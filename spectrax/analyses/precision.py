@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["FORMATS", "TERMS", "FormatConstants", "depth_limits", "format_constants", "precision_table"]
 
@@ -102,7 +103,7 @@ def _scalar(x):
     return x.item() if x.ndim == 0 else x
 
 
-def depth_limits(mean_ssr: float, kappa, fmt) -> dict:
+def depth_limits(mean_ssr: float, kappa: npt.ArrayLike, fmt) -> dict:
     """The third law's terms for one format.
 
     Args:
@@ -148,7 +149,7 @@ def depth_limits(mean_ssr: float, kappa, fmt) -> dict:
     return out
 
 
-def precision_table(mean_ssr: float, kappa_fixed: float = 2.0, measured_kappa=None,
+def precision_table(mean_ssr: float, kappa_fixed: float = 2.0, measured_kappa: npt.ArrayLike | None = None,
                     formats=FORMATS) -> dict[str, np.ndarray]:
     """One row per format: the third law with the source's fixed kappa and with measured kappa.
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
 from spectrax.io.load import Source, load_globals
 
@@ -29,7 +30,7 @@ _STORED_AS = {
 _FUSED = ("qkv_proj.", "query_key_value.", "c_attn.", "gate_up_proj.", "in_proj_weight")
 
 
-def float_matrix(name: str, w) -> np.ndarray:
+def float_matrix(name: str, w: npt.ArrayLike) -> np.ndarray:
     """`w` as a float32/float64 numpy matrix; narrower floats (bf16, f16, fp8) upcast to f32 (exactly).
 
     Both per-matrix analyses take their input through this, so `rank` and `esd` of one layer run the

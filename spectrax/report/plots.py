@@ -1,5 +1,6 @@
 """Figures: layer x head heatmaps, per-layer trends against the null band, layer x layer
-similarity, spectra against Marchenko-Pastur, and A-vs-B differences.
+similarity, spectra against Marchenko-Pastur, one head's Q and K spectra side by side, and A-vs-B
+differences.
 
 Every plotting function returns a `matplotlib.figure.Figure` (shown inline by a notebook) and
 writes a PNG only when given a `path`. Figures are built with matplotlib's object API, never
@@ -23,7 +24,7 @@ from spectrax.analyses.base import Plot, Spectrum
 from spectrax.analyses.tables import Table
 
 __all__ = ["subplots", "save_figure", "head_heatmap", "layer_trend", "matrix_heatmap", "similarity_heatmap",
-           "spectrum_vs_mp", "compare_trend", "draw", "draw_spectrum"]
+           "spectrum_vs_mp", "qk_spectra", "compare_trend", "draw", "draw_spectrum"]
 
 # z-scores: blue below the null, red above; cells with no value (NaN) in grey, not white (= z 0).
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
@@ -53,10 +54,25 @@ def _done(fig: Figure, path: str | os.PathLike | None) -> Figure:
     return fig
 
 
+def _wrap(text: str, width: float, fontsize: float = 10) -> str:
+    """`text` wrapped to lines that fit `width` inches at `fontsize` points."""
+    chars = max(16, int(width * 72 / (0.55 * fontsize)) - 4)
+    return "\n".join(textwrap.wrap(text, chars))
+
+
 def _set_title(ax, text: str, width: float, fontsize: float = 10) -> None:
     """A title wrapped to the axes' figure width (inches), so a narrow figure does not cut it."""
-    chars = max(16, int(width * 72 / (0.55 * fontsize)) - 4)
-    ax.set_title("\n".join(textwrap.wrap(text, chars)), fontsize=fontsize)
+    ax.set_title(_wrap(text, width, fontsize), fontsize=fontsize)
+
+
+def _legend_below(ax, ncols: int = 2) -> None:
+    """The axes' legend under its x label, where it hides no data (constrained layout makes room)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=ncols, frameon=False)
+
+
+def _legend_beside(ax) -> None:
+    """The axes' legend right of it (for axes stacked over one x axis, where below is the next axes)."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _heatmap_size(columns: int, rows: int) -> tuple[float, float]:
@@ -141,7 +157,7 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike | None = None, 
     per_layer = layer_means(table, [stat])
     ids, observed = per_layer["layer"], per_layer[stat]
     null_mean, null_std = per_layer[f"{stat}_null_mean"], per_layer[f"{stat}_null_std"]
-    fig, ax = subplots(figsize=(6, 3.5), layout="constrained")
+    fig, ax = subplots(figsize=(6, 4), layout="constrained")
     ax.fill_between(ids, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.8",
                     label="random null of the layer mean ±2σ")
     ax.plot(ids, null_mean, color="0.4", lw=1, ls="--", label="random null mean")
@@ -150,7 +166,7 @@ def layer_trend(table: Table, stat: str, path: str | os.PathLike | None = None, 
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(stat)
     _set_title(ax, title or stat, 6)
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     return _done(fig, path)
 
 
@@ -218,7 +234,7 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
     ratio, sigma2, edge = sp.aspect_ratio(shape), float(fit.sigma2), float(fit.lambda_plus)
     lo_edge = float(sp.mp_edges(ratio, sigma2)[0])
     positive = lam[lam > 0]
-    fig, (left, right) = subplots(1, 2, figsize=(10.5, 3.9), layout="constrained")
+    fig, (left, right) = subplots(1, 2, figsize=(10.5, 4.4), layout="constrained")
     if positive.size:
         y = np.log10(positive)
         left.hist(y, bins=min(60, max(12, y.size // 4)), density=True, color="C0", alpha=0.6, label="eigenvalues s²/N")
@@ -234,7 +250,7 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
     left.axvline(np.log10(edge), color="C3", ls="--", lw=1, label=f"{rule}; {spikes} spikes above")
     left.set_xlabel("log10 λ")
     left.set_ylabel("density")
-    left.legend(fontsize=7)
+    _legend_below(left)
     probs = (np.arange(lam.size) + 0.5) / lam.size
     quantiles = np.asarray(sp.mp_quantile(probs, ratio, sigma2))
     keep = (lam > 0) & (quantiles > 0)
@@ -242,11 +258,14 @@ def spectrum_vs_mp(s: np.ndarray, shape: tuple[int, int], path: str | os.PathLik
     span = [min(quantiles[keep].min(), lam[keep].min()), max(quantiles[keep].max(), lam[keep].max())] if keep.any() else [1e-3, 1]
     right.loglog(span, span, color="k", lw=1, label="= Marchenko-Pastur")
     right.axhline(edge, color="C3", ls="--", lw=1)
+    narrow = span[1] / span[0] < 100
     for axis in (right.xaxis, right.yaxis):
         axis.set_minor_formatter(_minor_log_labels(span[1] / span[0]))
-    right.set_xlabel("Marchenko-Pastur quantile")
-    right.set_ylabel("observed eigenvalue")
-    right.legend(fontsize=7)
+        if narrow:  # decimals beside the minor labels' decimals, not 10^-3 among 0.0005 and 0.002
+            axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
+    right.set_xlabel("Marchenko-Pastur quantile (log scale)")
+    right.set_ylabel("observed eigenvalue (log scale)")
+    _legend_below(right)
     fig.suptitle(title or "spectrum vs Marchenko-Pastur", fontsize=10)
     return _done(fig, path)
 
@@ -261,20 +280,54 @@ def _minor_log_labels(ratio: float) -> matplotlib.ticker.Formatter:
     return matplotlib.ticker.FuncFormatter(label)
 
 
+def qk_spectra(s_q: np.ndarray, s_k: np.ndarray, path: str | os.PathLike | None = None, *,
+               labels: tuple[str, str] = ("W_Q", "W_K"), band: np.ndarray | None = None,
+               band_label: str = "Gaussian spectra of this shape", null: tuple[float, float] | None = None,
+               title: str | None = None) -> Figure:
+    """What `ssr_qk` (and `pearson_qk`) of one query head compare: the singular values `s_q (r,)` of
+    W_Q,h and `s_k (r,)` of its W_K,g, each divided by its L2 norm (the scale-free shapes), by
+    index (left), over `band (2, r)`, where unit-norm Gaussian spectra of that shape lie (lower
+    and upper percentile per index, labelled `band_label`); and their absolute difference per index (right), whose mean
+    is ssr, beside `null = (mean, std)`, ssr's Gaussian null, as its mean ±2σ. Returns the
+    figure; writes it to `path` when given."""
+    q, k = (np.asarray(s, np.float64) / np.linalg.norm(np.asarray(s, np.float64)) for s in (s_q, s_k))
+    index = np.arange(1, q.size + 1)
+    marker = "o" if q.size <= 32 else None
+    fig, (left, right) = subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
+    if band is not None and np.isfinite(band).all():
+        left.fill_between(index, band[0], band[1], color="0.85", label=band_label)
+    left.plot(index, q, marker=marker, ms=3, color="C0", label=labels[0])
+    left.plot(index, k, marker=marker, ms=3, color="C3", label=labels[1])
+    left.set_xlabel("singular value index (descending)")
+    left.set_ylabel("s_i / ||s||₂")
+    right.bar(index, np.abs(q - k), color="0.55", label="|Q − K| per index")
+    right.axhline(np.mean(np.abs(q - k)), color="C3", lw=1.5, label="their mean: ssr_qk")
+    if null is not None and np.isfinite(null).all():
+        right.axhspan(null[0] - 2 * null[1], null[0] + 2 * null[1], color="C0", alpha=0.2, label="ssr_qk null ±2σ")
+        right.axhline(null[0], color="C0", ls="--", lw=1, label="ssr_qk null mean")
+    right.set_xlabel("singular value index (descending)")
+    right.set_ylabel("|difference of normalized s_i|")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        _legend_below(ax)
+    fig.suptitle(_wrap(title or f"{labels[0]} and {labels[1]} spectra", 10.5), fontsize=10)
+    return _done(fig, path)
+
+
 def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike | None = None, *,
                   labels: tuple[str, str], title: str | None = None) -> Figure:
     """Per-layer means of `stat` for two checkpoints over the null band (top) and their
     difference b - a against ±2 standard deviations of the difference of two null draws (bottom).
     Returns the figure; writes it to `path` when given."""
     layers = np.asarray(a["layer"], float)
-    fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 5.5), sharex=True, height_ratios=(3, 2), layout="constrained")
+    fig, (top, bottom) = subplots(2, 1, figsize=(8.5, 5.5), sharex=True, height_ratios=(3, 2), layout="constrained")
     null_mean = np.asarray(a[f"{stat}_null_mean"], float)
     null_std = np.asarray(a[f"{stat}_null_std"], float)
     top.fill_between(layers, null_mean - 2 * null_std, null_mean + 2 * null_std, color="0.85", label="random null ±2σ")
     top.plot(layers, np.asarray(a[stat], float), "o-", ms=3, color="C0", label=labels[0])
     top.plot(layers, np.asarray(b[stat], float), "s-", ms=3, color="C3", label=labels[1])
     top.set_ylabel(stat)
-    top.legend(fontsize=7)
+    _legend_beside(top)
     diff = np.asarray(b[stat], float) - np.asarray(a[stat], float)
     spread = np.sqrt(null_std ** 2 + np.asarray(b[f"{stat}_null_std"], float) ** 2)
     bottom.fill_between(layers, -2 * spread, 2 * spread, color="0.85", label="±2σ of a null difference")
@@ -283,7 +336,7 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike | None 
     bottom.set_xlabel("layer")
     bottom.set_ylabel("difference")
     bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    bottom.legend(fontsize=7)
+    _legend_beside(bottom)
     fig.suptitle(title or stat, fontsize=10)
     return _done(fig, path)
 
@@ -291,7 +344,7 @@ def compare_trend(a: Table, b: Table, stat: str, path: str | os.PathLike | None 
 def draw(plot: Plot, folder: str | os.PathLike) -> str:
     """Draw an analysis's `Plot` into `folder/<plot.name>.png`; returns the path."""
     kinds = {f.__name__: f for f in (head_heatmap, layer_trend, matrix_heatmap, similarity_heatmap, spectrum_vs_mp,
-                                     compare_trend)}
+                                     qk_spectra, compare_trend)}
     path = os.path.join(folder, f"{plot.name}.png")
     kinds[plot.kind](*plot.args, path=path, **plot.kwargs)
     return path

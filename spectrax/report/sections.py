@@ -18,19 +18,20 @@ from spectrax.report.tables import write_csv
 __all__ = ["header", "write_section", "files", "compare"]
 
 
-def write_section(section: Section, folder: str | os.PathLike) -> str:
-    """Write a section's tables (CSV) into `folder` and its figures into `folder/plots`; returns
-    its Markdown text."""
+def write_section(section: Section, folder: str | os.PathLike, plots: str | os.PathLike | None) -> str:
+    """Write a section's tables (CSV) into `folder` and its figures into the folder `plots` (none
+    when None); returns its Markdown text."""
     for name, table in section.tables.items():
         write_csv(table, os.path.join(folder, name))
-    for plot in section.plots:
-        figures.draw(plot, os.path.join(folder, "plots"))
-    for spectrum in section.spectra:
-        figures.draw_spectrum(spectrum, os.path.join(folder, "plots"))
+    if plots is not None:
+        for plot in section.plots:
+            figures.draw(plot, plots)
+        for spectrum in section.spectra:
+            figures.draw_spectrum(spectrum, plots)
     return section.text
 
 
-def header(summary: dict) -> str:
+def header(summary: dict, *, plots: bool = True) -> str:
     spec, options = summary["spec"], summary["options"]
     layers = summary["layers"]
     chosen = "all layers" if len(layers) == spec["num_layers"] else f"layers {layers}"
@@ -44,6 +45,8 @@ def header(summary: dict) -> str:
         f"draws, seed {options['seed']}) or an exact value. A z-score near 0 means the weights do what random "
         "matrices of the same shape do anyway.",
         "",
+        *(["Figures were not drawn (`--no-plots`); the `plots/` files named below are those a run with "
+           "figures draws.", ""] if not plots else []),
         *([f"{summary['skipped_matrices']} stored 2-D weights are not analyzed as whole matrices; `skipped.csv` "
            "lists each with its shape and the reason.", ""] if summary.get("skipped_matrices") else []),
     ])
@@ -63,13 +66,16 @@ def files(names: Sequence[str], plots: Sequence[str]) -> str:
     }
     lines = ["## Files", ""]
     lines += [f"- `{n}`: {described[n]}" for n in names if n in described]
-    lines.append(f"- `plots/`: {', '.join(f'`{p}`' for p in plots)}")
+    if plots:
+        lines.append(f"- `plots/`: {', '.join(f'`{p}`' for p in plots)}")
     lines.append("")
     return "\n".join(lines)
 
 
 def compare(summary: dict) -> str:
     a, b = summary["labels"]
+    hubs = [f"{label}: Hub repo {hub['repo']} at commit {hub['sha']}."
+            for label, hub in zip((a, b), summary.get("hubs", ())) if hub]
     lines = [
         f"# Comparison: {a} vs {b}",
         "",
@@ -78,6 +84,8 @@ def compare(summary: dict) -> str:
         "sqrt(std_a² + std_b²), so |z| < 2 is a difference random matrices of these shapes produce by chance. "
         f"Relative change per layer group is ({a} − {b}) / {a}, the source's \"improvement\".",
         "",
+        *hubs,
+        *([""] if hubs else []),
     ]
     if summary.get("layer_groups"):
         lines += ["Layer groups:", "", list_markdown(summary["layer_groups"]), ""]

@@ -50,6 +50,8 @@ class RunConfig:
       disk_budget: for a Hub repo id, the most disk its downloads take at once (bytes or `"20GB"`).
       force: replace an existing output folder and discard an interrupted run with other settings.
       progress: show progress bars and resume notes.
+      plots: draw the figures into `plots/` (`--no-plots` skips them: the tables and the report, with
+        every number, come a few seconds sooner; drawing is most of a warm run on a small model).
 
     Checked on construction; a bad value is one `ValueError` naming the command-line option.
     """
@@ -61,6 +63,7 @@ class RunConfig:
     disk_budget: int | str | None = None
     force: bool = False
     progress: bool = True
+    plots: bool = True
 
     def __post_init__(self):
         if isinstance(self.analyses, str):
@@ -154,7 +157,8 @@ def analyze(path: str | os.PathLike, out: str | os.PathLike, options: Options | 
             skipped = skipped_table(source, tables.matrices)
             write_csv(skipped, os.path.join(folder.path, "skipped.csv"))
             summary["skipped_matrices"] = len(skipped["matrix"])
-        write_results(tables, folder.path, summary, analyses=config.analyses, spec=source.spec, options=options)
+        write_results(tables, folder.path, summary, analyses=config.analyses, spec=source.spec, options=options,
+                      plots=config.plots)
         summary["seconds"] = round(time.time() - started, 2)
         with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
@@ -194,12 +198,15 @@ def headline_statistics(analyses: Iterable[Analysis], heads) -> tuple[list[str],
 
 
 def write_results(tables: Tables, folder: str, summary: dict, *, analyses: Iterable[Analysis], spec,
-                  options: Options) -> None:
-    """Write every table, plot and `report.md` of `tables` into `folder`; adds each analysis's
-    summary (and the spectrum figures drawn) to `summary`, the content of `summary.json`."""
+                  options: Options, plots: bool = True) -> None:
+    """Write every table, plot (unless not `plots`) and `report.md` of `tables` into `folder`; adds
+    each analysis's summary (and the spectrum figures drawn) to `summary`, the content of
+    `summary.json`."""
     analyses = sorted(resolve(analyses), key=lambda a: a.table != "heads")  # the per-head sections first
-    os.makedirs(os.path.join(folder, "plots"), exist_ok=True)
-    text = [sections.header(summary)]
+    plots_dir = os.path.join(folder, "plots") if plots else None
+    if plots_dir is not None:
+        os.makedirs(plots_dir, exist_ok=True)
+    text = [sections.header(summary, plots=plots)]
     for name in ("heads", "matrices"):
         table = getattr(tables, name)
         if table is not None:
@@ -216,9 +223,9 @@ def write_results(tables: Tables, folder: str, summary: dict, *, analyses: Itera
         found = a.summarize(tables, spec, options)
         summary[a.name] = found.to_json()
         section = a.render(found)
-        text.append(sections.write_section(section, folder))
-        spectra += section.spectra
+        text.append(sections.write_section(section, folder, plots_dir))
+        spectra += section.spectra if plots else ()
     summary["spectra_plots"] = [s.to_json() for s in sorted(spectra, key=lambda s: s.layer)]
-    text.append(sections.files(sorted(os.listdir(folder)), sorted(os.listdir(os.path.join(folder, "plots")))))
+    text.append(sections.files(sorted(os.listdir(folder)), sorted(os.listdir(plots_dir)) if plots else []))
     with open(os.path.join(folder, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(text))

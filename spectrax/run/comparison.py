@@ -122,12 +122,13 @@ def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, out: str | os.
             summary = run_summary(source, config, chosen, options, folder)
             os.makedirs(os.path.join(folder.path, tag), exist_ok=True)
             write_results(tables[tag], os.path.join(folder.path, tag), summary, analyses=config.analyses,
-                          spec=source.spec, options=options)
+                          spec=source.spec, options=options, plots=config.plots)
             with open(os.path.join(folder.path, tag, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
         summary = _write_differences(tables["a"], tables["b"], folder.path, labels, config)
-        summary.update(checkpoints=[source_a.path, source_b.path], options=dataclasses.asdict(options), layers=chosen,
-                       seconds=round(time.time() - started, 2))
+        summary.update(checkpoints=[source_a.path, source_b.path],
+                       hubs=[s.hub.describe() if s.hub is not None else None for s in (source_a, source_b)],
+                       options=dataclasses.asdict(options), layers=chosen, seconds=round(time.time() - started, 2))
         with open(os.path.join(folder.path, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         with open(os.path.join(folder.path, "report.md"), "w", encoding="utf-8") as f:
@@ -141,7 +142,8 @@ def _labels(a: str, b: str) -> tuple[str, str]:
 
 
 def _write_differences(ta, tb, folder: str, labels: tuple[str, str], config: RunConfig) -> dict:
-    os.makedirs(os.path.join(folder, "plots"), exist_ok=True)
+    if config.plots:
+        os.makedirs(os.path.join(folder, "plots"), exist_ok=True)
     summary: dict = {"labels": list(labels), "heads": {}, "matrices": {}}
     if ta.heads is not None:
         heads = difference_table(ta.heads, tb.heads)
@@ -170,7 +172,7 @@ def _write_differences(ta, tb, folder: str, labels: tuple[str, str], config: Run
             f"{headline} {labels[1]}": list(table[f"{headline}_{labels[1]}"]),
             "relative change": list(table[f"{headline}_relative_change"]),
         }
-        for stat in [s for s in ("ssr_qk", "pearson_qk", "kernel_erank") if s in stats]:
+        for stat in [s for s in ("ssr_qk", "pearson_qk", "kernel_erank") if s in stats and config.plots]:
             plots.compare_trend(per_a, per_b, stat, os.path.join(folder, "plots", f"compare_{stat}.png"), labels=labels,
                                 title=f"{stat}: per-layer mean over heads")
             if f"{stat}_diff_z" in heads:
@@ -188,7 +190,7 @@ def _write_differences(ta, tb, folder: str, labels: tuple[str, str], config: Run
                 "count": int(moved.size), "total": int(z.size),
                 "examples": [f"layer {matrices['layer'][i]} {matrices['matrix'][i]}" for i in moved[:5]],
             }
-        if "erank_diff_z" in matrices:
+        if "erank_diff_z" in matrices and config.plots:
             plots.matrix_heatmap(matrices, "erank_diff_z", os.path.join(folder, "plots", "heatmap_matrices_erank_diff_z.png"),
                                  title=f"effective rank: ({labels[1]} − {labels[0]}) / null spread")
     return summary

@@ -295,7 +295,8 @@ def run_folder(
     """A resumable work folder for a run that will be published at `out`.
 
     `settings` (JSON-serializable: the checkpoint's fingerprint and every option that changes the
-    results) decides whether an interrupted run may be resumed: the same settings resume it, other
+    results), together with the spectrax version that wrote the parts, decides whether an interrupted
+    run may be resumed: the same settings resume it, other
     settings raise `FileExistsError` unless `force` discards it. `force` also allows replacing an
     existing `out` that an earlier spectrax run wrote, which happens only when the new run has
     finished. On success the folder's result is published as `out` and the partial folder removed;
@@ -303,7 +304,10 @@ def run_folder(
     """
     checkpoints = tuple(checkpoints)
     out = check_output_path(out, checkpoints=checkpoints, force=force)
-    settings = json.loads(json.dumps(settings))  # the form it will have when read back
+    from spectrax import __version__
+
+    # JSON round trip: the form the settings will have when read back.
+    settings = json.loads(json.dumps({**settings, "spectrax": __version__}))
     root = partial_path(out)
     os.makedirs(root, exist_ok=True)
     fd = _lock(root)

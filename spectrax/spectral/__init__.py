@@ -8,7 +8,7 @@ otherwise. See docs/spectral.md.
 """
 
 from spectrax.spectral import alignment
-from spectrax.spectral._util import Float64Unavailable, float64_unavailable
+from spectrax.spectral._util import Float64Unavailable, ShapeError, float64_unavailable
 from spectrax.spectral.bidiagonal import (
     Bidiagonal,
     bidiagonal_singular_values,
@@ -121,8 +121,9 @@ from spectrax.spectral.sharding import (
 
 __all__ = [
     "alignment",
-    # float64 where the backend has it
+    # float64 where the backend has it; the error of a wrong array shape
     "Float64Unavailable",
+    "ShapeError",
     "float64_unavailable",
     # decompose
     "LQ",

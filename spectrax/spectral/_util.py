@@ -12,13 +12,16 @@ with x64 off every kernel is a float32 kernel.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "ArrayTree",
     "Float64Unavailable",
+    "ShapeError",
     "as_float",
     "check_min_rank",
     "common_float",
@@ -29,6 +32,19 @@ __all__ = [
 ]
 
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+ArrayTree = Any
+"""A pytree whose leaves are arrays (`chex.ArrayTree`, which `typing.get_type_hints` cannot resolve
+outside chex)."""
+
+
+class ShapeError(ValueError, AssertionError):
+    """An array argument's shape is wrong (too few axes, or not matching another argument).
+
+    The spectral kernels' one shape-check convention: at entry, before computing, each checks its
+    arrays with chex assertions (`exception_type=ShapeError`) or `check_min_rank`, so a caller
+    catching either `ValueError` or chex's `AssertionError` catches every shape error.
+    """
 
 
 class Float64Unavailable(UserWarning):
@@ -97,9 +113,9 @@ def swap_last(x) -> jnp.ndarray:
 
 
 def check_min_rank(x, rank: int, name: str = "x") -> None:
-    """Raises unless `x` has at least `rank` axes."""
+    """Raises `ShapeError` unless `x` has at least `rank` axes."""
     if x.ndim < rank:
-        raise ValueError(f"{name} must have at least {rank} axes, got shape {x.shape}")
+        raise ShapeError(f"{name} must have at least {rank} axes, got shape {x.shape}")
 
 
 def finfo_eps(dtype) -> float:

@@ -49,8 +49,9 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from spectrax.spectral._util import as_float, check_min_rank, common_float
+from spectrax.spectral._util import ShapeError, as_float, check_min_rank, common_float
 from spectrax.spectral.decompose import matmul
 from spectrax.spectral.metrics import pearson
 from spectrax.spectral.nulls import NullSummary, StaticFn, null_columns, split_null, summarize_draws
@@ -127,7 +128,7 @@ class FdtFit(NamedTuple):
 
 
 @jax.jit
-def second_moment(x) -> jax.Array:
+def second_moment(x: ArrayLike) -> jax.Array:
     """E[x xᵀ] over samples: x `(..., N, d)` -> `(..., d, d)` (uncentered, as 002's H and G)."""
     x = as_float(x)
     check_min_rank(x, 2, "x")
@@ -135,7 +136,7 @@ def second_moment(x) -> jax.Array:
 
 
 @jax.jit
-def weight_grams(w) -> tuple[jax.Array, jax.Array]:
+def weight_grams(w: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """(Z_a = Wᵀ W `(..., d_in, d_in)`, Z_b = W Wᵀ `(..., d_out, d_out)`) of w `(..., d_out, d_in)`."""
     w = as_float(w)
     check_min_rank(w, 2, "w")
@@ -144,7 +145,8 @@ def weight_grams(w) -> tuple[jax.Array, jax.Array]:
 
 
 @jax.jit
-def layer_matrices(h_a, g_b, w, h_b=None, g_a=None) -> LayerMatrices:
+def layer_matrices(h_a: ArrayLike, g_b: ArrayLike, w: ArrayLike, h_b: ArrayLike | None = None,
+                   g_a: ArrayLike | None = None) -> LayerMatrices:
     """The six matrices of a layer h_b = W h_a from a batch of samples.
 
     h_a: `(..., N, d_in)` input activations; g_b: `(..., N, d_out)` per-sample gradients dl/dh_b;
@@ -154,13 +156,13 @@ def layer_matrices(h_a, g_b, w, h_b=None, g_a=None) -> LayerMatrices:
     """
     h_a, g_b, w = common_float(h_a, g_b, w)
     check_min_rank(w, 2, "w")
-    chex.assert_equal_shape_prefix([h_a, g_b], h_a.ndim - 1)
-    chex.assert_axis_dimension(h_a, -1, w.shape[-1])
-    chex.assert_axis_dimension(g_b, -1, w.shape[-2])
+    chex.assert_equal_shape_prefix([h_a, g_b], h_a.ndim - 1, exception_type=ShapeError)
+    chex.assert_axis_dimension(h_a, -1, w.shape[-1], exception_type=ShapeError)
+    chex.assert_axis_dimension(g_b, -1, w.shape[-2], exception_type=ShapeError)
     h_b = matmul(h_a, jnp.swapaxes(w, -1, -2)) if h_b is None else as_float(h_b).astype(w.dtype)
     g_a = matmul(g_b, w) if g_a is None else as_float(g_a).astype(w.dtype)
-    chex.assert_equal_shape([h_b, g_b])
-    chex.assert_equal_shape([h_a, g_a])
+    chex.assert_equal_shape([h_b, g_b], exception_type=ShapeError)
+    chex.assert_equal_shape([h_a, g_a], exception_type=ShapeError)
     z_a, z_b = weight_grams(w)
     return LayerMatrices(second_moment(h_a), second_moment(g_a), z_a, second_moment(h_b), second_moment(g_b), z_b)
 
@@ -169,7 +171,7 @@ def layer_matrices(h_a, g_b, w, h_b=None, g_a=None) -> LayerMatrices:
 
 
 @jax.jit
-def alignment(a, b) -> jax.Array:
+def alignment(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Pearson correlation of the flattened entries of a and b `(..., m, n)` -> `(...)`.
 
     1 for b = c a with c > 0, -1 for c < 0; NaN if either matrix is constant. Compare with
@@ -177,7 +179,7 @@ def alignment(a, b) -> jax.Array:
     """
     a, b = common_float(a, b)
     check_min_rank(a, 2, "a")
-    chex.assert_equal_shape_suffix([a, b], 2)
+    chex.assert_equal_shape_suffix([a, b], 2, exception_type=ShapeError)
     flat = lambda x: x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))  # noqa: E731
     return pearson(flat(a), flat(b))
 
@@ -192,14 +194,14 @@ def six_alignments(m: LayerMatrices) -> dict[str, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def power_law_fit(x, y, k: int | None = None) -> PowerLaw:
+def power_law_fit(x: ArrayLike, y: ArrayLike, k: int | None = None) -> PowerLaw:
     """Fit x_i ∝ y_i^alpha in log space over the first k entries with x_i, y_i > 0.
 
     x, y: `(..., n)` index-paired positive values (e.g. spectra sorted descending); k: how many
     leading entries (None: all). Non-positive entries (numerically zero eigenvalues) are skipped.
     """
     x, y = common_float(x, y)
-    chex.assert_equal_shape([x, y])
+    chex.assert_equal_shape([x, y], exception_type=ShapeError)
     n = x.shape[-1]
     k = n if k is None else k
     if not 2 <= k <= n:
@@ -221,7 +223,8 @@ def power_law_fit(x, y, k: int | None = None) -> PowerLaw:
 
 
 @functools.partial(jax.jit, static_argnames=("pairing",))
-def paired_spectra(x, y, pairing: str = "rank", rtol: float = 1e-5) -> tuple[jax.Array, jax.Array]:
+def paired_spectra(x: ArrayLike, y: ArrayLike, pairing: str = "rank",
+                   rtol: float = 1e-5) -> tuple[jax.Array, jax.Array]:
     """Eigenvalue pairs (λ_x, λ_y) `(..., d)` of symmetric PSD x, y `(..., d, d)`, ordered by λ_y
     descending.
 
@@ -231,7 +234,7 @@ def paired_spectra(x, y, pairing: str = "rank", rtol: float = 1e-5) -> tuple[jax
     `power_law_fit` skips.
     """
     x, y = common_float(x, y)
-    chex.assert_equal_shape([x, y])
+    chex.assert_equal_shape([x, y], exception_type=ShapeError)
     if pairing not in ("rank", "basis"):
         raise ValueError(f"pairing must be 'rank' or 'basis', got {pairing!r}")
     ly, v = jnp.linalg.eigh(y)
@@ -248,7 +251,7 @@ def paired_spectra(x, y, pairing: str = "rank", rtol: float = 1e-5) -> tuple[jax
     return floor(lx, top_x), floor(ly, ly[..., :1])
 
 
-def spectral_power_law(x, y, k: int | None = None, pairing: str = "rank") -> PowerLaw:
+def spectral_power_law(x: ArrayLike, y: ArrayLike, k: int | None = None, pairing: str = "rank") -> PowerLaw:
     """λ_x ∝ λ_y^alpha between two symmetric PSD matrices `(..., d, d)` over the k leading
     eigenvalues of y (002's λ_h ∝ λ_g^α with x = H, y = G). See `paired_spectra`."""
     return power_law_fit(*paired_spectra(x, y, pairing), k=k)
@@ -270,7 +273,7 @@ def spectral_power_laws(m: LayerMatrices, k: int | None = None, pairing: str = "
 
 
 @jax.jit
-def fdt_fit(target, a, b) -> FdtFit:
+def fdt_fit(target: ArrayLike, a: ArrayLike, b: ArrayLike) -> FdtFit:
     """Least squares of the normalized target on the normalized a and b `(..., d, d)`, no intercept.
 
     002's eq. 7 as a fit: output side `fdt_fit(H_b, Z_b, G_b)` (H_b = Z_b/c2 + (c1/c2) G_b), input
@@ -278,7 +281,7 @@ def fdt_fit(target, a, b) -> FdtFit:
     stationarity. Coefficients are NaN when a and b are collinear (then `alignment` says it all).
     """
     target, a, b = common_float(target, a, b)
-    chex.assert_equal_shape([target, a, b])
+    chex.assert_equal_shape([target, a, b], exception_type=ShapeError)
 
     def unit(x):
         x = x.reshape(x.shape[:-2] + (-1,))
@@ -317,7 +320,7 @@ def alignment_statistics(m: LayerMatrices, k: int | None = None) -> dict[str, ja
 
 
 @jax.jit
-def random_basis(key, x) -> jax.Array:
+def random_basis(key: jax.Array, x: ArrayLike) -> jax.Array:
     """x `(..., d, d)` symmetric -> Q diag(λ(x)) Qᵀ with an independent Haar-random Q per matrix:
     the same spectrum in a random eigenbasis."""
     x = as_float(x)
@@ -339,7 +342,7 @@ def _random_basis_null(key, spectra, stat_fn, num_draws, batch_size):
     return summarize_draws(jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws))
 
 
-def random_basis_null(key, m: LayerMatrices, stat_fn: Callable[[LayerMatrices], Any] = alignment_statistics, *,
+def random_basis_null(key: jax.Array, m: LayerMatrices, stat_fn: Callable[[LayerMatrices], Any] = alignment_statistics, *,
                       num_draws: int = 32, batch_size: int | None = 4) -> NullSummary:
     """Monte Carlo null of `stat_fn` over the six matrices rotated into independent random bases.
 
@@ -351,16 +354,16 @@ def random_basis_null(key, m: LayerMatrices, stat_fn: Callable[[LayerMatrices], 
     if num_draws < 2:
         raise ValueError("num_draws must be >= 2 for a null std")
     m = LayerMatrices(*common_float(*m))
-    chex.assert_rank(list(m), m.h_a.ndim)
-    chex.assert_equal_shape_prefix(list(m), m.h_a.ndim - 2)
+    chex.assert_rank(list(m), m.h_a.ndim, exception_type=ShapeError)
+    chex.assert_equal_shape_prefix(list(m), m.h_a.ndim - 2, exception_type=ShapeError)
     for name, x in m._asdict().items():
         if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"{name} must be square matrices (..., d, d), got shape {x.shape}")
+            raise ShapeError(f"{name} must be square matrices (..., d, d), got shape {x.shape}")
     spectra = tuple(jnp.linalg.eigvalsh(x) for x in m)
     return _random_basis_null(key, spectra, StaticFn(stat_fn), num_draws, batch_size)
 
 
-def alignment_table(key, m: LayerMatrices, k: int | None = None, *, num_draws: int = 32,
+def alignment_table(key: jax.Array, m: LayerMatrices, k: int | None = None, *, num_draws: int = 32,
                     batch_size: int | None = 4) -> dict[str, jax.Array]:
     """Table columns for a layer (batched `(...)`): every `alignment_statistics` entry beside its
     random-basis null (`<stat>_null_mean`, `_null_std`, `_z`, `_pct`), plus the rank-paired power

@@ -46,9 +46,10 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 
-from spectrax.spectral._util import as_float, float_dtype
+from spectrax.spectral._util import ShapeError, as_float, float_dtype
 
 __all__ = [
     "Bidiagonal",
@@ -117,14 +118,15 @@ def _gamma(key, alpha, shape: tuple[int, ...], dtype) -> jax.Array:
     return jnp.where(boost, value * u ** (1 / alpha), value)
 
 
-def chi_variates(key, dof, batch: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def chi_variates(key: jax.Array, dof: ArrayLike, batch: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """Independent chi variates `(*batch, d)` with degrees of freedom `dof (d,)` (> 0): sqrt(2 Gamma(dof/2))."""
     half = jnp.asarray(dof, dtype) / 2
     return jnp.sqrt(2 * _gamma(key, half, tuple(batch) + half.shape, dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("batch", "dtype"))
-def chi_bidiagonal(key, diag_dof, off_dof, batch: tuple[int, ...] = (), dtype=jnp.float32) -> Bidiagonal:
+def chi_bidiagonal(key: jax.Array, diag_dof: ArrayLike, off_dof: ArrayLike, batch: tuple[int, ...] = (),
+                   dtype: DTypeLike = jnp.float32) -> Bidiagonal:
     """Bidiagonals `(*batch)` with independent entries `chi_{diag_dof[i]}` and `chi_{off_dof[i]}`.
 
     `diag_dof (k,)`, `off_dof (k-1,)`: degrees of freedom (traced, so one compile serves any values
@@ -133,14 +135,14 @@ def chi_bidiagonal(key, diag_dof, off_dof, batch: tuple[int, ...] = (), dtype=jn
     wrong choice is caught). Returns `diag (*batch, k)`, `off (*batch, k-1)` in `dtype` (float32
     where float64 is unavailable, with a `Float64Unavailable` warning).
     """
-    chex.assert_rank([diag_dof, off_dof], 1)
-    chex.assert_axis_dimension(off_dof, 0, diag_dof.shape[0] - 1)
+    chex.assert_rank([diag_dof, off_dof], 1, exception_type=ShapeError)
+    chex.assert_axis_dimension(off_dof, 0, diag_dof.shape[0] - 1, exception_type=ShapeError)
     dtype = float_dtype(dtype, "chi bidiagonals")
     kd, ko = jax.random.split(key)
     return Bidiagonal(chi_variates(kd, diag_dof, batch, dtype), chi_variates(ko, off_dof, batch, dtype))
 
 
-def gaussian_bidiagonal(key, shape: tuple[int, ...], dtype=jnp.float32) -> Bidiagonal:
+def gaussian_bidiagonal(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> Bidiagonal:
     """Chi bidiagonals whose singular values have the law of those of i.i.d. N(0, 1) matrices of
     `shape (..., m, n)`: `diag (..., k)`, `off (..., k-1)`, `k = min(m, n)`."""
     *batch, m, n = shape
@@ -170,7 +172,7 @@ def _count_below(c2, x, pivmin):
 
 
 @jax.jit
-def bidiagonal_singular_values(diag, off) -> jax.Array:
+def bidiagonal_singular_values(diag: ArrayLike, off: ArrayLike) -> jax.Array:
     """Singular values of upper bidiagonal matrices, to high relative accuracy, in O(k^2) each.
 
     Args:
@@ -182,8 +184,8 @@ def bidiagonal_singular_values(diag, off) -> jax.Array:
       matrix; singular values below `sqrt(tiny)` times the largest entry come back as that floor.
     """
     diag, off = as_float(diag), as_float(off)
-    chex.assert_equal_shape_prefix([diag, off], diag.ndim - 1)
-    chex.assert_axis_dimension(off, -1, diag.shape[-1] - 1)
+    chex.assert_equal_shape_prefix([diag, off], diag.ndim - 1, exception_type=ShapeError)
+    chex.assert_axis_dimension(off, -1, diag.shape[-1] - 1, exception_type=ShapeError)
     off = off.astype(diag.dtype)
     dtype, k = diag.dtype, diag.shape[-1]
     info = jnp.finfo(dtype)

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from spectrax.spectral._util import as_float, check_min_rank, float64_unavailable, swap_last
 
@@ -183,7 +184,7 @@ def _lq(a, method: str, vectors: bool) -> LQ:
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def lq(a, method: str = "cholqr") -> LQ:
+def lq(a: ArrayLike, method: str = "cholqr") -> LQ:
     """The rows of `a (..., k, n)` as `a = l @ q`: `LQ(l, t, q1, ok)` with `q = t @ q1`.
 
     `method="cholqr"` (CholeskyQR2, Householder QR for a batch it cannot handle; see the module
@@ -267,7 +268,7 @@ def _checked_input(x, method: str):
 
 
 @functools.partial(jax.jit, static_argnames=("method", "batch_size"))
-def singular_values(x, method: str = "cholqr", batch_size: int | None = None) -> jax.Array:
+def singular_values(x: ArrayLike, method: str = "cholqr", batch_size: int | None = None) -> jax.Array:
     """Singular values of each matrix in a batch, descending.
 
     Args:
@@ -296,7 +297,7 @@ def singular_values(x, method: str = "cholqr", batch_size: int | None = None) ->
 
 
 @functools.partial(jax.jit, static_argnames=("method", "batch_size"))
-def svd(x, method: str = "cholqr", batch_size: int | None = None) -> SVDResult:
+def svd(x: ArrayLike, method: str = "cholqr", batch_size: int | None = None) -> SVDResult:
     """Thin SVD of each matrix in a batch, with a deterministic sign convention.
 
     Args:

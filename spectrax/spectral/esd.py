@@ -29,9 +29,10 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
-from spectrax.spectral._util import as_float, check_min_rank
+from spectrax.spectral._util import ShapeError, as_float, check_min_rank
 from spectrax.spectral.decompose import singular_values
 from spectrax.spectral.marchenko_pastur import aspect_ratio, fit_mp_scale, mp_cdf, mp_edges
 
@@ -59,7 +60,7 @@ def _shape2(shape) -> tuple[int, int]:
     return shape
 
 
-def eigenvalues(s, shape) -> jax.Array:
+def eigenvalues(s: ArrayLike, shape: tuple[int, ...]) -> jax.Array:
     """`lambda = s^2 / max(m, n)` for singular values `s (..., k)` of `(m, n)` matrices."""
     m, n = _shape2(shape)
     s = as_float(s)
@@ -81,7 +82,7 @@ class MPFit(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "method"))
-def mp_fit(s, shape, method: str = "median", edge_margin: float = 0.0) -> MPFit:
+def mp_fit(s: ArrayLike, shape: tuple[int, ...], method: str = "median", edge_margin: float = 0.0) -> MPFit:
     """Fits MP to the ESD of matrices of `shape = (m, n)` from their singular values.
 
     s: `(..., k)` singular values, `k = min(m, n)`. method: scale fit, `"median"` (robust to
@@ -107,7 +108,7 @@ def _ks_one_sample(cdf_sorted):
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "method"))
-def ks_mp(s, shape, method: str = "median") -> jax.Array:
+def ks_mp(s: ArrayLike, shape: tuple[int, ...], method: str = "median") -> jax.Array:
     """KS distance of the ESD to Marchenko-Pastur of the same aspect ratio, after a scale fit.
 
     s: `(..., k)` singular values of `(m, n)` matrices; method: MP scale fit (`"median"` or
@@ -136,7 +137,7 @@ def _ks_two_1d(x, y):
 
 
 @jax.jit
-def ks_two_sample(x, y) -> jax.Array:
+def ks_two_sample(x: ArrayLike, y: ArrayLike) -> jax.Array:
     """Two-sample KS distance along the last axis. x: `(..., n)`, y: `(..., m)` -> `(...)`.
 
     NaN where either sample holds NaN/Inf.
@@ -152,7 +153,8 @@ def ks_two_sample(x, y) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "num_draws", "method"))
-def ks_gaussian(key, s, shape, num_draws: int = 1, method: str = "qr") -> jax.Array:
+def ks_gaussian(key: jax.Array, s: ArrayLike, shape: tuple[int, ...], num_draws: int = 1,
+                method: str = "qr") -> jax.Array:
     """Two-sample KS distance of `s / mean(s)` to shape-matched Gaussian singular values.
 
     key: PRNG key; s: `(..., k)` singular values of `(m, n)` matrices. For each matrix,
@@ -199,7 +201,7 @@ _KS_RULES = ("two_sided", "weightwatcher")
 
 
 @functools.partial(jax.jit, static_argnames=("min_tail", "max_candidates", "chunk", "ks", "floor"))
-def powerlaw_fit(x, min_tail: int = 10, max_candidates: int | None = None, chunk: int = 128,
+def powerlaw_fit(x: ArrayLike, min_tail: int = 10, max_candidates: int | None = None, chunk: int = 128,
                  ks: str = "two_sided", floor: float = 0.0) -> PowerLawFit:
     """Continuous power-law MLE with `x_min` by minimum KS distance (Clauset et al. 2009).
 
@@ -367,7 +369,7 @@ def _ww_fit_one(lam, ratio_q: float, m: int):
 
 
 @functools.partial(jax.jit, static_argnames=("shape",))
-def mp_fit_weightwatcher(lam, shape) -> WWMPFit:
+def mp_fit_weightwatcher(lam: ArrayLike, shape: tuple[int, ...]) -> WWMPFit:
     """WeightWatcher 0.7's Marchenko-Pastur fit (`analyze(mp_fit=True)`) of eigenvalues `lam (..., k)`.
 
     Its rule: rescale the spectrum to mean 1; estimate its density with a linear-kernel KDE
@@ -381,7 +383,7 @@ def mp_fit_weightwatcher(lam, shape) -> WWMPFit:
     """
     m, n = _shape2(shape)
     lam = as_float(lam)
-    chex.assert_axis_dimension(lam, -1, min(m, n))
+    chex.assert_axis_dimension(lam, -1, min(m, n), exception_type=ShapeError)
     ratio_q = max(m, n) / min(m, n)
     flat = lam.reshape((-1, lam.shape[-1]))
     out = jax.lax.map(functools.partial(_ww_fit_one, ratio_q=ratio_q, m=min(m, n)), flat)

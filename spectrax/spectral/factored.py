@@ -25,8 +25,9 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from spectrax.spectral._util import check_min_rank, common_float, swap_last
+from spectrax.spectral._util import ShapeError, check_min_rank, common_float, swap_last
 from spectrax.spectral.decompose import LQ, SVDResult, fix_signs, lq, matmul
 from spectrax.spectral.gqa import gqa_pair
 
@@ -72,8 +73,7 @@ def _factors(a, b) -> tuple[LQ, LQ]:
     a, b = common_float(a, b)
     check_min_rank(a, 2, "a")
     check_min_rank(b, 2, "b")
-    if a.shape[-2] != b.shape[-2]:
-        raise ValueError(f"a {a.shape} and b {b.shape} must share the contracted axis -2")
+    chex.assert_axis_dimension(b, -2, a.shape[-2], exception_type=ShapeError)  # the contracted axis
     return lq(a), lq(b)
 
 
@@ -88,7 +88,7 @@ def _nan_where(ok, x, core_ndim):
 
 
 @jax.jit
-def factored_singular_values(a, b) -> jax.Array:
+def factored_singular_values(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Singular values of `A^T B`, never forming it.
 
     Args:
@@ -103,7 +103,7 @@ def factored_singular_values(a, b) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))
-def factored_svd(a, b, top_k: int | None = None) -> SVDResult:
+def factored_svd(a: ArrayLike, b: ArrayLike, top_k: int | None = None) -> SVDResult:
     """Singular values and top-k singular vectors of `A^T B`, never forming it.
 
     Args:
@@ -132,10 +132,9 @@ def factored_svd(a, b, top_k: int | None = None) -> SVDResult:
 def _check_heads(x, y, names):
     check_min_rank(x, 3, names[0])
     check_min_rank(y, 3, names[1])
-    if x.ndim != y.ndim:
-        raise ValueError(f"{names[0]} {x.shape} and {names[1]} {y.shape} differ in rank")
-    chex.assert_equal_shape_prefix([x, y], x.ndim - 3)
-    chex.assert_equal_shape_suffix([x, y], 2)
+    chex.assert_rank(y, x.ndim, exception_type=ShapeError)
+    chex.assert_equal_shape_prefix([x, y], x.ndim - 3, exception_type=ShapeError)
+    chex.assert_equal_shape_suffix([x, y], 2, exception_type=ShapeError)
 
 
 def _factored_svd_k(top_k):
@@ -143,7 +142,7 @@ def _factored_svd_k(top_k):
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))
-def qk_kernel_svd(q, k, top_k: int | None = None) -> QKKernelSVD:
+def qk_kernel_svd(q: ArrayLike, k: ArrayLike, top_k: int | None = None) -> QKKernelSVD:
     """SVD of every head's QK kernel `W_Q,h^T W_K,g`, `g = h // (H // KV)`.
 
     Args:
@@ -160,14 +159,14 @@ def qk_kernel_svd(q, k, top_k: int | None = None) -> QKKernelSVD:
 
 
 @jax.jit
-def qk_kernel_singular_values(q, k) -> jax.Array:
+def qk_kernel_singular_values(q: ArrayLike, k: ArrayLike) -> jax.Array:
     """Singular values `(..., H, r)` of every head's QK kernel; shapes as in `qk_kernel_svd`."""
     _check_heads(q, k, ("q", "k"))
     return gqa_pair(factored_singular_values, q, k, axis=q.ndim - 3)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))
-def ov_circuit_svd(o, v, top_k: int | None = None) -> OVCircuitSVD:
+def ov_circuit_svd(o: ArrayLike, v: ArrayLike, top_k: int | None = None) -> OVCircuitSVD:
     """SVD of every head's OV circuit `W_O,h W_V,g = o_h^T v_g`.
 
     Args:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectrax.spectral._util import ArrayTree, ShapeError
+
 __all__ = [
     "gqa_pair",
     "group_size",
@@ -40,11 +42,11 @@ def group_size(num_heads: int, num_kv_heads: int) -> int:
 def _leaf_heads(tree, axis: int, name: str) -> int:
     counts = {leaf.shape[axis] for leaf in jax.tree.leaves(tree)}
     if len(counts) != 1:
-        raise ValueError(f"{name} leaves disagree on the head axis {axis}: sizes {sorted(counts)}")
+        raise ShapeError(f"{name} leaves disagree on the head axis {axis}: sizes {sorted(counts)}")
     return counts.pop()
 
 
-def gqa_pair(fn: Callable[[Any, Any], Any], q_side, kv_side, *, axis: int) -> Any:
+def gqa_pair(fn: Callable[[Any, Any], Any], q_side: ArrayTree, kv_side: ArrayTree, *, axis: int) -> Any:
     """Evaluates `fn(q_h, kv_g)` for every query head h and its KV head g, broadcasting.
 
     Args:
@@ -79,7 +81,7 @@ def gqa_pair(fn: Callable[[Any, Any], Any], q_side, kv_side, *, axis: int) -> An
             or y.shape[axis] != num_kv
             or y.shape[axis + 1] not in (1, group)
         ):
-            raise ValueError(
+            raise ShapeError(
                 f"fn output of shape {y.shape} does not keep the (KV, group) axes at {axis}"
             )
         y = jnp.broadcast_to(y, y.shape[:axis] + (num_kv, group) + y.shape[axis + 2 :])

@@ -22,6 +22,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from spectrax.spectral._util import as_float, float_dtype
 
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-def aspect_ratio(shape) -> float:
+def aspect_ratio(shape: tuple[int, ...]) -> float:
     """`min(m, n) / max(m, n)` of a matrix shape `(m, n)` (the MP ratio of its spectrum)."""
     m, n = shape[-2:]
     return min(m, n) / max(m, n)
@@ -51,7 +52,7 @@ def _sqrt0(x):
     return jnp.sqrt(jnp.clip(x, 0.0))
 
 
-def mp_edges(ratio, sigma2=1.0, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+def mp_edges(ratio: ArrayLike, sigma2: ArrayLike = 1.0, dtype: DTypeLike = jnp.float32) -> tuple[jax.Array, jax.Array]:
     """Bulk edges `(lambda_minus, lambda_plus) = sigma2 (1 -+ sqrt(ratio))^2`."""
     dtype = float_dtype(dtype, "MP edges")
     y = jnp.asarray(ratio, dtype)
@@ -60,7 +61,8 @@ def mp_edges(ratio, sigma2=1.0, dtype=jnp.float32) -> tuple[jax.Array, jax.Array
     return sig * (1.0 - r) ** 2, sig * (1.0 + r) ** 2
 
 
-def singular_value_edges(shape, sigma=1.0, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+def singular_value_edges(shape: tuple[int, ...], sigma: ArrayLike = 1.0,
+                         dtype: DTypeLike = jnp.float32) -> tuple[jax.Array, jax.Array]:
     """Bulk edges of the singular values of an `(m, n)` matrix with entry std `sigma`.
 
     `sigma (sqrt(max) -+ sqrt(min))`, i.e. `sqrt(max(m, n) * lambda_-+)`.
@@ -72,7 +74,7 @@ def singular_value_edges(shape, sigma=1.0, dtype=jnp.float32) -> tuple[jax.Array
 
 
 @jax.jit
-def mp_density(x, ratio, sigma2=1.0) -> jax.Array:
+def mp_density(x: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0) -> jax.Array:
     """Density of the continuous part of MP at `x` (zero outside the bulk).
 
     x: any shape. Integrates to `min(1, 1/ratio)`; see the module docstring for `ratio > 1`.
@@ -86,7 +88,7 @@ def mp_density(x, ratio, sigma2=1.0) -> jax.Array:
 
 
 @jax.jit
-def mp_cdf(x, ratio, sigma2=1.0) -> jax.Array:
+def mp_cdf(x: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0) -> jax.Array:
     """Analytic CDF of MP at `x`, including the point mass `1 - 1/ratio` at 0 when `ratio > 1`.
 
     With `a, b` the edges for `sigma2 = 1`, `t = x / sigma2` clipped to `[a, b]` and
@@ -107,7 +109,7 @@ def mp_cdf(x, ratio, sigma2=1.0) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_iter",))
-def mp_quantile(p, ratio, sigma2=1.0, num_iter: int = 60) -> jax.Array:
+def mp_quantile(p: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0, num_iter: int = 60) -> jax.Array:
     """Smallest `x` with `mp_cdf(x) >= p`, by bisection on `[0, lambda_plus]`.
 
     p: any shape in [0, 1]. For `ratio > 1`, `p <= 1 - 1/ratio` maps to 0 (the point mass).
@@ -131,7 +133,7 @@ def mp_quantile(p, ratio, sigma2=1.0, num_iter: int = 60) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def fit_mp_scale(eigenvalues, ratio, method: str = "median") -> jax.Array:
+def fit_mp_scale(eigenvalues: ArrayLike, ratio: ArrayLike, method: str = "median") -> jax.Array:
     """Fits the MP scale `sigma2` to a spectrum of eigenvalues, ratio <= 1.
 
     eigenvalues: `(..., n)`, e.g. `esd.eigenvalues(s, shape)`. Returns `(...)`.

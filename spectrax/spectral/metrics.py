@@ -15,8 +15,9 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from spectrax.spectral._util import check_min_rank, common_float
+from spectrax.spectral._util import ShapeError, check_min_rank, common_float
 from spectrax.spectral.decompose import matmul
 
 __all__ = [
@@ -44,7 +45,7 @@ def _pair(a, b, core: int):
     a, b = common_float(a, b)
     check_min_rank(a, core, "a")
     check_min_rank(b, core, "b")
-    chex.assert_equal_shape_suffix([a, b], core)
+    chex.assert_equal_shape_suffix([a, b], core, exception_type=ShapeError)
     return a, b
 
 
@@ -58,7 +59,7 @@ def _safe_div(num, den):
 
 
 @jax.jit
-def pearson(a, b) -> jax.Array:
+def pearson(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Pearson correlation of two spectra along the last axis.
 
     a, b: `(..., n)`, broadcasting leading axes. Returns `(...)`; NaN if either is constant.
@@ -74,7 +75,7 @@ def pearson(a, b) -> jax.Array:
 
 
 @jax.jit
-def ssr(a, b) -> jax.Array:
+def ssr(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Spectral shape residual `mean_i |a_i / ||a||_2 - b_i / ||b||_2|`.
 
     a, b: `(..., n)`. Returns `(...)`; NaN if either spectrum is all zero.
@@ -97,7 +98,7 @@ class ScaleFit(NamedTuple):
 
 
 @jax.jit
-def scale_fit(a, b) -> ScaleFit:
+def scale_fit(a: ArrayLike, b: ArrayLike) -> ScaleFit:
     """Least-squares `alpha` with `a ~ alpha * b` and its mean squared residual.
 
     a, b: `(..., n)`. Returns `ScaleFit(alpha (...), mse (...))`; NaN if `b` is all zero.
@@ -112,7 +113,7 @@ def scale_fit(a, b) -> ScaleFit:
 
 
 @jax.jit
-def mean_abs_cos(x, y) -> jax.Array:
+def mean_abs_cos(x: ArrayLike, y: ArrayLike) -> jax.Array:
     """Index-matched mean absolute cosine `mean_i |<x_i, y_i>|` of unit columns.
 
     x, y: `(..., d, k)` unit vectors as columns (e.g. U `(..., D, D)` or V `(..., E, D)`).
@@ -124,7 +125,7 @@ def mean_abs_cos(x, y) -> jax.Array:
 
 
 @jax.jit
-def grassmann(a, b) -> jax.Array:
+def grassmann(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Subspace similarity: mean of the squared singular values of `A^T B`.
 
     a: `(..., d, ka)`, b: `(..., d, kb)` orthonormal bases (columns). Equals
@@ -134,14 +135,13 @@ def grassmann(a, b) -> jax.Array:
     a, b = common_float(a, b)
     check_min_rank(a, 2, "a")
     check_min_rank(b, 2, "b")
-    if a.shape[-2] != b.shape[-2]:
-        raise ValueError(f"bases {a.shape} and {b.shape} live in different dimensions")
+    chex.assert_axis_dimension(b, -2, a.shape[-2], exception_type=ShapeError)  # bases of subspaces of one space
     c = matmul(jnp.swapaxes(a, -1, -2), b)
     return jnp.sum(c * c, axis=(-2, -1)) / min(a.shape[-1], b.shape[-1])
 
 
 @jax.jit
-def pairwise_grassmann(bases) -> jax.Array:
+def pairwise_grassmann(bases: ArrayLike) -> jax.Array:
     """Similarity matrix of a stack of subspaces, e.g. layer x layer for one head.
 
     bases: `(..., n, d, k)` orthonormal bases. Returns `(..., n, n)` with ones on the diagonal.
@@ -151,7 +151,7 @@ def pairwise_grassmann(bases) -> jax.Array:
 
 
 @jax.jit
-def projector_energy(w, basis) -> jax.Array:
+def projector_energy(w: ArrayLike, basis: ArrayLike) -> jax.Array:
     """Fraction of `w`'s energy inside a subspace: `||W P||_F^2 / ||W||_F^2`, `P = B B^T`.
 
     w: `(..., F, E)`, e.g. the MLP gate `(ffn, hidden)`; basis: `(..., E, k)` orthonormal columns,
@@ -161,8 +161,7 @@ def projector_energy(w, basis) -> jax.Array:
     w, basis = common_float(w, basis)
     check_min_rank(w, 2, "w")
     check_min_rank(basis, 2, "basis")
-    if w.shape[-1] != basis.shape[-2]:
-        raise ValueError(f"w {w.shape} and basis {basis.shape} disagree on the projected axis")
+    chex.assert_axis_dimension(basis, -2, w.shape[-1], exception_type=ShapeError)  # the projected axis
     inside = jnp.sum(matmul(w, basis) ** 2, axis=(-2, -1))
     return _safe_div(inside, jnp.sum(w * w, axis=(-2, -1)))
 
@@ -177,13 +176,13 @@ def _spectrum(s):
 
 
 @jax.jit
-def sigma_max(s) -> jax.Array:
+def sigma_max(s: ArrayLike) -> jax.Array:
     """Largest singular value. s: `(..., n)` -> `(...)`."""
     return jnp.max(_spectrum(s), axis=-1)
 
 
 @jax.jit
-def condition_number(s, rtol: float = 1e-10) -> jax.Array:
+def condition_number(s: ArrayLike, rtol: float = 1e-10) -> jax.Array:
     """`sigma_max / sigma_min` over the singular values above `rtol * sigma_max`.
 
     s: `(..., n)` -> `(...)`; NaN for an all-zero spectrum.
@@ -196,7 +195,7 @@ def condition_number(s, rtol: float = 1e-10) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("squared",))
-def effective_rank(s, squared: bool = False) -> jax.Array:
+def effective_rank(s: ArrayLike, squared: bool = False) -> jax.Array:
     """Roy-Vetterli effective rank `exp(-sum_i p_i ln p_i)`, `p = s / sum(s)`.
 
     s: `(..., n)` -> `(...)`, in `[1, number of nonzero s]`; NaN for an all-zero spectrum.
@@ -212,14 +211,14 @@ def effective_rank(s, squared: bool = False) -> jax.Array:
 
 
 @jax.jit
-def max_mean(s) -> jax.Array:
+def max_mean(s: ArrayLike) -> jax.Array:
     """`s_1 / mean(s)`. s: `(..., n)` -> `(...)`; NaN for an all-zero spectrum."""
     s = _spectrum(s)
     return _safe_div(jnp.max(s, axis=-1), jnp.mean(s, axis=-1))
 
 
 @jax.jit
-def stable_rank(s) -> jax.Array:
+def stable_rank(s: ArrayLike) -> jax.Array:
     """`sum_i s_i^2 / s_1^2`. s: `(..., n)` -> `(...)`; NaN for an all-zero spectrum."""
     s = _spectrum(s)
     return _safe_div(jnp.sum(s * s, axis=-1), jnp.max(s, axis=-1) ** 2)

@@ -33,8 +33,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
+from jax.typing import ArrayLike, DTypeLike
 
-from spectrax.spectral._util import as_float, float_dtype
+from spectrax.spectral._util import ArrayTree, ShapeError, as_float, float_dtype
 from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_variates, gaussian_bidiagonal
 
 __all__ = [
@@ -88,7 +90,7 @@ def _lgamma(x):
     return np.vectorize(math.lgamma, otypes=[np.float64])(x)
 
 
-def expected_abs_cos(d) -> np.ndarray:
+def expected_abs_cos(d: npt.ArrayLike) -> np.ndarray:
     """`E|<x, y>|` for independent uniform unit vectors in `R^d`, float64, via log-gamma."""
     d = np.asarray(d, np.float64)
     if np.any(d < 1):
@@ -96,7 +98,7 @@ def expected_abs_cos(d) -> np.ndarray:
     return np.exp(_lgamma(d / 2.0) - _lgamma((d + 1.0) / 2.0)) / math.sqrt(math.pi)
 
 
-def abs_cos_std(d) -> np.ndarray:
+def abs_cos_std(d: npt.ArrayLike) -> np.ndarray:
     """Std of `|<x, y>|` for independent uniform unit vectors in `R^d` (`E<x,y>^2 = 1/d`)."""
     d = np.asarray(d, np.float64)
     return np.sqrt(np.maximum(1.0 / d - expected_abs_cos(d) ** 2, 0.0))
@@ -113,7 +115,7 @@ def cos_null(d: int, num_vectors: int) -> NullSummary:
     return NullSummary(mean=mean, std=abs_cos_std(d) / math.sqrt(num_vectors))
 
 
-def grassmann_chance(k, d) -> np.ndarray:
+def grassmann_chance(k: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
     """`k / d`: mean of `metrics.grassmann` for independent uniform k-subspaces of `R^d`."""
     return np.asarray(k, np.float64) / np.asarray(d, np.float64)
 
@@ -161,7 +163,7 @@ class StaticFn:
         return isinstance(other, StaticFn) and self.key == other.key
 
 
-def summarize_draws(draws) -> NullSummary:
+def summarize_draws(draws: ArrayTree) -> NullSummary:
     """`NullSummary` of Monte Carlo draws: a pytree of `(num_draws, ...)` arrays -> mean and
     sample std (ddof 1) over the draws, and the draws."""
     mean = jax.tree.map(lambda d: jnp.mean(d, axis=0), draws)
@@ -169,7 +171,7 @@ def summarize_draws(draws) -> NullSummary:
     return NullSummary(mean, std, draws)
 
 
-def no_draws_null(stat_fn: Callable[..., Any], *structs) -> NullSummary:
+def no_draws_null(stat_fn: Callable[..., Any], *structs: ArrayLike | jax.ShapeDtypeStruct) -> NullSummary:
     """The null of `stat_fn` when no Monte Carlo draw is asked for (`num_draws=0`): NaN mean and std
     and zero draws, shaped like `stat_fn`'s output on arrays shaped like `structs` (arrays or
     `jax.ShapeDtypeStruct`s, without the draw axis). Traced for shapes only: nothing is compiled."""
@@ -196,7 +198,8 @@ BISECTION_FROM_K = 384
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "method"))
-def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None = None) -> jax.Array:
+def gaussian_singular_values(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32,
+                             method: str | None = None) -> jax.Array:
     """Singular values of i.i.d. N(0, 1) matrices of `shape (..., m, n)`, exactly in law, cheaply.
 
     With `k = min(m, n)`, `N = max(m, n)`: for `k >= BISECTION_FROM_K`, Golub-Kahan /
@@ -218,7 +221,7 @@ def gaussian_singular_values(key, shape, dtype=jnp.float32, method: str | None =
     return jnp.linalg.svd(bartlett_factor(key, shape, dtype), full_matrices=False, compute_uv=False)
 
 
-def bartlett_factor(key, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def bartlett_factor(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """The triangular factor `R (..., k, k)` of the thin QR of i.i.d. N(0, 1) matrices of
     `shape (..., m, n)`, drawn directly (Bartlett decomposition): independent entries
     `R_ii = chi_{N - i}` and `R_ij ~ N(0, 1)` above the diagonal, `k = min(m, n)`, `N = max(m, n)`.
@@ -268,9 +271,9 @@ def _null_of_draws(draws, stat_fn, batch_size):
 
 
 def gaussian_null(
-    key,
+    key: jax.Array,
     stat_fn: Callable[..., Any],
-    *templates,
+    *templates: ArrayLike | jax.ShapeDtypeStruct,
     num_draws: int = 32,
     batch_size: int | None = 1,
     match_scale: bool = True,
@@ -305,9 +308,9 @@ def gaussian_null(
 
 
 def gaussian_spectrum_null(
-    key,
+    key: jax.Array,
     stat_fn: Callable[..., Any],
-    *templates,
+    *templates: ArrayLike | jax.ShapeDtypeStruct,
     num_draws: int = 32,
     batch_size: int | None = 1,
     match_scale: bool = True,
@@ -355,8 +358,8 @@ def gaussian_spectrum_null(
 
 
 def gaussian_spectrum_draws(
-    key,
-    *templates,
+    key: jax.Array,
+    *templates: ArrayLike | jax.ShapeDtypeStruct,
     num_draws: int = 32,
     batch_size: int | None = 1,
     match_scale: bool = True,
@@ -382,7 +385,7 @@ def gaussian_spectrum_draws(
     return _spectrum_draws(key, refs, shapes=shapes, dtypes=dtypes, num_draws=num_draws, batch_size=batch_size)
 
 
-def null_from_draws(stat_fn: Callable[..., Any], *draws, batch_size: int | None = None) -> NullSummary:
+def null_from_draws(stat_fn: Callable[..., Any], *draws: ArrayLike, batch_size: int | None = None) -> NullSummary:
     """`NullSummary` of `stat_fn` evaluated on each draw: `draws` are `(num_draws, ...)` arrays, one
     per `stat_fn` argument (e.g. from `gaussian_spectrum_draws`); `batch_size` draws at a time."""
     _check_draws(draws[0].shape[0], batch_size)
@@ -400,7 +403,7 @@ def _templates(templates, match_scale):
             t = jnp.asarray(t)
         dtype = as_float(jnp.zeros((), t.dtype)).dtype
         if len(t.shape) < 2:
-            raise ValueError(f"templates must be (..., m, n) matrices, got shape {t.shape}")
+            raise ShapeError(f"templates must be (..., m, n) matrices, got shape {t.shape}")
         shapes.append(tuple(t.shape))
         dtypes.append(np.dtype(dtype))
         real = match_scale and not isinstance(t, jax.ShapeDtypeStruct)
@@ -408,7 +411,7 @@ def _templates(templates, match_scale):
     return tuple(refs), tuple(shapes), tuple(dtypes)
 
 
-def shuffle_entries(key, x) -> jax.Array:
+def shuffle_entries(key: jax.Array, x: ArrayLike) -> jax.Array:
     """Permutes the entries of each `(m, n)` matrix of `x (..., m, n)` independently."""
     flat = x.reshape(x.shape[:-2] + (-1,))
     return jax.random.permutation(key, flat, axis=-1, independent=True).reshape(x.shape)
@@ -425,9 +428,9 @@ def _shuffle_null(key, arrays, stat_fn, num_draws, batch_size):
 
 
 def shuffle_null(
-    key,
+    key: jax.Array,
     stat_fn: Callable[..., Any],
-    *arrays,
+    *arrays: ArrayLike,
     num_draws: int = 32,
     batch_size: int | None = 1,
 ) -> NullSummary:
@@ -441,7 +444,7 @@ def shuffle_null(
     arrays = tuple(as_float(a) for a in arrays)
     for a in arrays:
         if a.ndim < 2:
-            raise ValueError(f"arrays must be (..., m, n) matrices, got shape {a.shape}")
+            raise ShapeError(f"arrays must be (..., m, n) matrices, got shape {a.shape}")
     if num_draws == 0:
         return no_draws_null(stat_fn, *arrays)
     return _shuffle_null(
@@ -462,7 +465,7 @@ def _z(obs, mean, std):
         return xp.where(ok, (obs - mean) / xp.where(ok, std, 1.0), np.nan).astype(obs.dtype)
 
 
-def zscore(observed, null: NullSummary):
+def zscore(observed: ArrayTree, null: NullSummary) -> ArrayTree:
     """`(observed - null.mean) / null.std` leaf by leaf; NaN where the null std is 0."""
     return jax.tree.map(_z, observed, null.mean, null.std)
 
@@ -478,7 +481,7 @@ def _pct(obs, draws):
     return xp.where(xp.isnan(obs), np.nan, pct).astype(obs.dtype)
 
 
-def percentile(observed, null: NullSummary):
+def percentile(observed: ArrayTree, null: NullSummary) -> ArrayTree:
     """Empirical percentile (0-100) of `observed` among the Monte Carlo draws, ties counted half.
 
     Needs `null.draws`; exact nulls have none.
@@ -494,7 +497,7 @@ that std is at most this fraction of it (docs/statistics.md §4): a z from it is
 a quarter of itself at one standard error (16 Gaussian draws give 0.18, pooled nulls far less)."""
 
 
-def monte_carlo_error(draws) -> tuple[np.ndarray, np.ndarray]:
+def monte_carlo_error(draws: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Monte Carlo standard errors `(of the null mean, of the null std)` from `draws (N, ...)`.
 
     Over the `n` finite draws of each position: `std / sqrt(n)` for the mean, and for the sample std
@@ -523,7 +526,7 @@ def _array_module(*arrays):
     return jnp if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays)) else np
 
 
-def resolved(std, std_se=None) -> np.ndarray:
+def resolved(std: npt.ArrayLike, std_se: npt.ArrayLike | None = None) -> np.ndarray:
     """Whether a null can carry a z: std > 0 and, for a Monte Carlo null, `std_se <= RESOLVED_BOUND * std`
     (an exact null, `std_se=None` or 0, needs only std > 0). NaN std or error: not resolved."""
     std = np.asarray(std, np.float64)
@@ -532,7 +535,7 @@ def resolved(std, std_se=None) -> np.ndarray:
         return (std > 0) & (se <= RESOLVED_BOUND * std)
 
 
-def effect_sizes(observed, mean) -> tuple[np.ndarray, np.ndarray]:
+def effect_sizes(observed: ArrayLike, mean: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """`(observed - mean, observed / mean)`, the ratio NaN where the null mean is 0."""
     xp = _array_module(observed, mean)
     dtype = np.float64 if xp is np else jnp.promote_types(jnp.asarray(observed).dtype, jnp.float32)
@@ -572,7 +575,7 @@ def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dic
     return cols
 
 
-def unit_rms(s, size: int) -> np.ndarray:
+def unit_rms(s: npt.ArrayLike, size: int) -> np.ndarray:
     """Spectra `s (..., k)` of stand-ins for `size`-entry matrices rescaled to an entry RMS of exactly
     1 (`|s|_2 = sqrt(size)`), float32: the unit null that `pool_null` shares among matrices of one shape.
 
@@ -584,7 +587,7 @@ def unit_rms(s, size: int) -> np.ndarray:
     return (s * np.sqrt(size) / np.linalg.norm(s, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
+def pool_null(null: NullSummary, axis: int, scale: npt.ArrayLike | None = None) -> NullSummary:
     """One null for every matrix of one shape: the draws of all of them pooled.
 
     Matrices of one shape (the query heads of a layer, its key heads) have one Gaussian null up to
@@ -606,7 +609,7 @@ def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
     """
     draws = np.asarray(null.draws)
     if draws.ndim < 2 or not 0 <= axis < draws.ndim - 1:
-        raise ValueError(f"pool_null: axis {axis} is not an axis of draws shaped {draws.shape} after the draw axis")
+        raise ShapeError(f"pool_null: axis {axis} is not an axis of draws shaped {draws.shape} after the draw axis")
     if draws.shape[0] == 0:  # num_draws=0: nothing to pool, the null stays NaN
         nan = np.full(draws.shape[1:], np.nan, draws.dtype)
         return NullSummary(nan, nan, draws)
@@ -623,7 +626,7 @@ def pool_null(null: NullSummary, axis: int, scale=None) -> NullSummary:
     return NullSummary(mean * scale, std * scale, pooled * scale)
 
 
-def mean_null_std(draws, groups) -> np.ndarray:
+def mean_null_std(draws: npt.ArrayLike, groups: npt.ArrayLike) -> np.ndarray:
     """Null std of the mean of a statistic over the heads of a layer, from its per-head draws.
 
     Under the null, heads in different groups are independent, and heads in one group (query
@@ -645,7 +648,7 @@ def mean_null_std(draws, groups) -> np.ndarray:
     groups = np.asarray(groups)
     H = x.shape[-1]
     if groups.shape != (H,):
-        raise ValueError(f"mean_null_std: groups {groups.shape} do not match {H} heads")
+        raise ShapeError(f"mean_null_std: groups {groups.shape} do not match {H} heads")
     with warnings.catch_warnings():  # a position whose every draw is NaN stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         centered = x - np.nanmean(x, axis=0)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax.typing import ArrayLike
 
 from spectrax.spectral import metrics
 from spectrax.spectral.decompose import singular_values, svd
+from spectrax.spectral._util import ShapeError
 from spectrax.spectral.gqa import gqa_pair
-from spectrax.spectral.nulls import cos_null, grassmann_null
+from spectrax.spectral.nulls import NullSummary, cos_null, grassmann_null
 
 __all__ = [
     "PAIR_STATISTICS",
@@ -41,7 +43,7 @@ SPECTRUM_STATISTICS = ("sigma_max", "cond", "erank", "erank_squared", "max_mean"
 
 
 @jax.jit
-def spectra_pair_statistics(sa, sb) -> dict:
+def spectra_pair_statistics(sa: ArrayLike, sb: ArrayLike) -> dict[str, jax.Array]:
     """The spectrum-only part of `pair_statistics`, from singular values `sa`, `sb (..., k)`.
 
     Returns `{name: (...)}` for `SPECTRA_PAIR_STATISTICS` (pearson, ssr, alpha, alpha_mse); being a
@@ -58,7 +60,7 @@ def spectra_pair_statistics(sa, sb) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
-def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "cholqr") -> dict:
+def pair_statistics(a: ArrayLike, b: ArrayLike, grassmann_k: int | None = None, method: str = "cholqr") -> dict[str, jax.Array]:
     """docs/statistics.md §1 pair statistics of matrices `a` and `b`, `(..., D, E)`, leading axes broadcasting.
 
     Returns `{name: (...)}` for `PAIR_STATISTICS`: Pearson and SSR of the spectra, the scale fit
@@ -79,20 +81,21 @@ def pair_statistics(a, b, grassmann_k: int | None = None, method: str = "cholqr"
 
 
 @functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
-def gqa_pair_statistics(q, kv, grassmann_k: int | None = None, method: str = "cholqr") -> dict:
+def gqa_pair_statistics(q: ArrayLike, kv: ArrayLike, grassmann_k: int | None = None,
+                        method: str = "cholqr") -> dict[str, jax.Array]:
     """`pair_statistics` of every query head h with its KV head `g = h // (H // KV)`.
 
     q: `(..., H, D, E)`; kv: `(..., KV, D, E)`, e.g. `(layers, heads, head_dim, hidden)`. Each KV
     head is decomposed once per group, never copied. Returns `{name: (..., H)}`.
     """
     if q.ndim < 3 or q.ndim != kv.ndim:
-        raise ValueError(f"q {q.shape} and kv {kv.shape} must both be (..., heads, D, E)")
+        raise ShapeError(f"q {q.shape} and kv {kv.shape} must both be (..., heads, D, E)")
     fn = functools.partial(pair_statistics, grassmann_k=grassmann_k, method=method)
     return gqa_pair(fn, q, kv, axis=q.ndim - 3)
 
 
 @jax.jit
-def singular_value_statistics(s) -> dict:
+def singular_value_statistics(s: ArrayLike) -> dict[str, jax.Array]:
     """docs/statistics.md §1-§2 single-matrix statistics from singular values `s (..., k)`.
 
     Returns `{name: (...)}` for `SPECTRUM_STATISTICS`: sigma_max, condition number, effective rank
@@ -110,12 +113,12 @@ def singular_value_statistics(s) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def spectrum_statistics(w, method: str = "cholqr") -> dict:
+def spectrum_statistics(w: ArrayLike, method: str = "cholqr") -> dict[str, jax.Array]:
     """`singular_value_statistics` of the matrices `w (..., m, n)`."""
     return singular_value_statistics(singular_values(w, method=method))
 
 
-def exact_pair_nulls(shape, grassmann_k: int | None = None) -> dict:
+def exact_pair_nulls(shape: tuple[int, int], grassmann_k: int | None = None) -> dict[str, NullSummary]:
     """Exact nulls of the vector statistics of `pair_statistics` for `(m, n)` matrices.
 
     Returns `{"cos_u": ..., "cos_v": ..., "grassmann": ...}` as `NullSummary`s (no draws):

@@ -51,7 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 
+from spectrax.spectral._util import ArrayTree, ShapeError
 from spectrax.spectral.nulls import NullSummary
 
 BATCH_AXIS = "batch"
@@ -86,7 +88,7 @@ def padded_size(size: int, num_shards: int) -> int:
     return max(1, math.ceil(size / num_shards)) * num_shards
 
 
-def pad_batch(x, size: int, axis: int = 0):
+def pad_batch(x: ArrayLike, size: int, axis: int = 0) -> jax.Array | np.ndarray:
     """`x` padded at the end of `axis` to `size` with copies of its last entry (zeros if empty).
 
     Returned unchanged if already that size. numpy inputs are padded on the host (numpy out),
@@ -96,7 +98,7 @@ def pad_batch(x, size: int, axis: int = 0):
     if n == size:
         return x
     if n > size:
-        raise ValueError(f"axis {axis} has {n} entries, more than the padded size {size}")
+        raise ShapeError(f"axis {axis} has {n} entries, more than the padded size {size}")
     xp = np if isinstance(x, np.ndarray) else jnp
     if n == 0:
         shape = list(x.shape)
@@ -112,7 +114,7 @@ def _batch_sharding(mesh: Mesh, ndim: int, axis: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-def shard_batch(x, mesh: Mesh | None = None, axis: int = 0) -> tuple[jax.Array, int]:
+def shard_batch(x: ArrayLike, mesh: Mesh | None = None, axis: int = 0) -> tuple[jax.Array, int]:
     """Places `x` on `mesh` with `axis` split evenly over the devices, padded (`pad_batch`) if needed.
 
     Args:
@@ -127,7 +129,7 @@ def shard_batch(x, mesh: Mesh | None = None, axis: int = 0) -> tuple[jax.Array, 
     """
     mesh = local_mesh() if mesh is None else mesh
     if x.ndim <= axis:
-        raise ValueError(f"shape {x.shape} has no axis {axis}")
+        raise ShapeError(f"shape {x.shape} has no axis {axis}")
     n = x.shape[axis]
     x = pad_batch(x, padded_size(n, mesh.size), axis)
     return jax.device_put(x, _batch_sharding(mesh, x.ndim, axis)), n
@@ -148,7 +150,7 @@ def _map_axes(fn, axes, tree):
 def _take(y, n: int, axis: int, padded: int):
     y = np.asarray(y)
     if y.ndim <= axis or y.shape[axis] != padded:
-        raise ValueError(
+        raise ShapeError(
             f"output of shape {y.shape} has no batch axis of size {padded} at {axis}; "
             "pass out_axes"
         )
@@ -197,7 +199,7 @@ def sharded(
             raise ValueError("no argument to split: pass argnums")
         sizes = {args[i].shape[axis] for i in split}
         if len(sizes) != 1:
-            raise ValueError(
+            raise ShapeError(
                 f"split arguments disagree on axis {axis}: "
                 f"{[tuple(args[i].shape) for i in split]}"
             )
@@ -240,13 +242,13 @@ def process_layers(
 
 
 def gather_layers(
-    local,
+    local: ArrayTree,
     num_layers: int,
     *,
     axes: Any = None,
     process_index: int | None = None,
     process_count: int | None = None,
-):
+) -> ArrayTree:
     """Assembles per-process results over `process_layers` into the full table, on every process.
 
     Args:
@@ -269,7 +271,7 @@ def gather_layers(
     def check(y, ax):
         y = np.asarray(y)
         if y.ndim <= ax or y.shape[ax] != mine:
-            raise ValueError(f"process {index} holds {mine} layers; got a leaf of shape {y.shape}")
+            raise ShapeError(f"process {index} holds {mine} layers; got a leaf of shape {y.shape}")
         return y
 
     local = _map_axes(check, axes, local)
@@ -294,11 +296,11 @@ def gather_layers(
 
 def layerwise_null(
     null_fn: Callable[..., NullSummary],
-    key,
+    key: jax.Array,
     layers: Sequence[int],
     stat_fn: Callable[..., Any],
-    *templates,
-    **kwargs,
+    *templates: ArrayLike | jax.ShapeDtypeStruct,
+    **kwargs: Any,
 ) -> NullSummary:
     """A Monte Carlo null whose draws for layer `l` depend only on `key` and `l`.
 
@@ -322,7 +324,7 @@ def layerwise_null(
     layers = np.asarray(list(layers), dtype=np.uint32)
     for t in templates:
         if t.shape[0] != layers.shape[0]:
-            raise ValueError(f"templates {t.shape} need one entry per layer ({len(layers)})")
+            raise ShapeError(f"templates {t.shape} need one entry per layer ({len(layers)})")
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(layers))
     run = lambda k, *ts: null_fn(k, stat_fn, *ts, **kwargs)  # noqa: E731
     return jax.vmap(run, out_axes=NullSummary(0, 0, 1))(keys, *templates)

@@ -295,3 +295,29 @@ def test_model_mean_z_is_calibrated_on_gaussian_models(gaussian_layers):
     model_z = np.asarray(model_z)
     assert len(model_z) > 0.8 * 12 * len(stats)
     assert 0.8 < np.std(model_z) < 1.35 and 0.015 < np.mean(np.abs(model_z) > 2) < 0.13, (np.std(model_z), np.mean(np.abs(model_z) > 2))
+
+
+def test_the_spectrum_figures_show_the_picked_heads_q_and_k_spectra():
+    """The report's spectrum figures are picked by ssr_qk's z, so they draw what ssr_qk compared: the
+    picked query head's spectrum and its KV head's, with the Gaussian band of that shape."""
+    import spectrax as sx
+    from spectrax.analyses import laws
+
+    options = Options(num_draws=4)
+    tables = collect(CHECKPOINTS / "llama", analyses=["laws"], options=options, progress=False)
+    model = sx.load(CHECKPOINTS / "llama")
+    summary = laws.summarize(tables, model.spec, options)
+    z = np.abs(np.asarray(tables.heads["ssr_qk_z"], float))
+    (pick, plot), *_ = summary.pair_plots
+    top = int(np.nanargmax(z))
+    assert (pick["layer"], pick["head"]) == (int(tables.heads["layer"][top]), int(tables.heads["head"][top]))
+    assert plot.kind == "qk_spectra" and plot in laws.render(summary).plots
+    assert summary.to_json()["pair_plots"][0]["file"] == f"plots/{plot.name}.png"
+    attn = model.params["layers"][0]["attn"]
+    for drawn, w in zip(plot.args, (attn["q"][pick["layer"], pick["head"]], attn["k"][pick["layer"], pick["kv_head"]])):
+        np.testing.assert_allclose(drawn, np.linalg.svd(np.asarray(w, np.float64), compute_uv=False), rtol=1e-4, atol=1e-6)
+    lower, upper = plot.kwargs["band"]
+    assert lower.shape == plot.args[0].shape and np.all(lower < upper) and np.all(lower > 0)
+    ssr = float(tables.heads["ssr_qk"][top])
+    q, k = (s / np.linalg.norm(s) for s in plot.args)
+    np.testing.assert_allclose(np.mean(np.abs(q - k)), ssr, rtol=1e-4)

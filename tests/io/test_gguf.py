@@ -18,6 +18,7 @@ import pytest
 import spectrax as sx
 from spectrax.cli import main
 from spectrax.io import gguf_export
+from spectrax.io.gguf import GGUFTensorInfo
 from spectrax.io.gguf_export import write_gguf
 from spectrax.io.safetensors import read_tensor
 from spectrax.io.synthetic import write_llama_checkpoint
@@ -95,12 +96,27 @@ def test_quantized_weights_are_within_the_types_error(qtype, tmp_path):
     assert checked == 7 * source.spec.num_layers
 
 
-@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XS"])
-def test_types_without_a_python_quantizer_read_as_gguf_dequantizes_them(qtype, tmp_path, monkeypatch):
-    # gguf has no quantizer for these: store random blocks (every byte < 0x3C keeps each float16
-    # scale finite) and check the reader returns gguf's dequantization, rows in the file's order
-    # once llama.cpp's permutation is applied again.
+def _gguf_decodes(kind: gguf.GGMLQuantizationType) -> bool:
+    """Whether llama.cpp's gguf package itself dequantizes `kind` (the oracle; spectrax's own check is not used)."""
+    try:
+        gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[kind][1]), np.uint8), kind)
+    except NotImplementedError:
+        return False
+    return True
+
+
+# Every ggml storage type the installed gguf knows, but the float types (tested above) and those
+# written by quantizing real weights (_BOUNDS).
+_STORED = [k.name for k in gguf.GGMLQuantizationType if k.name not in ("F32", "F16", "BF16", "F64", *_BOUNDS)]
+
+
+@pytest.mark.parametrize("qtype", _STORED)
+def test_every_other_type_is_read_as_gguf_dequantizes_it_or_refused(qtype, tmp_path, monkeypatch, capsys):
+    # Store random blocks (every byte < 0x3C keeps each float16 scale finite): a type gguf
+    # dequantizes must read as its dequantization, rows in the file's order once llama.cpp's
+    # permutation is applied again; any other type is refused in one line naming tensor and type.
     rng = np.random.default_rng(0)
+    kind = gguf.GGMLQuantizationType[qtype]
 
     def random_blocks(data, kind):
         if kind == gguf.GGMLQuantizationType.F32:
@@ -112,9 +128,17 @@ def test_types_without_a_python_quantizer_read_as_gguf_dequantizes_them(qtype, t
     checkpoint = write_llama_checkpoint(tmp_path / "llama", num_layers=1, hidden_size=256, num_heads=4,
                                         num_kv_heads=2, intermediate_size=512, vocab_size=256)
     path = write_gguf(checkpoint, tmp_path / "llama.gguf", qtype=qtype)
+    if not _gguf_decodes(kind):
+        with pytest.raises(sx.CheckpointError, match=rf"tensor '[\w.]+' is stored as {qtype}, which gguf"):
+            sx.open_source(path)
+        assert main(["inspect", path]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and path in err and qtype in err
+        return
     stored = {t.name: t for t in gguf.GGUFReader(path).tensors}
     source = sx.open_source(path)
     heads = {"blk.0.attn_q.weight": 4, "blk.0.attn_k.weight": 2}
+    checked = 0
     for info in source.layout.layers[0].values():
         if info.dtype == "F32":
             continue
@@ -124,6 +148,8 @@ def test_types_without_a_python_quantizer_read_as_gguf_dequantizes_them(qtype, t
         if info.name in heads:
             got = gguf_export._permute(got, heads[info.name])
         np.testing.assert_array_equal(got, gguf.quants.dequantize(stored[info.name].data, stored[info.name].tensor_type))
+        checked += 1
+    assert checked == 7
     model = sx.load(path)
     assert model.params["layers"][0]["attn"]["q"].shape == (1, 4, 64, 256)
 
@@ -142,6 +168,20 @@ def test_stream_layers_and_inspect_on_gguf(tmp_path, capsys):
     assert main(["inspect", path, "--tensors"]) == 0
     out = capsys.readouterr().out
     assert "blk.1.ffn_down.weight" in out and "Q8_0" in out
+
+
+def test_streaming_a_gguf_dequantizes_one_layer_at_a_time(tmp_path, monkeypatch):
+    path = write_gguf(CHECKPOINTS / "llama", tmp_path / "llama.gguf", qtype="Q8_0")
+    reads = []
+    real = GGUFTensorInfo.read
+    monkeypatch.setattr(GGUFTensorInfo, "read", lambda info: reads.append(info.name) or real(info))
+    source = sx.open_source(path)
+    assert reads == []  # opening reads metadata only
+    for block in sx.stream_layers(source):
+        (layer,) = block.layer_ids
+        assert reads and all(name.startswith(f"blk.{layer}.") for name in reads), reads
+        assert len(reads) == len(set(reads)) == len(source.layout.layers[layer])
+        reads.clear()
 
 
 def test_a_folder_holding_one_gguf_is_read_and_two_are_refused(tmp_path):

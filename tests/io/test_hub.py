@@ -105,24 +105,39 @@ def test_repo_ids_sizes_and_local_paths_win(tmp_path, monkeypatch):
 
 def test_cold_download_then_offline_rerun_from_the_cache(tmp_path, hub):
     hub.faults[SHARDS[1]] = ["drop"]  # the connection goes away mid-file once
+    cache = tmp_path / "hub-cache"  # HF_HUB_CACHE, away from HF_HOME's default
     online = run(f"""
+        from huggingface_hub import constants
+        constants.DOWNLOAD_CHUNK_SIZE = 4096  # written in 4 KB pieces, as it writes 10 MB ones
         info = sx.inspect({REPO!r})
         mark("inspected")
+        last = list(sx.stream_layers({REPO!r}, layers=[1]))
+        mark("layer1")
         local = list(sx.stream_layers(os.environ["SPECTRAX_TEST_LOCAL"]))
         remote = list(sx.stream_layers({REPO!r}))
         print(json.dumps({{"hub": info["hub"], "path": info["path"], "layers": [list(b.layer_ids) for b in remote],
-                          "same": all(same(a.params, b.params) for a, b in zip(local, remote))}}))
-    """, hub, tmp_path)
+                          "same": all(same(a.params, b.params) for a, b in zip(local, remote))
+                                  and same(last[0].params, local[1].params)}}))
+    """, hub, tmp_path, HF_HUB_CACHE=str(cache))
     sha = hub.repos[REPO].sha
     assert online["hub"] == {"repo": REPO, "revision": None, "sha": sha}
-    assert online["path"].endswith(f"snapshots/{sha}") and online["same"] and online["layers"] == [[0], [1]]
+    assert online["path"] == str(cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / sha)
+    assert online["same"] and online["layers"] == [[0], [1]]
     inspect_requests, stream_requests = split_at(hub, "inspected")
     assert downloads(inspect_requests) == []  # inspect reads headers (range requests), never weights
     assert {r.range for r in inspect_requests if r.server == "cdn"} == {"bytes=0-100000"}
+    # Of the repo's files only config.json, the index and the weights are ever asked for
+    # (generation_config.json, say, never is), and a layer downloads only the shards it spans.
+    asked = {r.path.rpartition("/")[2] for r in hub.log if r.server == "hub" and "/resolve/" in r.path}
+    assert asked == {"config.json", "model.safetensors.index.json", *SHARDS}
+    assert downloads(split_at(hub, "layer1")[0][len(inspect_requests) + 1:]) == SHARDS[2:]
     assert sorted(set(downloads(stream_requests))) == SHARDS
-    # huggingface_hub retries a dropped connection itself (from the last 10 MB chunk it wrote: here
-    # from the start); the run goes on and the file is whole.
-    assert downloads(stream_requests).count(SHARDS[1]) == 2
+    # huggingface_hub retries a dropped connection itself, from the last piece it wrote (a range
+    # request from there); the run goes on and the file is whole.
+    dropped, retried = [r.range for r in stream_requests if r.server == "cdn" and r.file == SHARDS[1]
+                        and r.method == "GET" and not (r.range and r.range.split("-")[1])]
+    resumed_at = int(retried.removeprefix("bytes=").removesuffix("-"))
+    assert dropped is None and 0 < resumed_at < (SHARDED / SHARDS[1]).stat().st_size // 2 + 1
     snapshot = pathlib.Path(online["path"])
     for name in SHARDS:
         assert hashlib.sha256((snapshot / name).read_bytes()).digest() == hashlib.sha256((SHARDED / name).read_bytes()).digest()
@@ -134,11 +149,11 @@ def test_cold_download_then_offline_rerun_from_the_cache(tmp_path, hub):
         pinned = sx.inspect({REPO!r} + "@" + {sha!r})["hub"]["sha"]
         print(json.dumps({{"same": all(same(a.params, b.params) for a, b in zip(local, remote)), "pinned": pinned,
                           "uncached": cli("inspect", "spectrax-test/gated")}}))
-    """, hub, tmp_path, HF_HUB_OFFLINE="1")
+    """, hub, tmp_path, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
     assert offline["same"] and offline["pinned"] == sha
     rc, err = offline["uncached"]
     assert rc == 2 and error_line(err).startswith("spectrax-test/gated: ")
-    assert "HF_HUB_OFFLINE" in err and "hf download spectrax-test/gated" in err
+    assert "HF_HUB_OFFLINE" in err and "hf download spectrax-test/gated" in err and str(cache) in err
     assert hub.log == []  # offline: not one request
 
 
@@ -218,12 +233,15 @@ def test_budgeted_analyze_resumes_after_a_dropped_download(tmp_path, hub):
         first = cli(*{argv!r})
         mark("failed")
         second = cli(*{argv!r})
-        print(json.dumps({{"first": first, "second": second}}))
+        mark("analyzed")
+        compared = cli("compare", {REPO!r}, os.environ["SPECTRAX_TEST_LOCAL"], *{argv[2:-2]!r}, "--out", "cmp")
+        print(json.dumps({{"first": first, "second": second, "compared": compared}}))
     """, hub, tmp_path)
     rc, err = out["first"]
     assert rc == 2 and error_line(err).startswith(f"{REPO}: ") and "rerun to resume" in err, err
     assert out["second"][0] == 0
     failed, resumed = split_at(hub, "failed")
+    resumed = resumed[: next(i for i, r in enumerate(resumed) if r.path == "/marker/analyzed")]
     # globals (shards 1, 4), layer 0 (1, 2; 4 evicted), then layer 1's first shard: dropped, retry refused
     assert downloads(failed) == [SHARDS[0], SHARDS[3], SHARDS[1], SHARDS[2], SHARDS[2]]
     assert downloads(resumed) == [SHARDS[2], SHARDS[3]]  # only what layer 1 needs: finished layers are not fetched
@@ -231,4 +249,12 @@ def test_budgeted_analyze_resumes_after_a_dropped_download(tmp_path, hub):
     sha = hub.repos[REPO].sha
     assert summary["hub"] == {"repo": REPO, "revision": None, "sha": sha} and summary["resumed_parts"] == 2
     assert sha in (tmp_path / "res" / "report.md").read_text()
+    assert not list((tmp_path / "hf").rglob("*.safetensors"))
+    # compare takes repo ids too (here against the local copy of the same weights), under the same budget
+    assert out["compared"][0] == 0, out["compared"]
+    compared = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert compared["hubs"] == [{"repo": REPO, "revision": None, "sha": sha}, None]
+    assert json.loads((tmp_path / "cmp" / "a" / "summary.json").read_text())["hub"]["sha"] == sha
+    assert f"Hub repo {REPO} at commit {sha}" in (tmp_path / "cmp" / "report.md").read_text()
+    assert all(r.watched_bytes is None or r.watched_bytes <= 110_000 for r in split_at(hub, "analyzed")[1])
     assert not list((tmp_path / "hf").rglob("*.safetensors"))

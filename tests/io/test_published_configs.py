@@ -7,6 +7,7 @@ shapes and dtypes and whose data region is a sparse hole (`truncate`): gigabytes
 on disk, so `inspect` sees exactly what it would see on the published checkpoint.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import spectrax as sx
+from spectrax.cli import main
 from spectrax.io import parse_config
 from tests.conftest import FIXTURES
 
@@ -197,6 +199,7 @@ def test_inspect_header_only_checkpoint_at_full_size(name, tmp_path):
     assert info["total_bytes"] == nbytes
     assert info["unknown_config_keys"] == []
     assert set(info["ignored_config_keys"]) < set(config)
+    assert main(["inspect", str(tmp_path / "ckpt")]) == 0  # the command, without --allow-unknown-config
 
 
 def write_shrunk(path: pathlib.Path, name: str) -> pathlib.Path:
@@ -221,6 +224,33 @@ def test_shrunk_checkpoint_converts_every_tensor(name, tmp_path):
     assert model.meta["ignored_config_keys"] == list(model.spec.to_dict()["ignored_keys"])
     assert model.params["lm_head"]["weight"].shape[0] == model.spec.vocab_size == 64
     assert model.spec.tie_word_embeddings == config.get("tie_word_embeddings", True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_analyze_runs_on_every_published_config_with_no_override(name, tmp_path):
+    """`spectrax analyze` end to end (per-head laws and whole-matrix rank, few draws: the numbers of
+    random weights do not matter here; no figures, whose drawing is the same for every config), strict,
+    with the ignored keys recorded in summary.json."""
+    checkpoint = write_shrunk(tmp_path / "ckpt", name)
+    out = tmp_path / "out"
+    argv = ["analyze", str(checkpoint), "--out", str(out), "--analyses", "laws,rank", "--null-draws", "2",
+            "--shuffle-draws", "0", "--no-plots"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    spec = parse_config(_config(name))
+    assert summary["spec"]["ignored_keys"] == list(spec.ignored_keys) and summary["spec"]["unknown_keys"] == []
+    assert summary["layers"] == [0, 1] and summary["hub"] is None
+    assert (out / "heads.csv").is_file() and (out / "matrices.csv").is_file() and not (out / "plots").exists()
+
+
+def test_published_copies_match_the_hub_files_hashes():
+    """Files whose Hub git blob id (the `blobId` of the Hub API, sha1 of `blob <size>\\0<bytes>`) was
+    found published (README); a changed byte fails here."""
+    blob_ids = {"Qwen--Qwen2.5-0.5B-Instruct": "0dbb161213629a23f0fc00ef286e6b1e366d180f"}
+    for name, blob_id in blob_ids.items():
+        data = (CONFIGS / f"{name}.json").read_bytes()
+        assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob_id, name
 
 
 def test_smollm2_ignored_and_read_keys():

@@ -35,12 +35,16 @@ def _calls(num_heads: int, num_layers: int) -> dict:
     per_layer = layer_means(heads, ["ssr_qk"])
     similarity = rng.random((num_layers, num_layers))
     s = np.linalg.svd(rng.standard_normal((16, 64)), compute_uv=False)
+    s_k = np.linalg.svd(rng.standard_normal((16, 64)), compute_uv=False)
+    band = np.stack([0.9 * s, 1.1 * s]) / np.linalg.norm(s)
     return {
         "head_heatmap": ((heads, "ssr_qk_z"), {"title": "ssr_qk: z-score against Gaussian null"}),
         "layer_trend": ((heads, "ssr_qk"), {}),
         "matrix_heatmap": ((matrices, "erank_z"), {}),
         "similarity_heatmap": ((similarity, np.arange(num_layers)), {"chance": 0.05}),
         "spectrum_vs_mp": ((s, (16, 64)), {"title": "layer 0 attn.q head 0"}),
+        "qk_spectra": ((s, s_k), {"band": band, "null": (0.01, 0.002), "labels": ("W_Q head 3", "W_K head 1"),
+                                  "title": "layer 1: query head 3 and its key head 1 (largest |z| of ssr_qk)"}),
         "compare_trend": ((per_layer, per_layer, "ssr_qk"), {"labels": ("a", "b")}),
     }
 
@@ -69,7 +73,7 @@ def test_plots_return_figures_and_leave_pyplot_alone(tmp_path, num_heads, num_la
 def test_heatmap_titles_fit_and_log_scales_say_so():
     args, kwargs = _calls(4, 3)["head_heatmap"]
     fig = plots.head_heatmap(*args, **kwargs)
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays the figure out as savefig does (a bare canvas draws nothing)
     title = fig.axes[0].title
     box, width = title.get_window_extent(), fig.bbox.width
     assert box.x0 >= 0 and box.x1 <= width, "title cut off"
@@ -78,3 +82,35 @@ def test_heatmap_titles_fit_and_log_scales_say_so():
     labels = [t for t in bar.get_yticklabels() if t.get_text()]
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.y0)
     assert all(lo.y1 <= hi.y0 for lo, hi in zip(boxes, boxes[1:])), "colour-bar tick labels overlap"
+
+
+def test_qk_spectra_shows_the_q_and_k_spectra_the_statistic_compares():
+    """Both normalized spectra are drawn and labelled, over the Gaussian band; the right panel's
+    mean line is ssr_qk itself, beside its null band."""
+    args, kwargs = _calls(4, 3)["qk_spectra"]
+    s_q, s_k = args
+    fig = plots.qk_spectra(*args, **kwargs)
+    left, right = fig.axes
+    lines = {line.get_label(): line.get_ydata() for line in left.get_lines()}
+    np.testing.assert_allclose(lines["W_Q head 3"], s_q / np.linalg.norm(s_q))
+    np.testing.assert_allclose(lines["W_K head 1"], s_k / np.linalg.norm(s_k))
+    assert "Gaussian" in " ".join(left.get_legend_handles_labels()[1])
+    ssr = np.mean(np.abs(s_q / np.linalg.norm(s_q) - s_k / np.linalg.norm(s_k)))
+    mean_line = next(line for line in right.get_lines() if "ssr_qk" in line.get_label() and "null" not in line.get_label())
+    np.testing.assert_allclose(mean_line.get_ydata(), ssr)
+    assert any("null" in label for label in right.get_legend_handles_labels()[1])
+    assert "query head 3" in fig.get_suptitle() and "key head 1" in fig.get_suptitle()
+
+
+@pytest.mark.parametrize("num_heads,num_layers", [(4, 3), (64, 48)])
+def test_legends_hide_no_data(num_heads, num_layers):
+    """Every legend sits outside its axes (below, or beside stacked axes), so it covers no line."""
+    for name, (args, kwargs) in _calls(num_heads, num_layers).items():
+        fig = getattr(plots, name)(*args, **kwargs)
+        fig.draw_without_rendering()  # lays the figure out as savefig does (a bare canvas's draw does not)
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                assert not legend.get_window_extent().overlaps(ax.get_window_extent()), f"{name}: legend over the data"
+                box = legend.get_window_extent()
+                assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, name

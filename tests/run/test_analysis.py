@@ -116,10 +116,14 @@ def test_resumes_an_interrupted_run_with_identical_results(tmp_path, monkeypatch
     monkeypatch.setattr(pipeline, "layer_results", real)
     with pytest.raises(FileExistsError, match="differing in: num_draws"):
         analyze(path, tmp_path / "resumed", num_draws=5, progress=False)
-    out = analyze(path, tmp_path / "resumed", num_draws=4, progress=False)
+    # Figures do not change what is resumed, nor any number: the resumed run draws none.
+    out = analyze(path, tmp_path / "resumed", num_draws=4, progress=False, plots=False)
     assert json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())["resumed_parts"] == 2  # globals + layer 0
     for table in ("heads.csv", "matrices.csv", "layers.csv"):
         assert pathlib.Path(os.path.join(out, table)).read_text() == pathlib.Path(os.path.join(reference, table)).read_text()
+    report = pathlib.Path(out, "report.md").read_text()
+    assert "plots" not in os.listdir(out) and "Figures were not drawn (`--no-plots`)" in report
+    assert "- `plots/`:" not in report and "- `plots/`:" in pathlib.Path(reference, "report.md").read_text()
     assert not (tmp_path / ".resumed.partial").exists()
 
 
@@ -140,7 +144,8 @@ def test_force_replaces_only_an_earlier_spectrax_result(tmp_path):
 
 @pytest.mark.slow
 def test_rank_only_with_crop(tmp_path):
-    out = analyze(CHECKPOINTS / "llama", tmp_path / "res", analyses=["rank"], crop=32, num_draws=4, progress=False)
+    out = analyze(CHECKPOINTS / "llama", tmp_path / "res", analyses=["rank"], crop=32, num_draws=4, progress=False,
+                  plots=False)
     assert not os.path.exists(os.path.join(out, "heads.csv"))
     rows = _rows(os.path.join(out, "matrices.csv"))
     assert all(int(r["rows"]) <= 32 and int(r["cols"]) <= 32 for r in rows)
@@ -152,7 +157,8 @@ def test_rank_only_with_crop(tmp_path):
 def test_an_analysis_gives_the_same_numbers_alone_or_with_others(tmp_path, gpt2_result):
     """laws beside charge (not run by default) gives the numbers it gives beside rank, kernel and esd;
     charge adds its columns, its section and the laws' invariant counterparts."""
-    alone = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws", "charge"], num_draws=4, progress=False)
+    alone = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "laws", analyses=["laws", "charge"], num_draws=4, progress=False,
+                    plots=False)
     together = {r["layer"] + "/" + r["head"]: r for r in _rows(os.path.join(gpt2_result, "heads.csv"))}
     for row in _rows(os.path.join(alone, "heads.csv")):
         other = together[row["layer"] + "/" + row["head"]]
@@ -169,7 +175,7 @@ def test_no_null_draws_gives_the_statistics_and_exact_nulls_only(tmp_path, gpt2_
     """`num_draws=0` (`--null-draws 0`): every statistic as with draws, every exact null as with
     draws, every Monte Carlo null column NaN (its draws, errors and percentiles with it), and a
     complete report."""
-    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "none", num_draws=0, shuffle_draws=0, progress=False)
+    out = analyze(CHECKPOINTS / "gpt2_bf16", tmp_path / "none", num_draws=0, shuffle_draws=0, progress=False, plots=False)
     for table in ("heads.csv", "matrices.csv"):
         drawn, none = _rows(os.path.join(gpt2_result, table)), _rows(os.path.join(out, table))
         assert len(drawn) == len(none) and set(drawn[0]) == set(none[0])

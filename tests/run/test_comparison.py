@@ -90,14 +90,15 @@ def test_difference_table_needs_aligned_rows():
 @pytest.mark.slow
 def test_cli_compare(tmp_path, capsys):
     assert main(["compare", str(CHECKPOINTS / "gpt2"), str(CHECKPOINTS / "gpt2"), "--out", str(tmp_path / "c"),
-                 "--null-draws", "2", "--analyses", "laws"]) == 0
+                 "--null-draws", "2", "--analyses", "laws", "--no-plots"]) == 0
     assert "Comparison" in capsys.readouterr().out
+    assert not any(p.name == "plots" for p in (tmp_path / "c").rglob("*"))  # neither a/, b/ nor the differences
 
 
 def test_compare_interrupted_after_the_first_checkpoint_resumes(tmp_path, monkeypatch):
     compare_module = importlib.import_module("spectrax.run.comparison")  # the package exports the function
 
-    options = dict(analyses=["rank"], num_draws=2, crop=16, progress=False)
+    options = dict(analyses=["rank"], num_draws=2, crop=16, progress=False, plots=False)
     real = compare_module.write_results
     written = []
 

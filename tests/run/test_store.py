@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from spectrax import __version__
 from spectrax.run import store as output
 from spectrax.run.store import MARKER, atomic_output_dir, check_output_path, run_folder
 
@@ -117,11 +118,17 @@ def test_parts_survive_an_interruption_and_are_read_back(tmp_path):
             folder.save("layer-00003", {"matrices": table})
             raise KeyboardInterrupt
     partial = tmp_path / ".out.partial"
-    assert json.loads((partial / "run.json").read_text()) == {"seed": 0} and not out.exists()
+    assert json.loads((partial / "run.json").read_text()) == {"seed": 0, "spectrax": __version__} and not out.exists()
     assert output.count_parts(out) == 1
     with pytest.raises(FileExistsError, match="differing in: seed"):
         with run_folder(out, settings={"seed": 1}):
             pass
+    # Parts another spectrax version wrote may differ in form: they are not resumed.
+    (partial / "run.json").write_text(json.dumps({"seed": 0, "spectrax": "0.0.1"}))
+    with pytest.raises(FileExistsError, match="differing in: spectrax"):
+        with run_folder(out, settings={"seed": 0}):
+            pass
+    (partial / "run.json").write_text(json.dumps({"seed": 0, "spectrax": __version__}))
     with run_folder(out, settings={"seed": 0}) as folder:
         assert folder.resumed == ("layer-00003",) and folder.has("layer-00003")
         back = folder.load("layer-00003")["matrices"]

@@ -178,7 +178,7 @@ KERNEL_CALLS = {
 # Public names that are not kernels: types, constants, host (numpy) exact nulls and table
 # helpers, and device plumbing (`sharded` wraps the kernels checked here).
 NOT_KERNELS = {
-    "alignment", "Float64Unavailable", "float64_unavailable", "LQ", "METHODS", "SVDResult", "OVCircuitSVD", "QKKernelSVD", "ScaleFit", "MPFit", "WWMPFit",
+    "alignment", "Float64Unavailable", "ShapeError", "float64_unavailable", "LQ", "METHODS", "SVDResult", "OVCircuitSVD", "QKKernelSVD", "ScaleFit", "MPFit", "WWMPFit",
     "WW_EVALS_FLOOR", "PowerLawFit", "Bidiagonal", "NullSummary", "PAIR_STATISTICS", "SPECTRA_PAIR_STATISTICS",
     "SPECTRUM_STATISTICS", "BATCH_AXIS", "group_size", "kv_head_index", "aspect_ratio",
     "chi_degrees_of_freedom", "abs_cos_std", "cos_null", "expected_abs_cos", "grassmann_chance",
