@@ -94,7 +94,8 @@ def layer_table(summary: dict, heads: dict[str, np.ndarray]) -> dict[str, np.nda
         "kernel_erank_squared_null_mean": means["kernel_erank_squared_null_mean"],
         "ffn_alignment": col("ffn_alignment_mean"),
         "ffn_alignment_ratio": col("ffn_alignment_ratio"),
-        # the exact per-head null std of the alignment, in units of chance like the ratio
+        # the null std of the layer's mean alignment (query heads of one key head correlate:
+        # kernel.ffn_alignment_layer_null_std), in units of chance like the ratio
         "ffn_alignment_ratio_null_std": means["ffn_alignment_null_std"] / summary["chance"],
         "ffn_alignment_z": col("ffn_alignment_z"),
         "next_layer": np.array([adjacent[i]["layers"][1] if i in adjacent else -1 for i in ids]),

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 import spectrax as sx  # noqa: E402
 from spectrax.analyses.activations import subspace_energy_rows  # noqa: E402
+from spectrax.analyses.tables import format_percentile  # noqa: E402
 from spectrax.models import capture  # noqa: E402
 from spectrax.report.plots import save_figure, subplots  # noqa: E402
 from spectrax.spectral import qk_kernel_svd  # noqa: E402
@@ -107,12 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 json.dump({"checkpoint": os.path.abspath(args.checkpoint), "layer": layer, "k": ks,
                            "pairs": {n: int(len(d)) for n, d in deltas.items()}}, f, indent=1)
         if not args.quiet:
-            print(markdown(f"Energy of activation differences in QK subspaces, layer {layer}", table,
-                           ["deltas", "basis", "energy", "chance", "null_std", "z", "pct"]))
+            print(markdown(f"Energy of activation differences in QK subspaces, layer {layer}",
+                           shown(table, args.null_draws), ["deltas", "basis", "energy", "chance", "null_std", "z", "pct"]))
             print(f"results in {os.path.abspath(args.out)}")
         return 0
 
     return run_main("subspace_energy", body)
+
+
+def shown(table, num_draws: int) -> dict:
+    """The energy table as printed: `pct` (the fraction of random subspaces with less energy) as a
+    percentile that reads `< 1/N` or `> 1 - 1/N` beyond every one of the N draws (the CSV keeps the
+    number)."""
+    return {**table, "pct": [format_percentile(100 * p, num_draws) for p in table["pct"]]}
 
 
 def _plot(table, path: str, layer: int) -> None:

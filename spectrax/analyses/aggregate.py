@@ -13,7 +13,7 @@ pseudo-bulk). NaN entries (heads with non-finite weights) are left out of every 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,7 @@ from spectrax.analyses.tables import json_value
 from spectrax.spectral.nulls import effect_sizes, monte_carlo_error, resolved
 
 __all__ = ["NUM_GROUPS", "by_kind", "finite_mean", "layer_means", "layer_table", "pseudo_bulk", "layer_groups",
-           "group_means", "relative_change", "relative_std_error", "model_values"]
+           "group_means", "relative_change", "relative_std_error", "model_values", "shown_z"]
 
 NUM_GROUPS = 4  # layer groups of the source's tables
 
@@ -32,6 +32,14 @@ def finite_mean(x: npt.ArrayLike) -> float:
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     return float(np.mean(x)) if x.size else float("nan")
+
+
+def shown_z(values: Mapping[str, object], key: str = "z", flag: str = "resolved") -> object:
+    """`values[key]`, a z-score, as a report may print it: None (read "n/a") unless `values[flag]`
+    says the null behind it is resolved (`spectral.resolved`); a missing flag is an exact null,
+    which always is. Every report section that prints a z goes through this, so none prints a z
+    resting on a null whose own std is not known to within `spectral.RESOLVED_BOUND`."""
+    return values.get(key) if values.get(flag, True) else None
 
 
 def _nan_reduce(fn, x: np.ndarray) -> float:

@@ -50,7 +50,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from spectrax import spectral as sp
-from spectrax.analyses.aggregate import layer_means, model_values
+from spectrax.analyses.aggregate import layer_means, model_values, shown_z
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Section, Tables
 from spectrax.analyses.gauge import rotary_dim, rotary_pairs
 from spectrax.analyses.tables import format_number, list_markdown
@@ -340,7 +340,7 @@ def render(summary: ChargeSummary) -> Section:
         for column, key in (("statistic", None), ("mean over layers", "mean_over_layers"), ("null mean", "null_mean"),
                             ("difference", "diff"), ("ratio", "ratio"), ("z of the mean", "z")):
             value = stat if key is None else v.get(key)
-            rows[column].append(None if key == "z" and not v.get("resolved", True) else value)
+            rows[column].append(shown_z(v) if key == "z" else value)
     share = summary.charge_share
     lines = [
         "## The symmetry's charge (charge)",

@@ -64,7 +64,7 @@ from jax.typing import ArrayLike
 from spectrax import spectral as sp
 from spectrax.analyses import quantized
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
-from spectrax.analyses.aggregate import finite_mean, relative_std_error
+from spectrax.analyses.aggregate import finite_mean, relative_std_error, shown_z
 from spectrax.analyses.tables import Table, format_number, json_value, list_markdown
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "KERNEL_STATISTICS",
     "KernelSummary",
     "analysis",
+    "ffn_alignment_layer_null_std",
     "ffn_alignment_null",
     "ffn_input",
     "kernel_layer",
@@ -87,6 +88,7 @@ __all__ = [
 KERNEL_STATISTICS = ("kernel_erank", "kernel_erank_squared", "kernel_stable_rank", "kernel_sigma_max")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+_OVERLAP_SLOT = 1 << 30  # the key of `ffn_alignment_layer_null_std`, apart from the kernel null's
 
 
 def _float(x) -> jax.Array:
@@ -324,6 +326,63 @@ def ffn_alignment_null(w: ArrayLike, k: int) -> sp.NullSummary:
     return sp.NullSummary(mean=mean, std=np.float64(np.sqrt(var)))
 
 
+@functools.partial(jax.jit, static_argnames=("hidden", "head_dim", "k", "group", "num_draws"))
+def _overlap_draws(key, *, hidden: int, head_dim: int, k: int, group: int, num_draws: int) -> jax.Array:
+    """`(num_draws,)`: per draw, the mean over pairs of query heads of one KV group of
+    `||V_h^T V_h'||_F^2`, the overlap of their top-k key-side subspaces in the coordinates of the
+    group's key row space, for Gaussian heads (Bartlett factors, as `kernel_null`)."""
+
+    def draw(key_i):
+        kq, kk = jax.random.split(key_i)
+        rq = sp.bartlett_factor(kq, (group, hidden, head_dim))
+        rk = sp.bartlett_factor(kk, (1, hidden, head_dim))
+        core = jnp.matmul(rq, jnp.swapaxes(rk, -1, -2), precision=_HIGHEST)
+        top = jnp.linalg.svd(core, full_matrices=False)[2][:, :k]                  # (group, k, D)
+        overlap = jnp.sum(jnp.einsum("akd,bld->abkl", top, top, precision=_HIGHEST) ** 2, axis=(-2, -1))
+        return (jnp.sum(overlap) - jnp.trace(overlap)) / (group * (group - 1))
+
+    return jax.lax.map(draw, jax.random.split(key, num_draws))
+
+
+def ffn_alignment_layer_null_std(key: jax.Array, null_std: float, hidden: int, k: int, num_heads: int,
+                                 num_kv_heads: int, head_dim: int, *, num_draws: int = 16) -> tuple[float, float]:
+    """Null std of the mean `ffn_alignment` over a layer's `num_heads` query heads, and its Monte
+    Carlo error, for Gaussian heads: query heads reading one key head are *not* independent.
+
+    Under the null a head's key-side subspace is `Q V_h`, `Q (E, D)` the Haar-random frame of its
+    key head's row space and `V_h (D, k)` the top-k right singular vectors of the `(D, D)` kernel
+    core, independent of Q. For Haar-random rotations the alignments `tr(P W^T W) / tr(W^T W)`
+    of two projectors are bilinear in their traceless parts: `Cov(f_h, f_h') = c tr(P_h0 P_h'0)`
+    with the same `c` as the exact variance `c (k - k^2/E)` (`ffn_alignment_null`). So two heads of
+    one group correlate by `rho = (E ||V_h^T V_h'||_F^2 - k^2/E) / (k - k^2/E)`, a number of (E, D,
+    k) alone, drawn here from `(D, D)` Bartlett cores (`_overlap_draws`): 1 when k = D (the two
+    subspaces are the group's whole key row space), small when k << D. Heads of different groups
+    and layers are independent. The variance of the mean is then `var (1 + (g - 1) rho) / H`,
+    g = H / KV.
+
+    Args:
+      key: PRNG key; null_std: the exact per-head null std (`ffn_alignment_null(w, k).std`);
+      hidden: E; k: subspace dimension (<= head_dim); num_heads, num_kv_heads, head_dim: H, KV, D.
+      num_draws: Monte Carlo draws of rho (0: NaN unless k = D, where rho = 1 exactly).
+    Returns:
+      `(std, std_se)` floats; NaN where the per-head null std is.
+    """
+    E, std = hidden, float(null_std)
+    g = sp.group_size(num_heads, num_kv_heads)
+    if g == 1 or k == head_dim:
+        rho, rho_se = float(g > 1), 0.0
+    elif num_draws < 2:
+        rho = rho_se = math.nan
+    else:
+        chance = k * k / E
+        draws = np.asarray(_overlap_draws(key, hidden=E, head_dim=head_dim, k=k, group=g, num_draws=num_draws), np.float64)
+        rho = (draws.mean() - chance) / (k - chance)
+        rho_se = draws.std(ddof=1) / math.sqrt(num_draws) / (k - chance)
+    inflation = 1.0 + (g - 1) * rho
+    layer = std * math.sqrt(inflation / num_heads)
+    return layer, layer * (g - 1) * rho_se / (2 * inflation)
+
+
 # ----------------------------------------------------------------------------- one layer
 
 
@@ -344,7 +403,8 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     Returns:
       `(columns, bases)`: `columns` maps each name to an `(H,)` numpy array: `kv_head`; every
       `KERNEL_STATISTICS` name with the columns of `spectral.null_columns` and `_layer_null_std(_se)`; `ffn_alignment` with
-      `_null_mean`, `_null_std`, `_z`, `_diff` and `_ratio` (exact null; the ratio is alignment / (k/E));
+      `_null_mean`, `_null_std`, `_z`, `_diff` and `_ratio` (exact null; the ratio is alignment / (k/E)) and,
+      with an MLP, `_layer_null_std(_se)` (`ffn_alignment_layer_null_std`: heads of one group correlate);
       `finite` (1 unless the head's W_Q,h or W_K,g holds NaN/Inf). `bases` is `(H, E, k)` float32,
       the top-k key-side kernel singular vectors of each head (NaN for non-finite or zero kernels),
       for `layer_similarity`. An MLP matrix holding NaN/Inf makes every head's alignment and its
@@ -374,6 +434,11 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
         std = sp.mean_null_std(draws, sp.kv_head_index(H, KV))
         cols[f"{name}_layer_null_std"] = np.full(H, std, np.float32)
         cols[f"{name}_layer_null_std_se"] = np.full(H, std * relative_std_error(np.nanmean(draws, axis=-1)), np.float32)
+    if w is not None:  # its per-head null is exact; the layer mean's needs the groups' correlation
+        std, se = ffn_alignment_layer_null_std(jax.random.fold_in(key, _OVERLAP_SLOT), nulls["ffn_alignment"].std, E, k_eff,
+                                               H, KV, D, num_draws=num_draws)
+        cols["ffn_alignment_layer_null_std"] = np.full(H, std, np.float32)
+        cols["ffn_alignment_layer_null_std_se"] = np.full(H, se, np.float32)
     cols["finite"] = np.asarray(finite).astype(np.int64)
     return cols, np.asarray(basis, np.float32)
 
@@ -440,7 +505,8 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
       `kernel_erank_mean`, `kernel_erank_null_mean`, `kernel_erank_null_std` (mean per-head null
       std), `kernel_erank_cv` (population std / mean over heads), `kernel_erank_z` (mean per-head
       z), `ffn_alignment_mean`, `ffn_alignment_ratio` (mean / (k/E)), `ffn_alignment_z`, `heads`
-      (finite heads). The bottleneck is the layer with the lowest `kernel_erank_mean`;
+      (finite heads), and `kernel_erank_resolved`, `ffn_alignment_resolved` (`spectral.resolved`
+      for the layer's null: a report shows a z only where it holds, `aggregate.shown_z`). The bottleneck is the layer with the lowest `kernel_erank_mean`;
       `below_null_3std` says whether that mean lies more than 3 (mean per-head) null std below the
       null mean. Adjacent similarity: per consecutive pair of analyzed layers, the mean over heads
       of `sim(l, l+1)` and the mean per-head z against the exact Grassmann null.
@@ -472,6 +538,7 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
             "ffn_alignment_mean": ffn_mean,
             "ffn_alignment_ratio": ffn_mean / chance,
             "ffn_alignment_z": finite_mean(rows["ffn_alignment_z"][m]),
+            **{f"{stat}_resolved": _resolved(rows, stat, m) for stat in ("kernel_erank", "ffn_alignment")},
         })
     bottleneck = None
     candidates = [p for p in per_layer if math.isfinite(p["kernel_erank_mean"])]
@@ -488,6 +555,8 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
             "ffn_alignment": b["ffn_alignment_mean"],
             "ffn_alignment_ratio": b["ffn_alignment_ratio"],
             "ffn_alignment_z": b["ffn_alignment_z"],
+            "kernel_erank_resolved": b["kernel_erank_resolved"],
+            "ffn_alignment_resolved": b["ffn_alignment_resolved"],
         }
     return {
         "top_k": int(top_k),
@@ -498,6 +567,15 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
                                                        for k, v in bottleneck.items()},
         "adjacent_similarity": _adjacent(similarity, ids, top_k, hidden),
     }
+
+
+def _resolved(rows: Mapping[str, np.ndarray], stat: str, rows_of_layer) -> bool:
+    """Whether the null of `stat` is resolved (`spectral.resolved`) for every head of the layer
+    that has one (the per-head null is pooled over the layer: one verdict for all)."""
+    std = np.asarray(rows.get(f"{stat}_null_std", np.full(len(rows["layer"]), np.nan)), np.float64)[rows_of_layer]
+    se = rows.get(f"{stat}_null_std_se")
+    ok = sp.resolved(std, None if se is None else np.asarray(se, np.float64)[rows_of_layer])
+    return bool(np.all(ok[np.isfinite(std)])) and bool(np.isfinite(std).any())
 
 
 def _adjacent(similarity, ids, top_k: int, hidden: int) -> dict | None:
@@ -593,24 +671,27 @@ def render(summary: KernelSummary) -> Section:
         f"mean effective rank. FFN alignment is the fraction of the MLP input matrix's energy inside the head's "
         f"top-{k} key-side kernel subspace (exact null: mean k/E = {chance:.4g} for any matrix, std from its "
         "spectrum). Layer x layer similarity is the Grassmann similarity of those subspaces (chance k/E). Heads "
-        "sharing a KV head share W_K. Gauge: both statistics and their z are invariant (properties of the attention "
+        "sharing a KV head share W_K. z: mean per-head z, shown only where the null is resolved (n/a otherwise). Gauge: both statistics and their z are invariant (properties of the attention "
         "function, `gauge.INVARIANCE`), unlike most per-head laws.",
         "",
         list_markdown({name: [p[key] for p in per_layer] for name, key in (
             ("layer", "layer"), ("kernel erank", "kernel_erank_mean"), ("null", "kernel_erank_null_mean"),
             ("z", "kernel_erank_z"), ("CV over heads", "kernel_erank_cv"),
-            ("FFN alignment / chance", "ffn_alignment_ratio"), ("FFN z", "ffn_alignment_z"))}),
+            ("FFN alignment / chance", "ffn_alignment_ratio"), ("FFN z", "ffn_alignment_z"))} | {
+            "z": [shown_z(p, "kernel_erank_z", "kernel_erank_resolved") for p in per_layer],
+            "FFN z": [shown_z(p, "ffn_alignment_z", "ffn_alignment_resolved") for p in per_layer]}),
         "",
         "What stands out:",
         "",
     ]
     b = summary.bottleneck
     if b:
-        verdict = ("more than 3 null std below random kernels" if b["below_null_3std"]
+        verdict = ("its null is not resolved (too few Monte Carlo draws to say)" if not b["kernel_erank_resolved"]
+                   else "more than 3 null std below random kernels" if b["below_null_3std"]
                    else "within 3 null std of random kernels: the lowest of the layers, but not distinguishable from what random heads of this shape give")
         lines.append(f"- The bottleneck (lowest mean kernel effective rank) is layer {b['layer']}: {format_number(b['kernel_erank'])} "
                      f"vs {format_number(b['kernel_erank_null_mean'])} ± {format_number(b['kernel_erank_null_std'], 2)} for random kernels, {verdict}.")
-        z = b["ffn_alignment_z"]
+        z = shown_z(b, "ffn_alignment_z", "ffn_alignment_resolved")
         verdict = ("no more and no less than a random subspace would" if z is None or abs(z) < 2 else
                    "more than a random subspace would" if z > 0 else "less than a random subspace would")
         lines.append(f"- FFN alignment at the bottleneck is {format_number(b['ffn_alignment_ratio'], 3)}x chance (mean z "

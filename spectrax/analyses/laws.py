@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from spectrax import spectral as sp
 from spectrax.analyses import gauge, quantized
-from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values, relative_std_error
+from spectrax.analyses.aggregate import group_means, layer_groups, layer_means, model_values, relative_std_error, shown_z
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
 from spectrax.analyses.precision import precision_table
 from spectrax.analyses.tables import Table, format_number, format_percentile, json_value, list_markdown, short_list
@@ -430,7 +430,7 @@ def render(summary: LawsSummary) -> Section:
     for stat, v in model.items():
         for column, key in columns:
             value = stat if key is None else v.get(key)
-            rows[column].append(None if key in ("z", "mean_z") and not v.get("resolved", True) else value)
+            rows[column].append(shown_z(v, key) if key in ("z", "mean_z") else value)
     rows["heads beyond every null draw"] = [summary.beyond.get(stat, "exact null") for stat in model]
     rows["gauge"] = [gauge.invariance(stat) for stat in model]
     rows["invariant counterpart"] = [summary.counterparts.get(stat, "none") for stat in model]
@@ -467,7 +467,7 @@ def render(summary: LawsSummary) -> Section:
         "",
     ]
     notable = [(s, v) for s, v in model.items()
-               if v.get("resolved", True) and v.get("z") is not None and abs(v["z"]) > _Z_NOTABLE]
+               if shown_z(v) is not None and abs(v["z"]) > _Z_NOTABLE]
     if notable:
         lines += [f"- `{s}`: {_direction(s, v['z'])} (mean over layers {format_number(v['mean_over_layers'])} vs null "
                   f"{format_number(v['null_mean'])}, z = {v['z']:.1f} of the mean; difference "

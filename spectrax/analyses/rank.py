@@ -22,8 +22,9 @@ and each null rests on all of them at the cost of one.
 
 A matrix stored quantized (a GGUF block type such as Q4_0) is compared with quantized noise: each
 null draw is a Gaussian matrix quantized and dequantized in the same type along its stored rows
-(`spectrax.analyses.quantized`) before its statistics, and `quant_error_null` reports the relative
-error that round trip makes. Types `gguf` can only decode (K- and IQ-types) keep the Gaussian
+(`spectrax.analyses.quantized`) before its statistics, pooled like the Gaussian null over the
+layer's matrices of that shape, storage type and stored axis, and `quant_error_null` reports the
+relative error that round trip makes. Types `gguf` can only decode (K- and IQ-types) keep the Gaussian
 null, with `quant_error_null` NaN.
 """
 
@@ -112,28 +113,43 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
         columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}
-            if storage is not None:
-                rows[name].update(_quantized_null(batch[j], storage.get(name, ""), jax.random.fold_in(k_null, j),
-                                                  {c: v[j] for c, v in observed.items()}, reference, num_draws,
-                                                  quantized.stored_axis(name)))
+        if storage is not None:
+            for name, quantized_columns in _quantized_nulls(batch, names, storage, k_null, observed, reference,
+                                                            num_draws).items():
+                rows[name].update(quantized_columns)
     return rows
 
 
-def _quantized_null(w: np.ndarray, kind: str, key: jax.Array, observed: dict, reference: jax.Array,
-                    num_draws: int, axis: int) -> dict[str, np.ndarray]:
-    """Null columns over RMS-matched Gaussian draws quantized and dequantized as `kind` along
-    `axis` (`quantized.noise_spectra`), and `quant_error_null`, the mean relative error of that
-    round trip; only `quant_error_null` (NaN) where `kind` is not a quantizable block type."""
-    drawn = quantized.noise_spectra(key, w.shape, kind, num_draws=num_draws, axis=axis)
-    if drawn is None:
-        return {"quant_error_null": np.float32(np.nan)}
-    spectra, errors = drawn
-    rms = np.sqrt(np.mean(np.square(np.asarray(w, np.float64))))
-    draws = jnp.asarray(spectra * np.float32(rms))
-    fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
-    null = sp.split_null(sp.null_from_draws(functools.partial(_statistics, shape=w.shape), draws, fixed))
-    columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
-    return {**columns, "quant_error_null": np.float32(np.mean(errors))}
+def _quantized_nulls(batch: np.ndarray, names: list[str], storage: Mapping[str, str], key: jax.Array,
+                     observed: dict, reference: jax.Array, num_draws: int) -> dict[str, dict[str, np.ndarray]]:
+    """Null columns of the matrices `batch (B, m, n)` named `names` over Gaussian draws quantized and
+    dequantized as each is stored (`quantized.noise_spectra`, along its stored rows), pooled like
+    the plain null: matrices of one storage type and stored axis share one null resting on all their
+    draws (unit-RMS stand-ins, `sigma_max` scaled to each matrix's RMS); and `quant_error_null`, the
+    mean relative error of those round trips. Matrices whose type is not a quantizable block type
+    get only `quant_error_null` (NaN), keeping their Gaussian null."""
+    shape = batch.shape[1:]
+    by_storage: dict[tuple[str, int], list[int]] = {}
+    for j, name in enumerate(names):
+        by_storage.setdefault((storage.get(name, ""), quantized.stored_axis(name)), []).append(j)
+    out = {}
+    for (kind, axis), members in by_storage.items():
+        drawn = [quantized.noise_spectra(jax.random.fold_in(key, j), shape, kind, num_draws=num_draws, axis=axis)
+                 for j in members]
+        if drawn[0] is None:
+            out.update({names[j]: {"quant_error_null": np.float32(np.nan)} for j in members})
+            continue
+        unit = sp.unit_rms(np.stack([spectra for spectra, _ in drawn], axis=1), shape[0] * shape[1])  # (N, B, k)
+        fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
+        per_draw = sp.split_null(sp.null_from_draws(functools.partial(_statistics, shape=shape), jnp.asarray(unit), fixed))
+        rms = np.sqrt(np.mean(np.square(batch[members].astype(np.float64)), axis=(-2, -1)))
+        null = {stat: sp.pool_null(one, axis=0, scale=rms if stat == "sigma_max" else None) for stat, one in per_draw.items()}
+        columns = {c: np.asarray(v) for c, v in sp.null_columns({stat: x[np.asarray(members)] for stat, x in observed.items()},
+                                                                 null).items()}
+        error = np.float32(np.mean([errors for _, errors in drawn]))
+        for i, j in enumerate(members):
+            out[names[j]] = {**{c: v[i] for c, v in columns.items()}, "quant_error_null": error}
+    return out
 
 
 # ----------------------------------------------------------------------------- the analysis

@@ -87,3 +87,12 @@ def test_group_means_and_relative_change_reproduce_the_source_table():
     # the source's "improvement" for Qwen2.5 0.006852 -> DeepSeek-R1 0.006818 in layers 0-11
     assert relative_change(0.006852, 0.006818) == pytest.approx(0.00496, abs=1e-5)
     assert np.isnan(relative_change(0.0, 1.0))
+
+
+def test_shown_z_hides_a_z_whose_null_is_not_resolved():
+    from spectrax.analyses.aggregate import shown_z
+
+    assert shown_z({"z": 3.0, "resolved": True}) == 3.0
+    assert shown_z({"z": 3.0, "mean_z": 1.0, "resolved": False}, "mean_z") is None
+    assert shown_z({"z": 3.0}) == 3.0  # no flag: an exact null
+    assert shown_z({"a_z": -2.0, "a_resolved": False}, "a_z", "a_resolved") is None

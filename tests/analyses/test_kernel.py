@@ -364,6 +364,59 @@ def test_kernel_summary_flags_and_refusals():
         kn.kernel_summary(rows, np.ones((2, 4, 4)), top_k=4, hidden=64)  # 4 layers vs 3
 
 
+def _render(rows):
+    found = kn.kernel_summary(rows, None, top_k=4, hidden=64)
+    return kn.render(kn.KernelSummary(top_k=4, hidden=64, chance=found["chance"], layers=tuple(found["layers"]),
+                                      bottleneck=found["bottleneck"], adjacent_similarity=None, heads=rows)).text
+
+
+def _layer_rows_of(text: str) -> dict[str, list[str]]:
+    """The kernel section's per-layer table as `{layer: cells}`."""
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "layer" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_report_prints_a_z_only_where_the_null_is_resolved():
+    rows = _hand_table()
+    rows["ffn_alignment_null_std"] = np.full(6, 0.01)  # exact: resolved wherever positive
+    rows["kernel_erank_null_std_se"] = np.array([0.01, 0.01, 0.1, 0.1, 0.01, 0.01])  # layer 7: se / std = 0.5
+    found = {p["layer"]: p for p in kn.kernel_summary(rows, None, top_k=4, hidden=64)["layers"]}
+    assert [found[l]["kernel_erank_resolved"] for l in (3, 7, 9)] == [True, False, True]
+    assert all(found[l]["ffn_alignment_resolved"] for l in (3, 7))
+    text = _render(rows)
+    table = _layer_rows_of(text)
+    z, ffn_z = 2, 5  # columns after "layer": kernel erank, null, z, CV, FFN alignment / chance, FFN z
+    assert table["3"][z] == "-7.5" and table["7"][z] == "n/a" and table["7"][ffn_z] == "-2.5"
+    assert "bottleneck (lowest mean kernel effective rank) is layer 7" in text and "not resolved" in text
+    rows["ffn_alignment_null_std"] = np.zeros(6)  # a degenerate exact null: no z either
+    assert _layer_rows_of(_render(rows))["3"][ffn_z] == "n/a"
+    assert "mean z n/a" in _render(rows)
+
+
+def test_ffn_alignment_layer_null_counts_heads_that_share_a_key_head():
+    """The null std of a layer's mean alignment against the spread of that mean over 400 layers of
+    Gaussian heads (numpy, kernels formed explicitly), within 4 standard errors of a std from 400
+    samples; with k = D every head of a group has the group's key row space, so the layer mean
+    varies sqrt(H / KV) times more than independent heads would let it."""
+    H, KV, D, E, F, n = 8, 2, 8, 24, 40, 400
+    rng = np.random.default_rng(5)
+    u, _ = np.linalg.qr(rng.standard_normal((F, F)))
+    v, _ = np.linalg.qr(rng.standard_normal((E, E)))
+    w = u[:, :E] @ np.diag(0.9 ** np.arange(E)) @ v.T  # a non-flat spectrum
+    q = rng.standard_normal((n, H, D, E))
+    k = rng.standard_normal((n, KV, D, E))[:, np.arange(H) // (H // KV)]
+    kernel_vectors = np.linalg.svd(np.swapaxes(q, -1, -2) @ k)[2]  # (n, H, E, E): rows are key-side vectors
+    for top in (3, D):
+        basis = np.swapaxes(kernel_vectors[:, :, :top], -1, -2)
+        means = (np.sum((w @ basis) ** 2, axis=(-2, -1)) / np.sum(w * w)).mean(axis=1)
+        per_head = float(kn.ffn_alignment_null(w.astype(np.float32), top).std)
+        std, se = kn.ffn_alignment_layer_null_std(jax.random.key(0), per_head, E, top, H, KV, D, num_draws=64)
+        assert abs(std / means.std(ddof=1) - 1) < 4 / math.sqrt(2 * (n - 1)) + 2 * se / std, (top, std, means.std())
+        assert abs(per_head / math.sqrt(H) / means.std(ddof=1) - 1) > 0.3  # independent heads: far off
+    assert se == 0.0 and std == pytest.approx(per_head / math.sqrt(KV))  # k = D: rho = 1 exactly
+    assert kn.ffn_alignment_layer_null_std(jax.random.key(0), per_head, E, 3, H, H, D)[0] == pytest.approx(per_head / math.sqrt(H))
+
+
 def test_end_to_end_layers_feed_the_summary():
     rng = np.random.default_rng(12)
     tables, bases = [], []

@@ -87,6 +87,39 @@ def test_quantized_matrices_get_nulls_that_went_through_the_same_quantization(mo
     assert halved["g0"]["erank_null_mean"] < 0.85 * plain["g0"]["erank_null_mean"] and halved["g0"]["erank_z"] > 10
 
 
+def test_the_quantized_null_is_pooled_over_matrices_of_one_shape_and_storage():
+    """Four Q4_0 matrices of one shape at different scales share one quantized null resting on
+    their 4 x 16 draws (its std's Monte Carlo error ~1/sqrt(2 * 63) of it, not ~1/sqrt(2 * 15)),
+    scaled to each matrix for sigma_max; a Q8_0 matrix of that shape gets its own null; float
+    storage leaves every column of the Gaussian null bit-identical."""
+    from spectrax.io.gguf import quantize_roundtrip
+
+    rng = np.random.default_rng(4)
+    scales = (0.1, 0.3, 1.0, 3.0)
+    stored = {f"g{i}": quantize_roundtrip(c * rng.standard_normal((64, 96)).astype(np.float32), "Q4_0")
+              for i, c in enumerate(scales)}
+    stored["h"] = quantize_roundtrip(rng.standard_normal((64, 96)).astype(np.float32), "Q8_0")
+    kinds = {**dict.fromkeys(stored, "Q4_0"), "h": "Q8_0"}
+    rows = matrix_rank_rows(stored, jax.random.key(2), num_draws=16, storage=kinds)
+    q4 = [f"g{i}" for i in range(4)]
+    for stat in ("erank", "ks_mp", "max_mean"):
+        assert len({float(rows[n][f"{stat}_null_mean"]) for n in q4}) == 1, stat
+        assert float(rows["h"][f"{stat}_null_mean"]) != float(rows["g0"][f"{stat}_null_mean"]), stat
+    # erank's null is near Gaussian: the std's relative Monte Carlo error is ~1/sqrt(2 (N - 1))
+    assert rows["g0"]["erank_null_std_se"] < 0.11 * rows["g0"]["erank_null_std"]  # N = 64, not 16
+    assert rows["h"]["erank_null_std_se"] > 0.14 * rows["h"]["erank_null_std"]  # its own 16
+    rms = [np.sqrt(np.mean(np.square(stored[n].astype(np.float64)))) for n in q4]
+    np.testing.assert_allclose([rows[n]["sigma_max_null_mean"] / r for n, r in zip(q4, rms)],
+                               rows["g0"]["sigma_max_null_mean"] / rms[0], rtol=1e-5)
+    plain = matrix_rank_rows(stored, jax.random.key(2), num_draws=16)
+    floats = matrix_rank_rows(stored, jax.random.key(2), num_draws=16, storage=dict.fromkeys(stored, "BF16"))
+    for name in stored:
+        assert np.isnan(floats[name].pop("quant_error_null"))
+        assert floats[name].keys() == plain[name].keys()
+        for column, value in plain[name].items():
+            np.testing.assert_array_equal(floats[name][column], value, err_msg=f"{name} {column}")
+
+
 @pytest.mark.slow
 def test_matrices_of_one_shape_share_one_pooled_null():
     """Two (48, 24) matrices at different scales: one null, the draws of both behind it, scaled to each."""

@@ -22,6 +22,13 @@ def test_activation_spectra(tmp_path):
 
 
 @pytest.mark.slow
+def test_subspace_energy_prints_percentiles_beyond_every_draw_as_bounds():
+    table = {"energy": np.array([0.1, 0.2, 0.3]), "pct": np.array([0.0, 0.5, 1.0])}
+    shown = script("subspace_energy").shown(table, 16)
+    assert shown["pct"] == ["< 1/16", "50", "> 1 - 1/16"]
+    assert table["pct"][0] == 0.0 and shown["energy"] is table["energy"]  # the CSV's table is untouched
+
+
 def test_subspace_energy_given_pairs(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 120, (6, 9))
