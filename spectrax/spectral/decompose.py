@@ -321,7 +321,7 @@ def _gram_values64(x, batch_size: int | None, out_dtype):
     return s.astype(out_dtype)
 
 
-def gram_singular_values(x, batch_size: int | None = None) -> jax.Array:
+def gram_singular_values(x: ArrayLike, batch_size: int | None = None) -> jax.Array:
     """Singular values of each matrix in a batch from the float64 eigenvalues of its `(k, k)` Gram
     matrix, `k = min(m, n)`: the fast route to the whole spectrum of a large weight matrix.
 
