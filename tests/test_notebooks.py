@@ -74,6 +74,9 @@ def test_notebook_runs(name, devices, tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= (5 if name == "quickstart" else 0), "figures were not shown inline"
+    if name == "quickstart":  # with ipywidgets (the `notebook` extra), analyze's progress is one widget
+        cell = next(c for c in nb.cells if c.cell_type == "code" and "sx.analyze(" in c.source)
+        _assert_one_progress_display(cell.outputs, widgets=True)
 
 
 def _shown(text: str) -> list[str]:
@@ -81,23 +84,10 @@ def _shown(text: str) -> list[str]:
     return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("widgets", [True, False], ids=["ipywidgets", "no-ipywidgets"])
-def test_analyze_shows_one_progress_display_in_a_notebook(widgets, tmp_path):
-    """`analyze()` in a Jupyter cell shows its progress as one widget (tqdm.auto with ipywidgets, the
-    `notebook` extra), or without ipywidgets as one text line rewritten in place on stderr: never a
-    line per update, and no error."""
-    nbclient = pytest.importorskip("nbclient", reason="the test extra: pip install -e '.[test]'")
-    nbformat = pytest.importorskip("nbformat")
-    hide = "" if widgets else "import sys\nsys.modules['ipywidgets'] = None  # as if it were not installed\n"
-    cell = (f"{hide}import spectrax as sx\n"
-            f"out = sx.analyze(sx.data.TINY_LLAMA, {str(tmp_path / 'run')!r}, analyses=['laws'], num_draws=2)\n")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=_kernel_env(None, tmp_path))
-    outputs = nb.cells[0].outputs
+def _assert_one_progress_display(outputs, widgets: bool) -> None:
+    """A cell's `outputs` show analyze's progress as one widget (`widgets`), or as one text line
+    rewritten in place on stderr: never a line per update, and no error."""
     assert not [o for o in outputs if o.output_type == "error"]
-    assert (tmp_path / "run" / "report.md").is_file()
     bars = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     stderr = _shown("".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"))
     progress = [line for line in stderr if "part" in line]
@@ -106,4 +96,20 @@ def test_analyze_shows_one_progress_display_in_a_notebook(widgets, tmp_path):
     else:
         assert bars == [] and len(progress) == 1 and re.search(r"100%.* (\d+)/\1 ", progress[0]), stderr
         assert len(stderr) <= 4, stderr   # the bar and tqdm's one warning that ipywidgets is missing
-    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stdout"]
+
+
+@pytest.mark.slow
+def test_analyze_without_ipywidgets_shows_one_progress_line_in_a_notebook(tmp_path):
+    """`analyze()` in a Jupyter cell without ipywidgets (tqdm.auto falls back to text) shows one line
+    rewritten in place, printing nothing else; with ipywidgets, `test_notebook_runs[quickstart]`
+    sees its one widget."""
+    nbclient = pytest.importorskip("nbclient", reason="the test extra: pip install -e '.[test]'")
+    nbformat = pytest.importorskip("nbformat")
+    cell = ("import sys\nsys.modules['ipywidgets'] = None  # as if it were not installed\nimport spectrax as sx\n"
+            f"out = sx.analyze(sx.data.TINY_LLAMA, {str(tmp_path / 'run')!r}, analyses=['laws'], num_draws=2)\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=_kernel_env(None, tmp_path))
+    _assert_one_progress_display(nb.cells[0].outputs, widgets=False)
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert not [o for o in nb.cells[0].outputs if o.output_type == "stream" and o.name == "stdout"]
