@@ -54,8 +54,8 @@ __all__ = [
 def matmul_rates(quick: bool, repeats: int) -> list[dict]:
     """GFLOP/s of f32 products: square, and the batched (heads, D, E) x (heads, E, D) Gram shape."""
     rng = np.random.default_rng(0)
-    n = 2048 if quick else 4096
-    heads, d, e = (24, 128, 5120) if quick else (96, 128, 5120)
+    n = 1024 if quick else 4096
+    heads, d, e = (8, 128, 5120) if quick else (96, 128, 5120)
     cases = {
         f"square {n}x{n} @ {n}x{n}": (rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)),
         f"batched heads ({heads},{d},{e}) @ ({heads},{e},{d})": (
@@ -94,7 +94,7 @@ def _floor_row(kernel: str, heads: int, method: str, seconds: float, best_gflops
 
 def kernel_vs_floor(quick: bool, repeats: int, best_gflops: float, jit_gflops: float) -> list[dict]:
     rng = np.random.default_rng(1)
-    heads = 24 if quick else 96
+    heads = 8 if quick else 96
     x = jnp.asarray(make_heads(rng, heads, 128, 5120))
     rows = []
     for method, dtype in (("qr", jnp.float32), ("cholqr", jnp.float32), ("gram", jnp.float32),
@@ -125,7 +125,7 @@ def kernel_on_every_core(quick: bool, repeats: int, best_gflops: float) -> list[
     """The f32 kernels again in a child process with one CPU device per core, the heads split over
     them (`shard_batch`): jaxlib's CPU QR runs one matrix at a time on one core, so one device
     uses one core for the QR however many the machine has."""
-    heads = 24 if quick else 96
+    heads = 8 if quick else 96
     env = sxs.cpu_devices_env(os.cpu_count() or 1)
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
@@ -191,7 +191,7 @@ def _times(x: float) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller products and a quarter of the heads")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: smaller products, 8 of the 96 heads, a 64 MiB read")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5; quick 2)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
               f"{r['times_floor']:.1f}x | {_times(r['times_jit_matmul_floor'])} | {r['times_householder_floor']:.1f}x |")
     directory = tempfile.mkdtemp(prefix="spectrax-roofline-")
     try:
-        report["read"] = read_bandwidth(directory, (256 if args.quick else 1024) << 20, repeats)
+        report["read"] = read_bandwidth(directory, (64 if args.quick else 1024) << 20, repeats)
         report["loader"] = loader_vs_raw(directory, args.quick, repeats)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
