@@ -105,12 +105,7 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
         # spectra, i.e. four (k, k) SVDs, per draw.
         reference = _reference(jax.random.key(0), shape, s.dtype)
         draws = sp.gaussian_spectrum_draws(k_null, batch, num_draws=num_draws, match_scale=False)[0]
-        fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
-        stat_fn = functools.partial(_statistics, shape=shape)
-        unit = sp.split_null(sp.null_from_draws(stat_fn, jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1])), fixed))
-        rms = np.sqrt(np.mean(np.square(batch.astype(np.float64)), axis=(-2, -1)))
-        null = {name: sp.pool_null(one, axis=0, scale=rms if name == "sigma_max" else None) for name, one in unit.items()}
-        columns = {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
+        columns = _pooled_null_columns(draws, batch, observed, reference)
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}
         if storage is not None:
@@ -118,6 +113,19 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
                                                             num_draws).items():
                 rows[name].update(quantized_columns)
     return rows
+
+
+def _pooled_null_columns(draws, batch: np.ndarray, observed: dict, reference: jax.Array) -> dict[str, np.ndarray]:
+    """Null columns of the matrices `batch (B, m, n)` (statistics `observed`) from the spectra
+    `draws (N, B, k)` of their stand-ins, pooled over the B matrices: each draw rescaled to unit RMS
+    (`spectral.unit_rms`), `sigma_max` scaled back to each matrix's RMS."""
+    shape = batch.shape[1:]
+    fixed = jnp.broadcast_to(reference, (draws.shape[0],) + reference.shape)
+    stat_fn = functools.partial(_statistics, shape=shape)
+    unit = sp.split_null(sp.null_from_draws(stat_fn, jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1])), fixed))
+    rms = np.sqrt(np.mean(np.square(batch.astype(np.float64)), axis=(-2, -1)))
+    null = {name: sp.pool_null(one, axis=0, scale=rms if name == "sigma_max" else None) for name, one in unit.items()}
+    return {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
 
 
 def _quantized_nulls(batch: np.ndarray, names: list[str], storage: Mapping[str, str], key: jax.Array,
@@ -139,13 +147,9 @@ def _quantized_nulls(batch: np.ndarray, names: list[str], storage: Mapping[str, 
         if drawn[0] is None:
             out.update({names[j]: {"quant_error_null": np.float32(np.nan)} for j in members})
             continue
-        unit = sp.unit_rms(np.stack([spectra for spectra, _ in drawn], axis=1), shape[0] * shape[1])  # (N, B, k)
-        fixed = jnp.broadcast_to(reference, (num_draws,) + reference.shape)
-        per_draw = sp.split_null(sp.null_from_draws(functools.partial(_statistics, shape=shape), jnp.asarray(unit), fixed))
-        rms = np.sqrt(np.mean(np.square(batch[members].astype(np.float64)), axis=(-2, -1)))
-        null = {stat: sp.pool_null(one, axis=0, scale=rms if stat == "sigma_max" else None) for stat, one in per_draw.items()}
-        columns = {c: np.asarray(v) for c, v in sp.null_columns({stat: x[np.asarray(members)] for stat, x in observed.items()},
-                                                                 null).items()}
+        spectra = np.stack([spectra for spectra, _ in drawn], axis=1)  # (N, B, k)
+        columns = _pooled_null_columns(spectra, batch[members],
+                                       {stat: x[np.asarray(members)] for stat, x in observed.items()}, reference)
         error = np.float32(np.mean([errors for _, errors in drawn]))
         for i, j in enumerate(members):
             out[names[j]] = {**{c: v[i] for c, v in columns.items()}, "quant_error_null": error}
