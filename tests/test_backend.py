@@ -2,11 +2,14 @@
 
 Each check runs in a fresh interpreter: this test process has long since started JAX."""
 
+import functools
 import os
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import spectrax
@@ -112,3 +115,53 @@ def test_the_second_run_of_the_command_compiles_nothing_and_gives_the_same_table
             after_cold = cached()
             assert after_cold, "nothing was cached"
     assert cached() == after_cold and tables[0] == tables[1]
+
+
+def test_jit_compiles_small_calls_quickly_large_ones_fully_once_per_shape_and_nests():
+    from spectrax.backend import QUICK_COMPILE, SMALL_PROGRAM_WORK, jit
+
+    calls = []
+
+    @functools.partial(jit, static_argnames=("scale",))
+    def gram_trace(x, scale=1.0):
+        calls.append(x.shape)
+        return scale * jnp.einsum("...ij,...ij->...", x, x)
+
+    small = np.random.default_rng(0).standard_normal((4, 8, 8), dtype=np.float32)
+    big = np.ones((SMALL_PROGRAM_WORK // 64 + 1, 8, 8), np.float32)
+    np.testing.assert_allclose(gram_trace(small), np.einsum("...ij,...ij->...", small, small), rtol=1e-5)
+    assert (gram_trace._quick._cache_size(), gram_trace._full._cache_size()) == (1, 0)
+    np.testing.assert_allclose(gram_trace(big, scale=2.0), 128.0)
+    assert (gram_trace._quick._cache_size(), gram_trace._full._cache_size()) == (1, 1)
+    gram_trace(small + 1)                                          # same shape: no new program
+    assert gram_trace._cache_size() == 2 and len(calls) == 2
+    # inside another program there is nothing to compile on its own, and JAX refuses compile options there
+    np.testing.assert_allclose(jax.jit(lambda x: gram_trace(x) + 1)(small), gram_trace(small) + 1, rtol=1e-6)
+    assert QUICK_COMPILE["xla_backend_optimization_level"] == 0
+
+
+def test_jit_takes_the_work_a_function_declares():
+    from spectrax.backend import SMALL_PROGRAM_WORK, jit
+
+    @functools.partial(jit, static_argnames=("n",), work=lambda a: a["n"] * SMALL_PROGRAM_WORK)
+    def ramp(key, n):
+        return jax.random.normal(key, (n,))
+
+    ramp(jax.random.key(0), 0)
+    ramp(jax.random.key(0), n=3)
+    assert (ramp._quick._cache_size(), ramp._full._cache_size()) == (1, 1)
+
+
+def test_quick_and_full_programs_are_separate_cache_entries(tmp_path):
+    _python(f"""
+import os, jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_compilation_cache_dir", {str(tmp_path)!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+from spectrax.backend import SMALL_PROGRAM_WORK, jit
+f = jit(lambda x, work: jnp.sin(x).sum(), static_argnames="work", work=lambda a: a["work"])
+entries = lambda: len([p for p in os.listdir({str(tmp_path)!r}) if "atime" not in p])
+x = np.ones((3, 3), np.float32)
+f(x, work=0); quick = entries()
+f(x, work=SMALL_PROGRAM_WORK)           # the same computation, fully optimized: its own entry
+assert entries() == quick + 1 and f._quick._cache_size() == 1 and f._full._cache_size() == 1, os.listdir({str(tmp_path)!r})
+""")

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectrax.backend import jit
 from spectrax import spectral as sp
 from spectrax.analyses.kernel import ffn_alignment_null
 from spectrax.analyses.registry import matrix_table
@@ -75,7 +76,7 @@ def hidden_state_rows(hidden: jax.Array | np.ndarray, key: jax.Array, *, num_dra
             **{c: v for c, v in table.items() if c != "matrix"}}
 
 
-@jax.jit
+@jit
 def subspace_energy(deltas: jax.Array, basis: jax.Array) -> jax.Array:
     """Pooled energy fraction `||D P||_F^2 / ||D||_F^2` of activation differences in a subspace.
 
@@ -84,7 +85,7 @@ def subspace_energy(deltas: jax.Array, basis: jax.Array) -> jax.Array:
     return sp.projector_energy(deltas, basis)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_draws"))
+@functools.partial(jit, static_argnames=("k", "num_draws"), work=lambda a: a["num_draws"] * a["deltas"].size)
 def random_subspace_energy(key: jax.Array, deltas: jax.Array, k: int, num_draws: int) -> jax.Array:
     """`(num_draws,)` energy fractions of `deltas (N, E)` in uniformly random k-dim subspaces of R^E.
 

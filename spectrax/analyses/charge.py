@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from spectrax.backend import array_elements, jit
 from spectrax import spectral as sp
 from spectrax.analyses.aggregate import layer_means, model_values, shown_z
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Section, Tables
@@ -83,7 +84,7 @@ _SHARES = (("pearson_qk", 1.0), ("ssr_qk", 0.0))
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-@functools.partial(jax.jit, static_argnames=("rotary_dim",))
+@functools.partial(jit, static_argnames=("rotary_dim",))
 def commutant(m: jax.Array, rotary_dim: int) -> jax.Array:
     """Orthogonal projection of `m (..., D, D)` onto the matrices commuting with RoPE's rotations.
 
@@ -109,7 +110,7 @@ def _grouped(x, kv: int):
     return x.reshape(kv, x.shape[0] // kv, *x.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnames=("rotary_dim",))
+@functools.partial(jit, static_argnames=("rotary_dim",))
 def group_charge(x: ArrayLike, y: ArrayLike, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
     """The conserved charge of each key/value group and the scale it is judged against.
 
@@ -134,7 +135,7 @@ def _charge_sizes(x, y, rotary_dim: int) -> tuple[jax.Array, jax.Array]:
     return size, trace
 
 
-@functools.partial(jax.jit, static_argnames=("rotary_dim",))
+@functools.partial(jit, static_argnames=("rotary_dim",))
 def balance(x: ArrayLike, y: ArrayLike, rotary_dim: int = 0) -> tuple[jax.Array, jax.Array]:
     """The balanced point of each group's gauge orbit (module docstring): same logits, zero charge.
 
@@ -196,7 +197,7 @@ def _laws(q, k, v) -> dict[str, jax.Array]:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("rotary_dim",))
+@functools.partial(jit, static_argnames=("rotary_dim",))
 def charge_statistics(q: ArrayLike, k: ArrayLike, v: ArrayLike, o: ArrayLike, rotary_dim: int) -> dict[str, jax.Array]:
     """Per query head: `CHARGES` (of its group), `BALANCED_STATISTICS`, and the raw `pearson_qk`,
     `ssr_qk` the shares are computed from. q/o `(H, D, E)`, k/v `(KV, D, E)`; `{name: (H,)}`."""
@@ -218,7 +219,8 @@ def _rms(x):
     return jnp.sqrt(jnp.mean(x * x, axis=(-2, -1), keepdims=True))
 
 
-@functools.partial(jax.jit, static_argnames=("rotary_dim", "num_draws"))
+@functools.partial(jit, static_argnames=("rotary_dim", "num_draws"),
+                   work=lambda a: a["num_draws"] * array_elements([a["q"], a["k"], a["v"], a["o"]]))
 def _null_draws(key, q, k, v, o, rotary_dim: int, num_draws: int) -> dict[str, jax.Array]:
     """`{name: (num_draws, H)}`: `charge_statistics` of Gaussian heads of the real shapes, each
     scaled to the RMS entry of its real counterpart (K/V heads drawn once per group, as the real)."""

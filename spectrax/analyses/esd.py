@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectrax.backend import jit
 from spectrax import spectral as sp
 from spectrax.analyses import quantized
 from spectrax.analyses.aggregate import by_kind
@@ -118,7 +119,7 @@ def _ratio(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.full((), jnp.nan, num.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
+@functools.partial(jit, static_argnames=("shape",), work=lambda a: jnp.size(a["s"]) * jnp.shape(a["s"])[-1])
 def esd_statistics(s: jax.Array, shape: tuple[int, int]) -> dict[str, jax.Array]:
     """ESD statistics of singular values `s (..., k)` of `(m, n) = shape` matrices, `k = min(m, n)`.
 

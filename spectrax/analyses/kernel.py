@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from spectrax.backend import jit
 from spectrax import spectral as sp
 from spectrax.analyses import quantized
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
@@ -102,7 +103,7 @@ def _float(x) -> jax.Array:
 # ----------------------------------------------------------------------------- statistics
 
 
-@jax.jit
+@jit
 def kernel_statistics(s: ArrayLike) -> dict[str, jax.Array]:
     """Spectrum statistics of kernel singular values `s (..., r)` -> `{name: (...)}`.
 
@@ -139,7 +140,7 @@ def _kernel_svd(q, k, top_k: int):
     return jax.tree.map(lambda x: x.reshape(H, *x.shape[2:]), grouped)
 
 
-@jax.jit
+@jit
 def _observe(s, key_vectors, q, k, w):
     """Kernel statistics `{name: (H,)}`, key-side bases `(H, E, k)`, alignment `(H,)`, finite `(H,)`
     from the kernels' singular values `s (H, r)` and key-side vectors `(H, E, k)`."""
@@ -177,7 +178,8 @@ def _rms(x):
     return jnp.sqrt(jnp.mean(x * x, axis=(-2, -1)))
 
 
-@functools.partial(jax.jit, static_argnames=("num_draws", "batch_size"))
+@functools.partial(jit, static_argnames=("num_draws", "batch_size"),
+                   work=lambda a: a["num_draws"] * (a["q"].size + a["k"].size))
 def _kernel_null_draws(key, q, k, num_draws: int, batch_size: int):
     """`{name: (num_draws, H)}` statistics of scale-matched Gaussian kernels; q `(H, D, E)`, k `(KV, D, E)`."""
     _, D, E = q.shape
@@ -283,7 +285,7 @@ def _pooled_over_heads(nulls: dict[str, sp.NullSummary], q, k) -> dict[str, sp.N
 # ----------------------------------------------------------------------------- FFN alignment null
 
 
-@jax.jit
+@jit
 def _concentration(w) -> jax.Array:
     """`sum_i w_i^2` with `w_i = lambda_i / sum(lambda)` the normalized eigenvalues of `W^T W`.
 
@@ -326,7 +328,8 @@ def ffn_alignment_null(w: ArrayLike, k: int) -> sp.NullSummary:
     return sp.NullSummary(mean=mean, std=np.float64(np.sqrt(var)))
 
 
-@functools.partial(jax.jit, static_argnames=("hidden", "head_dim", "k", "group", "num_draws"))
+@functools.partial(jit, static_argnames=("hidden", "head_dim", "k", "group", "num_draws"),
+                   work=lambda a: a["num_draws"] * a["hidden"] * a["head_dim"] * a["group"])
 def _overlap_draws(key, *, hidden: int, head_dim: int, k: int, group: int, num_draws: int) -> jax.Array:
     """`(num_draws,)`: per draw, the mean over pairs of query heads of one KV group of
     `||V_h^T V_h'||_F^2`, the overlap of their top-k key-side subspaces in the coordinates of the
@@ -446,7 +449,7 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
 # ----------------------------------------------------------------------------- across layers
 
 
-@jax.jit
+@jit
 def _head_similarity(bases) -> jax.Array:
     """`(L, E, k)` orthonormal bases of one head -> `(L, L)` Grassmann similarities.
 

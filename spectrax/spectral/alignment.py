@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from spectrax.backend import jit
 from spectrax.spectral._util import ShapeError, as_float, check_min_rank, common_float
 from spectrax.spectral.decompose import matmul
 from spectrax.spectral.metrics import pearson
@@ -127,7 +128,7 @@ class FdtFit(NamedTuple):
 # ----------------------------------------------------------------------------- the matrices
 
 
-@jax.jit
+@jit
 def second_moment(x: ArrayLike) -> jax.Array:
     """E[x xᵀ] over samples: x `(..., N, d)` -> `(..., d, d)` (uncentered, as 002's H and G)."""
     x = as_float(x)
@@ -135,7 +136,7 @@ def second_moment(x: ArrayLike) -> jax.Array:
     return matmul(jnp.swapaxes(x, -1, -2), x) / x.shape[-2]
 
 
-@jax.jit
+@jit
 def weight_grams(w: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """(Z_a = Wᵀ W `(..., d_in, d_in)`, Z_b = W Wᵀ `(..., d_out, d_out)`) of w `(..., d_out, d_in)`."""
     w = as_float(w)
@@ -144,7 +145,7 @@ def weight_grams(w: ArrayLike) -> tuple[jax.Array, jax.Array]:
     return matmul(wt, w), matmul(w, wt)
 
 
-@jax.jit
+@jit
 def layer_matrices(h_a: ArrayLike, g_b: ArrayLike, w: ArrayLike, h_b: ArrayLike | None = None,
                    g_a: ArrayLike | None = None) -> LayerMatrices:
     """The six matrices of a layer h_b = W h_a from a batch of samples.
@@ -170,7 +171,7 @@ def layer_matrices(h_a: ArrayLike, g_b: ArrayLike, w: ArrayLike, h_b: ArrayLike 
 # ----------------------------------------------------------------------------- alignments
 
 
-@jax.jit
+@jit
 def alignment(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Pearson correlation of the flattened entries of a and b `(..., m, n)` -> `(...)`.
 
@@ -193,7 +194,7 @@ def six_alignments(m: LayerMatrices) -> dict[str, jax.Array]:
 # ----------------------------------------------------------------------------- power laws
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
+@functools.partial(jit, static_argnames=("k",))
 def power_law_fit(x: ArrayLike, y: ArrayLike, k: int | None = None) -> PowerLaw:
     """Fit x_i ∝ y_i^alpha in log space over the first k entries with x_i, y_i > 0.
 
@@ -222,7 +223,7 @@ def power_law_fit(x: ArrayLike, y: ArrayLike, k: int | None = None) -> PowerLaw:
     return PowerLaw(alpha, jnp.where(ok, mx - alpha * my, jnp.nan), r2, count)
 
 
-@functools.partial(jax.jit, static_argnames=("pairing",))
+@functools.partial(jit, static_argnames=("pairing",))
 def paired_spectra(x: ArrayLike, y: ArrayLike, pairing: str = "rank",
                    rtol: float = 1e-5) -> tuple[jax.Array, jax.Array]:
     """Eigenvalue pairs (λ_x, λ_y) `(..., d)` of symmetric PSD x, y `(..., d, d)`, ordered by λ_y
@@ -272,7 +273,7 @@ def spectral_power_laws(m: LayerMatrices, k: int | None = None, pairing: str = "
 # ----------------------------------------------------------------------------- the theory's relation
 
 
-@jax.jit
+@jit
 def fdt_fit(target: ArrayLike, a: ArrayLike, b: ArrayLike) -> FdtFit:
     """Least squares of the normalized target on the normalized a and b `(..., d, d)`, no intercept.
 
@@ -319,7 +320,7 @@ def alignment_statistics(m: LayerMatrices, k: int | None = None) -> dict[str, ja
     return out
 
 
-@jax.jit
+@jit
 def random_basis(key: jax.Array, x: ArrayLike) -> jax.Array:
     """x `(..., d, d)` symmetric -> Q diag(λ(x)) Qᵀ with an independent Haar-random Q per matrix:
     the same spectrum in a random eigenbasis."""
@@ -329,7 +330,8 @@ def random_basis(key: jax.Array, x: ArrayLike) -> jax.Array:
     return matmul(q * lam[..., None, :], jnp.swapaxes(q, -1, -2))
 
 
-@functools.partial(jax.jit, static_argnames=("stat_fn", "num_draws", "batch_size"))
+@functools.partial(jit, static_argnames=("stat_fn", "num_draws", "batch_size"),
+                   work=lambda a: a["num_draws"] * sum(lam.size * lam.shape[-1] for lam in a["spectra"]))
 def _random_basis_null(key, spectra, stat_fn, num_draws, batch_size):
     def draw(k):
         ks = jax.random.split(k, len(spectra))

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 
+from spectrax.backend import jit
 from spectrax.spectral._util import ShapeError, as_float, float_dtype
 
 __all__ = [
@@ -124,7 +125,7 @@ def chi_variates(key: jax.Array, dof: ArrayLike, batch: tuple[int, ...], dtype: 
     return jnp.sqrt(2 * _gamma(key, half, tuple(batch) + half.shape, dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("batch", "dtype"))
+@functools.partial(jit, static_argnames=("batch", "dtype"))
 def chi_bidiagonal(key: jax.Array, diag_dof: ArrayLike, off_dof: ArrayLike, batch: tuple[int, ...] = (),
                    dtype: DTypeLike = jnp.float32) -> Bidiagonal:
     """Bidiagonals `(*batch)` with independent entries `chi_{diag_dof[i]}` and `chi_{off_dof[i]}`.
@@ -171,7 +172,7 @@ def _count_below(c2, x, pivmin):
     return neg - k
 
 
-@jax.jit
+@functools.partial(jit, work=lambda a: jnp.size(a["diag"]) * jnp.shape(a["diag"])[-1])
 def bidiagonal_singular_values(diag: ArrayLike, off: ArrayLike) -> jax.Array:
     """Singular values of upper bidiagonal matrices, to high relative accuracy, in O(k^2) each.
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from spectrax.backend import jit
 from spectrax.spectral._util import as_float, check_min_rank, fall_back, float64_unavailable, swap_last
 
 __all__ = ["LQ", "METHODS", "SVDResult", "fix_signs", "gram_singular_values", "lq", "matmul", "singular_values", "svd"]
@@ -183,7 +184,7 @@ def _lq(a, method: str, vectors: bool) -> LQ:
     return _householder_lq(a, vectors)
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
+@functools.partial(jit, static_argnames=("method",))
 def lq(a: ArrayLike, method: str = "cholqr") -> LQ:
     """The rows of `a (..., k, n)` as `a = l @ q`: `LQ(l, t, q1, ok)` with `q = t @ q1`.
 
@@ -267,7 +268,7 @@ def _checked_input(x, method: str):
     return x, method
 
 
-@functools.partial(jax.jit, static_argnames=("method", "batch_size"))
+@functools.partial(jit, static_argnames=("method", "batch_size"))
 def singular_values(x: ArrayLike, method: str = "cholqr", batch_size: int | None = None) -> jax.Array:
     """Singular values of each matrix in a batch, descending.
 
@@ -296,7 +297,7 @@ def singular_values(x: ArrayLike, method: str = "cholqr", batch_size: int | None
     return _batched(functools.partial(_values, method=method), x, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "batch_size"))
+@functools.partial(jit, static_argnames=("method", "batch_size"))
 def svd(x: ArrayLike, method: str = "cholqr", batch_size: int | None = None) -> SVDResult:
     """Thin SVD of each matrix in a batch, with a deterministic sign convention.
 
@@ -315,7 +316,7 @@ def svd(x: ArrayLike, method: str = "cholqr", batch_size: int | None = None) -> 
     return _batched(functools.partial(_vectors, method=method), x, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "out_dtype"))
+@functools.partial(jit, static_argnames=("batch_size", "out_dtype"))
 def _gram_values64(x, batch_size: int | None, out_dtype):
     s = _batched(functools.partial(_values, method="gram"), x.astype(jnp.float64), batch_size)
     return s.astype(out_dtype)

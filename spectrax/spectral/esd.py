@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
+from spectrax.backend import jit
 from spectrax.spectral._util import ShapeError, as_float, check_min_rank
 from spectrax.spectral.decompose import singular_values
 from spectrax.spectral.marchenko_pastur import aspect_ratio, fit_mp_scale, mp_cdf, mp_edges
@@ -81,7 +82,7 @@ class MPFit(NamedTuple):
     num_spikes: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "method"))
+@functools.partial(jit, static_argnames=("shape", "method"))
 def mp_fit(s: ArrayLike, shape: tuple[int, ...], method: str = "median", edge_margin: float = 0.0) -> MPFit:
     """Fits MP to the ESD of matrices of `shape = (m, n)` from their singular values.
 
@@ -107,7 +108,7 @@ def _ks_one_sample(cdf_sorted):
     return jnp.maximum(above, below)
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "method"))
+@functools.partial(jit, static_argnames=("shape", "method"))
 def ks_mp(s: ArrayLike, shape: tuple[int, ...], method: str = "median") -> jax.Array:
     """KS distance of the ESD to Marchenko-Pastur of the same aspect ratio, after a scale fit.
 
@@ -136,7 +137,7 @@ def _ks_two_1d(x, y):
     return jnp.max(jnp.abs(fx - fy))
 
 
-@jax.jit
+@jit
 def ks_two_sample(x: ArrayLike, y: ArrayLike) -> jax.Array:
     """Two-sample KS distance along the last axis. x: `(..., n)`, y: `(..., m)` -> `(...)`.
 
@@ -152,7 +153,8 @@ def ks_two_sample(x: ArrayLike, y: ArrayLike) -> jax.Array:
     return jnp.where(ok, d, jnp.full((), jnp.nan, d.dtype)).reshape(batch)
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "num_draws", "method"))
+@functools.partial(jit, static_argnames=("shape", "num_draws", "method"),
+                   work=lambda a: a["num_draws"] * math.prod(a["shape"]))
 def ks_gaussian(key: jax.Array, s: ArrayLike, shape: tuple[int, ...], num_draws: int = 1,
                 method: str = "qr") -> jax.Array:
     """Two-sample KS distance of `s / mean(s)` to shape-matched Gaussian singular values.
@@ -200,7 +202,8 @@ def _candidates(n: int, min_tail: int, max_candidates: int | None) -> np.ndarray
 _KS_RULES = ("two_sided", "weightwatcher")
 
 
-@functools.partial(jax.jit, static_argnames=("min_tail", "max_candidates", "chunk", "ks", "floor"))
+@functools.partial(jit, static_argnames=("min_tail", "max_candidates", "chunk", "ks", "floor"),
+                   work=lambda a: jnp.size(a["x"]) * jnp.shape(a["x"])[-1])
 def powerlaw_fit(x: ArrayLike, min_tail: int = 10, max_candidates: int | None = None, chunk: int = 128,
                  ks: str = "two_sided", floor: float = 0.0) -> PowerLawFit:
     """Continuous power-law MLE with `x_min` by minimum KS distance (Clauset et al. 2009).
@@ -368,7 +371,7 @@ def _ww_fit_one(lam, ratio_q: float, m: int):
     return sigma, bulk_max / scale, spikes, bulk_max / lmax
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
+@functools.partial(jit, static_argnames=("shape",))
 def mp_fit_weightwatcher(lam: ArrayLike, shape: tuple[int, ...]) -> WWMPFit:
     """WeightWatcher 0.7's Marchenko-Pastur fit (`analyze(mp_fit=True)`) of eigenvalues `lam (..., k)`.
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from spectrax.backend import jit
 from spectrax.spectral._util import ShapeError, check_min_rank, common_float, swap_last
 from spectrax.spectral.decompose import LQ, SVDResult, fix_signs, lq, matmul
 from spectrax.spectral.gqa import gqa_pair
@@ -87,7 +88,7 @@ def _nan_where(ok, x, core_ndim):
     return jnp.where(mask, x, jnp.full((), jnp.nan, x.dtype))
 
 
-@jax.jit
+@jit
 def factored_singular_values(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Singular values of `A^T B`, never forming it.
 
@@ -102,7 +103,7 @@ def factored_singular_values(a: ArrayLike, b: ArrayLike) -> jax.Array:
     return _nan_where(ok, jnp.linalg.svd(core, full_matrices=False, compute_uv=False), 1)
 
 
-@functools.partial(jax.jit, static_argnames=("top_k",))
+@functools.partial(jit, static_argnames=("top_k",))
 def factored_svd(a: ArrayLike, b: ArrayLike, top_k: int | None = None) -> SVDResult:
     """Singular values and top-k singular vectors of `A^T B`, never forming it.
 
@@ -141,7 +142,7 @@ def _factored_svd_k(top_k):
     return lambda a, b: factored_svd(a, b, top_k=top_k)
 
 
-@functools.partial(jax.jit, static_argnames=("top_k",))
+@functools.partial(jit, static_argnames=("top_k",))
 def qk_kernel_svd(q: ArrayLike, k: ArrayLike, top_k: int | None = None) -> QKKernelSVD:
     """SVD of every head's QK kernel `W_Q,h^T W_K,g`, `g = h // (H // KV)`.
 
@@ -158,14 +159,14 @@ def qk_kernel_svd(q: ArrayLike, k: ArrayLike, top_k: int | None = None) -> QKKer
     return QKKernelSVD(s=out.s, query=out.u, key=out.v)
 
 
-@jax.jit
+@jit
 def qk_kernel_singular_values(q: ArrayLike, k: ArrayLike) -> jax.Array:
     """Singular values `(..., H, r)` of every head's QK kernel; shapes as in `qk_kernel_svd`."""
     _check_heads(q, k, ("q", "k"))
     return gqa_pair(factored_singular_values, q, k, axis=q.ndim - 3)
 
 
-@functools.partial(jax.jit, static_argnames=("top_k",))
+@functools.partial(jit, static_argnames=("top_k",))
 def ov_circuit_svd(o: ArrayLike, v: ArrayLike, top_k: int | None = None) -> OVCircuitSVD:
     """SVD of every head's OV circuit `W_O,h W_V,g = o_h^T v_g`.
 

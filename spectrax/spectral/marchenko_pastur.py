@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
+from spectrax.backend import jit
 from spectrax.spectral._util import as_float, float_dtype
 
 __all__ = [
@@ -73,7 +74,7 @@ def singular_value_edges(shape: tuple[int, ...], sigma: ArrayLike = 1.0,
     return sig * (big - small), sig * (big + small)
 
 
-@jax.jit
+@jit
 def mp_density(x: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0) -> jax.Array:
     """Density of the continuous part of MP at `x` (zero outside the bulk).
 
@@ -87,7 +88,7 @@ def mp_density(x: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0) -> jax.A
     return jnp.where(inside, num / den, 0.0)
 
 
-@jax.jit
+@jit
 def mp_cdf(x: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0) -> jax.Array:
     """Analytic CDF of MP at `x`, including the point mass `1 - 1/ratio` at 0 when `ratio > 1`.
 
@@ -108,7 +109,7 @@ def mp_cdf(x: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0) -> jax.Array
     return jnp.clip(cont + mass0, 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("num_iter",))
+@functools.partial(jit, static_argnames=("num_iter",))
 def mp_quantile(p: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0, num_iter: int = 60) -> jax.Array:
     """Smallest `x` with `mp_cdf(x) >= p`, by bisection on `[0, lambda_plus]`.
 
@@ -132,7 +133,7 @@ def mp_quantile(p: ArrayLike, ratio: ArrayLike, sigma2: ArrayLike = 1.0, num_ite
     return jnp.where(at_zero, jnp.zeros((), p.dtype), hi)
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
+@functools.partial(jit, static_argnames=("method",))
 def fit_mp_scale(eigenvalues: ArrayLike, ratio: ArrayLike, method: str = "median") -> jax.Array:
     """Fits the MP scale `sigma2` to a spectrum of eigenvalues, ratio <= 1.
 

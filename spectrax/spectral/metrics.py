@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from spectrax.backend import jit
 from spectrax.spectral._util import ShapeError, check_min_rank, common_float
 from spectrax.spectral.decompose import matmul
 
@@ -58,7 +59,7 @@ def _safe_div(num, den):
 # ----------------------------------------------------------------------------- pairs of spectra
 
 
-@jax.jit
+@jit
 def pearson(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Pearson correlation of two spectra along the last axis.
 
@@ -74,7 +75,7 @@ def pearson(a: ArrayLike, b: ArrayLike) -> jax.Array:
     return _safe_div(cov, den)
 
 
-@jax.jit
+@jit
 def ssr(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Spectral shape residual `mean_i |a_i / ||a||_2 - b_i / ||b||_2|`.
 
@@ -97,7 +98,7 @@ class ScaleFit(NamedTuple):
     mse: jax.Array
 
 
-@jax.jit
+@jit
 def scale_fit(a: ArrayLike, b: ArrayLike) -> ScaleFit:
     """Least-squares `alpha` with `a ~ alpha * b` and its mean squared residual.
 
@@ -112,7 +113,7 @@ def scale_fit(a: ArrayLike, b: ArrayLike) -> ScaleFit:
 # ----------------------------------------------------------------------------- singular vectors
 
 
-@jax.jit
+@jit
 def mean_abs_cos(x: ArrayLike, y: ArrayLike) -> jax.Array:
     """Index-matched mean absolute cosine `mean_i |<x_i, y_i>|` of unit columns.
 
@@ -124,7 +125,7 @@ def mean_abs_cos(x: ArrayLike, y: ArrayLike) -> jax.Array:
     return jnp.mean(jnp.abs(jnp.sum(x * y, axis=-2)), axis=-1)
 
 
-@jax.jit
+@jit
 def grassmann(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Subspace similarity: mean of the squared singular values of `A^T B`.
 
@@ -140,7 +141,7 @@ def grassmann(a: ArrayLike, b: ArrayLike) -> jax.Array:
     return jnp.sum(c * c, axis=(-2, -1)) / min(a.shape[-1], b.shape[-1])
 
 
-@jax.jit
+@jit
 def pairwise_grassmann(bases: ArrayLike) -> jax.Array:
     """Similarity matrix of a stack of subspaces, e.g. layer x layer for one head.
 
@@ -150,7 +151,7 @@ def pairwise_grassmann(bases: ArrayLike) -> jax.Array:
     return grassmann(bases[..., :, None, :, :], bases[..., None, :, :, :])
 
 
-@jax.jit
+@jit
 def projector_energy(w: ArrayLike, basis: ArrayLike) -> jax.Array:
     """Fraction of `w`'s energy inside a subspace: `||W P||_F^2 / ||W||_F^2`, `P = B B^T`.
 
@@ -175,13 +176,13 @@ def _spectrum(s):
     return s
 
 
-@jax.jit
+@jit
 def sigma_max(s: ArrayLike) -> jax.Array:
     """Largest singular value. s: `(..., n)` -> `(...)`."""
     return jnp.max(_spectrum(s), axis=-1)
 
 
-@jax.jit
+@jit
 def condition_number(s: ArrayLike, rtol: float = 1e-10) -> jax.Array:
     """`sigma_max / sigma_min` over the singular values above `rtol * sigma_max`.
 
@@ -194,7 +195,7 @@ def condition_number(s: ArrayLike, rtol: float = 1e-10) -> jax.Array:
     return _safe_div(top[..., 0], jnp.where(jnp.isinf(low), 0.0, low))
 
 
-@functools.partial(jax.jit, static_argnames=("squared",))
+@functools.partial(jit, static_argnames=("squared",))
 def effective_rank(s: ArrayLike, squared: bool = False) -> jax.Array:
     """Roy-Vetterli effective rank `exp(-sum_i p_i ln p_i)`, `p = s / sum(s)`.
 
@@ -210,14 +211,14 @@ def effective_rank(s: ArrayLike, squared: bool = False) -> jax.Array:
     return jnp.where(total[..., 0] > 0, erank, _nan_like(erank))
 
 
-@jax.jit
+@jit
 def max_mean(s: ArrayLike) -> jax.Array:
     """`s_1 / mean(s)`. s: `(..., n)` -> `(...)`; NaN for an all-zero spectrum."""
     s = _spectrum(s)
     return _safe_div(jnp.max(s, axis=-1), jnp.mean(s, axis=-1))
 
 
-@jax.jit
+@jit
 def stable_rank(s: ArrayLike) -> jax.Array:
     """`sum_i s_i^2 / s_1^2`. s: `(..., n)` -> `(...)`; NaN for an all-zero spectrum."""
     s = _spectrum(s)

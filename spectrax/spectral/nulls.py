@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from jax.typing import ArrayLike, DTypeLike
 
+from spectrax.backend import array_elements, jit
 from spectrax.spectral._util import ArrayTree, ShapeError, as_float, float_dtype
 from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_variates, gaussian_bidiagonal
 
@@ -197,7 +198,7 @@ def _rms(x):
 BISECTION_FROM_K = 384
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "method"))
+@functools.partial(jit, static_argnames=("shape", "dtype", "method"), work=lambda a: math.prod(a["shape"]))
 def gaussian_singular_values(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32,
                              method: str | None = None) -> jax.Array:
     """Singular values of i.i.d. N(0, 1) matrices of `shape (..., m, n)`, exactly in law, cheaply.
@@ -241,6 +242,10 @@ def _scaled(g, scale):
     return g * scale.reshape(scale.shape[:-2] + (1,) * (g.ndim - scale.ndim + 2))
 
 
+def _draws_work(a):
+    return a["num_draws"] * sum(math.prod(shape) for shape in a["shapes"])
+
+
 def _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, sample, then):
     """`then(*draws)` for `num_draws` keys, one scaled `sample(key, shape, dtype)` per template,
     `batch_size` keys at a time (`jax.lax.map`)."""
@@ -254,18 +259,18 @@ def _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, sample, then
     return jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws)
 
 
-@functools.partial(jax.jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size"))
+@functools.partial(jit, static_argnames=("stat_fn", "shapes", "dtypes", "num_draws", "batch_size"), work=_draws_work)
 def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
     return summarize_draws(_mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, jax.random.normal, stat_fn))
 
 
-@functools.partial(jax.jit, static_argnames=("shapes", "dtypes", "num_draws", "batch_size"))
+@functools.partial(jit, static_argnames=("shapes", "dtypes", "num_draws", "batch_size"), work=_draws_work)
 def _spectrum_draws(key, refs, shapes, dtypes, num_draws, batch_size):
     return _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, gaussian_singular_values,
                          lambda *spectra: spectra)
 
 
-@functools.partial(jax.jit, static_argnames=("stat_fn", "batch_size"))
+@functools.partial(jit, static_argnames=("stat_fn", "batch_size"))
 def _null_of_draws(draws, stat_fn, batch_size):
     return summarize_draws(jax.lax.map(lambda d: stat_fn(*d), draws, batch_size=batch_size or draws[0].shape[0]))
 
@@ -417,7 +422,8 @@ def shuffle_entries(key: jax.Array, x: ArrayLike) -> jax.Array:
     return jax.random.permutation(key, flat, axis=-1, independent=True).reshape(x.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("stat_fn", "num_draws", "batch_size"))
+@functools.partial(jit, static_argnames=("stat_fn", "num_draws", "batch_size"),
+                   work=lambda a: a["num_draws"] * array_elements(a["arrays"]))
 def _shuffle_null(key, arrays, stat_fn, num_draws, batch_size):
     def draw(k):
         ks = jax.random.split(k, len(arrays))

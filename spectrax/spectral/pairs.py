@@ -19,6 +19,7 @@ import functools
 import jax
 from jax.typing import ArrayLike
 
+from spectrax.backend import jit
 from spectrax.spectral import metrics
 from spectrax.spectral.decompose import singular_values, svd
 from spectrax.spectral._util import ShapeError
@@ -42,7 +43,7 @@ PAIR_STATISTICS = SPECTRA_PAIR_STATISTICS + ("cos_u", "cos_v", "grassmann")
 SPECTRUM_STATISTICS = ("sigma_max", "cond", "erank", "erank_squared", "max_mean", "stable_rank")
 
 
-@jax.jit
+@jit
 def spectra_pair_statistics(sa: ArrayLike, sb: ArrayLike) -> dict[str, jax.Array]:
     """The spectrum-only part of `pair_statistics`, from singular values `sa`, `sb (..., k)`.
 
@@ -59,7 +60,7 @@ def spectra_pair_statistics(sa: ArrayLike, sb: ArrayLike) -> dict[str, jax.Array
     }
 
 
-@functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
+@functools.partial(jit, static_argnames=("grassmann_k", "method"))
 def pair_statistics(a: ArrayLike, b: ArrayLike, grassmann_k: int | None = None, method: str = "cholqr") -> dict[str, jax.Array]:
     """docs/statistics.md §1 pair statistics of matrices `a` and `b`, `(..., D, E)`, leading axes broadcasting.
 
@@ -80,7 +81,7 @@ def pair_statistics(a: ArrayLike, b: ArrayLike, grassmann_k: int | None = None, 
     }
 
 
-@functools.partial(jax.jit, static_argnames=("grassmann_k", "method"))
+@functools.partial(jit, static_argnames=("grassmann_k", "method"))
 def gqa_pair_statistics(q: ArrayLike, kv: ArrayLike, grassmann_k: int | None = None,
                         method: str = "cholqr") -> dict[str, jax.Array]:
     """`pair_statistics` of every query head h with its KV head `g = h // (H // KV)`.
@@ -94,7 +95,7 @@ def gqa_pair_statistics(q: ArrayLike, kv: ArrayLike, grassmann_k: int | None = N
     return gqa_pair(fn, q, kv, axis=q.ndim - 3)
 
 
-@jax.jit
+@jit
 def singular_value_statistics(s: ArrayLike) -> dict[str, jax.Array]:
     """docs/statistics.md §1-§2 single-matrix statistics from singular values `s (..., k)`.
 
@@ -112,7 +113,7 @@ def singular_value_statistics(s: ArrayLike) -> dict[str, jax.Array]:
     }
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
+@functools.partial(jit, static_argnames=("method",))
 def spectrum_statistics(w: ArrayLike, method: str = "cholqr") -> dict[str, jax.Array]:
     """`singular_value_statistics` of the matrices `w (..., m, n)`."""
     return singular_value_statistics(singular_values(w, method=method))
