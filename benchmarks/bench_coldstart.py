@@ -15,6 +15,12 @@ Cases (`--cases`):
   Qwen2.5-14B layer shapes (E=5120, H=40, KV=8, D=128, F=13824; the laws read no MLP tensor);
 - `embedded-laws`: `--analyses laws` on the embedded model (the quick mode's case).
 
+The `laws14b` case also times its peer, `laws_numpy.py` on the same checkpoint (a fresh process,
+command start to its result): per-head SVDs one head at a time, without (`numpy`) and with
+(`numpy+draws`) the random baseline of as many Gaussian draws per head as spectrax uses. numpy's
+BLAS runs one thread unless `OPENBLAS_NUM_THREADS` says otherwise: its threads do not speed up the
+SVD of one 128-row head, and on a shared machine they made it ~10x slower.
+
     python benchmarks/bench_coldstart.py [--cases embedded laws14b] [--json out.json]
 """
 
@@ -99,6 +105,17 @@ def run_case(case: str, scratch: str) -> list[dict]:
         rows.append({"case": case, "run": run, "argv": " ".join(["spectrax", *argv]),
                      **_once([*argv, "--out", out], cache)})
         print(json.dumps(rows[-1]), flush=True)
+    if case == "laws14b":
+        for run, draws in (("numpy", 0), ("numpy+draws", 16)):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "laws_numpy.py"),
+                            path, "--num-draws", str(draws)], check=True, capture_output=True,
+                           env={**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")})
+            rows.append({"case": case, "run": run, "argv": f"python laws_numpy.py --num-draws {draws}",
+                         "wall_s": time.perf_counter() - started,
+                         **dict.fromkeys(("import_s", "trace_s", "lower_s", "backend_compile_s", "compile_s",
+                                          "compute_s", "cache_hits", "cache_misses"), float("nan"))})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -121,7 +138,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"{r['case']:>14} {r['run']:>5} {r['wall_s']:>7.1f} {r['import_s']:>7.1f} {r['trace_s']:>7.1f} "
               f"{r['lower_s']:>7.1f} {r['backend_compile_s']:>7.1f} {r['compile_s']:>8.1f} {r['compute_s']:>8.1f} "
-              f"{r['cache_hits']:>5} {r['cache_misses']:>6}")
+              f"{r['cache_hits']:>5.0f} {r['cache_misses']:>6.0f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
