@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,3 +57,24 @@ def test_compile_time_counts_overlapping_traces_once():
     assert union_seconds([]) == 0.0
     assert union_seconds([(0.0, 1.0), (0.25, 0.5), (2.0, 3.0)]) == 2.0  # a nested trace inside another
     assert union_seconds([(1.0, 2.0), (0.0, 1.5)]) == 2.0  # overlapping, given out of order
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_numpy_peer_of_the_laws_computes_what_spectrax_reports(tmp_path, dtype, capsys):
+    """`laws_numpy.py` (bench_coldstart's peer) reads the same heads and gets spectrax's pearson_qk
+    and ssr_qk, so the benchmark compares like with like."""
+    import jax
+
+    from benchmarks import laws_numpy
+    from spectrax.analyses import laws
+    from spectrax.io import load
+    from spectrax.io.synthetic import write_llama_checkpoint
+
+    path = tmp_path / "ckpt"
+    write_llama_checkpoint(path, num_layers=2, dtype=dtype, layers_per_shard=1)
+    peer = laws_numpy.main([str(path), "--num-draws", "1"])
+    assert peer["svds"] == 2 * (4 + 2 + 2) * 2 and peer["query_heads"] == 8
+    model = load(path)
+    ours = laws.head_laws(model.params["layers"][0]["attn"], jax.random.key(0), num_draws=2)
+    assert peer["median_pearson"] == pytest.approx(float(np.median(ours["pearson_qk"])), rel=1e-5)
+    assert peer["median_ssr"] == pytest.approx(float(np.median(ours["ssr_qk"])), rel=1e-4)
