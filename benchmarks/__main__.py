@@ -16,12 +16,15 @@ JSON into DIR; `DIR/summary.md` collects the headline figures with the machine a
   SmolLM2-135M and Qwen2.5-14B matrix shapes (`bench_nulls.py`);
 - coldstart: `spectrax analyze` cold and warm (persistent compilation cache), its compile time
   (tracing, lowering, XLA) apart from the rest, on the embedded model and on `--analyses laws` of a
-  2-layer Qwen2.5-14B-shaped checkpoint (`bench_coldstart.py`).
+  2-layer Qwen2.5-14B-shaped checkpoint (`bench_coldstart.py`);
+- weightwatcher: default `spectrax analyze` cold and warm on a 6-layer, 384-wide BERT (MiniLM-L6
+  shapes) against WeightWatcher's `analyze(mp_fit=True, randomize=True)` on it, where a venv with
+  weightwatcher is at hand (`bench_weightwatcher.py`).
 
 `--quick` (CI-sized: a check that every part runs and reports, about a minute and a half on the idle
 2-core machine of RESULTS.md; not a measurement): GPT-2 heads with the explicit E x E route and
 nulls, a 2-layer small checkpoint, smaller roofline products, an 8-configuration dynamics grid, null
-draws at the two small shapes; no coldstart (a cold run is all compilation, minutes when the machine
+draws at the two small shapes; no coldstart or weightwatcher (a cold run is all compilation, minutes when the machine
 is shared: `tests/test_benchmarks.py` runs its smallest case on its own). The full suite
 takes ~30-60 minutes and ~10 GB of scratch disk. Figures are recorded in benchmarks/RESULTS.md.
 """
@@ -39,7 +42,7 @@ import time
 __all__ = ["PARTS", "main", "summarize"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("kernels", "scaling", "roofline", "dynamics", "nulls", "coldstart")
+PARTS = ("kernels", "scaling", "roofline", "dynamics", "nulls", "coldstart", "weightwatcher")
 
 
 def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
@@ -53,6 +56,7 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
         dynamics = [[py, script("bench_dynamics.py"), "--quick", "--json", f"{out}/dynamics.json"]]
         nulls = [[py, script("bench_nulls.py"), "--quick", "--json", f"{out}/nulls.json"]]
         coldstart = []  # a cold run is all compile: ~3 minutes on the shared machine, not CI-sized
+        weightwatcher = []
     else:
         kernels = [[py, script("bench_kernels.py"), "--json", f"{out}/kernels.json"]]
         scaling = [[py, script("bench_loading.py"), "--shape", "14b", "--layers", "2", "4", "8", "16",
@@ -61,8 +65,9 @@ def _commands(quick: bool, out: str) -> dict[str, list[list[str]]]:
         dynamics = [[py, script("bench_dynamics.py"), "--json", f"{out}/dynamics.json"]]
         nulls = [[py, script("bench_nulls.py"), "--json", f"{out}/nulls.json"]]
         coldstart = [[py, script("bench_coldstart.py"), "--json", f"{out}/coldstart.json"]]
+        weightwatcher = [[py, script("bench_weightwatcher.py"), "--json", f"{out}/weightwatcher.json"]]
     return {"kernels": kernels, "scaling": scaling, "roofline": roofline, "dynamics": dynamics, "nulls": nulls,
-            "coldstart": coldstart}
+            "coldstart": coldstart, "weightwatcher": weightwatcher}
 
 
 def summarize(out: str) -> str:
@@ -110,6 +115,13 @@ def summarize(out: str) -> str:
                 lines.append(f"- `{r['argv']}` {r['run']}: {r['wall_s']:.1f} s, of which compile {r['compile_s']:.1f} s "
                              f"(XLA {r['backend_compile_s']:.1f} s), compute and I/O {r['compute_s']:.1f} s, "
                              f"import {r['import_s']:.1f} s")
+        elif name == "weightwatcher.json":
+            for r in report["rows"]:
+                what = f"spectrax analyze {r['run']}" + (" (XLA quick)" if r["xla"] == "quick" else "")
+                if r["tool"] == "weightwatcher":
+                    what = "WeightWatcher analyze(mp_fit=True, randomize=True)"
+                lines.append(f"- BERT {report['checkpoint']}, {what}: {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+                             f"load {r['load_before']:.1f}-{r['load_after']:.1f}")
         elif name == "nulls.json":
             for r in report["rows"]:
                 lines.append(f"- null draw {r['shape']}, {r['method']}: {r['seconds_per_draw']:.3g} s "

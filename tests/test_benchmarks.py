@@ -78,3 +78,30 @@ def test_the_numpy_peer_of_the_laws_computes_what_spectrax_reports(tmp_path, dty
     ours = laws.head_laws(model.params["layers"][0]["attn"], jax.random.key(0), num_draws=2)
     assert peer["median_pearson"] == pytest.approx(float(np.median(ours["pearson_qk"])), rel=1e-5)
     assert peer["median_ssr"] == pytest.approx(float(np.median(ours["ssr_qk"])), rel=1e-4)
+
+
+def test_weightwatcher_bench_writes_a_bert_spectrax_reads_and_skips_without_weightwatcher(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from benchmarks.bench_weightwatcher import SHAPES, weightwatcher_row, write_bert_checkpoint
+    from spectrax.io.load import open_source
+
+    path = write_bert_checkpoint(str(tmp_path / "bert"), **SHAPES["tiny"])
+    spec = open_source(path).spec
+    assert (spec.num_layers, spec.hidden_size, spec.num_heads) == (2, 64, 4)
+    tensors = load_file(os.path.join(path, "model.safetensors"))
+    assert len(tensors) == 5 + 2 + 16 * 2 and not tensors["embeddings.word_embeddings.weight"][0].any()
+    assert abs(float(tensors["encoder.layer.1.intermediate.dense.weight"].std()) - 0.02) < 0.002
+    assert weightwatcher_row(path, python=str(tmp_path / "no-python")) is None
+    assert "weightwatcher skipped: no Python at" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_weightwatcher_bench_times_spectrax_cold_without_weightwatcher(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_weightwatcher.py"), "--shape", "tiny",
+                          "--runs", "cold", "--ww-python", str(tmp_path / "no-python"), "--json", str(tmp_path / "ww.json")],
+                         cwd=ROOT, check=True, capture_output=True, text=True, timeout=1200)
+    assert "weightwatcher skipped" in out.stdout
+    (row,) = json.loads((tmp_path / "ww.json").read_text())["rows"]
+    assert (row["tool"], row["run"], row["xla"]) == ("spectrax", "cold", "default")
+    assert 0 < row["cpu_s"] and 0 < row["wall_s"]

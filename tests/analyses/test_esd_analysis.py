@@ -219,7 +219,7 @@ def test_too_few_eigenvalues_for_a_tail_gives_nan_alpha_only():
 def test_one_compile_per_shape_across_calls():
     rng = np.random.default_rng(7)
     draw = lambda: {f"w{i}": rng.standard_normal((24, 72)).astype(np.float32) for i in range(3)}
-    kernels = (esd_statistics, sp.singular_values, nulls._gaussian_null, nulls._shuffle_null)
+    kernels = (esd_statistics, sp.singular_values, nulls._gaussian_null, nulls.shuffle_entries)
     matrix_esd_rows(draw(), jax.random.key(0), num_draws=4, shuffle_draws=2)
     before = [k._cache_size() for k in kernels]
     matrix_esd_rows(draw(), jax.random.key(1), num_draws=4, shuffle_draws=2)   # same shapes, new values
