@@ -39,7 +39,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from spectrax.backend import jit
 from spectrax.spectral._util import ArrayTree, ShapeError, as_float, float_dtype
-from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_variates, gaussian_bidiagonal
+from spectrax.spectral.bidiagonal import bidiagonal_singular_values, chi_bidiagonal, chi_variates
 
 __all__ = [
     "NullSummary",
@@ -199,7 +199,6 @@ def _rms(x):
 BISECTION_FROM_K = 384
 
 
-@functools.partial(jit, static_argnames=("shape", "dtype", "method"), work=lambda a: math.prod(a["shape"]))
 def gaussian_singular_values(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32,
                              method: str | None = None) -> jax.Array:
     """Singular values of i.i.d. N(0, 1) matrices of `shape (..., m, n)`, exactly in law, cheaply.
@@ -211,16 +210,31 @@ def gaussian_singular_values(key: jax.Array, shape: tuple[int, ...], dtype: DTyp
     triangular QR factor of an `(N, k)` Gaussian matrix has independent entries,
     `R_ii = sqrt(chi2(N - i))` and `R_ij ~ N(0, 1)` above the diagonal, and a `(k, k)` SVD of it.
     `method` (`"bisection"` or `"bartlett"`) forces one. Returns `(..., k)` descending, in `dtype`
-    (float32 where float64 is unavailable, with a `Float64Unavailable` warning).
+    (float32 where float64 is unavailable, with a `Float64Unavailable` warning). `N` enters only as
+    degrees of freedom, so one program serves every `N` with the same batch and `k`.
     """
     *batch, m, n = shape
-    k = min(m, n)
     dtype = float_dtype(dtype, "Gaussian singular values")
     if method not in (None, "bisection", "bartlett"):
         raise ValueError(f"method must be 'bisection' or 'bartlett', got {method!r}")
+    return _gaussian_spectra(key, np.int32(max(m, n)), batch=tuple(batch), k=min(m, n), dtype=dtype, method=method)
+
+
+def _spectra_work(a):
+    return math.prod(a["batch"]) * a["k"] ** 2
+
+
+@functools.partial(jit, static_argnames=("batch", "k", "dtype", "method"), work=_spectra_work)
+def _gaussian_spectra(key, big, batch, k, dtype, method):
+    return _draw_spectra(key, big, batch, k, dtype, method)
+
+
+def _draw_spectra(key, big, batch: tuple[int, ...], k: int, dtype, method):
+    """`gaussian_singular_values` of `(*batch, k, big)` matrices, `big` a (possibly traced) int."""
     if method == "bisection" or (method is None and k >= BISECTION_FROM_K):
-        return bidiagonal_singular_values(*gaussian_bidiagonal(key, shape, dtype))
-    return jnp.linalg.svd(bartlett_factor(key, shape, dtype), full_matrices=False, compute_uv=False)
+        diag_dof, off_dof = big - jnp.arange(k), k - 1 - np.arange(k - 1)
+        return bidiagonal_singular_values(*chi_bidiagonal(key, diag_dof, off_dof, batch, dtype))
+    return jnp.linalg.svd(_bartlett(key, big, batch, k, dtype), full_matrices=False, compute_uv=False)
 
 
 def bartlett_factor(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> jax.Array:
@@ -229,10 +243,13 @@ def bartlett_factor(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = j
     `R_ii = chi_{N - i}` and `R_ij ~ N(0, 1)` above the diagonal, `k = min(m, n)`, `N = max(m, n)`.
     `R` has the singular values of the matrix, and `R^T R` its Gram matrix in law."""
     *batch, m, n = shape
-    k, big = min(m, n), max(m, n)
+    return _bartlett(key, max(m, n), tuple(batch), min(m, n), float_dtype(dtype, "a Bartlett factor"))
+
+
+def _bartlett(key, big, batch: tuple[int, ...], k: int, dtype) -> jax.Array:
     kd, ko = jax.random.split(key)
-    diag = chi_variates(kd, big - np.arange(k), tuple(batch), dtype)
-    upper = jnp.triu(jax.random.normal(ko, tuple(batch) + (k, k), dtype), 1)
+    diag = chi_variates(kd, big - jnp.arange(k), batch, dtype)
+    upper = jnp.triu(jax.random.normal(ko, batch + (k, k), dtype), 1)
     return upper + diag[..., None] * jnp.eye(k, dtype=dtype)
 
 
@@ -245,6 +262,10 @@ def _scaled(g, scale):
 
 def _draws_work(a):
     return a["num_draws"] * sum(math.prod(shape) for shape in a["shapes"])
+
+
+def _spectrum_draws_work(a):
+    return a["num_draws"] * sum(math.prod(batch) * k**2 for batch, k in a["cores"])
 
 
 def _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, sample, then):
@@ -265,10 +286,18 @@ def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
     return summarize_draws(_mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, jax.random.normal, stat_fn))
 
 
-@functools.partial(jit, static_argnames=("shapes", "dtypes", "num_draws", "batch_size"), work=_draws_work)
-def _spectrum_draws(key, refs, shapes, dtypes, num_draws, batch_size):
-    return _mapped_draws(key, refs, shapes, dtypes, num_draws, batch_size, gaussian_singular_values,
-                         lambda *spectra: spectra)
+@functools.partial(jit, static_argnames=("cores", "dtypes", "num_draws", "batch_size"), work=_spectrum_draws_work)
+def _spectrum_draws(key, refs, bigs, cores, dtypes, num_draws, batch_size):
+    """Per template `(batch, k)` in `cores`, `num_draws` spectra of Gaussian `(*batch, k, big)`
+    matrices at the template's RMS: keyed by `k`, not the larger side `bigs` (traced)."""
+    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
+
+    def draw(key):
+        keys = jax.random.split(key, len(cores))
+        return tuple(_scaled(_draw_spectra(ki, big, batch, k, dtype, None), scale)
+                     for ki, big, (batch, k), dtype, scale in zip(keys, bigs, cores, dtypes, scales))
+
+    return jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws)
 
 
 @functools.partial(jit, static_argnames=("stat_fn", "batch_size"))
@@ -388,7 +417,10 @@ def gaussian_spectrum_draws(
     if num_draws == 0:
         return tuple(np.zeros((0, *sh[:-2], min(sh[-2:])), float_dtype(dt, "Gaussian singular values"))
                      for sh, dt in zip(shapes, dtypes))
-    return _spectrum_draws(key, refs, shapes=shapes, dtypes=dtypes, num_draws=num_draws, batch_size=batch_size)
+    bigs = tuple(np.int32(max(sh[-2:])) for sh in shapes)
+    cores = tuple((tuple(sh[:-2]), min(sh[-2:])) for sh in shapes)
+    dtypes = tuple(float_dtype(dt, "Gaussian singular values") for dt in dtypes)
+    return _spectrum_draws(key, refs, bigs, cores=cores, dtypes=dtypes, num_draws=num_draws, batch_size=batch_size)
 
 
 def null_from_draws(stat_fn: Callable[..., Any], *draws: ArrayLike, batch_size: int | None = None) -> NullSummary:
