@@ -118,16 +118,17 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero matrix: degenerate, blanked below
             alpha_scale = rms[a] / (rms[b] if per_kv else rms[b][:, kv_of])
         groups = np.arange(k.shape[1]) if per_kv else kv_of  # query heads reading one K/V head share its draw
-        null, layer_std = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
-                                  {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
-        layer_std.update({name: _independent_mean_std(one.std, groups, n) for name, one in exact.items()})
-        layer_std.update({f"{name}_se": np.zeros(n) for name in exact})  # exact: no Monte Carlo error
-        add(tag, {**_columns(observed, {**null, **exact}), **_layer_columns(layer_std, len(groups))}, per_kv)
+        null, layer = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
+                              {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
+        for name, one in exact.items():  # exact: no Monte Carlo error
+            layer.update({f"{name}_layer_null_std": _independent_mean_std(one.std, groups, n),
+                          f"{name}_layer_null_std_se": np.zeros(n), f"{name}_layer_null_mean_se": np.zeros(n)})
+        add(tag, {**_columns(observed, {**null, **exact}), **_layer_columns(layer, len(groups))}, per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
         groups = np.arange(H if m == "q" else k.shape[1])
-        null, layer_std = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
-        add(m, {**_columns(observed, null), **_layer_columns(layer_std, len(groups))}, m != "q")
+        null, layer = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
+        add(m, {**_columns(observed, null), **_layer_columns(layer, len(groups))}, m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
     per_head = {m: c if m == "q" else c[:, kv_of] for m, c in
@@ -164,18 +165,23 @@ def _rms(x: np.ndarray) -> np.ndarray:
 def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray], groups: np.ndarray
             ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray]]:
     """Per statistic, the null of unit-variance stand-ins pooled over the heads (axis 1 of `(n,
-    heads)`), times each head's scale factor for the statistics in `scales`; and `(n,)` the null
-    std of each layer's mean over its heads (`spectral.mean_null_std`: heads of one `groups` entry
-    share a draw of their K/V head, so their means are correlated)."""
-    pooled, layer_std = {}, {}
+    heads)`), times each head's scale factor for the statistics in `scales`; and the null of each
+    layer's mean over its heads, `(n,)` columns: `<stat>_layer_null_std` (`spectral.mean_null_std`:
+    heads of one `groups` entry share a draw of their K/V head, so their means are correlated), its
+    Monte Carlo error `_layer_null_std_se`, and `_layer_null_mean_se`, the Monte Carlo error of the
+    layer mean's null mean (`layer_null_std / sqrt(N)`: the pooled mean is the mean of the N draws'
+    layer means)."""
+    pooled, layer = {}, {}
     for name, one in sp.split_null(null).items():
         scale = scales.get(name)
         pooled[name] = sp.pool_null(one, axis=1, scale=scale)
         draws = np.asarray(one.draws, np.float64) * (1.0 if scale is None else np.asarray(scale, np.float64))
-        layer_std[name] = sp.mean_null_std(draws, groups)
-        layer_std[f"{name}_se"] = layer_std[name] * relative_std_error(np.nanmean(draws, axis=-1))
-    return pooled, layer_std
-
+        means = np.nanmean(draws, axis=-1)  # (N, n): each draw's layer mean
+        std = sp.mean_null_std(draws, groups)
+        layer[f"{name}_layer_null_std"] = std
+        layer[f"{name}_layer_null_std_se"] = std * relative_std_error(means)
+        layer[f"{name}_layer_null_mean_se"] = std / np.sqrt(np.maximum(np.sum(np.isfinite(means), axis=0), 1))
+    return pooled, layer
 
 
 def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
@@ -186,11 +192,10 @@ def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(std, np.float64) / np.sqrt(len(groups)), (layers,))
 
 
-def _layer_columns(layer_std: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
-    """`<stat>_layer_null_std` (and `<stat>_layer_null_std_se`, its Monte Carlo error) columns `(n, heads)`:
-    each layer's value repeated on its heads' rows."""
-    return {f"{name.removesuffix('_se')}_layer_null_std{'_se' if name.endswith('_se') else ''}": np.repeat(np.reshape(np.asarray(std, np.float32), (-1, 1)), heads, axis=1)
-            for name, std in layer_std.items()}
+def _layer_columns(layer: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
+    """The `(n,)` columns of a layer mean's null (`_layer_null_std`, `_layer_null_std_se`,
+    `_layer_null_mean_se`) as `(n, heads)`: each layer's value repeated on its heads' rows."""
+    return {name: np.repeat(np.reshape(np.asarray(value, np.float32), (-1, 1)), heads, axis=1) for name, value in layer.items()}
 
 
 DEGENERACY = ("", "rank-deficient", "subnormal", "zero")
@@ -245,7 +250,7 @@ def _spectrum_statistics(s) -> dict:
     return {name: stats[name] for name in _SPECTRUM}
 
 
-_SUFFIXES = ("_layer_null_std_se", "_layer_null_std", "_null_mean_se", "_null_std_se", "_null_mean", "_null_std", "_z",
+_SUFFIXES = ("_layer_null_std_se", "_layer_null_std", "_layer_null_mean_se", "_null_mean_se", "_null_std_se", "_null_mean", "_null_std", "_z",
              "_pct", "_diff", "_ratio")
 
 
