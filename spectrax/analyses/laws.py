@@ -57,8 +57,16 @@ _GQA_SPECTRA = functools.partial(sp.gqa_pair, sp.spectra_pair_statistics, axis=1
 _GQA_VECTORS = functools.partial(sp.gqa_pair, _vector_pair_statistics, axis=1)
 
 
-def _columns(observed: dict, nulls: dict) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in sp.null_columns(observed, nulls).items()}
+def _columns(observed: dict, nulls: dict, mean_se: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """`spectral.null_columns`, with the Monte Carlo error of each pooled null mean in `mean_se`
+    (`_pooled`: its draws are correlated where query heads share a K/V head) as `_null_mean_se`
+    and in the z."""
+    cols = {k: np.asarray(v) for k, v in sp.null_columns(observed, nulls).items()}
+    for name, se in (mean_se or {}).items():
+        se = np.broadcast_to(np.asarray(se, cols[name].dtype), cols[name].shape)
+        cols[f"{name}_null_mean_se"] = se
+        cols[f"{name}_z"] = np.asarray(sp.null_z(cols[name], cols[f"{name}_null_mean"], cols[f"{name}_null_std"], se))
+    return cols
 
 
 def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
@@ -118,17 +126,17 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero matrix: degenerate, blanked below
             alpha_scale = rms[a] / (rms[b] if per_kv else rms[b][:, kv_of])
         groups = np.arange(k.shape[1]) if per_kv else kv_of  # query heads reading one K/V head share its draw
-        null, layer = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
-                              {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
+        null, layer, mean_se = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
+                                       {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
         for name, one in exact.items():  # exact: no Monte Carlo error
             layer.update({f"{name}_layer_null_std": _independent_mean_std(one.std, groups, n),
                           f"{name}_layer_null_std_se": np.zeros(n), f"{name}_layer_null_mean_se": np.zeros(n)})
-        add(tag, {**_columns(observed, {**null, **exact}), **_layer_columns(layer, len(groups))}, per_kv)
+        add(tag, {**_columns(observed, {**null, **exact}, mean_se), **_layer_columns(layer, len(groups))}, per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
         groups = np.arange(H if m == "q" else k.shape[1])
-        null, layer = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
-        add(m, {**_columns(observed, null), **_layer_columns(layer, len(groups))}, m != "q")
+        null, layer, mean_se = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
+        add(m, {**_columns(observed, null, mean_se), **_layer_columns(layer, len(groups))}, m != "q")
     finite = {m: np.isfinite(x.astype(np.float32)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
     per_head = {m: c if m == "q" else c[:, kv_of] for m, c in
@@ -163,25 +171,32 @@ def _rms(x: np.ndarray) -> np.ndarray:
 
 
 def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray], groups: np.ndarray
-            ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray]]:
+            ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per statistic, the null of unit-variance stand-ins pooled over the heads (axis 1 of `(n,
-    heads)`), times each head's scale factor for the statistics in `scales`; and the null of each
+    heads)`), times each head's scale factor for the statistics in `scales`; the null of each
     layer's mean over its heads, `(n,)` columns: `<stat>_layer_null_std` (`spectral.mean_null_std`:
     heads of one `groups` entry share a draw of their K/V head, so their means are correlated), its
     Monte Carlo error `_layer_null_std_se`, and `_layer_null_mean_se`, the Monte Carlo error of the
     layer mean's null mean (`layer_null_std / sqrt(N)`: the pooled mean is the mean of the N draws'
-    layer means)."""
-    pooled, layer = {}, {}
+    layer means); and per statistic `(n, heads)` the Monte Carlo error of each head's pooled null
+    mean, likewise the unit null's layer-mean std over sqrt(N) times the head's scale (treating the
+    N x heads pooled draws as independent would understate it by up to sqrt(H / KV) where query
+    heads share their K/V head's draw)."""
+    pooled, layer, mean_se = {}, {}, {}
     for name, one in sp.split_null(null).items():
         scale = scales.get(name)
         pooled[name] = sp.pool_null(one, axis=1, scale=scale)
+        unit = np.asarray(one.draws, np.float64)
+        finite = np.maximum(np.sum(np.isfinite(np.nanmean(unit, axis=-1)), axis=0), 1)
+        unit_se = sp.mean_null_std(unit, groups) / np.sqrt(finite)
+        mean_se[name] = unit_se[:, None] * (1.0 if scale is None else np.abs(np.asarray(scale, np.float64)))
         draws = np.asarray(one.draws, np.float64) * (1.0 if scale is None else np.asarray(scale, np.float64))
         means = np.nanmean(draws, axis=-1)  # (N, n): each draw's layer mean
         std = sp.mean_null_std(draws, groups)
         layer[f"{name}_layer_null_std"] = std
         layer[f"{name}_layer_null_std_se"] = std * relative_std_error(means)
         layer[f"{name}_layer_null_mean_se"] = std / np.sqrt(np.maximum(np.sum(np.isfinite(means), axis=0), 1))
-    return pooled, layer
+    return pooled, layer, mean_se
 
 
 def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
