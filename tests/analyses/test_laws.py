@@ -380,3 +380,16 @@ def test_the_spectrum_figures_show_the_picked_heads_q_and_k_spectra():
     ssr = float(tables.heads["ssr_qk"][top])
     q, k = (s / np.linalg.norm(s) for s in plot.args)
     np.testing.assert_allclose(np.mean(np.abs(q - k)), ssr, rtol=1e-4)
+
+
+def test_what_stands_out_reads_each_departure_against_the_claim():
+    """"What stands out" words a departure relative to the laws' claim that Q and K are alike:
+    pearson below its null or ssr above it is against the claim, the reverse in its direction;
+    statistics without a direction of "alike" are above or below the random null."""
+    from spectrax.analyses.laws import _direction
+
+    assert _direction("pearson_qk", -8.0).startswith("Q and K spectra less alike than random matrices: against")
+    assert _direction("ssr_qk", 12.0).startswith("Q and K spectra less alike than random matrices: against")
+    assert _direction("ssr_kv", -3.5).startswith("K and V spectra more alike than random matrices: in the direction of")
+    assert _direction("cos_u_qk", 21.0).startswith("Q and K singular vectors more alike")
+    assert _direction("sigma_max_q", 4.0) == "above the random null"
