@@ -57,8 +57,9 @@ def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str,
     The null std of a layer mean is the table's `<stat>_layer_null_std` (the analysis's estimate,
     counting heads that share a K/V head), else the heads' null std over sqrt(heads) (independent
     heads). The mean of the per-head null stds would be sqrt(heads) too wide. The error of the null
-    mean is the table's `<stat>_layer_null_mean_se`, else the heads' `_null_mean_se` (a null pooled
-    over the layer's heads: one mean, one error).
+    mean is the table's `<stat>_layer_null_mean_se`, else, likewise, the heads' `_null_mean_se` over
+    sqrt(heads) (independent heads, each null mean from its own draws; analyses whose heads share a
+    pooled null, `laws` and `kernel`, give the layer column).
     """
     layers = np.asarray(table["layer"])
     ids = np.unique(layers)
@@ -82,10 +83,12 @@ def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str,
             out[stat + "_null_std"] = means(stat + "_null_std") / root
             se = stat + "_null_std_se"
             out[stat + "_null_std_se"] = means(se) / root if se in table else np.zeros(len(ids))
-        for column in (stat + "_layer_null_mean_se", stat + "_null_mean_se"):
-            if column in table:
-                out[stat + "_null_mean_se"] = means(column)
-                break
+        if stat + "_layer_null_mean_se" in table:
+            out[stat + "_null_mean_se"] = means(stat + "_layer_null_mean_se")
+        elif stat + "_null_mean_se" in table:  # independent heads, each null mean from its own draws
+            counted = ~np.isnan(np.asarray(table[stat], float))
+            root = np.sqrt([max(np.sum(counted & (layers == i)), 1) for i in ids])
+            out[stat + "_null_mean_se"] = means(stat + "_null_mean_se") / root
         if stat + "_null_std" in out and stat in out:
             _add_z(out, stat)
     return out

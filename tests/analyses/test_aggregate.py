@@ -85,11 +85,12 @@ def test_the_null_means_own_monte_carlo_error_widens_every_z():
     assert v["z"] == pytest.approx((v["mean_over_layers"] - 5.0) / (v["null_std"] * np.sqrt(1 + 1 / 8)))
     groups = group_means(per_layer, ["ssr"], [(0, 1)])
     assert groups["ssr_z"][0] == pytest.approx(v["z"])
-    # without a layer column, the heads' own error of a null pooled over the layer (one mean, one error)
-    pooled = {**_table(), "ssr_null_mean_se": np.full(8, 0.1)}
-    per_layer = layer_means(pooled, ["ssr"])
-    np.testing.assert_allclose(per_layer["ssr_null_mean_se"], [0.1, 0.1])
-    np.testing.assert_allclose(per_layer["ssr_z"], (per_layer["ssr"] - 5.0) / np.hypot([0.5, 2 / np.sqrt(3)], 0.1))
+    # without a layer column, independent heads as for the std: the heads' errors over sqrt(finite heads)
+    independent = {**_table(), "ssr_null_mean_se": np.full(8, 0.1)}
+    per_layer = layer_means(independent, ["ssr"])
+    np.testing.assert_allclose(per_layer["ssr_null_mean_se"], [0.1 / 2, 0.1 / np.sqrt(3)])
+    np.testing.assert_allclose(per_layer["ssr_z"], (per_layer["ssr"] - 5.0)
+                               / np.hypot([0.5, 2 / np.sqrt(3)], [0.1 / 2, 0.1 / np.sqrt(3)]))
 
 
 def test_layer_groups_match_the_source_blocks():
