@@ -38,10 +38,11 @@ from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, P
 from spectrax.analyses.precision import precision_table
 from spectrax.analyses.tables import Table, format_number, format_percentile, json_value, list_markdown, short_list
 
-__all__ = ["DEGENERACY", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analysis", "degeneracy", "head_laws",
+__all__ = ["DEGENERACY", "ENCODERS", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analysis", "degeneracy", "head_laws",
            "laws_layer", "render", "summarize"]
 
 PAIRS = ("qk", "qv", "kv")
+ENCODERS = ("bert",)  # families without a causal depth stack: no "third law" table (docs/statistics.md §1)
 MATRICES = ("q", "k", "v")
 _SPECTRUM = ("sigma_max", "cond", "erank", "stable_rank", "max_mean")
 _QUANTIZED = 1  # key fold of the quantized stand-ins (the Gaussian draws keep the layer key itself)
@@ -359,6 +360,8 @@ def summarize(tables: Tables, spec, options: Options) -> LawsSummary:
     mean_ssr = model_values(heads, per_layer, "ssr_qk")["mean_over_layers"]
     measured = np.concatenate([np.asarray(heads["cond_q"], float), np.asarray(heads["cond_k"], float)])
     precision = precision_table(mean_ssr if mean_ssr is not None else float("nan"), measured_kappa=measured)
+    if getattr(spec, "model_type", None) in ENCODERS:  # the heuristic is about decoder depth
+        precision = {c: v[:0] for c, v in precision.items()}
     groups = group_means(per_layer, HEADLINE, layer_groups(per_layer["layer"]))
     return LawsSummary(
         model={stat: model_values(heads, per_layer, stat) for stat in HEADLINE},
@@ -441,7 +444,8 @@ def _pair_plots(tables: Tables) -> tuple[tuple[dict, Plot], ...]:
 
 
 def render(summary: LawsSummary) -> Section:
-    """The report's per-head section, `precision.csv`, z heatmaps and per-layer trends."""
+    """The report's per-head section, z heatmaps and per-layer trends; for decoders the "third law"
+    table as the report's appendix and `precision.csv`."""
     model = summary.model
     columns = (("statistic", None), ("median over layers", "median_over_layers"), ("mean over layers", "mean_over_layers"),
                ("pseudo-bulk", "pseudo_bulk"), ("null mean", "null_mean"), ("null std of the mean", "null_std"),
@@ -509,10 +513,12 @@ def render(summary: LawsSummary) -> Section:
         shown = short_list((f"layer {l} head {h} ({what})" for l, h, what in degenerate), 10)
         lines.append(f"- {len(degenerate)} heads have a zero, subnormal or rank-deficient matrix: {shown}"
                      + "; the statistics these leave undefined are empty (`degenerate` column of `heads.csv`).")
+    lines.append("")
     precision = summary.precision
-    lines += [
+    appendix = "" if not precision else "\n".join([
+        "### The \"third law\" depth limits (laws; decoders)",
         "",
-        "\"Third law\" depth limits, L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
+        "L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
         "log2(max finite)/log2 κ), with κ = 2 as the source fixes it and with the median measured condition "
         f"number of the Q and K heads (κ = {format_number(summary.median_cond_qk)}); the formula is the source's heuristic, "
         "not a derived bound (`precision.csv`):",
@@ -522,7 +528,7 @@ def render(summary: LawsSummary) -> Section:
                       for c in ("mantissa_bits", "L_info", "L_quant", "L_dyn_fixed", "L_dyn_measured", "L_max_fixed",
                                 "L_max_measured", "binding_measured")}}),
         "",
-    ]
+    ])
     if summary.pair_plots:
         shown = "; ".join(f"`plots/{plot.name}.png` ({pick['why']})" for pick, plot in summary.pair_plots)
         lines += [f"What ssr_qk compares, for the heads picked by its z: each Q and K spectrum divided by its "
@@ -534,7 +540,8 @@ def render(summary: LawsSummary) -> Section:
                           {"title": f"{stat}: z-score against Gaussian null"}))
         plots.append(Plot("layer_trend", f"trend_{stat}", (summary.heads, stat),
                           {"title": f"{stat} per layer vs random null"}))
-    return Section("\n".join(lines), {"precision.csv": summary.precision_table}, tuple(plots) + tuple(plot for _, plot in summary.pair_plots))
+    tables = {"precision.csv": summary.precision_table} if precision else {}
+    return Section("\n".join(lines), tables, tuple(plots) + tuple(plot for _, plot in summary.pair_plots), appendix=appendix)
 
 
 analysis = Analysis(name="laws", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,

@@ -393,3 +393,31 @@ def test_what_stands_out_reads_each_departure_against_the_claim():
     assert _direction("ssr_kv", -3.5).startswith("K and V spectra more alike than random matrices: in the direction of")
     assert _direction("cos_u_qk", 21.0).startswith("Q and K singular vectors more alike")
     assert _direction("sigma_max_q", 4.0) == "above the random null"
+
+
+def test_the_third_law_table_is_an_appendix_for_decoders_only(tmp_path):
+    """The precision-depth heuristic is about a decoder's depth: the report gives it in its appendix,
+    after every section, with `precision.csv`, for decoders; an encoder (BERT) gets neither."""
+    import spectrax as sx
+    from spectrax.analyses import laws
+    from spectrax.run.analysis import write_results
+
+    options = Options(num_draws=2)
+    for name, decoder in (("llama", True), ("bert", False)):
+        tables = collect(CHECKPOINTS / name, analyses=["laws"], options=options, progress=False)
+        spec = sx.load(CHECKPOINTS / name).spec
+        summary = laws.summarize(tables, spec, options)
+        section = laws.render(summary)
+        assert "third law" not in section.text.lower()
+        assert ("third law" in section.appendix) is decoder and ("precision.csv" in section.tables) is decoder
+        assert bool(summary.to_json()["precision"]) is decoder
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    tables = collect(CHECKPOINTS / "llama", analyses=["laws"], options=options, progress=False)
+    write_results(tables, str(folder), {"spec": {"model_type": "llama", "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                                                  "head_dims": [16], "hidden_size": 64},
+                                         "options": {"num_draws": 2, "seed": 0}, "layers": [0, 1], "checkpoint": "llama"},
+                  analyses=["laws"], spec=sx.load(CHECKPOINTS / "llama").spec, options=options, plots=False)
+    report = (folder / "report.md").read_text()
+    assert report.index("## Appendix") > report.index("## Per-head statistics (laws)")
+    assert report.index("third law") > report.index("## Appendix") and (folder / "precision.csv").exists()
