@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spectrax.analyses.tables import json_value
-from spectrax.spectral.nulls import effect_sizes, monte_carlo_error, resolved
+from spectrax.spectral.nulls import effect_sizes, monte_carlo_error, null_z, resolved
 
 __all__ = ["NUM_GROUPS", "by_kind", "finite_mean", "layer_means", "layer_table", "pseudo_bulk", "layer_groups",
            "group_means", "relative_change", "relative_std_error", "model_values", "shown_z"]
@@ -50,12 +50,16 @@ def _nan_reduce(fn, x: np.ndarray) -> float:
 
 def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str, np.ndarray]:
     """`(layers,)` columns: the mean over each layer's heads of each stat and of its null mean, the
-    null std *of that mean* with its Monte Carlo error (`_null_std_se`, 0 for an exact null), its z
-    and effect sizes `_diff`, `_ratio` (when the table has them).
+    null std *of that mean* with its Monte Carlo error (`_null_std_se`, 0 for an exact null), the
+    Monte Carlo error of the null mean (`_null_mean_se`, 0 for an exact null), its z (`spectral.null_z`,
+    which counts that error) and effect sizes `_diff`, `_ratio` (when the table has them).
 
     The null std of a layer mean is the table's `<stat>_layer_null_std` (the analysis's estimate,
     counting heads that share a K/V head), else the heads' null std over sqrt(heads) (independent
-    heads). The mean of the per-head null stds would be sqrt(heads) too wide.
+    heads). The mean of the per-head null stds would be sqrt(heads) too wide. The error of the null
+    mean is the table's `<stat>_layer_null_mean_se`, else, likewise, the heads' `_null_mean_se` over
+    sqrt(heads) (independent heads, each null mean from its own draws; analyses whose heads share a
+    pooled null, `laws` and `kernel`, give the layer column).
     """
     layers = np.asarray(table["layer"])
     ids = np.unique(layers)
@@ -79,14 +83,21 @@ def layer_means(table: dict[str, np.ndarray], stats: Sequence[str]) -> dict[str,
             out[stat + "_null_std"] = means(stat + "_null_std") / root
             se = stat + "_null_std_se"
             out[stat + "_null_std_se"] = means(se) / root if se in table else np.zeros(len(ids))
+        if stat + "_layer_null_mean_se" in table:
+            out[stat + "_null_mean_se"] = means(stat + "_layer_null_mean_se")
+        elif stat + "_null_mean_se" in table:  # independent heads, each null mean from its own draws
+            counted = ~np.isnan(np.asarray(table[stat], float))
+            root = np.sqrt([max(np.sum(counted & (layers == i)), 1) for i in ids])
+            out[stat + "_null_mean_se"] = means(stat + "_null_mean_se") / root
         if stat + "_null_std" in out and stat in out:
             _add_z(out, stat)
     return out
 
 
 def _add_z(out: dict[str, np.ndarray], stat: str) -> None:
-    """`<stat>_z`, `<stat>_diff`, `<stat>_ratio` of aggregated columns, in place."""
-    out[stat + "_z"] = _z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"])
+    """`<stat>_z` (counting the Monte Carlo error of the null mean, `_null_mean_se`, where there is
+    one), `<stat>_diff`, `<stat>_ratio` of aggregated columns, in place."""
+    out[stat + "_z"] = null_z(out[stat], out[stat + "_null_mean"], out[stat + "_null_std"], out.get(stat + "_null_mean_se"))
     out[stat + "_diff"], out[stat + "_ratio"] = effect_sizes(out[stat], out[stat + "_null_mean"])
 
 
@@ -98,12 +109,6 @@ def relative_std_error(means: npt.ArrayLike) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a layer without two finite draws stays NaN
         return std_se / np.nanstd(np.asarray(means, np.float64), axis=0, ddof=1)
-
-
-def _z(value, mean, std) -> np.ndarray:
-    value, mean, std = (np.asarray(x, float) for x in (value, mean, std))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(std > 0, (value - mean) / np.where(std > 0, std, 1.0), np.nan)
 
 
 def _mean_std(stds, errors=None) -> tuple[float, float]:
@@ -118,6 +123,13 @@ def _mean_std(stds, errors=None) -> tuple[float, float]:
     total = np.sqrt(np.sum(stds**2))
     se = np.sqrt(np.sum((stds * errors) ** 2)) / total if total > 0 else 0.0
     return float(total / stds.size), float(se / stds.size)
+
+
+def _mean_error(errors) -> float:
+    """Monte Carlo error of a mean over independent layers' null means, `sqrt(sum se_l^2) / L`."""
+    errors = np.asarray(errors, float)
+    errors = errors[~np.isnan(errors)]
+    return float(np.sqrt(np.sum(errors**2)) / errors.size) if errors.size else float("nan")
 
 
 def pseudo_bulk(table: dict[str, np.ndarray], stat: str) -> tuple[np.ndarray, float]:
@@ -167,6 +179,9 @@ def group_means(per_layer: dict[str, np.ndarray], stats: Sequence[str], groups: 
             pairs = [_mean_std(values[np.isin(layers, g)], errors[np.isin(layers, g)]) for g in groups]
             out[stat + "_null_std"] = np.array([p[0] for p in pairs])
             out[stat + "_null_std_se"] = np.array([p[1] for p in pairs])
+            if stat + "_null_mean_se" in per_layer:
+                mean_se = np.asarray(per_layer[stat + "_null_mean_se"], float)
+                out[stat + "_null_mean_se"] = np.array([_mean_error(mean_se[np.isin(layers, g)]) for g in groups])
             _add_z(out, stat)
     return out
 
@@ -183,8 +198,9 @@ def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray],
     """Model-level aggregates of one stat: median and mean over layers of the per-layer mean, the
     pseudo-bulk (when the table has `kv_head`), the null of the mean over layers (`null_mean`,
     `null_std`: layers independent, so `sqrt(sum std_l^2) / L` from each layer mean's null std)
-    with the Monte Carlo error of that std (`null_std_se`), whether it is `resolved`
-    (`spectral.resolved`), the `z` of the mean and its effect sizes `diff` (mean - null mean) and
+    with the Monte Carlo errors of that std (`null_std_se`) and of the null mean (`null_mean_se`),
+    whether it is `resolved` (`spectral.resolved`), the `z` of the mean (`spectral.null_z`, counting
+    the null mean's error) and its effect sizes `diff` (mean - null mean) and
     `ratio` (mean / null mean), and the mean per-head z."""
 
     def clean(x: float) -> float | None:
@@ -201,9 +217,11 @@ def model_values(table: dict[str, np.ndarray], per_layer: dict[str, np.ndarray],
     if stat + "_null_std" in per_layer:  # of the mean over layers, layers independent under the null
         std, se = _mean_std(per_layer[stat + "_null_std"], per_layer.get(stat + "_null_std_se"))
         out["null_std"], out["null_std_se"] = clean(std), clean(se)
+        mean_se = _mean_error(per_layer[stat + "_null_mean_se"]) if stat + "_null_mean_se" in per_layer else 0.0
+        out["null_mean_se"] = clean(mean_se)
         out["resolved"] = bool(resolved(std, se))
         if out["null_mean"] is not None and out["null_std"] and out["mean_over_layers"] is not None:
-            out["z"] = (out["mean_over_layers"] - out["null_mean"]) / out["null_std"]
+            out["z"] = float(null_z(out["mean_over_layers"], out["null_mean"], out["null_std"], mean_se))
     if out.get("null_mean") is not None and out["mean_over_layers"] is not None:
         diff, ratio = effect_sizes(out["mean_over_layers"], out["null_mean"])
         out["diff"], out["ratio"] = clean(float(diff)), clean(float(ratio))

@@ -150,12 +150,14 @@ class Spectrum(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Section:
     """An analysis's part of a report: Markdown `text`, tables written beside it
-    (`{file name: table}`), figures, and the spectra drawn against Marchenko-Pastur."""
+    (`{file name: table}`), figures, the spectra drawn against Marchenko-Pastur, and Markdown for
+    the report's appendix after every section (`appendix`, empty for none)."""
 
     text: str
     tables: Mapping[str, Table] = dataclasses.field(default_factory=dict)
     plots: tuple[Plot, ...] = ()
     spectra: tuple[Spectrum, ...] = ()
+    appendix: str = ""
 
 
 class Analysis(NamedTuple):

@@ -41,7 +41,8 @@ questions:
   i.i.d. Gaussian matrices, drawn directly in singular values (`gaussian_spectrum_draws`, cheap),
   one null per shape in a layer pooled over the matrices of that shape (`_pooled_null`).
   It asks "is this ESD what a random matrix of this shape gives?"; for a matrix stored in a GGUF
-  block type the draws are whole Gaussian matrices quantized the same way (`quantized`);
+  block type the draws are whole Gaussian matrices quantized the same way (`quantized`), pooled
+  over the layer's matrices of that shape, storage type and stored axis, as `rank` does;
 - the shuffled-entries baseline (`X_shuffle_mean`, `X_shuffle_std`, `X_shuffle_z`): the same
   matrix with its entries permuted (`shuffle_null`; needs an SVD per draw, so it is the
   expensive one). It asks "is it more than its entry distribution gives?". Heavy-tailed entries
@@ -220,18 +221,15 @@ def matrix_esd_rows(
         k_gauss, k_shuffle = jax.random.split(jax.random.fold_in(key, i))
         batch = jnp.asarray(np.stack([floats[n] for n in names]))           # (B, m, n)
         observed = esd_statistics(sp.singular_values(batch, method="qr"), shape)  # whole matrices
-        # A partial of a module-level function compares equal across calls: one compile per shape.
-        null = _pooled_null(k_gauss, batch, shape, num_draws)
-        columns = {c: np.array(v) for c, v in sp.null_columns(observed, null).items()}  # writable copies
-        stat_fn = functools.partial(esd_statistics, shape=shape)
-        for j, name in enumerate(names):
-            drawn = quantized.noise_spectra(jax.random.fold_in(k_gauss, j), shape, (storage or {}).get(name),
-                                            num_draws=num_draws, axis=quantized.stored_axis(name))
-            if drawn is not None:  # a quantized matrix: its null is quantized noise at its RMS
-                rms = np.sqrt(np.mean(np.square(floats[name], dtype=np.float64)))
-                one = sp.split_null(sp.null_from_draws(stat_fn, jnp.asarray(drawn[0] * np.float32(rms))))
-                for c, v in sp.null_columns({stat: x[j] for stat, x in observed.items()}, one).items():
-                    columns[c][j] = np.asarray(v)
+        draws = sp.gaussian_spectrum_draws(k_gauss, batch, num_draws=num_draws, match_scale=False)[0]
+        columns = {c: np.array(v) for c, v in sp.null_columns(observed, _pooled_null(draws, batch, shape)).items()}
+        for group in quantized.noise_groups(k_gauss, names, shape, storage, num_draws=num_draws):
+            if group.spectra is None:  # not quantized: the Gaussian null stands
+                continue
+            members = np.asarray(group.members)  # quantized: their null is quantized noise at their RMS
+            null = _pooled_null(group.spectra, batch[members], shape)
+            for c, v in sp.null_columns({stat: x[members] for stat, x in observed.items()}, null).items():
+                columns[c][members] = np.asarray(v)
         if shuffle_draws:
             shuffled = sp.shuffle_null(k_shuffle, _matrix_statistics, batch, num_draws=shuffle_draws)
             for name, summary in sp.split_null(shuffled).items():
@@ -251,13 +249,14 @@ _SQUARED_SCALE = ("xmin", "lambda_max", "bulk_max", "mp_scale", "bulk_edge")  # 
 _LOG_SCALE = ("alpha_weighted", "log_alpha_norm")  # shift by alpha * log10(rms^2)
 
 
-def _pooled_null(key, batch, shape: tuple[int, int], num_draws: int) -> dict[str, sp.NullSummary]:
-    """The Gaussian null of `ESD_STATISTICS` shared by the matrices `batch (B, m, n)` of one shape:
-    unit-RMS stand-ins (`spectral.unit_rms`) pooled over the B matrices (`spectral.pool_null`), each
-    matrix's null being the unit null at its own RMS: eigenvalue-valued statistics times `rms^2`,
-    `alpha_weighted` and `log_alpha_norm` shifted by `alpha * log10(rms^2)` (the draw's own alpha),
-    the rest scale-free. So each null rests on `num_draws * B` draws at the cost of `num_draws`."""
-    draws = sp.gaussian_spectrum_draws(key, batch, num_draws=num_draws, match_scale=False)[0]
+def _pooled_null(draws, batch, shape: tuple[int, int]) -> dict[str, sp.NullSummary]:
+    """The null of `ESD_STATISTICS` shared by the matrices `batch (B, m, n)` of one shape (and, for a
+    quantization-aware null, one storage type and stored axis), from the spectra `draws (N, B, k)`
+    of their stand-ins (Gaussian, or quantized Gaussian: `quantized.noise_groups`): each draw
+    rescaled to unit RMS (`spectral.unit_rms`) and pooled over the B matrices (`spectral.pool_null`),
+    each matrix's null being the unit null at its own RMS: eigenvalue-valued statistics times
+    `rms^2`, `alpha_weighted` and `log_alpha_norm` shifted by `alpha * log10(rms^2)` (the draw's own
+    alpha), the rest scale-free. So each null rests on `N * B` draws at the cost of `N`."""
     unit = jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1]))
     null = sp.split_null(sp.null_from_draws(functools.partial(esd_statistics, shape=shape), unit))
     rms2 = np.mean(np.square(np.asarray(batch, np.float64)), axis=(-2, -1))

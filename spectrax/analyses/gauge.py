@@ -207,7 +207,8 @@ def _classify(column: str, invariant: bool, null_by_shape: bool, monte_carlo: bo
     cols = {column: word[invariant], f"{column}_null_mean": word[null_by_shape], f"{column}_null_std": word[null_by_shape],
             f"{column}_z": compared, f"{column}_diff": compared, f"{column}_ratio": compared}
     if column != "ffn_alignment":  # the null std of a layer mean (every statistic with per-head draws or an exact null)
-        cols[f"{column}_layer_null_std"] = cols[f"{column}_layer_null_std_se"] = word[null_by_shape]
+        for suffix in ("_layer_null_std", "_layer_null_std_se", "_layer_null_mean_se"):
+            cols[column + suffix] = word[null_by_shape]
     if monte_carlo:
         cols[f"{column}_pct"] = compared
         cols[f"{column}_null_mean_se"] = cols[f"{column}_null_std_se"] = word[null_by_shape]

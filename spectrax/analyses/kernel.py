@@ -65,7 +65,7 @@ from spectrax.backend import jit
 from spectrax import spectral as sp
 from spectrax.analyses import quantized
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
-from spectrax.analyses.aggregate import finite_mean, relative_std_error, shown_z
+from spectrax.analyses.aggregate import finite_mean, layer_means, relative_std_error, shown_z
 from spectrax.analyses.tables import Table, format_number, json_value, list_markdown
 
 __all__ = [
@@ -405,9 +405,11 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
         the kernel null is `quantized_kernel_null`.
     Returns:
       `(columns, bases)`: `columns` maps each name to an `(H,)` numpy array: `kv_head`; every
-      `KERNEL_STATISTICS` name with the columns of `spectral.null_columns` and `_layer_null_std(_se)`; `ffn_alignment` with
-      `_null_mean`, `_null_std`, `_z`, `_diff` and `_ratio` (exact null; the ratio is alignment / (k/E)) and,
-      with an MLP, `_layer_null_std(_se)` (`ffn_alignment_layer_null_std`: heads of one group correlate);
+      `KERNEL_STATISTICS` name with the columns of `spectral.null_columns` and the null of the layer
+      mean, `_layer_null_std(_se)` and `_layer_null_mean_se`; `ffn_alignment` with `_null_mean`,
+      `_null_std`, `_z`, `_diff` and `_ratio` (exact null; the ratio is alignment / (k/E)) and, with
+      an MLP, `_layer_null_std(_se)` (`ffn_alignment_layer_null_std`: heads of one group correlate)
+      and `_layer_null_mean_se` (0);
       `finite` (1 unless the head's W_Q,h or W_K,g holds NaN/Inf). `bases` is `(H, E, k)` float32,
       the top-k key-side kernel singular vectors of each head (NaN for non-finite or zero kernels),
       for `layer_similarity`. An MLP matrix holding NaN/Inf makes every head's alignment and its
@@ -435,13 +437,16 @@ def kernel_layer(attn: dict, mlp: dict | None, key: jax.Array, *, top_k: int = 1
     for name, null in per_head.items():  # the null of the layer mean: heads reading one key head share it
         draws = np.asarray(null.draws, np.float64)
         std = sp.mean_null_std(draws, sp.kv_head_index(H, KV))
+        means = np.nanmean(draws, axis=-1)  # each draw's layer mean, whose mean is the layer's null mean
         cols[f"{name}_layer_null_std"] = np.full(H, std, np.float32)
-        cols[f"{name}_layer_null_std_se"] = np.full(H, std * relative_std_error(np.nanmean(draws, axis=-1)), np.float32)
+        cols[f"{name}_layer_null_std_se"] = np.full(H, std * relative_std_error(means), np.float32)
+        cols[f"{name}_layer_null_mean_se"] = np.full(H, std / np.sqrt(max(np.sum(np.isfinite(means)), 1)), np.float32)
     if w is not None:  # its per-head null is exact; the layer mean's needs the groups' correlation
         std, se = ffn_alignment_layer_null_std(jax.random.fold_in(key, _OVERLAP_SLOT), nulls["ffn_alignment"].std, E, k_eff,
                                                H, KV, D, num_draws=num_draws)
         cols["ffn_alignment_layer_null_std"] = np.full(H, std, np.float32)
         cols["ffn_alignment_layer_null_std_se"] = np.full(H, se, np.float32)
+        cols["ffn_alignment_layer_null_mean_se"] = np.zeros(H, np.float32)  # the mean k/E is exact
     cols["finite"] = np.asarray(finite).astype(np.int64)
     return cols, np.asarray(basis, np.float32)
 
@@ -504,15 +509,20 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
       hidden: E.
     Returns:
       `{"top_k", "hidden", "chance", "layers": [per-layer dict], "bottleneck": {...},
-      "adjacent_similarity": {...} | None}`. Per layer (means over the heads with finite values):
-      `kernel_erank_mean`, `kernel_erank_null_mean`, `kernel_erank_null_std` (mean per-head null
-      std), `kernel_erank_cv` (population std / mean over heads), `kernel_erank_z` (mean per-head
-      z), `ffn_alignment_mean`, `ffn_alignment_ratio` (mean / (k/E)), `ffn_alignment_z`, `heads`
-      (finite heads), and `kernel_erank_resolved`, `ffn_alignment_resolved` (`spectral.resolved`
-      for the layer's null: a report shows a z only where it holds, `aggregate.shown_z`). The bottleneck is the layer with the lowest `kernel_erank_mean`;
-      `below_null_3std` says whether that mean lies more than 3 (mean per-head) null std below the
-      null mean. Adjacent similarity: per consecutive pair of analyzed layers, the mean over heads
-      of `sim(l, l+1)` and the mean per-head z against the exact Grassmann null.
+      "adjacent_similarity": {...} | None}`. Per layer (means over the heads with finite values;
+      `aggregate.layer_means`): `kernel_erank_mean`, `kernel_erank_null_mean`, `kernel_erank_null_std`
+      (the null std *of the layer mean*, counting query heads that share a key head:
+      `kernel_erank_layer_null_std`), `kernel_erank_z` (the z of the layer mean against that null),
+      `kernel_erank_diff`, `kernel_erank_ratio` (its effect sizes), `kernel_erank_head_null_std`
+      (mean per-head null std, the spread of one Gaussian head), `kernel_erank_cv` (population std /
+      mean over heads), `ffn_alignment_mean`, `ffn_alignment_ratio` (mean / (k/E)),
+      `ffn_alignment_null_std` and `ffn_alignment_z` (of the layer mean, likewise), `heads` (finite
+      heads), and `kernel_erank_resolved`, `ffn_alignment_resolved` (`spectral.resolved` for the null
+      of the layer mean: a report shows a z only where it holds, `aggregate.shown_z`). The
+      bottleneck is the layer with the lowest `kernel_erank_mean`; `below_null_3std` says whether
+      that mean lies more than 3 null std of the layer mean below the null mean. Adjacent
+      similarity: per consecutive pair of analyzed layers, the mean over heads of `sim(l, l+1)` and
+      the mean per-head z against the exact Grassmann null.
     """
     if not 0 < top_k <= hidden:
         raise ValueError(f"need 0 < top_k <= hidden, got {top_k}, {hidden}")
@@ -526,22 +536,22 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
             )
     layer = np.asarray(rows["layer"])
     ids = np.unique(layer)
+    means = layer_means(rows, _SUMMARIZED)
     per_layer = []
-    for lid in ids:
+    for i, lid in enumerate(ids):
         m = layer == lid
-        ffn_mean = finite_mean(rows["ffn_alignment"][m])
         per_layer.append({
             "layer": int(lid),
             "heads": int(np.sum(np.isfinite(np.asarray(rows["kernel_erank"][m], np.float64)))),
-            "kernel_erank_mean": finite_mean(rows["kernel_erank"][m]),
-            "kernel_erank_null_mean": finite_mean(rows["kernel_erank_null_mean"][m]),
-            "kernel_erank_null_std": finite_mean(rows["kernel_erank_null_std"][m]),
+            "kernel_erank_mean": float(means["kernel_erank"][i]),
+            **{f"kernel_erank_{c}": _layer_value(means, f"kernel_erank_{c}", i)
+               for c in ("null_mean", "null_std", "z", "diff", "ratio")},
+            "kernel_erank_head_null_std": finite_mean(rows["kernel_erank_null_std"][m]),
             "kernel_erank_cv": _cv(rows["kernel_erank"][m]),
-            "kernel_erank_z": finite_mean(rows["kernel_erank_z"][m]),
-            "ffn_alignment_mean": ffn_mean,
-            "ffn_alignment_ratio": ffn_mean / chance,
-            "ffn_alignment_z": finite_mean(rows["ffn_alignment_z"][m]),
-            **{f"{stat}_resolved": _resolved(rows, stat, m) for stat in ("kernel_erank", "ffn_alignment")},
+            "ffn_alignment_mean": float(means["ffn_alignment"][i]),
+            "ffn_alignment_ratio": float(means["ffn_alignment"][i]) / chance,
+            **{f"ffn_alignment_{c}": _layer_value(means, f"ffn_alignment_{c}", i) for c in ("null_std", "z")},
+            **{f"{stat}_resolved": _resolved(means, stat, i) for stat in _SUMMARIZED},
         })
     bottleneck = None
     candidates = [p for p in per_layer if math.isfinite(p["kernel_erank_mean"])]
@@ -551,15 +561,12 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
         bottleneck = {
             "layer": b["layer"],
             "kernel_erank": b["kernel_erank_mean"],
-            "kernel_erank_null_mean": b["kernel_erank_null_mean"],
-            "kernel_erank_null_std": b["kernel_erank_null_std"],
-            "kernel_erank_z": b["kernel_erank_z"],
+            **{c: b[c] for c in ("kernel_erank_null_mean", "kernel_erank_null_std", "kernel_erank_z", "kernel_erank_diff",
+                                 "kernel_erank_ratio")},
             "below_null_3std": bool(below),
             "ffn_alignment": b["ffn_alignment_mean"],
-            "ffn_alignment_ratio": b["ffn_alignment_ratio"],
-            "ffn_alignment_z": b["ffn_alignment_z"],
-            "kernel_erank_resolved": b["kernel_erank_resolved"],
-            "ffn_alignment_resolved": b["ffn_alignment_resolved"],
+            **{c: b[c] for c in ("ffn_alignment_ratio", "ffn_alignment_null_std", "ffn_alignment_z",
+                                 "kernel_erank_resolved", "ffn_alignment_resolved")},
         }
     return {
         "top_k": int(top_k),
@@ -572,13 +579,20 @@ def kernel_summary(rows: dict[str, np.ndarray], similarity: np.ndarray | None, *
     }
 
 
-def _resolved(rows: Mapping[str, np.ndarray], stat: str, rows_of_layer) -> bool:
-    """Whether the null of `stat` is resolved (`spectral.resolved`) for every head of the layer
-    that has one (the per-head null is pooled over the layer: one verdict for all)."""
-    std = np.asarray(rows.get(f"{stat}_null_std", np.full(len(rows["layer"]), np.nan)), np.float64)[rows_of_layer]
-    se = rows.get(f"{stat}_null_std_se")
-    ok = sp.resolved(std, None if se is None else np.asarray(se, np.float64)[rows_of_layer])
-    return bool(np.all(ok[np.isfinite(std)])) and bool(np.isfinite(std).any())
+_SUMMARIZED = ("kernel_erank", "ffn_alignment")  # the statistics whose layer means `kernel_summary` reports
+
+
+def _layer_value(means: Mapping[str, np.ndarray], column: str, i: int) -> float:
+    """Layer `i`'s entry of a `layer_means` column; NaN where the table had no null for it."""
+    return float(means[column][i]) if column in means else math.nan
+
+
+def _resolved(means: Mapping[str, np.ndarray], stat: str, i: int) -> bool:
+    """Whether the null of layer `i`'s mean of `stat` is resolved (`spectral.resolved`: std > 0 and
+    its Monte Carlo error at most `spectral.RESOLVED_BOUND` of it)."""
+    if f"{stat}_null_std" not in means:
+        return False
+    return bool(sp.resolved(means[f"{stat}_null_std"][i], means[f"{stat}_null_std_se"][i]))
 
 
 def _adjacent(similarity, ids, top_k: int, hidden: int) -> dict | None:
@@ -674,7 +688,8 @@ def render(summary: KernelSummary) -> Section:
         f"mean effective rank. FFN alignment is the fraction of the MLP input matrix's energy inside the head's "
         f"top-{k} key-side kernel subspace (exact null: mean k/E = {chance:.4g} for any matrix, std from its "
         "spectrum). Layer x layer similarity is the Grassmann similarity of those subspaces (chance k/E). Heads "
-        "sharing a KV head share W_K. z: mean per-head z, shown only where the null is resolved (n/a otherwise). Gauge: both statistics and their z are invariant (properties of the attention "
+        "sharing a KV head share W_K. z: of the layer mean against the null of that mean (which counts the query heads that "
+        "share a key head), shown only where that null is resolved (n/a otherwise). Gauge: both statistics and their z are invariant (properties of the attention "
         "function, `gauge.INVARIANCE`), unlike most per-head laws.",
         "",
         list_markdown({name: [p[key] for p in per_layer] for name, key in (
@@ -693,18 +708,19 @@ def render(summary: KernelSummary) -> Section:
                    else "more than 3 null std below random kernels" if b["below_null_3std"]
                    else "within 3 null std of random kernels: the lowest of the layers, but not distinguishable from what random heads of this shape give")
         lines.append(f"- The bottleneck (lowest mean kernel effective rank) is layer {b['layer']}: {format_number(b['kernel_erank'])} "
-                     f"vs {format_number(b['kernel_erank_null_mean'])} ± {format_number(b['kernel_erank_null_std'], 2)} for random kernels, {verdict}.")
+                     f"vs {format_number(b['kernel_erank_null_mean'])} ± {format_number(b['kernel_erank_null_std'], 2)} (null std of the layer mean) "
+                     f"for random kernels, {verdict}.")
         z = shown_z(b, "ffn_alignment_z", "ffn_alignment_resolved")
         verdict = ("no more and no less than a random subspace would" if z is None or abs(z) < 2 else
                    "more than a random subspace would" if z > 0 else "less than a random subspace would")
-        lines.append(f"- FFN alignment at the bottleneck is {format_number(b['ffn_alignment_ratio'], 3)}x chance (mean z "
+        lines.append(f"- FFN alignment at the bottleneck is {format_number(b['ffn_alignment_ratio'], 3)}x chance (z of the layer mean "
                      f"{format_number(z, 3)}): the MLP input overlaps the heads' kernel subspaces {verdict}.")
     adjacent = summary.adjacent_similarity
     if adjacent and adjacent.get("largest"):
         top = adjacent["largest"]
         lines.append(f"- The most similar adjacent layers are {top['layers'][0]} and {top['layers'][1]}: similarity "
                      f"{format_number(top['similarity'], 3)} vs chance {format_number(adjacent['chance'], 3)} ± {format_number(adjacent['null_std'], 2)} "
-                     f"(mean z {format_number(top['z'], 3)}).")
+                     f"(mean per-head z {format_number(top['z'], 3)}).")
     lines.append("")
     plots, tables = [], {}
     if summary.similarity is not None:

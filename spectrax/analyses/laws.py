@@ -38,10 +38,11 @@ from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, P
 from spectrax.analyses.precision import precision_table
 from spectrax.analyses.tables import Table, format_number, format_percentile, json_value, list_markdown, short_list
 
-__all__ = ["DEGENERACY", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analysis", "degeneracy", "head_laws",
+__all__ = ["DEGENERACY", "ENCODERS", "HEADLINE", "MATRICES", "PAIRS", "LawsSummary", "analysis", "degeneracy", "head_laws",
            "laws_layer", "render", "summarize"]
 
 PAIRS = ("qk", "qv", "kv")
+ENCODERS = ("bert",)  # families without a causal depth stack: no "third law" table (docs/statistics.md §1)
 MATRICES = ("q", "k", "v")
 _SPECTRUM = ("sigma_max", "cond", "erank", "stable_rank", "max_mean")
 _QUANTIZED = 1  # key fold of the quantized stand-ins (the Gaussian draws keep the layer key itself)
@@ -57,8 +58,16 @@ _GQA_SPECTRA = functools.partial(sp.gqa_pair, sp.spectra_pair_statistics, axis=1
 _GQA_VECTORS = functools.partial(sp.gqa_pair, _vector_pair_statistics, axis=1)
 
 
-def _columns(observed: dict, nulls: dict) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in sp.null_columns(observed, nulls).items()}
+def _columns(observed: dict, nulls: dict, mean_se: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """`spectral.null_columns`, with the Monte Carlo error of each pooled null mean in `mean_se`
+    (`_pooled`: its draws are correlated where query heads share a K/V head) as `_null_mean_se`
+    and in the z."""
+    cols = {k: np.asarray(v) for k, v in sp.null_columns(observed, nulls).items()}
+    for name, se in (mean_se or {}).items():
+        se = np.broadcast_to(np.asarray(se, cols[name].dtype), cols[name].shape)
+        cols[f"{name}_null_mean_se"] = se
+        cols[f"{name}_z"] = np.asarray(sp.null_z(cols[name], cols[f"{name}_null_mean"], cols[f"{name}_null_std"], se))
+    return cols
 
 
 def head_laws(attn: dict, key: jax.Array, *, num_draws: int = 16) -> dict[str, np.ndarray]:
@@ -118,16 +127,17 @@ def _head_laws(attn: dict, key: jax.Array, num_draws: int,
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero matrix: degenerate, blanked below
             alpha_scale = rms[a] / (rms[b] if per_kv else rms[b][:, kv_of])
         groups = np.arange(k.shape[1]) if per_kv else kv_of  # query heads reading one K/V head share its draw
-        null, layer_std = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
-                                  {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
-        layer_std.update({name: _independent_mean_std(one.std, groups, n) for name, one in exact.items()})
-        layer_std.update({f"{name}_se": np.zeros(n) for name in exact})  # exact: no Monte Carlo error
-        add(tag, {**_columns(observed, {**null, **exact}), **_layer_columns(layer_std, len(groups))}, per_kv)
+        null, layer, mean_se = _pooled(sp.null_from_draws(pair_spectra, draws[a], draws[b]),
+                                       {"alpha": alpha_scale, "alpha_mse": rms[a] ** 2}, groups)
+        for name, one in exact.items():  # exact: no Monte Carlo error
+            layer.update({f"{name}_layer_null_std": _independent_mean_std(one.std, groups, n),
+                          f"{name}_layer_null_std_se": np.zeros(n), f"{name}_layer_null_mean_se": np.zeros(n)})
+        add(tag, {**_columns(observed, {**null, **exact}, mean_se), **_layer_columns(layer, len(groups))}, per_kv)
     for m in MATRICES:
         observed = {s: v for s, v in sp.singular_value_statistics(decomposed[m].s).items() if s in _SPECTRUM}
         groups = np.arange(H if m == "q" else k.shape[1])
-        null, layer_std = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
-        add(m, {**_columns(observed, null), **_layer_columns(layer_std, len(groups))}, m != "q")
+        null, layer, mean_se = _pooled(sp.null_from_draws(_spectrum_statistics, draws[m]), {"sigma_max": rms[m]}, groups)
+        add(m, {**_columns(observed, null, mean_se), **_layer_columns(layer, len(groups))}, m != "q")
     finite = {m: np.isfinite(x.astype(np.float32, copy=False)).all(axis=(-2, -1)) for m, x in (("q", q), ("k", k), ("v", v))}
     cols["finite"] = (finite["q"] & finite["k"][:, kv_of] & finite["v"][:, kv_of]).astype(np.int64)
     per_head = {m: c if m == "q" else c[:, kv_of] for m, c in
@@ -165,20 +175,32 @@ def _rms(s: jax.Array, size: int) -> np.ndarray:
 
 
 def _pooled(null: sp.NullSummary, scales: dict[str, np.ndarray], groups: np.ndarray
-            ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray]]:
+            ) -> tuple[dict[str, sp.NullSummary], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per statistic, the null of unit-variance stand-ins pooled over the heads (axis 1 of `(n,
-    heads)`), times each head's scale factor for the statistics in `scales`; and `(n,)` the null
-    std of each layer's mean over its heads (`spectral.mean_null_std`: heads of one `groups` entry
-    share a draw of their K/V head, so their means are correlated)."""
-    pooled, layer_std = {}, {}
+    heads)`), times each head's scale factor for the statistics in `scales`; the null of each
+    layer's mean over its heads, `(n,)` columns: `<stat>_layer_null_std` (`spectral.mean_null_std`:
+    heads of one `groups` entry share a draw of their K/V head, so their means are correlated), its
+    Monte Carlo error `_layer_null_std_se`, and `_layer_null_mean_se`, the Monte Carlo error of the
+    layer mean's null mean (`layer_null_std / sqrt(N)`: the pooled mean is the mean of the N draws'
+    layer means); and per statistic `(n, heads)` the Monte Carlo error of each head's pooled null
+    mean, likewise the unit null's layer-mean std over sqrt(N) times the head's scale (treating the
+    N x heads pooled draws as independent would understate it by up to sqrt(H / KV) where query
+    heads share their K/V head's draw)."""
+    pooled, layer, mean_se = {}, {}, {}
     for name, one in sp.split_null(null).items():
         scale = scales.get(name)
         pooled[name] = sp.pool_null(one, axis=1, scale=scale)
+        unit = np.asarray(one.draws, np.float64)
+        finite = np.maximum(np.sum(np.isfinite(np.nanmean(unit, axis=-1)), axis=0), 1)
+        unit_se = sp.mean_null_std(unit, groups) / np.sqrt(finite)
+        mean_se[name] = unit_se[:, None] * (1.0 if scale is None else np.abs(np.asarray(scale, np.float64)))
         draws = np.asarray(one.draws, np.float64) * (1.0 if scale is None else np.asarray(scale, np.float64))
-        layer_std[name] = sp.mean_null_std(draws, groups)
-        layer_std[f"{name}_se"] = layer_std[name] * relative_std_error(np.nanmean(draws, axis=-1))
-    return pooled, layer_std
-
+        means = np.nanmean(draws, axis=-1)  # (N, n): each draw's layer mean
+        std = sp.mean_null_std(draws, groups)
+        layer[f"{name}_layer_null_std"] = std
+        layer[f"{name}_layer_null_std_se"] = std * relative_std_error(means)
+        layer[f"{name}_layer_null_mean_se"] = std / np.sqrt(np.maximum(np.sum(np.isfinite(means), axis=0), 1))
+    return pooled, layer, mean_se
 
 
 def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
@@ -189,11 +211,10 @@ def _independent_mean_std(std, groups: np.ndarray, layers: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(std, np.float64) / np.sqrt(len(groups)), (layers,))
 
 
-def _layer_columns(layer_std: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
-    """`<stat>_layer_null_std` (and `<stat>_layer_null_std_se`, its Monte Carlo error) columns `(n, heads)`:
-    each layer's value repeated on its heads' rows."""
-    return {f"{name.removesuffix('_se')}_layer_null_std{'_se' if name.endswith('_se') else ''}": np.repeat(np.reshape(np.asarray(std, np.float32), (-1, 1)), heads, axis=1)
-            for name, std in layer_std.items()}
+def _layer_columns(layer: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
+    """The `(n,)` columns of a layer mean's null (`_layer_null_std`, `_layer_null_std_se`,
+    `_layer_null_mean_se`) as `(n, heads)`: each layer's value repeated on its heads' rows."""
+    return {name: np.repeat(np.reshape(np.asarray(value, np.float32), (-1, 1)), heads, axis=1) for name, value in layer.items()}
 
 
 DEGENERACY = ("", "rank-deficient", "subnormal", "zero")
@@ -248,7 +269,7 @@ def _spectrum_statistics(s) -> dict:
     return {name: stats[name] for name in _SPECTRUM}
 
 
-_SUFFIXES = ("_layer_null_std_se", "_layer_null_std", "_null_mean_se", "_null_std_se", "_null_mean", "_null_std", "_z",
+_SUFFIXES = ("_layer_null_std_se", "_layer_null_std", "_layer_null_mean_se", "_null_mean_se", "_null_std_se", "_null_mean", "_null_std", "_z",
              "_pct", "_diff", "_ratio")
 
 
@@ -342,6 +363,8 @@ def summarize(tables: Tables, spec, options: Options) -> LawsSummary:
     mean_ssr = model_values(heads, per_layer, "ssr_qk")["mean_over_layers"]
     measured = np.concatenate([np.asarray(heads["cond_q"], float), np.asarray(heads["cond_k"], float)])
     precision = precision_table(mean_ssr if mean_ssr is not None else float("nan"), measured_kappa=measured)
+    if getattr(spec, "model_type", None) in ENCODERS:  # the heuristic is about decoder depth
+        precision = {c: v[:0] for c, v in precision.items()}
     groups = group_means(per_layer, HEADLINE, layer_groups(per_layer["layer"]))
     return LawsSummary(
         model={stat: model_values(heads, per_layer, stat) for stat in HEADLINE},
@@ -424,7 +447,8 @@ def _pair_plots(tables: Tables) -> tuple[tuple[dict, Plot], ...]:
 
 
 def render(summary: LawsSummary) -> Section:
-    """The report's per-head section, `precision.csv`, z heatmaps and per-layer trends."""
+    """The report's per-head section, z heatmaps and per-layer trends; for decoders the "third law"
+    table as the report's appendix and `precision.csv`."""
     model = summary.model
     columns = (("statistic", None), ("median over layers", "median_over_layers"), ("mean over layers", "mean_over_layers"),
                ("pseudo-bulk", "pseudo_bulk"), ("null mean", "null_mean"), ("null std of the mean", "null_std"),
@@ -492,10 +516,12 @@ def render(summary: LawsSummary) -> Section:
         shown = short_list((f"layer {l} head {h} ({what})" for l, h, what in degenerate), 10)
         lines.append(f"- {len(degenerate)} heads have a zero, subnormal or rank-deficient matrix: {shown}"
                      + "; the statistics these leave undefined are empty (`degenerate` column of `heads.csv`).")
+    lines.append("")
     precision = summary.precision
-    lines += [
+    appendix = "" if not precision else "\n".join([
+        "### The \"third law\" depth limits (laws; decoders)",
         "",
-        "\"Third law\" depth limits, L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
+        "L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
         "log2(max finite)/log2 κ), with κ = 2 as the source fixes it and with the median measured condition "
         f"number of the Q and K heads (κ = {format_number(summary.median_cond_qk)}); the formula is the source's heuristic, "
         "not a derived bound (`precision.csv`):",
@@ -505,7 +531,7 @@ def render(summary: LawsSummary) -> Section:
                       for c in ("mantissa_bits", "L_info", "L_quant", "L_dyn_fixed", "L_dyn_measured", "L_max_fixed",
                                 "L_max_measured", "binding_measured")}}),
         "",
-    ]
+    ])
     if summary.pair_plots:
         shown = "; ".join(f"`plots/{plot.name}.png` ({pick['why']})" for pick, plot in summary.pair_plots)
         lines += [f"What ssr_qk compares, for the heads picked by its z: each Q and K spectrum divided by its "
@@ -517,7 +543,8 @@ def render(summary: LawsSummary) -> Section:
                           {"title": f"{stat}: z-score against Gaussian null"}))
         plots.append(Plot("layer_trend", f"trend_{stat}", (summary.heads, stat),
                           {"title": f"{stat} per layer vs random null"}))
-    return Section("\n".join(lines), {"precision.csv": summary.precision_table}, tuple(plots) + tuple(plot for _, plot in summary.pair_plots))
+    tables = {"precision.csv": summary.precision_table} if precision else {}
+    return Section("\n".join(lines), tables, tuple(plots) + tuple(plot for _, plot in summary.pair_plots), appendix=appendix)
 
 
 analysis = Analysis(name="laws", table="heads", layer_rows=_layer_rows, summarize=summarize, render=render,

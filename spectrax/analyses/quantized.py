@@ -23,14 +23,15 @@ and rounding to the nearest of a grid of step d leaves an error of variance d^2 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from spectrax.io.gguf import quantize_roundtrip
 
-__all__ = ["block_scale_error", "head_spectra", "noise_matrix", "noise_spectra", "stored_axis"]
+__all__ = ["NoiseGroup", "block_scale_error", "head_spectra", "noise_groups", "noise_matrix", "noise_spectra", "stored_axis"]
 
 # Legacy block types: (block length, how its scale d follows from the dequantized block `(..., n)`).
 _SCALES = {
@@ -93,6 +94,39 @@ def noise_spectra(key: jax.Array, shape: tuple[int, ...], kind: str | None, *, n
         errors.append(np.linalg.norm(rounded - gaussian) / np.linalg.norm(gaussian))
         spectra.append(_singular_values(rounded))
     return np.stack(spectra).astype(np.float32), np.asarray(errors, np.float32)
+
+
+class NoiseGroup(NamedTuple):
+    """Matrices of one shape, storage type and stored axis, which share one quantization-aware null.
+
+    `members`: their positions in the list handed to `noise_groups`; `spectra`: `(num_draws, B, k)`
+    the singular values of each member's `noise_spectra` draws (unit variance), None for a type
+    `gguf` cannot quantize (those keep their Gaussian null); `error`: the mean relative round-trip
+    error over those draws (NaN without them)."""
+
+    members: tuple[int, ...]
+    spectra: np.ndarray | None
+    error: np.float32
+
+
+def noise_groups(key: jax.Array, names: Sequence[str], shape: tuple[int, int], storage: Mapping[str, str] | None, *,
+                 num_draws: int) -> list[NoiseGroup]:
+    """The matrices `names`, all of `shape`, grouped by (storage type, stored axis), with the quantized
+    Gaussian draws of each member (`noise_spectra`, member j's draws from `fold_in(key, j)`), for
+    nulls pooled over each group: every member of a group has one null up to its scale, so the
+    group's draws together are each member's null (`rank`, `esd`)."""
+    by_storage: dict[tuple[str, int], list[int]] = {}
+    for j, name in enumerate(names):
+        by_storage.setdefault(((storage or {}).get(name) or "", stored_axis(name)), []).append(j)
+    groups = []
+    for (kind, axis), members in by_storage.items():
+        drawn = [noise_spectra(jax.random.fold_in(key, j), shape, kind, num_draws=num_draws, axis=axis) for j in members]
+        if drawn[0] is None:
+            groups.append(NoiseGroup(tuple(members), None, np.float32(np.nan)))
+            continue
+        groups.append(NoiseGroup(tuple(members), np.stack([spectra for spectra, _ in drawn], axis=1),
+                                 np.float32(np.mean([errors for _, errors in drawn]))))
+    return groups
 
 
 def _singular_values(w: np.ndarray) -> np.ndarray:

@@ -136,23 +136,16 @@ def _quantized_nulls(batch: np.ndarray, names: list[str], storage: Mapping[str, 
     draws (unit-RMS stand-ins, `sigma_max` scaled to each matrix's RMS); and `quant_error_null`, the
     mean relative error of those round trips. Matrices whose type is not a quantizable block type
     get only `quant_error_null` (NaN), keeping their Gaussian null."""
-    shape = batch.shape[1:]
-    by_storage: dict[tuple[str, int], list[int]] = {}
-    for j, name in enumerate(names):
-        by_storage.setdefault((storage.get(name, ""), quantized.stored_axis(name)), []).append(j)
     out = {}
-    for (kind, axis), members in by_storage.items():
-        drawn = [quantized.noise_spectra(jax.random.fold_in(key, j), shape, kind, num_draws=num_draws, axis=axis)
-                 for j in members]
-        if drawn[0] is None:
-            out.update({names[j]: {"quant_error_null": np.float32(np.nan)} for j in members})
+    for group in quantized.noise_groups(key, names, batch.shape[1:], storage, num_draws=num_draws):
+        if group.spectra is None:
+            out.update({names[j]: {"quant_error_null": group.error} for j in group.members})
             continue
-        spectra = np.stack([spectra for spectra, _ in drawn], axis=1)  # (N, B, k)
-        columns = _pooled_null_columns(spectra, batch[members],
-                                       {stat: x[np.asarray(members)] for stat, x in observed.items()}, reference)
-        error = np.float32(np.mean([errors for _, errors in drawn]))
-        for i, j in enumerate(members):
-            out[names[j]] = {**{c: v[i] for c, v in columns.items()}, "quant_error_null": error}
+        members = np.asarray(group.members)
+        columns = _pooled_null_columns(group.spectra, batch[members], {stat: x[members] for stat, x in observed.items()},
+                                       reference)
+        for i, j in enumerate(group.members):
+            out[names[j]] = {**{c: v[i] for c, v in columns.items()}, "quant_error_null": group.error}
     return out
 
 

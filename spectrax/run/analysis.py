@@ -5,7 +5,7 @@ Folder layout (files appear for the analyses run):
     heads.csv, heads.json     one row per (layer, query head): laws and kernel statistics
     layers.csv                per-layer means over heads (and pseudo-bulk medians) with null columns
     groups.csv                layer-group means (four equal blocks of layers, as the source)
-    precision.csv             the "third law" depth limits per floating format (laws)
+    precision.csv             the "third law" depth limits per floating format (laws; decoders)
     matrices.csv, .json       one row per weight matrix: rank and esd statistics
     kernel_similarity.csv     layer x layer Grassmann similarity of QK-kernel subspaces
     summary.json, report.md   model-level values and a readable report
@@ -218,13 +218,16 @@ def write_results(tables: Tables, folder: str, summary: dict, *, analyses: Itera
         write_csv(per_layer, os.path.join(folder, "layers.csv"))
         write_csv(group_means(per_layer, stats, layer_groups(per_layer["layer"], NUM_GROUPS)),
                   os.path.join(folder, "groups.csv"))
-    spectra = []
+    spectra, appendix = [], []
     for a in analyses:
         found = a.summarize(tables, spec, options)
         summary[a.name] = found.to_json()
         section = a.render(found)
         text.append(sections.write_section(section, folder, plots_dir))
         spectra += section.spectra if plots else ()
+        appendix += [section.appendix] if section.appendix else []
+    if appendix:
+        text.append("\n".join(["## Appendix", "", *appendix]))
     summary["spectra_plots"] = [s.to_json() for s in sorted(spectra, key=lambda s: s.layer)]
     text.append(sections.files(sorted(os.listdir(folder)), sorted(os.listdir(plots_dir)) if plots else []))
     with open(os.path.join(folder, "report.md"), "w", encoding="utf-8") as f:

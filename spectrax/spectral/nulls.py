@@ -59,6 +59,7 @@ __all__ = [
     "mean_null_std",
     "monte_carlo_error",
     "null_columns",
+    "null_z",
     "no_draws_null",
     "null_from_draws",
     "percentile",
@@ -494,19 +495,39 @@ def shuffle_null(
 # ----------------------------------------------------------------------------- comparisons
 
 
-def _z(obs, mean, std):
-    xp = _array_module(obs, mean, std)
+def _z(obs, mean, std, mean_se=None):
+    xp = _array_module(obs, mean, std, mean_se)
     obs = xp.asarray(obs)
     mean = xp.asarray(mean, obs.dtype)
     std = xp.asarray(std, obs.dtype)
     ok = std > 0
-    with np.errstate(invalid="ignore"):
-        return xp.where(ok, (obs - mean) / xp.where(ok, std, 1.0), np.nan).astype(obs.dtype)
+    spread = xp.where(ok, std, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if mean_se is not None:  # std * sqrt(1 + (se / std)^2): no underflow of std^2 for tiny nulls
+            ratio = xp.asarray(mean_se, obs.dtype) / spread
+            spread = spread * xp.sqrt(1 + xp.where(xp.isfinite(ratio), ratio, 0.0) ** 2)
+        return xp.where(ok, (obs - mean) / spread, np.nan).astype(obs.dtype)
+
+
+def null_z(observed: ArrayLike, mean: ArrayLike, std: ArrayLike, mean_se: ArrayLike | None = None) -> Any:
+    """The z of `observed` against a null of mean `mean` and std `std` whose mean is itself estimated,
+    with Monte Carlo standard error `mean_se` (None or 0 for an exact mean):
+    `(observed - mean) / sqrt(std^2 + mean_se^2)`, NaN where `std` is not positive.
+
+    Under the null the observation is one more draw, independent of the N draws behind the mean, so
+    `Var(observed - mean) = std^2 + std^2 / N`: dividing by `std` alone inflates z by
+    `sqrt(1 + 1/N)` (6% at N = 8), which shows as an excess of |z| > 2 at every level of
+    aggregation (docs/statistics.md §4). Every z spectrax reports goes through this function."""
+    return _z(observed, mean, std, mean_se)
 
 
 def zscore(observed: ArrayTree, null: NullSummary) -> ArrayTree:
-    """`(observed - null.mean) / null.std` leaf by leaf; NaN where the null std is 0."""
-    return jax.tree.map(_z, observed, null.mean, null.std)
+    """`null_z` leaf by leaf: `(observed - null.mean) / null.std` for an exact null, and for a Monte
+    Carlo one `/ sqrt(null.std^2 + mean_se^2)` with `mean_se` the Monte Carlo error of the null mean
+    from its draws (`monte_carlo_error`); NaN where the null std is 0."""
+    if null.draws is None:
+        return jax.tree.map(_z, observed, null.mean, null.std)
+    return jax.tree.map(lambda o, m, s, d: _z(o, m, s, monte_carlo_error(d)[0]), observed, null.mean, null.std, null.draws)
 
 
 def _pct(obs, draws):
@@ -604,12 +625,13 @@ def null_columns(observed: dict[str, Any], nulls: dict[str, NullSummary]) -> dic
         mean = xp.broadcast_to(xp.asarray(null.mean, obs.dtype), obs.shape)
         cols[f"{name}_null_mean"] = mean
         cols[f"{name}_null_std"] = xp.broadcast_to(xp.asarray(null.std, obs.dtype), obs.shape)
-        cols[f"{name}_z"] = _z(obs, null.mean, null.std)
+        errors = None if null.draws is None else monte_carlo_error(null.draws)
+        cols[f"{name}_z"] = _z(obs, null.mean, null.std, None if errors is None else errors[0])
         diff, ratio = effect_sizes(obs, mean)
         cols[f"{name}_diff"], cols[f"{name}_ratio"] = diff.astype(obs.dtype), ratio.astype(obs.dtype)
-        if null.draws is not None:
+        if errors is not None:
             cols[f"{name}_pct"] = _pct(obs, null.draws)
-            for column, se in zip(("null_mean_se", "null_std_se"), monte_carlo_error(null.draws)):
+            for column, se in zip(("null_mean_se", "null_std_se"), errors):
                 cols[f"{name}_{column}"] = xp.broadcast_to(se.astype(obs.dtype), obs.shape)
     return cols
 

@@ -71,6 +71,28 @@ def test_effect_sizes_and_monte_carlo_errors_carry_up_to_the_model():
     np.testing.assert_allclose(groups["ssr_null_std_se"], [0.07, 0.2])
 
 
+def test_the_null_means_own_monte_carlo_error_widens_every_z():
+    """A null mean estimated from N draws is off by std / sqrt(N), independently of the observation,
+    so the difference has variance std^2 + se^2: the z of a layer mean, of a group mean and of the
+    model mean divide by that (`spectral.null_z`), the error carried up like the std's."""
+    table = {**_table(), "ssr_layer_null_std": np.array([0.7] * 4 + [0.9] * 4),
+             "ssr_layer_null_mean_se": np.array([0.7 / np.sqrt(8)] * 4 + [0.9 / np.sqrt(8)] * 4)}
+    per_layer = layer_means(table, ["ssr"])
+    np.testing.assert_allclose(per_layer["ssr_null_mean_se"], [0.7 / np.sqrt(8), 0.9 / np.sqrt(8)], rtol=1e-6)
+    np.testing.assert_allclose(per_layer["ssr_z"], (per_layer["ssr"] - 5.0) / (np.array([0.7, 0.9]) * np.sqrt(1 + 1 / 8)))
+    v = model_values(table, per_layer, "ssr")
+    assert v["null_mean_se"] == pytest.approx(np.hypot(0.7, 0.9) / np.sqrt(8) / 2)
+    assert v["z"] == pytest.approx((v["mean_over_layers"] - 5.0) / (v["null_std"] * np.sqrt(1 + 1 / 8)))
+    groups = group_means(per_layer, ["ssr"], [(0, 1)])
+    assert groups["ssr_z"][0] == pytest.approx(v["z"])
+    # without a layer column, independent heads as for the std: the heads' errors over sqrt(finite heads)
+    independent = {**_table(), "ssr_null_mean_se": np.full(8, 0.1)}
+    per_layer = layer_means(independent, ["ssr"])
+    np.testing.assert_allclose(per_layer["ssr_null_mean_se"], [0.1 / 2, 0.1 / np.sqrt(3)])
+    np.testing.assert_allclose(per_layer["ssr_z"], (per_layer["ssr"] - 5.0)
+                               / np.hypot([0.5, 2 / np.sqrt(3)], [0.1 / 2, 0.1 / np.sqrt(3)]))
+
+
 def test_layer_groups_match_the_source_blocks():
     assert layer_groups(range(48)) == [tuple(range(0, 12)), tuple(range(12, 24)), tuple(range(24, 36)), tuple(range(36, 48))]
     assert [len(g) for g in layer_groups(range(10))] == [3, 3, 2, 2]

@@ -239,3 +239,35 @@ def test_matrices_of_one_shape_share_one_pooled_null_at_their_own_scale():
     np.testing.assert_allclose(b["alpha_weighted_null_mean"] - a["alpha_weighted_null_mean"], shift, rtol=1e-3)
     for row in rows.values():   # and each sits inside it
         assert abs(row["alpha_weighted_z"]) < 4 and abs(row["lambda_max_z"]) < 4
+
+
+def test_the_quantized_null_is_pooled_over_matrices_of_one_shape_and_storage():
+    """As `rank`'s (`quantized.noise_groups`): three Q4_0 matrices of one shape at different scales
+    share one quantized null resting on their 3 x 8 draws, at each one's own scale for the
+    eigenvalue-valued statistics; a Q8_0 matrix of that shape gets its own null from its own 8
+    draws; float storage leaves every column of the Gaussian null bit-identical."""
+    from spectrax.io.gguf import quantize_roundtrip
+
+    rng = np.random.default_rng(5)
+    stored = {f"g{i}": quantize_roundtrip(c * rng.standard_normal((40, 64)).astype(np.float32), "Q4_0")
+              for i, c in enumerate((0.1, 1.0, 3.0))}
+    stored["h"] = quantize_roundtrip(rng.standard_normal((40, 64)).astype(np.float32), "Q8_0")
+    kinds = {**dict.fromkeys(stored, "Q4_0"), "h": "Q8_0"}
+    rows = matrix_esd_rows(stored, jax.random.key(2), num_draws=8, shuffle_draws=0, storage=kinds)
+    q4 = [f"g{i}" for i in range(3)]
+    for stat in ("alpha", "stable_rank", "mp_softrank"):
+        assert len({float(rows[n][f"{stat}_null_mean"]) for n in q4}) == 1, stat
+        assert float(rows["h"][f"{stat}_null_mean"]) != float(rows["g0"][f"{stat}_null_mean"]), stat
+    # the pooled null's mean rests on 24 draws: its Monte Carlo error is 1/sqrt(24) of its std
+    for n, draws in (("g0", 24), ("h", 8)):
+        np.testing.assert_allclose(rows[n]["stable_rank_null_mean_se"], rows[n]["stable_rank_null_std"] / np.sqrt(draws), rtol=1e-4)
+    ms = [np.mean(np.square(stored[n].astype(np.float64))) for n in q4]
+    np.testing.assert_allclose([rows[n]["lambda_max_null_mean"] / m for n, m in zip(q4, ms)],
+                               rows["g0"]["lambda_max_null_mean"] / ms[0], rtol=1e-5)
+    for n in stored:  # Gaussian weights stored quantized sit inside their quantized null
+        assert abs(rows[n]["stable_rank_z"]) < 4 and abs(rows[n]["lambda_max_z"]) < 4, n
+    plain = matrix_esd_rows(stored, jax.random.key(2), num_draws=8, shuffle_draws=0)
+    floats = matrix_esd_rows(stored, jax.random.key(2), num_draws=8, shuffle_draws=0, storage=dict.fromkeys(stored, "BF16"))
+    for name in stored:
+        for column, value in plain[name].items():
+            np.testing.assert_array_equal(floats[name][column], value, err_msg=f"{name} {column}")

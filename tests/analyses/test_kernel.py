@@ -320,6 +320,7 @@ def _hand_table():
         "kernel_erank_z": (erank - 7.5) / 0.2,
         "ffn_alignment": np.array([0.07, 0.09, 0.03, 0.04, nan, nan]),
         "ffn_alignment_null_mean": np.full(6, 4 / 64),
+        "ffn_alignment_null_std": np.full(6, 0.01),
         "ffn_alignment_z": np.array([1.0, 2.0, -2.0, -3.0, nan, nan]),
     }
 
@@ -341,9 +342,16 @@ def test_kernel_summary_against_hand_computation():
     b = out["bottleneck"]
     assert b["layer"] == 7
     assert b["kernel_erank"] == pytest.approx(3.0) and b["kernel_erank_null_mean"] == pytest.approx(7.5)
-    assert b["kernel_erank_z"] == pytest.approx(-22.5) and b["below_null_3std"] is True
+    # the z of the layer mean (3.0 over 2 heads) against the null of that mean (std 0.2 / sqrt(2)), not
+    # the mean per-head z (-22.5); effect sizes beside it
+    assert b["kernel_erank_null_std"] == pytest.approx(0.2 / math.sqrt(2))
+    assert b["kernel_erank_z"] == pytest.approx(-4.5 / (0.2 / math.sqrt(2))) and b["below_null_3std"] is True
+    assert b["kernel_erank_diff"] == pytest.approx(-4.5) and b["kernel_erank_ratio"] == pytest.approx(3.0 / 7.5)
+    assert layers[7]["kernel_erank_head_null_std"] == pytest.approx(0.2)
+    assert layers[9]["kernel_erank_null_std"] == pytest.approx(0.2)  # one finite head
     assert b["ffn_alignment"] == pytest.approx(0.035)
-    assert b["ffn_alignment_ratio"] == pytest.approx(0.035 * 16) and b["ffn_alignment_z"] == pytest.approx(-2.5)
+    assert b["ffn_alignment_ratio"] == pytest.approx(0.035 * 16)
+    assert b["ffn_alignment_z"] == pytest.approx((0.035 - 4 / 64) / (0.01 / math.sqrt(2)))
     adj = out["adjacent_similarity"]
     null = sp.grassmann_null(4, 64)
     assert adj["chance"] == pytest.approx(1 / 16) and adj["null_std"] == pytest.approx(float(null.std))
@@ -355,7 +363,7 @@ def test_kernel_summary_against_hand_computation():
 
 def test_kernel_summary_flags_and_refusals():
     rows = _hand_table()
-    rows["kernel_erank_null_std"] = np.full(6, 2.0)  # 3.0 is not below 7.5 - 3 * 2
+    rows["kernel_erank_null_std"] = np.full(6, 3.0)  # 3.0 is not below 7.5 - 3 * 3 / sqrt(2)
     out = kn.kernel_summary(rows, None, top_k=4, hidden=64)
     assert out["bottleneck"]["below_null_3std"] is False and out["adjacent_similarity"] is None
     with pytest.raises(ValueError, match="effective top_k"):
@@ -377,8 +385,7 @@ def _layer_rows_of(text: str) -> dict[str, list[str]]:
 
 
 def test_report_prints_a_z_only_where_the_null_is_resolved():
-    rows = _hand_table()
-    rows["ffn_alignment_null_std"] = np.full(6, 0.01)  # exact: resolved wherever positive
+    rows = _hand_table()  # ffn_alignment's exact null: resolved wherever its std is positive
     rows["kernel_erank_null_std_se"] = np.array([0.01, 0.01, 0.1, 0.1, 0.01, 0.01])  # layer 7: se / std = 0.5
     found = {p["layer"]: p for p in kn.kernel_summary(rows, None, top_k=4, hidden=64)["layers"]}
     assert [found[l]["kernel_erank_resolved"] for l in (3, 7, 9)] == [True, False, True]
@@ -386,11 +393,12 @@ def test_report_prints_a_z_only_where_the_null_is_resolved():
     text = _render(rows)
     table = _layer_rows_of(text)
     z, ffn_z = 2, 5  # columns after "layer": kernel erank, null, z, CV, FFN alignment / chance, FFN z
-    assert table["3"][z] == "-7.5" and table["7"][z] == "n/a" and table["7"][ffn_z] == "-2.5"
+    # z of the layer mean: (6 - 7.5) / (0.2 / sqrt(2)) and (0.035 - 1/16) / (0.01 / sqrt(2))
+    assert table["3"][z] == "-10.6" and table["7"][z] == "n/a" and table["7"][ffn_z] == "-3.89"
     assert "bottleneck (lowest mean kernel effective rank) is layer 7" in text and "not resolved" in text
     rows["ffn_alignment_null_std"] = np.zeros(6)  # a degenerate exact null: no z either
     assert _layer_rows_of(_render(rows))["3"][ffn_z] == "n/a"
-    assert "mean z n/a" in _render(rows)
+    assert "z of the layer mean n/a" in _render(rows)
 
 
 def test_ffn_alignment_layer_null_counts_heads_that_share_a_key_head():

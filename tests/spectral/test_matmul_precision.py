@@ -184,7 +184,7 @@ NOT_KERNELS = {
     "SPECTRUM_STATISTICS", "BATCH_AXIS", "group_size", "kv_head_index", "aspect_ratio",
     "chi_degrees_of_freedom", "abs_cos_std", "cos_null", "expected_abs_cos", "grassmann_chance",
     "grassmann_null", "exact_pair_nulls", "mean_null_std", "null_columns", "RESOLVED_BOUND", "effect_sizes", "unit_rms",
-    "monte_carlo_error", "resolved", "percentile", "pool_null", "split_null", "zscore",
+    "monte_carlo_error", "resolved", "percentile", "pool_null", "split_null", "zscore", "null_z",
     "StaticFn", "summarize_draws", "no_draws_null",
     "cpu_devices_env", "gather_layers", "local_mesh", "pad_batch", "padded_size", "process_layers",
     "shard_batch", "sharded",

@@ -143,7 +143,12 @@ def test_shuffle_null_keeps_entries_and_detects_low_rank():
 def test_zscore_percentile_and_columns_arithmetic():
     draws = jnp.array([[1.0], [2.0], [3.0], [4.0]])
     null = nulls.NullSummary(jnp.array([2.5]), jnp.array([0.5]), draws)
-    np.testing.assert_allclose(nulls.zscore(jnp.array([3.5]), null), [2.0])
+    np.testing.assert_allclose(nulls.zscore(jnp.array([3.5]), null._replace(draws=None)), [2.0])  # an exact null
+    # a Monte Carlo null: its mean is known only to std(draws) / sqrt(4), which the z counts
+    mean_se = np.std([1.0, 2.0, 3.0, 4.0], ddof=1) / 2
+    np.testing.assert_allclose(nulls.zscore(jnp.array([3.5]), null), [1.0 / np.sqrt(0.25 + mean_se**2)], rtol=1e-6)
+    np.testing.assert_allclose(nulls.null_z(3.5, 2.5, 0.5, 0.5 / np.sqrt(8)), 2.0 / np.sqrt(1 + 1 / 8))
+    assert np.isnan(nulls.null_z(3.5, 2.5, 0.0))
     np.testing.assert_allclose(nulls.percentile(jnp.array([3.0]), null), [62.5])   # 2 below + half a tie
     zero = nulls.NullSummary(jnp.array([1.0]), jnp.array([0.0]))
     assert np.isnan(nulls.zscore(jnp.array([2.0]), zero)).all()
