@@ -6,10 +6,11 @@ draws one of them), which at the size of a large model's layer is nearly all the
 nothing. So the registry computes `whole_spectra` once per layer when a chosen analysis declares
 `Analysis.spectra`, and hands it to each in `LayerInput.spectra`.
 
-Memory stays near one stored layer plus one decomposition: matrices are upcast to float32 only
-batch by batch (`batches`: a shape's matrices together when their float copies fit in
-`budget_bytes`, else one at a time, so each shape still compiles one program), and each copy is
-dropped once its spectrum and mean square are taken.
+Memory stays near one stored layer plus one decomposition: matrices are decomposed batch by batch
+(`batches`: a shape's matrices together when their float copies fit in `budget_bytes`, else one at
+a time, so each shape still compiles one program), handed over in their stored dtype (the program
+upcasts bf16 itself, so no float32 copy is held beside its own), each batch dropped once its
+spectrum and mean square are taken.
 """
 
 from __future__ import annotations
@@ -46,36 +47,35 @@ def shape_groups(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[tuple[int,
     return sorted(groups.items())
 
 
-def batches(shapes: Mapping[str, tuple[int, ...]], itemsize: Mapping[str, int] | int = 4,
+def batches(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, np.dtype],
             budget_bytes: int = BUDGET_BYTES) -> list[list[str]]:
-    """The names of `shapes` in decomposition batches: each shape group (`shape_groups`, further split
-    by `itemsize`, the bytes per entry of each matrix's float copy) whole when its copies fit in
+    """The names of `shapes` in decomposition batches: each group of one shape (`shape_groups`) and
+    stored dtype (`dtypes`) whole when its float copies (4 bytes an entry, 8 for float64) fit in
     `budget_bytes`, else one matrix per batch; so every batch of a shape has one size (one compile)."""
-    sizes = itemsize if isinstance(itemsize, Mapping) else dict.fromkeys(shapes, itemsize)
     out = []
     for shape, names in shape_groups(shapes):
-        by_size: dict[int, list[str]] = {}
+        by_dtype: dict[np.dtype, list[str]] = {}
         for name in names:
-            by_size.setdefault(int(sizes[name]), []).append(name)
-        for size, group in by_size.items():
-            whole = len(group) * size * int(np.prod(shape)) <= budget_bytes
+            by_dtype.setdefault(np.dtype(dtypes[name]), []).append(name)
+        for dtype, group in by_dtype.items():
+            whole = len(group) * (8 if dtype == np.float64 else 4) * int(np.prod(shape)) <= budget_bytes
             out += [group] if whole else [[name] for name in group]
     return out
 
 
 def whole_spectra(matrices: Mapping[str, np.ndarray], budget_bytes: int = BUDGET_BYTES) -> WholeSpectra:
-    """`WholeSpectra` of named 2-D matrices `{name: (m, n)}` (any float dtype; bf16/f16/fp8 upcast to
-    float32 one batch at a time, `batches` under `budget_bytes`). `TypeError`/`ValueError` naming a
-    matrix that is not a real floating 2-D array."""
-    shapes, itemsize = {}, {}
+    """`WholeSpectra` of named 2-D matrices `{name: (m, n)}` (any float dtype), decomposed in `batches`
+    under `budget_bytes`. A batch goes to the decomposition in its stored dtype (bf16/f16/fp8 are
+    upcast to float32 inside it, exactly), so no float32 copy of it is held beside the program's own.
+    `TypeError`/`ValueError` naming a matrix that is not a real floating 2-D array."""
+    matrices = {name: np.asarray(w) for name, w in matrices.items()}
     for name, w in matrices.items():
-        w = np.asarray(w)
         float_matrix(name, w[:0, :0] if w.ndim == 2 else w)  # checks dtype and rank, copies nothing
-        shapes[name], itemsize[name] = w.shape, (8 if w.dtype == np.float64 else 4)
     s, mean_square = {}, {}
-    for names in batches(shapes, itemsize, budget_bytes):
-        batch = np.stack([float_matrix(name, matrices[name]) for name in names])  # (B, m, n)
-        ms = np.mean(np.square(batch, dtype=np.float64), axis=(-2, -1))
+    for names in batches({n: w.shape for n, w in matrices.items()}, {n: w.dtype for n, w in matrices.items()},
+                         budget_bytes):
+        batch = np.stack([matrices[name] for name in names])  # (B, m, n), stored dtype
+        ms = np.mean(np.square(batch, dtype=np.float64), axis=(-2, -1))  # exact squares of the stored values
         values = np.asarray(sp.singular_values(batch, method="qr"))  # whole matrices: the (k, k) SVD dominates
         del batch
         for j, name in enumerate(names):

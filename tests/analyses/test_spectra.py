@@ -13,13 +13,14 @@ from spectrax.analyses.spectra import batches, shape_groups, whole_spectra
 
 
 def _layer(seed=0):
-    """A toy layer: two matrices per shape (q/o, gate/up), a lone one (down), one bf16."""
+    """A toy layer: two matrices per shape (q/o in bf16, gate in float32 and up in bf16), lone ones (k, down)."""
     rng = np.random.default_rng(seed)
     m = {"attn.q": rng.standard_normal((24, 16)), "attn.k": rng.standard_normal((8, 16)),
          "attn.o": rng.standard_normal((24, 16)), "mlp.gate": rng.standard_normal((40, 16)),
          "mlp.up": rng.standard_normal((40, 16)), "mlp.down": rng.standard_normal((16, 40))}
     m = {name: w.astype(np.float32) for name, w in m.items()}
     m["mlp.up"] = m["mlp.up"].astype(ml_dtypes.bfloat16)
+    m["attn.q"], m["attn.o"] = m["attn.q"].astype(ml_dtypes.bfloat16), m["attn.o"].astype(ml_dtypes.bfloat16)
     return m
 
 
@@ -30,10 +31,15 @@ def test_shape_groups_sort_shapes_and_keep_name_order():
 
 def test_batches_keep_a_shape_whole_when_it_fits_else_one_matrix_each():
     shapes = {"q": (10, 10), "o": (10, 10), "gate": (30, 10), "up": (30, 10), "down": (10, 30)}
-    assert batches(shapes, 4, budget_bytes=2 * 10 * 10 * 4) == [["q", "o"], ["down"], ["gate"], ["up"]]
-    assert batches(shapes, 4, budget_bytes=10**9) == [["q", "o"], ["down"], ["gate", "up"]]
-    # a float64 matrix is not stacked with float32 ones of its shape
-    assert batches(shapes, {**dict.fromkeys(shapes, 4), "o": 8}, 10**9) == [["q"], ["o"], ["down"], ["gate", "up"]]
+    f32 = dict.fromkeys(shapes, np.float32)
+    assert batches(shapes, f32, budget_bytes=2 * 10 * 10 * 4) == [["q", "o"], ["down"], ["gate"], ["up"]]
+    assert batches(shapes, f32, budget_bytes=10**9) == [["q", "o"], ["down"], ["gate", "up"]]
+    # only matrices of one stored dtype are stacked; float64 copies count 8 bytes an entry
+    mixed = {**f32, "o": np.float64, "up": ml_dtypes.bfloat16}
+    assert batches(shapes, mixed, 10**9) == [["q"], ["o"], ["down"], ["gate"], ["up"]]
+    pair = {"a": (10, 10), "b": (10, 10)}
+    assert batches(pair, dict.fromkeys(pair, np.float32), 1000) == [["a", "b"]]
+    assert batches(pair, dict.fromkeys(pair, np.float64), 1000) == [["a"], ["b"]]
 
 
 def test_whole_spectra_are_the_stacked_decomposition_bit_for_bit_at_any_budget():
@@ -81,7 +87,8 @@ def test_a_layer_is_decomposed_once_for_rank_and_esd_and_esd_keeps_that_spectrum
     monkeypatch.setattr(spectra.sp, "singular_values", counted)
     params = {"mlp": {n.split(".")[1]: w[None] for n, w in mlp.items()}}
     out = registry.layer_results(params, 0, registry.resolve(["rank", "esd"]), Options(num_draws=2, shuffle_draws=0))
-    assert sorted(decomposed) == sorted([(1, 16, 40), (2, 40, 16)])  # each matrix once, same shapes stacked
+    # each matrix once; gate is float32 and up bf16, so they are not stacked
+    assert sorted(decomposed) == [(1, 16, 40), (1, 40, 16), (1, 40, 16)]
     np.testing.assert_array_equal(out["esd"]["spectrum"], expected.s[str(out["esd"]["matrix"])])
 
 
