@@ -74,7 +74,8 @@ def whole_spectra(matrices: Mapping[str, np.ndarray], budget_bytes: int = BUDGET
     s, mean_square = {}, {}
     for names in batches({n: w.shape for n, w in matrices.items()}, {n: w.dtype for n, w in matrices.items()},
                          budget_bytes):
-        batch = np.stack([matrices[name] for name in names])  # (B, m, n), stored dtype
+        # (B, m, n) in the stored dtype; a lone matrix as a view, not a copy
+        batch = matrices[names[0]][None] if len(names) == 1 else np.stack([matrices[name] for name in names])
         ms = np.mean(np.square(batch, dtype=np.float64), axis=(-2, -1))  # exact squares of the stored values
         values = np.asarray(sp.singular_values(batch, method="qr"))  # whole matrices: the (k, k) SVD dominates
         del batch
