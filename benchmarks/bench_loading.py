@@ -7,7 +7,8 @@ E=5120, H=40, KV=8, D=128, F=13824; one layer per shard), then in a fresh proces
 draws) end to end into a scratch folder on one CPU device, `analyze-cores` the same with one CPU
 device per core, as the command line runs it, and `numpy-sv` the baseline of issue 20's whole-matrix
 target: numpy's singular values (`np.linalg.svd(compute_uv=False)`, float32) of each layer's seven
-matrices, streamed the same way. Reports wall time, read bandwidth and peak RSS of each,
+matrices, streamed the same way. Reports wall time, CPU time (user + system, the fairer figure on a
+shared machine), the 1-minute load average at its start and end, read bandwidth and peak RSS of each,
 so "time linear, memory flat in depth" can be read off.
 
     python benchmarks/bench_loading.py --layers 2 4 8 [--shape 14b|8b|small] [--modes stream load analyze]
@@ -34,7 +35,7 @@ SHAPES = {
 }
 
 _CHILD = r"""
-import json, sys, time
+import json, os, resource, sys, time
 import jax
 import numpy as np
 import spectrax as sx
@@ -44,7 +45,7 @@ if mode == "analyze-cores":   # as the command line runs: one CPU device per cor
     use_every_core()
 else:
     sx.configure_cpu(num_devices=1)
-start = time.perf_counter()
+start, load_start = time.perf_counter(), os.getloadavg()[0]
 checksum = 0.0
 if mode.startswith("analyze"):
     import tempfile
@@ -66,9 +67,11 @@ else:
     model = sx.load(path)
     checksum = float(np.asarray(model.params["layers"][0]["attn"]["q"][0, 0, 0, :8], np.float32).sum())
 seconds = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_SELF)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the parent.
 hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": hwm, "checksum": checksum}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": hwm,
+                  "load_average": [load_start, os.getloadavg()[0]], "checksum": checksum}))
 """
 
 
@@ -123,9 +126,12 @@ def main() -> None:
               "one_layer_f32_bytes": 2 * layer_bytes, "import_baseline_rss_bytes": baseline, "shape": args.shape,
               "analyses": args.analyses, "null_draws": args.null_draws, "shuffle_draws": args.shuffle_draws, "rows": rows}
     print(f"\none layer: {layer_bytes / 2**20:.0f} MiB bf16; import baseline RSS {baseline / 2**20:.0f} MiB")
-    print(f"{'layers':>6} {'mode':>8} {'seconds':>8} {'GB/s':>6} {'peak RSS MiB':>13} {'(RSS-baseline)/layer':>21}")
+    print(f"{'layers':>6} {'mode':>8} {'seconds':>8} {'CPU s':>8} {'load':>10} {'GB/s':>6} {'peak RSS MiB':>13} "
+          f"{'(RSS-baseline)/layer':>21}")
     for r in rows:
-        print(f"{r['layers']:>6} {r['mode']:>8} {r['seconds']:>8.2f} {r['read_gb_per_s']:>6.2f} "
+        load = "-".join(f"{x:.1f}" for x in r["load_average"])
+        print(f"{r['layers']:>6} {r['mode']:>8} {r['seconds']:>8.2f} {r['cpu_seconds']:>8.1f} {load:>10} "
+              f"{r['read_gb_per_s']:>6.2f} "
               f"{r['peak_rss_bytes'] / 2**20:>13.0f} {(r['peak_rss_bytes'] - baseline) / layer_bytes:>21.2f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -61,8 +61,11 @@ class LayerInput(NamedTuple):
 
     `params`: the canonical layer as `stream_layers` yields it, leaves `(1, ...)` (None for the
     globals); `matrices`: its whole 2-D weights by name (`attn.q (H*D, E)`, ..., cropped to
-    `Options.crop`; float32, or float64 as stored); `storage`: each matrix's stored type (`"BF16"`, `"Q4_0"`, ...) or None;
-    `spec`: the checkpoint's `ModelSpec` (rotary dimension, q/k norms), None where unknown.
+    `Options.crop`; in the stored dtype, views where possible: `weights.float_matrix` upcasts one);
+    `storage`: each matrix's stored type (`"BF16"`, `"Q4_0"`, ...) or None;
+    `spec`: the checkpoint's `ModelSpec` (rotary dimension, q/k norms), None where unknown;
+    `spectra`: the singular values and mean squares of `matrices` (`spectra.WholeSpectra`), computed
+    once per layer when a chosen analysis declares `Analysis.spectra`, else None.
     """
 
     layer: int | None
@@ -70,6 +73,7 @@ class LayerInput(NamedTuple):
     matrices: Mapping[str, np.ndarray]
     storage: Mapping[str, str] | None = None
     spec: Any = None
+    spectra: Any = None
 
 
 class LayerOutput(NamedTuple):
@@ -179,6 +183,8 @@ class Analysis(NamedTuple):
         that `layer_rows` reads from `LayerInput.params`, or whose whole matrices it reads from
         `LayerInput.matrices`. A run streams only the union over its analyses (`--analyses laws`
         never reads an MLP tensor); the default, every part, is always safe.
+      spectra: whether `layer_rows` reads `LayerInput.spectra`, the singular values of every whole
+        matrix: computed once per layer and shared by every analysis that declares it (`rank`, `esd`).
     """
 
     name: str
@@ -190,6 +196,7 @@ class Analysis(NamedTuple):
     headline: tuple[str, ...] = ()
     spread: tuple[str, ...] = ()
     reads: tuple[str, ...] = LAYER_PARTS
+    spectra: bool = False
 
 
 def layer_key(options: Options, analysis: Analysis, slot: int) -> jax.Array:

@@ -82,6 +82,7 @@ from spectrax.analyses import quantized
 from spectrax.analyses.aggregate import by_kind
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Spectrum, Tables
 from spectrax.analyses.tables import Table, list_markdown
+from spectrax.analyses.spectra import WholeSpectra, shape_groups, whole_spectra
 from spectrax.analyses.weights import float_matrix, matrix_columns
 
 __all__ = ["ESD_STATISTICS", "EsdSummary", "MIN_TAIL", "WW_SUMMARY", "analysis", "esd_statistics", "esd_summary",
@@ -182,12 +183,13 @@ def _matrix_statistics(w):
 
 
 def matrix_esd_rows(
-    matrices: dict[str, np.ndarray],
+    matrices: Mapping[str, np.ndarray],
     key: jax.Array,
     *,
     num_draws: int = 16,
     shuffle_draws: int = 4,
     storage: Mapping[str, str] | None = None,
+    spectra: WholeSpectra | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """ESD statistics of named 2-D matrices, each beside a Gaussian null and a shuffle baseline.
 
@@ -201,6 +203,8 @@ def matrix_esd_rows(
         different runs line up).
       storage: `{name: storage type}`; a matrix stored in a quantizable GGUF type gets a Gaussian
         null of matrices quantized the same way along its stored rows (`quantized.noise_spectra`).
+      spectra: the matrices' `whole_spectra`, when already computed (a run computes them once per
+        layer for `rank` and `esd`); computed here otherwise.
 
     Returns:
       `{name: {column: scalar array}}`; for each `X` in `ESD_STATISTICS` the columns `X`,
@@ -212,26 +216,28 @@ def matrix_esd_rows(
     """
     if shuffle_draws == 1 or shuffle_draws < 0:
         raise ValueError(f"shuffle_draws must be 0 (skip) or >= 2 for a std, got {shuffle_draws}")
-    by_shape: dict[tuple[int, int], list[str]] = {}
-    floats = {name: float_matrix(name, w) for name, w in matrices.items()}
-    for name, w in floats.items():
-        by_shape.setdefault(tuple(w.shape), []).append(name)
+    spectra = whole_spectra(matrices) if spectra is None else spectra
     rows: dict[str, dict[str, np.ndarray]] = {}
-    for i, (shape, names) in enumerate(sorted(by_shape.items())):
+    for i, (shape, names) in enumerate(shape_groups({name: np.shape(w) for name, w in matrices.items()})):
         k_gauss, k_shuffle = jax.random.split(jax.random.fold_in(key, i))
-        batch = jnp.asarray(np.stack([floats[n] for n in names]))           # (B, m, n)
-        observed = esd_statistics(sp.singular_values(batch, method="qr"), shape)  # whole matrices
-        draws = sp.gaussian_spectrum_draws(k_gauss, batch, num_draws=num_draws, match_scale=False)[0]
-        columns = {c: np.array(v) for c, v in sp.null_columns(observed, _pooled_null(draws, batch, shape)).items()}
+        s = np.stack([spectra.s[n] for n in names])                        # (B, k)
+        observed = esd_statistics(s, shape)
+        rms2 = np.array([spectra.mean_square[n] for n in names])
+        template = jax.ShapeDtypeStruct((len(names), *shape), s.dtype)
+        draws = sp.gaussian_spectrum_draws(k_gauss, template, num_draws=num_draws, match_scale=False)[0]
+        columns = {c: np.array(v) for c, v in sp.null_columns(observed, _pooled_null(draws, rms2, shape)).items()}
         for group in quantized.noise_groups(k_gauss, names, shape, storage, num_draws=num_draws):
             if group.spectra is None:  # not quantized: the Gaussian null stands
                 continue
             members = np.asarray(group.members)  # quantized: their null is quantized noise at their RMS
-            null = _pooled_null(group.spectra, batch[members], shape)
+            null = _pooled_null(group.spectra, rms2[members], shape)
             for c, v in sp.null_columns({stat: x[members] for stat, x in observed.items()}, null).items():
                 columns[c][members] = np.asarray(v)
         if shuffle_draws:
+            # the same matrices stacked as one batch per shape: each draw shuffles them all with one key
+            batch = jnp.asarray(np.stack([float_matrix(n, matrices[n]) for n in names]))  # (B, m, n)
             shuffled = sp.shuffle_null(k_shuffle, _matrix_statistics, batch, num_draws=shuffle_draws)
+            del batch
             for name, summary in sp.split_null(shuffled).items():
                 columns[f"{name}_shuffle_mean"] = np.asarray(summary.mean)
                 columns[f"{name}_shuffle_std"] = np.asarray(summary.std)
@@ -249,17 +255,17 @@ _SQUARED_SCALE = ("xmin", "lambda_max", "bulk_max", "mp_scale", "bulk_edge")  # 
 _LOG_SCALE = ("alpha_weighted", "log_alpha_norm")  # shift by alpha * log10(rms^2)
 
 
-def _pooled_null(draws, batch, shape: tuple[int, int]) -> dict[str, sp.NullSummary]:
-    """The null of `ESD_STATISTICS` shared by the matrices `batch (B, m, n)` of one shape (and, for a
-    quantization-aware null, one storage type and stored axis), from the spectra `draws (N, B, k)`
-    of their stand-ins (Gaussian, or quantized Gaussian: `quantized.noise_groups`): each draw
-    rescaled to unit RMS (`spectral.unit_rms`) and pooled over the B matrices (`spectral.pool_null`),
-    each matrix's null being the unit null at its own RMS: eigenvalue-valued statistics times
-    `rms^2`, `alpha_weighted` and `log_alpha_norm` shifted by `alpha * log10(rms^2)` (the draw's own
-    alpha), the rest scale-free. So each null rests on `N * B` draws at the cost of `N`."""
+def _pooled_null(draws, rms2: np.ndarray, shape: tuple[int, int]) -> dict[str, sp.NullSummary]:
+    """The null of `ESD_STATISTICS` shared by B matrices of one shape with mean squared entries
+    `rms2 (B,)` (and, for a quantization-aware null, one storage type and stored axis), from the
+    spectra `draws (N, B, k)` of their stand-ins (Gaussian, or quantized Gaussian:
+    `quantized.noise_groups`): each draw rescaled to unit RMS (`spectral.unit_rms`) and pooled over
+    the B matrices (`spectral.pool_null`), each matrix's null being the unit null at its own RMS:
+    eigenvalue-valued statistics times `rms^2`, `alpha_weighted` and `log_alpha_norm` shifted by
+    `alpha * log10(rms^2)` (the draw's own alpha), the rest scale-free. So each null rests on `N * B`
+    draws at the cost of `N`."""
     unit = jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1]))
     null = sp.split_null(sp.null_from_draws(functools.partial(esd_statistics, shape=shape), unit))
-    rms2 = np.mean(np.square(np.asarray(batch, np.float64)), axis=(-2, -1))
     pooled = {name: sp.pool_null(one, axis=0, scale=rms2 if name in _SQUARED_SCALE else None)
               for name, one in null.items()}
     alpha = np.asarray(pooled["alpha"].draws, np.float64)                      # (num_draws * B, 1)
@@ -294,16 +300,18 @@ def esd_summary(rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, float
 
 def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
     """Rows of one layer's matrices; in a layer (not the embedding), the singular values of the
-    matrix with the most spikes are kept for the report's spectrum figure."""
+    matrix with the most spikes are kept for the report's spectrum figure (those the statistics
+    were computed from: no further decomposition)."""
     shapes = {name: tuple(w.shape) for name, w in inputs.matrices.items()}
-    rows = matrix_columns(matrix_esd_rows(dict(inputs.matrices), key, num_draws=options.num_draws,
-                                          shuffle_draws=options.shuffle_draws, storage=inputs.storage), shapes)
+    spectra = whole_spectra(inputs.matrices) if inputs.spectra is None else inputs.spectra
+    rows = matrix_columns(matrix_esd_rows(inputs.matrices, key, num_draws=options.num_draws,
+                                          shuffle_draws=options.shuffle_draws, storage=inputs.storage,
+                                          spectra=spectra), shapes)
     spikes = np.asarray(rows["num_spikes"], float)
     if inputs.layer is None or not np.isfinite(spikes).any():
         return LayerOutput(rows)
     name = str(rows["matrix"][int(np.nanargmax(spikes))])
-    w = np.asarray(inputs.matrices[name], np.float32)
-    return LayerOutput(rows, {"spectrum": np.asarray(sp.singular_values(w)), "shape": np.array(w.shape),
+    return LayerOutput(rows, {"spectrum": np.asarray(spectra.s[name], np.float32), "shape": np.array(shapes[name]),
                               "matrix": np.array(name)})
 
 
@@ -369,4 +377,4 @@ def render(summary: EsdSummary) -> Section:
 
 
 analysis = Analysis(name="esd", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=3,
-                    reads=("attn", "mlp"))
+                    reads=("attn", "mlp"), spectra=True)

@@ -43,7 +43,8 @@ from spectrax.analyses import quantized
 from spectrax.analyses.aggregate import by_kind
 from spectrax.analyses.base import Analysis, LayerInput, LayerOutput, Options, Plot, Section, Tables
 from spectrax.analyses.tables import Table, list_markdown
-from spectrax.analyses.weights import float_matrix, matrix_columns
+from spectrax.analyses.spectra import WholeSpectra, shape_groups, whole_spectra
+from spectrax.analyses.weights import matrix_columns
 
 __all__ = ["RANK_STATISTICS", "RankSummary", "analysis", "matrix_rank_rows", "rank_statistics", "render", "summarize"]
 
@@ -74,8 +75,9 @@ def _statistics(s, reference, *, shape):
     }
 
 
-def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_draws: int = 16,
-                     storage: Mapping[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+def matrix_rank_rows(matrices: Mapping[str, np.ndarray], key: jax.Array, *, num_draws: int = 16,
+                     storage: Mapping[str, str] | None = None,
+                     spectra: WholeSpectra | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Statistics with null columns for named 2-D matrices.
 
     Args:
@@ -86,64 +88,64 @@ def matrix_rank_rows(matrices: dict[str, np.ndarray], key: jax.Array, *, num_dra
       key: PRNG key for the reference samples and the nulls.
       storage: `{name: storage type}` (`"BF16"`, `"Q4_0"`, ...); a matrix in a type `gguf` can
         quantize gets the quantization-aware null, and every row a `quant_error_null` column.
+      spectra: the matrices' `whole_spectra`, when already computed (a run computes them once per
+        layer for `rank` and `esd`); computed here otherwise.
     Returns:
       `{name: {column: scalar array}}` with each statistic, `_null_mean`, `_null_std`, `_z`, `_pct`
       (and `quant_error_null` with `storage`).
     """
-    matrices = {name: float_matrix(name, w) for name, w in matrices.items()}
-    by_shape: dict[tuple[int, int], list[str]] = {}
-    for name, w in matrices.items():
-        by_shape.setdefault(tuple(w.shape), []).append(name)
+    spectra = whole_spectra(matrices) if spectra is None else spectra
     rows: dict[str, dict[str, np.ndarray]] = {}
-    for i, (shape, names) in enumerate(sorted(by_shape.items())):
+    for i, (shape, names) in enumerate(shape_groups({name: np.shape(w) for name, w in matrices.items()})):
         k_ref, k_null = jax.random.split(jax.random.fold_in(key, i))
-        batch = np.stack([np.asarray(matrices[n]) for n in names])
-        s = sp.singular_values(batch, method="qr")  # whole matrices: the (k, k) SVD dominates
+        s = np.stack([spectra.s[n] for n in names])  # (B, k)
         observed = rank_statistics(s, k_ref, shape)
         # The draws share one fixed reference sample (its randomness is already averaged over by
         # the draws), computed once here: drawn inside each draw it cost four more Gaussian
         # spectra, i.e. four (k, k) SVDs, per draw.
         reference = _reference(jax.random.key(0), shape, s.dtype)
-        draws = sp.gaussian_spectrum_draws(k_null, batch, num_draws=num_draws, match_scale=False)[0]
-        columns = _pooled_null_columns(draws, batch, observed, reference)
+        template = jax.ShapeDtypeStruct((len(names), *shape), s.dtype)
+        draws = sp.gaussian_spectrum_draws(k_null, template, num_draws=num_draws, match_scale=False)[0]
+        rms = np.sqrt(np.array([spectra.mean_square[n] for n in names]))
+        columns = _pooled_null_columns(draws, shape, rms, observed, reference)
         for j, name in enumerate(names):
             rows[name] = {c: v[j] for c, v in columns.items()}
         if storage is not None:
-            for name, quantized_columns in _quantized_nulls(batch, names, storage, k_null, observed, reference,
+            for name, quantized_columns in _quantized_nulls(shape, rms, names, storage, k_null, observed, reference,
                                                             num_draws).items():
                 rows[name].update(quantized_columns)
     return rows
 
 
-def _pooled_null_columns(draws, batch: np.ndarray, observed: dict, reference: jax.Array) -> dict[str, np.ndarray]:
-    """Null columns of the matrices `batch (B, m, n)` (statistics `observed`) from the spectra
-    `draws (N, B, k)` of their stand-ins, pooled over the B matrices: each draw rescaled to unit RMS
+def _pooled_null_columns(draws, shape: tuple[int, int], rms: np.ndarray, observed: dict,
+                         reference: jax.Array) -> dict[str, np.ndarray]:
+    """Null columns of B matrices of `shape` (entry RMS `rms (B,)`, statistics `observed`) from the
+    spectra `draws (N, B, k)` of their stand-ins, pooled over the B matrices: each draw rescaled to unit RMS
     (`spectral.unit_rms`), `sigma_max` scaled back to each matrix's RMS."""
-    shape = batch.shape[1:]
     fixed = jnp.broadcast_to(reference, (draws.shape[0],) + reference.shape)
     stat_fn = functools.partial(_statistics, shape=shape)
     unit = sp.split_null(sp.null_from_draws(stat_fn, jnp.asarray(sp.unit_rms(draws, shape[0] * shape[1])), fixed))
-    rms = np.sqrt(np.mean(np.square(batch.astype(np.float64)), axis=(-2, -1)))
     null = {name: sp.pool_null(one, axis=0, scale=rms if name == "sigma_max" else None) for name, one in unit.items()}
     return {c: np.asarray(v) for c, v in sp.null_columns(observed, null).items()}
 
 
-def _quantized_nulls(batch: np.ndarray, names: list[str], storage: Mapping[str, str], key: jax.Array,
-                     observed: dict, reference: jax.Array, num_draws: int) -> dict[str, dict[str, np.ndarray]]:
-    """Null columns of the matrices `batch (B, m, n)` named `names` over Gaussian draws quantized and
+def _quantized_nulls(shape: tuple[int, int], rms: np.ndarray, names: list[str], storage: Mapping[str, str],
+                     key: jax.Array, observed: dict, reference: jax.Array,
+                     num_draws: int) -> dict[str, dict[str, np.ndarray]]:
+    """Null columns of B matrices of `shape` (entry RMS `rms (B,)`) named `names` over Gaussian draws quantized and
     dequantized as each is stored (`quantized.noise_spectra`, along its stored rows), pooled like
     the plain null: matrices of one storage type and stored axis share one null resting on all their
     draws (unit-RMS stand-ins, `sigma_max` scaled to each matrix's RMS); and `quant_error_null`, the
     mean relative error of those round trips. Matrices whose type is not a quantizable block type
     get only `quant_error_null` (NaN), keeping their Gaussian null."""
     out = {}
-    for group in quantized.noise_groups(key, names, batch.shape[1:], storage, num_draws=num_draws):
+    for group in quantized.noise_groups(key, names, shape, storage, num_draws=num_draws):
         if group.spectra is None:
             out.update({names[j]: {"quant_error_null": group.error} for j in group.members})
             continue
         members = np.asarray(group.members)
-        columns = _pooled_null_columns(group.spectra, batch[members], {stat: x[members] for stat, x in observed.items()},
-                                       reference)
+        columns = _pooled_null_columns(group.spectra, shape, rms[members],
+                                       {stat: x[members] for stat, x in observed.items()}, reference)
         for i, j in enumerate(group.members):
             out[names[j]] = {**{c: v[i] for c, v in columns.items()}, "quant_error_null": group.error}
     return out
@@ -153,7 +155,8 @@ def _quantized_nulls(batch: np.ndarray, names: list[str], storage: Mapping[str, 
 
 
 def _layer_rows(inputs: LayerInput, key: jax.Array, options: Options) -> LayerOutput:
-    rows = matrix_rank_rows(dict(inputs.matrices), key, num_draws=options.num_draws, storage=inputs.storage)
+    rows = matrix_rank_rows(inputs.matrices, key, num_draws=options.num_draws, storage=inputs.storage,
+                            spectra=inputs.spectra)
     return LayerOutput(matrix_columns(rows, {name: tuple(w.shape) for name, w in inputs.matrices.items()}))
 
 
@@ -204,4 +207,4 @@ def render(summary: RankSummary) -> Section:
 
 
 analysis = Analysis(name="rank", table="matrices", layer_rows=_layer_rows, summarize=summarize, render=render, key_id=1,
-                    reads=("attn", "mlp"))
+                    reads=("attn", "mlp"), spectra=True)

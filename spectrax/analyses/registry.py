@@ -15,7 +15,8 @@ import numpy as np
 
 from spectrax.analyses import charge, esd, kernel, laws, quantized, rank
 from spectrax.analyses.base import Analysis, LayerInput, Options, layer_key
-from spectrax.analyses.weights import float_matrix, layer_matrices
+from spectrax.analyses.spectra import whole_spectra
+from spectrax.analyses.weights import layer_matrices
 from spectrax.io.load import LAYER_PARTS
 
 __all__ = ["ANALYSES", "DEFAULT", "GLOBAL_SLOT", "global_results", "layer_parts", "layer_results", "matrix_table",
@@ -65,12 +66,14 @@ def _rows(analyses: Sequence[Analysis], inputs: LayerInput, options: Options, sl
 
 
 def _matrix_inputs(matrices: Mapping[str, np.ndarray], layer: int | None, options: Options,
-                   storage: Mapping[str, str] | None, params: dict | None = None, spec=None) -> LayerInput:
+                   storage: Mapping[str, str] | None, analyses: Sequence[Analysis], params: dict | None = None,
+                   spec=None) -> LayerInput:
+    """The `LayerInput` of `matrices` (stored dtype, cropped), with their `whole_spectra`, computed
+    once, when any of `analyses` reads them."""
     if options.crop is not None:
         matrices = {name: w[: options.crop, : options.crop] for name, w in matrices.items()}
-    # one float32 copy of a bf16/f16 layer for every per-matrix analysis, not one each
-    matrices = {name: float_matrix(name, w) for name, w in matrices.items()}
-    return LayerInput(layer=layer, params=params, matrices=matrices, storage=storage, spec=spec)
+    spectra = whole_spectra(matrices) if matrices and any(a.spectra for a in analyses) else None
+    return LayerInput(layer=layer, params=params, matrices=matrices, storage=storage, spec=spec, spectra=spectra)
 
 
 def _matrix_rows(merged: dict[str, np.ndarray], storage: Mapping[str, str] | None,
@@ -95,7 +98,7 @@ def layer_results(params: dict, layer: int, analyses: Sequence[Analysis], option
     matrices = {}
     if by_table["matrices"]:
         matrices = dict(layer_matrices(jax.tree.map(lambda x: x[0], params)))  # views, no copy
-    inputs = _matrix_inputs(matrices, layer, options, storage, params, spec)
+    inputs = _matrix_inputs(matrices, layer, options, storage, by_table["matrices"], params, spec)
     if by_table["heads"]:
         heads, arrays = _rows(by_table["heads"], inputs, options, layer)
         H = len(next(iter(heads.values())))
@@ -115,7 +118,7 @@ def global_results(matrices: Mapping[str, np.ndarray], analyses: Sequence[Analys
     chosen = [a for a in analyses if a.table == "matrices"]
     if not chosen:
         return {}
-    table, arrays = _rows(chosen, _matrix_inputs(matrices, None, options, storage), options, GLOBAL_SLOT)
+    table, arrays = _rows(chosen, _matrix_inputs(matrices, None, options, storage, chosen), options, GLOBAL_SLOT)
     return {"matrices": {"layer": np.full(len(matrices), -1), **_matrix_rows(table, storage, matrices)}, **arrays}
 
 
@@ -128,8 +131,9 @@ def matrix_table(matrices: dict[str, np.ndarray], keys: Mapping[str, jax.Array],
     if not keys:
         return None
     options = Options(num_draws=num_draws, shuffle_draws=shuffle_draws)
-    inputs = LayerInput(layer=None, params=None, matrices=matrices, storage=storage)
+    chosen = resolve(keys)
+    inputs = _matrix_inputs(matrices, None, options, storage, chosen)
     merged: dict[str, np.ndarray] = {}
-    for a in resolve(keys):
+    for a in chosen:
         merged.update({c: v for c, v in a.layer_rows(inputs, keys[a.name], options).rows.items() if c not in merged})
     return _matrix_rows(merged, storage, matrices) if merged else None

@@ -33,8 +33,8 @@ _FUSED = ("qkv_proj.", "query_key_value.", "c_attn.", "gate_up_proj.", "in_proj_
 def float_matrix(name: str, w: npt.ArrayLike) -> np.ndarray:
     """`w` as a float32/float64 numpy matrix; narrower floats (bf16, f16, fp8) upcast to f32 (exactly).
 
-    Both per-matrix analyses take their input through this, so `rank` and `esd` of one layer run the
-    same compiled spectrum and null programs instead of one per storage dtype.
+    The per-matrix analyses check their input with it (`spectra.whole_spectra`) and upcast with it
+    what they decompose outside the shared spectra (`esd`'s shuffled baselines).
     """
     w = np.asarray(w)
     if not jnp.issubdtype(w.dtype, jnp.floating):
