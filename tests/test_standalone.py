@@ -26,3 +26,31 @@ def test_no_file_refers_outside_the_repository():
                     if FORBIDDEN.search(line):
                         found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()[:100]}")
     assert not found, "\n".join(found[:20])
+
+
+def _report_strings(path: str):
+    """String literals of a module that are not docstrings: what its reports and messages print."""
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_reports_name_their_sources_instead_of_saying_the_source():
+    """A reader of report.md has no "source" to look up: the text names it by public title or
+    repository (docs/statistics.md, "The sources")."""
+    bare = re.compile(r"\b[Tt]he source(?:'s| does|\b)(?! \()")
+    found = []
+    for package in ("analyses", "report", "run"):
+        folder = os.path.join(ROOT, "spectrax", package)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                found += [f"spectrax/{package}/{name}:{line}: {text[:90]}"
+                          for line, text in _report_strings(os.path.join(folder, name)) if bare.search(text)]
+    assert not found, "\n".join(found)

@@ -469,7 +469,8 @@ def render(summary: LawsSummary) -> Section:
         "W_K,g and W_V,g (`_kv`); the mean |cosine| of index-matched left (`cos_u`) and right (`cos_v`) singular "
         "vectors; and the Grassmann similarity of their row spaces. Spectrum statistics are set against "
         "Monte Carlo Gaussian spectra; cosine and Grassmann nulls are exact (E|cos| = Γ(d/2)/(√π Γ((d+1)/2)), "
-        "Grassmann k/d). Aggregated as the source does: per-layer mean over heads, then median and mean over "
+        "Grassmann k/d). Aggregated as the five-laws source does (the README of the GitHub repository "
+        "`emis-framework/math-under-llm`, \"LLM and LLM's laws\"): per-layer mean over heads, then median and mean over "
         "layers; pseudo-bulk = median over the query heads of each (layer, KV head), then median across groups. "
         "The null of the mean over layers is that of the mean itself: each layer mean's null std counts the "
         "correlation of query heads that share a key/value head, and layers are independent; its z is what "
@@ -522,8 +523,8 @@ def render(summary: LawsSummary) -> Section:
         "### The \"third law\" depth limits (laws; decoders)",
         "",
         "L_max = min(L_info = 1/mean SSR_qk, L_quant = 3·2^(2m), L_dyn = "
-        "log2(max finite)/log2 κ), with κ = 2 as the source fixes it and with the median measured condition "
-        f"number of the Q and K heads (κ = {format_number(summary.median_cond_qk)}); the formula is the source's heuristic, "
+        "log2(max finite)/log2 κ), with κ = 2 as the five-laws source (`emis-framework/math-under-llm`) fixes it and with the median measured condition "
+        f"number of the Q and K heads (κ = {format_number(summary.median_cond_qk)}); the formula is that source's heuristic, "
         "not a derived bound (`precision.csv`):",
         "",
         list_markdown({"format": list(precision),

@@ -186,7 +186,7 @@ def render(summary: RankSummary) -> Section:
         rows[f"{stat} null"] = [summary.by_kind[k][stat]["null_mean"] for k in kinds]
         rows[f"{stat} z"] = [summary.by_kind[k][stat]["z"] for k in kinds]
     crop = summary.crop
-    cropped = f" (top-left {crop}x{crop} block only, as in the source)" if crop else ""
+    cropped = f" (top-left {crop}x{crop} block only, as in \"Emergent Low-Rank Structure in Neural Networks Trained on Prime Numbers\")" if crop else ""
     text = "\n".join([
         "## Whole-matrix statistics (rank)",
         "",

@@ -82,7 +82,7 @@ def compare(summary: dict) -> str:
         f"Both checkpoints analyzed with the same settings ({a}/ and {b}/ hold the full results). Differences are "
         f"{b} − {a}; `_diff_z` divides by the spread of the difference of two independent null draws, "
         "sqrt(std_a² + std_b²), so |z| < 2 is a difference random matrices of these shapes produce by chance. "
-        f"Relative change per layer group is ({a} − {b}) / {a}, the source's \"improvement\".",
+        f"Relative change per layer group is ({a} − {b}) / {a}, the \"improvement\" of the five-laws source (`emis-framework/math-under-llm`).",
         "",
         *hubs,
         *([""] if hubs else []),

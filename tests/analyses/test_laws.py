@@ -421,3 +421,21 @@ def test_the_third_law_table_is_an_appendix_for_decoders_only(tmp_path):
     report = (folder / "report.md").read_text()
     assert report.index("## Appendix") > report.index("## Per-head statistics (laws)")
     assert report.index("third law") > report.index("## Appendix") and (folder / "precision.csv").exists()
+
+
+def test_heads_beyond_every_draw_are_counted_against_the_pooled_draw_count():
+    """`_beyond_every_draw` counts the heads at percentile 0 or 100 and states the bound with the
+    draws their pooled null rests on: num_draws per query head for _qk, per key head for _kv."""
+    from spectrax.analyses.laws import HEADLINE, _beyond_every_draw
+
+    qk = next(s for s in HEADLINE if s.endswith("_qk"))
+    kv = next((s for s in HEADLINE if s.endswith("_kv")), None)
+    heads = {"layer": np.array([0, 0, 0, 0, 1, 1, 1, 1]), "head": np.array([0, 1, 2, 3] * 2),
+             "kv_head": np.array([0, 0, 1, 1] * 2),
+             f"{qk}_pct": np.array([0.0, 50.0, 100.0, np.nan, 12.5, 0.0, 99.0, 100.0])}
+    if kv:
+        heads[f"{kv}_pct"] = np.array([100.0, 100.0, 40.0, 40.0, 3.0, 3.0, 60.0, 60.0])
+    out = _beyond_every_draw(heads, num_draws=8)
+    assert out[qk] == "4 of 7 (< 1/32 or > 1 - 1/32)"
+    if kv:
+        assert out[kv] == "2 of 8 (< 1/16 or > 1 - 1/16)"

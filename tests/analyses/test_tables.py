@@ -36,3 +36,12 @@ def test_without_pandas_the_error_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
     with pytest.raises(ImportError, match=r"^tables as DataFrames need pandas: pip install 'spectrax\[pandas\]'$"):
         to_pandas(_table())
+
+
+def test_a_percentile_beyond_every_draw_reads_as_a_bound():
+    from spectrax.analyses.tables import format_percentile
+
+    assert format_percentile(0.0, 96) == "< 1/96"
+    assert format_percentile(100.0, 96) == "> 1 - 1/96"
+    assert format_percentile(np.float32(37.5), 96) == "37.5"
+    assert format_percentile(float("nan"), 96) == format_percentile(None, 96) == "n/a"
