@@ -478,3 +478,25 @@ def test_kv_groups_split_over_four_cpu_devices_give_the_one_device_table(tmp_pat
     np.testing.assert_allclose(four["bases"], bases, rtol=2e-5, atol=1e-5)
     for name, value in cols.items():
         np.testing.assert_allclose(four[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_kernel_null_is_pooled_over_the_heads_of_a_layer_and_scaled_per_head():
+    """Every head of a layer shares one shape, so its null rests on the draws of all heads:
+    scale-free statistics get one pooled null for all, kernel_sigma_max the pooled unit null times
+    each head's rms(W_Q,h) * rms(W_K,g)."""
+    from spectrax.analyses.kernel import _pooled_over_heads
+
+    rng = np.random.default_rng(3)
+    H, KV, D, E, N = 4, 2, 8, 32, 5
+    q = rng.standard_normal((H, D, E)).astype(np.float32) * np.array([1, 2, 3, 4], np.float32)[:, None, None]
+    k = rng.standard_normal((KV, D, E)).astype(np.float32)
+    scale = np.sqrt((q.astype(np.float64) ** 2).mean((1, 2))) * np.sqrt((k.astype(np.float64) ** 2).mean((1, 2)))[[0, 0, 1, 1]]
+    erank = rng.random((N, H))
+    unit_sigma = rng.random((N, H)) + 1
+    nulls = {"kernel_erank": sp.NullSummary(None, None, erank),
+             "kernel_sigma_max": sp.NullSummary(None, None, unit_sigma * scale)}
+    pooled = _pooled_over_heads(nulls, q, k)
+    np.testing.assert_allclose(pooled["kernel_erank"].mean, np.full(H, erank.mean()), rtol=1e-12)
+    np.testing.assert_allclose(pooled["kernel_erank"].std, np.full(H, erank.std(ddof=1)), rtol=1e-12)
+    np.testing.assert_allclose(pooled["kernel_sigma_max"].mean, unit_sigma.mean() * scale, rtol=1e-5)
+    np.testing.assert_allclose(pooled["kernel_sigma_max"].std, unit_sigma.std(ddof=1) * scale, rtol=1e-5)
