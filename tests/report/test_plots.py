@@ -114,3 +114,22 @@ def test_legends_hide_no_data(num_heads, num_layers):
                 assert not legend.get_window_extent().overlaps(ax.get_window_extent()), f"{name}: legend over the data"
                 box = legend.get_window_extent()
                 assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, name
+
+
+def test_the_layer_trend_band_is_the_null_of_the_layer_mean_not_of_one_head():
+    """The band is null mean ± 2 std of the *layer mean* (the analysis's `_layer_null_std`, which
+    counts heads sharing a K/V head; else the heads' std over sqrt(heads)), not the per-head std."""
+    rng = np.random.default_rng(5)
+    layer = np.repeat([0, 1, 2], 8)
+    heads = {"layer": layer, "head": np.tile(np.arange(8), 3), "ssr_qk": rng.random(24),
+             "ssr_qk_null_mean": np.full(24, 0.5), "ssr_qk_null_std": np.full(24, 0.1)}
+
+    def band(table):
+        fig = plots.layer_trend(table, "ssr_qk")
+        (poly,) = fig.axes[0].collections
+        y = poly.get_paths()[0].vertices[:, 1]
+        return y.min(), y.max()
+
+    assert band(heads) == pytest.approx((0.5 - 2 * 0.1 / np.sqrt(8), 0.5 + 2 * 0.1 / np.sqrt(8)))
+    shared = {**heads, "ssr_qk_layer_null_std": np.full(24, 0.06)}  # heads sharing a draw: wider than 0.1/sqrt(8)
+    assert band(shared) == pytest.approx((0.5 - 0.12, 0.5 + 0.12))
