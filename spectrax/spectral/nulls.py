@@ -291,14 +291,12 @@ def _gaussian_null(key, refs, stat_fn, shapes, dtypes, num_draws, batch_size):
 def _spectrum_draws(key, refs, bigs, cores, dtypes, num_draws, batch_size):
     """Per template `(batch, k)` in `cores`, `num_draws` spectra of Gaussian `(*batch, k, big)`
     matrices at the template's RMS: keyed by `k`, not the larger side `bigs` (traced)."""
-    scales = [None if r is None else _rms(as_float(r).astype(d)) for r, d in zip(refs, dtypes)]
+    def sample(key, big_core, dtype):
+        big, (batch, k) = big_core
+        return _draw_spectra(key, big, batch, k, dtype, None)
 
-    def draw(key):
-        keys = jax.random.split(key, len(cores))
-        return tuple(_scaled(_draw_spectra(ki, big, batch, k, dtype, None), scale)
-                     for ki, big, (batch, k), dtype, scale in zip(keys, bigs, cores, dtypes, scales))
-
-    return jax.lax.map(draw, jax.random.split(key, num_draws), batch_size=batch_size or num_draws)
+    return _mapped_draws(key, refs, tuple(zip(bigs, cores)), dtypes, num_draws, batch_size, sample,
+                         lambda *spectra: spectra)
 
 
 @functools.partial(jit, static_argnames=("stat_fn", "batch_size"))
